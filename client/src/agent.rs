@@ -1,0 +1,63 @@
+//! Registration and heartbeats: the server learns about a client from its heartbeats.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use btp_common::subjects;
+use btp_common::wire::Heartbeat;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::worker::Stats;
+use crate::ClientConfig;
+
+pub const INTERVAL: Duration = Duration::from_secs(2);
+
+pub async fn run(
+    cfg: Arc<ClientConfig>,
+    nats: async_nats::Client,
+    stats: Arc<Stats>,
+    started_ms: i64,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(INTERVAL);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = send(&cfg, &nats, &stats, started_ms, true).await {
+            debug!(error = %e, "heartbeat failed");
+        }
+    }
+    send(&cfg, &nats, &stats, started_ms, false).await?;
+    nats.flush().await?;
+    Ok(())
+}
+
+async fn send(
+    cfg: &ClientConfig,
+    nats: &async_nats::Client,
+    stats: &Stats,
+    started_ms: i64,
+    online: bool,
+) -> anyhow::Result<()> {
+    let hb = Heartbeat {
+        v: btp_common::WIRE_VERSION,
+        id: cfg.id.clone(),
+        host: cfg.host.clone(),
+        tenant: cfg.tenant.clone(),
+        workers: cfg.workers as u32,
+        busy: stats.busy.load(Ordering::Relaxed) as u32,
+        started_ms,
+        jobs_done: stats.jobs_done.load(Ordering::Relaxed),
+        online,
+    };
+    nats.publish(
+        subjects::heartbeat(&cfg.tenant),
+        serde_json::to_vec(&hb)?.into(),
+    )
+    .await?;
+    Ok(())
+}

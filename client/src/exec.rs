@@ -1,0 +1,236 @@
+//! Job executors on OpenDAL: List pages a directory of the source, Copy streams files from source
+//! to destination. Both are bounded in memory: a page holds a bounded number of entries, a copy
+//! holds one chunk of a file at a time.
+
+use futures::TryStreamExt;
+use opendal::{EntryMode, Operator};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use btp_common::wire::{FileEntry, FileFailure, Job, JobKind, JobResult, ResultBody};
+
+use crate::errors::JobError;
+
+/// Bytes read from the source per request while copying.
+pub const COPY_CHUNK: usize = 4 << 20;
+
+/// Where a job sends its results (one per List page, one per Copy): the results stream.
+pub struct ResultSink {
+    pub js: async_nats::jetstream::Context,
+    pub client: String,
+    pub attempt: u32,
+}
+
+impl ResultSink {
+    /// Publishes a result and waits until JetStream has stored it.
+    pub async fn send(
+        &self,
+        job: &Job,
+        seq: u32,
+        last: bool,
+        body: ResultBody,
+    ) -> Result<(), JobError> {
+        let result = JobResult {
+            v: btp_common::WIRE_VERSION,
+            job: job.id.clone(),
+            tenant: job.tenant.clone(),
+            task: job.task.clone(),
+            client: self.client.clone(),
+            seq,
+            last,
+            attempt: self.attempt,
+            body,
+        };
+        let payload = serde_json::to_vec(&result).expect("serializing a result cannot fail");
+        let subject = btp_common::subjects::results(&job.tenant, &job.task);
+        let ack = self
+            .js
+            .publish(subject, payload.into())
+            .await
+            .map_err(|e| JobError::Transient(format!("publish result: {e}")))?;
+        ack.await
+            .map_err(|e| JobError::Transient(format!("result not stored: {e}")))?;
+        Ok(())
+    }
+}
+
+/// What a job needs besides itself.
+pub struct JobContext<'a> {
+    pub sink: &'a ResultSink,
+    pub cancel: &'a CancellationToken,
+    /// On the last allowed attempt, transient per-file errors are reported as failures.
+    pub last_attempt: bool,
+}
+
+pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
+    match &job.kind {
+        JobKind::List {
+            dir,
+            page_entries,
+            page_bytes,
+        } => list(job, dir, *page_entries as usize, *page_bytes, ctx).await,
+        JobKind::Copy { files } => copy(job, files, ctx).await,
+    }
+}
+
+async fn list(
+    job: &Job,
+    dir: &str,
+    page_entries: usize,
+    page_bytes: u64,
+    ctx: &JobContext<'_>,
+) -> Result<(), JobError> {
+    let src = job.src.source_operator()?;
+    let mut lister = src
+        .lister_with(if dir.is_empty() { "/" } else { dir })
+        .await?;
+    let mut seq = 0u32;
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    let mut bytes = 0u64;
+    let mut total = 0usize;
+    while let Some(entry) = lister.try_next().await? {
+        if ctx.cancel.is_cancelled() {
+            return Err(JobError::Transient("client is stopping".into()));
+        }
+        let path = entry.path();
+        if path == dir || path == "/" || path.is_empty() {
+            continue;
+        }
+        let meta = entry.metadata();
+        let (mode, size, mtime) = match meta.mode() {
+            EntryMode::Unknown => match src.stat(path).await {
+                Ok(m) => (m.mode(), m.content_length(), m.last_modified()),
+                Err(e) => {
+                    warn!(path, error = %e, "skipping an entry that cannot be inspected");
+                    continue;
+                }
+            },
+            m => (m, meta.content_length(), meta.last_modified()),
+        };
+        match mode {
+            EntryMode::DIR => {
+                bytes += path.len() as u64 + 8;
+                dirs.push(path.to_string());
+            }
+            EntryMode::FILE => {
+                let f = FileEntry {
+                    path: path.to_string(),
+                    size,
+                    mtime_ms: mtime
+                        .map(|t| std::time::SystemTime::from(t))
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as i64),
+                };
+                bytes += f.wire_len();
+                files.push(f);
+            }
+            EntryMode::Unknown => {
+                warn!(
+                    path,
+                    "skipping an entry that is neither a file nor a directory"
+                );
+                continue;
+            }
+        }
+        total += 1;
+        if files.len() + dirs.len() >= page_entries || bytes >= page_bytes {
+            let body = ResultBody::ListPage {
+                files: std::mem::take(&mut files),
+                dirs: std::mem::take(&mut dirs),
+            };
+            ctx.sink.send(job, seq, false, body).await?;
+            seq += 1;
+            bytes = 0;
+        }
+    }
+    if total == 0 && !dir.is_empty() {
+        // An empty directory is part of the tree too.
+        job.dst.operator()?.create_dir(dir).await?;
+    }
+    debug!(job = %job.id, dir, entries = total, pages = seq + 1, "listed");
+    ctx.sink
+        .send(job, seq, true, ResultBody::ListPage { files, dirs })
+        .await
+}
+
+async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<(), JobError> {
+    let src = job.src.source_operator()?;
+    let dst = job.dst.operator()?;
+    let (mut files_copied, mut bytes_copied) = (0u64, 0u64);
+    let mut failures = Vec::new();
+    for f in files {
+        if ctx.cancel.is_cancelled() {
+            return Err(JobError::Transient("client is stopping".into()));
+        }
+        match copy_file(&src, &dst, f, ctx.cancel).await {
+            Ok(n) => {
+                files_copied += 1;
+                bytes_copied += n;
+                metrics::counter!("btp_client_files_copied_total").increment(1);
+            }
+            Err(e) if e.is_transient() && !ctx.last_attempt => return Err(e),
+            Err(e) => {
+                warn!(job = %job.id, path = %f.path, error = %e, "file failed");
+                failures.push(FileFailure {
+                    path: f.path.clone(),
+                    size: f.size,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    ctx.sink
+        .send(
+            job,
+            0,
+            true,
+            ResultBody::Copy {
+                files_copied,
+                bytes_copied,
+                failures,
+            },
+        )
+        .await
+}
+
+/// Streams one file; returns the bytes written. The destination is only closed (made complete)
+/// when every byte arrived and the size matches the listing.
+async fn copy_file(
+    src: &Operator,
+    dst: &Operator,
+    f: &FileEntry,
+    cancel: &CancellationToken,
+) -> Result<u64, JobError> {
+    let reader = src.reader_with(&f.path).chunk(COPY_CHUNK).await?;
+    let mut stream = reader.into_stream(..).await?;
+    let mut writer = dst.writer_with(&f.path).await?;
+    let mut written = 0u64;
+    let result: Result<(), JobError> = async {
+        while let Some(chunk) = stream.try_next().await? {
+            if cancel.is_cancelled() {
+                return Err(JobError::Transient("client is stopping".into()));
+            }
+            written += chunk.len() as u64;
+            metrics::counter!("btp_client_bytes_copied_total").increment(chunk.len() as u64);
+            writer.write(chunk).await?;
+        }
+        if written != f.size {
+            return Err(JobError::Transient(format!(
+                "source changed during copy: listed {} bytes, read {written}",
+                f.size
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            writer.close().await?;
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = writer.abort().await;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The BeyondTP client: runs near the data, registers with heartbeats, pulls its tenant's jobs
+//! from a durable consumer shared with the other clients, and runs them on a pool of workers.
+
+pub mod agent;
+pub mod errors;
+pub mod exec;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub nats_url: String,
+    pub id: String,
+    pub host: String,
+    pub tenant: String,
+    pub workers: usize,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    /// How long a stopping client lets in-flight jobs finish before handing them back.
+    pub drain_grace: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(nats_url: &str, workers: usize) -> Self {
+        let host = hostname();
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        Self {
+            nats_url: nats_url.to_string(),
+            id: format!("{host}-{suffix}"),
+            host,
+            tenant: btp_common::DEFAULT_TENANT.to_string(),
+            workers,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 10,
+            retry_backoff: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(60),
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Runs the client until `cancel` fires; in-flight jobs are drained before it returns.
+pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let nats = btp_nats::connect(&cfg.nats_url, &format!("btp-client {}", cfg.id)).await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let settings = btp_nats::topology::ConsumerSettings {
+        ack_wait: cfg.ack_wait,
+        max_deliver: cfg.max_deliver,
+    };
+    let consumer = btp_nats::topology::jobs_consumer(&js, &cfg.tenant, &settings).await?;
+    let stats = Arc::new(worker::Stats::default());
+    info!(client = %cfg.id, workers = cfg.workers, nats = %cfg.nats_url, "client started");
+
+    let hb_cancel = CancellationToken::new();
+    let hb = tokio::spawn(agent::run(
+        cfg.clone(),
+        nats.clone(),
+        stats.clone(),
+        btp_common::now_ms(),
+        hb_cancel.clone(),
+    ));
+    let result = worker::run(cfg.clone(), js, consumer, stats, cancel).await;
+    hb_cancel.cancel();
+    let _ = hb.await;
+    info!(client = %cfg.id, "client stopped");
+    result
+}

@@ -1,0 +1,190 @@
+//! The worker pool: pulls jobs from the tenant's durable consumer only when a worker is free (no
+//! job waits in a local buffer while its ack timer runs), runs them, and settles each message:
+//! ack after the results are stored, nak with backoff on transient errors, a failure result and
+//! ack on permanent ones or when attempts run out, term for messages that are not jobs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use btp_common::wire::{decode, Job, ResultBody};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::errors::{backoff, JobError};
+use crate::exec::{self, JobContext, ResultSink};
+use crate::ClientConfig;
+
+/// Counters shared with the heartbeat.
+#[derive(Default)]
+pub struct Stats {
+    pub jobs_done: AtomicU64,
+    pub busy: AtomicU64,
+}
+
+pub async fn run(
+    cfg: Arc<ClientConfig>,
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let workers = cfg.workers.max(1);
+    let sem = Arc::new(Semaphore::new(workers));
+    // Jobs keep running through a stop request until they finish or reach a checkpoint.
+    let jobs_cancel = CancellationToken::new();
+    'pull: loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => break 'pull,
+            p = sem.clone().acquire_owned() => p?,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = sem.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "pulling jobs failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'pull,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'pull,
+                }
+            }
+        };
+        while let Some(msg) = batch.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    debug!(error = %e, "pull batch ended with an error");
+                    break;
+                }
+            };
+            if cancel.is_cancelled() {
+                // Stopping: hand the job back at once instead of holding it.
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            }
+            let Some(permit) = permits.pop() else {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            };
+            let (cfg, js, stats, jobs_cancel) =
+                (cfg.clone(), js.clone(), stats.clone(), jobs_cancel.clone());
+            tokio::spawn(async move {
+                stats.busy.fetch_add(1, Ordering::Relaxed);
+                run_job(&cfg, js, msg, &jobs_cancel).await;
+                stats.busy.fetch_sub(1, Ordering::Relaxed);
+                stats.jobs_done.fetch_add(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+    }
+    // Drain: let in-flight jobs finish within the grace period, then stop them (they are nak'd).
+    info!(
+        in_flight = workers - sem.available_permits(),
+        "draining workers"
+    );
+    let all = workers as u32;
+    if tokio::time::timeout(cfg.drain_grace, sem.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!("in-flight jobs did not finish within the grace period; handing them back");
+        jobs_cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), sem.acquire_many(all)).await;
+    }
+    Ok(())
+}
+
+async fn run_job(
+    cfg: &ClientConfig,
+    js: jetstream::Context,
+    msg: jetstream::Message,
+    cancel: &CancellationToken,
+) {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let job: Job = match decode(&msg.payload) {
+        Ok(j) => j,
+        Err(e) => {
+            warn!(subject = %msg.subject, error = %e, "terminating a message that is not a job");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let last_attempt = delivered >= cfg.max_deliver;
+    let sink = ResultSink {
+        js,
+        client: cfg.id.clone(),
+        attempt: delivered as u32,
+    };
+    let ctx = JobContext {
+        sink: &sink,
+        cancel,
+        last_attempt,
+    };
+    let started = std::time::Instant::now();
+
+    // Keep the job ours while it runs: progress acks well within the ack wait.
+    let mut ticker = tokio::time::interval(cfg.ack_wait / 3);
+    ticker.tick().await;
+    let work = exec::execute(&job, &ctx);
+    tokio::pin!(work);
+    let outcome = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = ticker.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    debug!(job = %job.id, error = %e, "progress ack failed");
+                }
+            }
+        }
+    };
+    let kind = job.kind.name();
+    let settle = match outcome {
+        Ok(()) => AckKind::Ack,
+        Err(e) if e.is_transient() && !last_attempt => {
+            let delay = backoff(delivered, cfg.retry_backoff, cfg.retry_backoff_max);
+            info!(job = %job.id, kind, attempt = delivered, error = %e, retry_in = ?delay, "job will be retried");
+            AckKind::Nak(Some(delay))
+        }
+        Err(e) => {
+            let reason = match &e {
+                JobError::Transient(r) => format!("{r} (gave up after {delivered} attempts)"),
+                JobError::Permanent(r) => r.clone(),
+            };
+            warn!(job = %job.id, kind, error = %reason, "job failed");
+            match sink
+                .send(&job, 0, true, ResultBody::Failed { reason })
+                .await
+            {
+                Ok(()) => AckKind::Ack,
+                Err(e) => {
+                    warn!(job = %job.id, error = %e, "reporting a failure failed; retrying the job");
+                    AckKind::Nak(Some(cfg.retry_backoff))
+                }
+            }
+        }
+    };
+    let done = matches!(settle, AckKind::Ack);
+    let r = if done {
+        msg.double_ack().await
+    } else {
+        msg.ack_with(settle).await
+    };
+    if let Err(e) = r {
+        warn!(job = %job.id, error = %e, "settling a job failed; it will be redelivered and its result ignored");
+    }
+    metrics::histogram!("btp_client_job_duration_seconds", "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+    debug!(job = %job.id, kind, ms = started.elapsed().as_millis() as u64, done, "job settled");
+}

@@ -1,0 +1,243 @@
+//! The request-reply API on `btp.api.v1.<verb>`: JSON requests, and responses that are either
+//! `{"ok": ...}` or `{"error": {"code": ..., "message": ...}}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::FileFailure;
+
+pub mod verbs {
+    pub const TASK_CREATE: &str = "task.create";
+    pub const TASK_START: &str = "task.start";
+    pub const TASK_GET: &str = "task.get";
+    pub const TASK_LIST: &str = "task.list";
+    pub const TASK_REPORT: &str = "task.report";
+    pub const CLIENT_LIST: &str = "client.list";
+    pub const SERVER_HEALTH: &str = "server.health";
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a value in it is invalid.
+    InvalidArgument,
+    /// The task (or client) does not exist.
+    NotFound,
+    /// The request is valid but not in the current state (starting a completed task).
+    FailedPrecondition,
+    /// Something the server depends on failed; retrying later may succeed.
+    Unavailable,
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiResponse<T> {
+    Ok(T),
+    Error(ApiError),
+}
+
+impl<T> From<Result<T, ApiError>> for ApiResponse<T> {
+    fn from(r: Result<T, ApiError>) -> Self {
+        match r {
+            Ok(v) => ApiResponse::Ok(v),
+            Err(e) => ApiResponse::Error(e),
+        }
+    }
+}
+
+/// How a task is split into jobs. Every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskOptions {
+    /// Most files in one Copy job.
+    pub batch_files: u32,
+    /// Most bytes in one Copy job (a larger file gets a job of its own).
+    pub batch_bytes: u64,
+    /// Most entries in one listing page.
+    pub list_page_entries: u32,
+    /// Most bytes of JSON in one listing page.
+    pub list_page_bytes: u64,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self {
+            batch_files: 256,
+            batch_bytes: 64 << 20,
+            list_page_entries: 1000,
+            list_page_bytes: 256 << 10,
+        }
+    }
+}
+
+impl TaskOptions {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.batch_files == 0 {
+            return Err(ApiError::invalid("batch_files must be at least 1"));
+        }
+        if self.batch_bytes == 0 {
+            return Err(ApiError::invalid("batch_bytes must be greater than zero"));
+        }
+        if self.list_page_entries == 0 {
+            return Err(ApiError::invalid("list_page_entries must be at least 1"));
+        }
+        if !(4096..=(768 << 10)).contains(&self.list_page_bytes) {
+            return Err(ApiError::invalid(
+                "list_page_bytes must be between 4KiB and 768KiB (a page is one NATS message)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    pub src: String,
+    pub dst: String,
+    #[serde(default)]
+    pub options: TaskOptions,
+    /// Start the task right away.
+    #[serde(default)]
+    pub start: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRef {
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Created,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Created => "created",
+            TaskState::Running => "running",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => TaskState::Created,
+            "running" => TaskState::Running,
+            "completed" => TaskState::Completed,
+            "failed" => TaskState::Failed,
+            _ => return None,
+        })
+    }
+    pub fn is_finished(self) -> bool {
+        matches!(self, TaskState::Completed | TaskState::Failed)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub id: String,
+    pub tenant: String,
+    pub state: TaskState,
+    pub src: String,
+    pub dst: String,
+    pub options: TaskOptions,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    /// Files and bytes found by the listing so far.
+    pub files_found: u64,
+    pub bytes_found: u64,
+    pub files_copied: u64,
+    pub bytes_copied: u64,
+    pub files_failed: u64,
+    pub bytes_failed: u64,
+    pub jobs_total: u64,
+    pub jobs_done: u64,
+    /// True once every List job has finished: `files_found` is then final.
+    pub listing_done: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// Work done by one client for a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientShare {
+    pub client: String,
+    pub jobs: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub task: TaskInfo,
+    pub duration_ms: i64,
+    /// Bytes copied per second over the whole run.
+    pub avg_bytes_per_sec: f64,
+    pub clients: Vec<ClientShare>,
+    pub failures: Vec<FileFailure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub id: String,
+    pub host: String,
+    pub tenant: String,
+    pub workers: u32,
+    pub busy: u32,
+    pub jobs_done: u64,
+    pub started_ms: i64,
+    pub last_seen_ms: i64,
+    pub online: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientList {
+    pub clients: Vec<ClientInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub version: String,
+    pub database: String,
+}

@@ -1,0 +1,195 @@
+//! Messages that travel on JetStream and core NATS between the server and the clients.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Endpoint, WIRE_VERSION};
+
+/// One unit of work on the jobs work queue. Carries everything a worker needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub v: u32,
+    /// Unique and stable: also the `Nats-Msg-Id`, so a re-publish is deduplicated.
+    pub id: String,
+    pub tenant: String,
+    pub task: String,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub kind: JobKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobKind {
+    /// List one directory (prefix) of the source; results come back in bounded pages.
+    List {
+        /// Directory relative to the source root: `""` for the root, otherwise ending in `/`.
+        dir: String,
+        /// A page holds at most this many entries...
+        page_entries: u32,
+        /// ...and at most about this many bytes of JSON.
+        page_bytes: u64,
+    },
+    /// Copy a batch of files from source to destination.
+    Copy { files: Vec<FileEntry> },
+}
+
+impl JobKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::List { .. } => "list",
+            JobKind::Copy { .. } => "copy",
+        }
+    }
+}
+
+/// A file found by a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Path relative to the endpoint root, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ms: Option<i64>,
+}
+
+impl FileEntry {
+    /// Approximate size of this entry in a JSON page, used to bound pages.
+    pub fn wire_len(&self) -> u64 {
+        self.path.len() as u64 + 48
+    }
+}
+
+/// A result of a job, published to the results stream. A List job may send several pages
+/// (`seq` 0, 1, ...), the final one with `last = true`; every other job sends one result.
+/// The server applies each `(job, seq)` once, however often it arrives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobResult {
+    pub v: u32,
+    pub job: String,
+    pub tenant: String,
+    pub task: String,
+    /// Id of the client that ran the job.
+    pub client: String,
+    pub seq: u32,
+    pub last: bool,
+    /// Delivery attempt that produced this result (1 for the first).
+    pub attempt: u32,
+    pub body: ResultBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResultBody {
+    /// One page of a listing: files to copy and sub-directories to list next.
+    ListPage {
+        files: Vec<FileEntry>,
+        dirs: Vec<String>,
+    },
+    /// Outcome of a Copy job: what was copied and what failed, per file.
+    Copy {
+        files_copied: u64,
+        bytes_copied: u64,
+        failures: Vec<FileFailure>,
+    },
+    /// The whole job failed permanently (or ran out of attempts).
+    Failed { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFailure {
+    pub path: String,
+    pub size: u64,
+    pub reason: String,
+}
+
+/// Heartbeat of a client on core NATS; its first one registers the client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub v: u32,
+    pub id: String,
+    pub host: String,
+    pub tenant: String,
+    pub workers: u32,
+    pub busy: u32,
+    pub started_ms: i64,
+    pub jobs_done: u64,
+    /// False in the last heartbeat a stopping client sends.
+    pub online: bool,
+}
+
+/// Errors decoding a message from NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a valid message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported message version {0} (this build speaks {WIRE_VERSION})")]
+    Version(u32),
+}
+
+/// Decodes a versioned wire message, refusing other versions.
+pub fn decode<T: serde::de::DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let msg: T = serde_json::from_slice(bytes)?;
+    if msg.version() != WIRE_VERSION {
+        return Err(DecodeError::Version(msg.version()));
+    }
+    Ok(msg)
+}
+
+pub trait Versioned {
+    fn version(&self) -> u32;
+}
+
+impl Versioned for Job {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+impl Versioned for JobResult {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+impl Versioned for Heartbeat {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_round_trip_and_other_versions_are_refused() {
+        let job = Job {
+            v: WIRE_VERSION,
+            id: "t1.0".into(),
+            tenant: "default".into(),
+            task: "t1".into(),
+            src: Endpoint::parse("/a").unwrap(),
+            dst: Endpoint::parse("/b").unwrap(),
+            kind: JobKind::Copy {
+                files: vec![FileEntry {
+                    path: "x y#%?.txt".into(),
+                    size: 3,
+                    mtime_ms: None,
+                }],
+            },
+        };
+        let bytes = serde_json::to_vec(&job).unwrap();
+        assert_eq!(decode::<Job>(&bytes).unwrap(), job);
+        let mut other = job.clone();
+        other.v = 99;
+        let bytes = serde_json::to_vec(&other).unwrap();
+        assert!(matches!(
+            decode::<Job>(&bytes),
+            Err(DecodeError::Version(99))
+        ));
+        assert!(matches!(decode::<Job>(b"hello"), Err(DecodeError::Json(_))));
+    }
+}

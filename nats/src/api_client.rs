@@ -1,0 +1,69 @@
+//! Calls the server's request-reply API (`btp.api.v1.<verb>`), the only way the CLI talks to it.
+
+use std::time::Duration;
+
+use btp_common::api::{ApiError, ApiResponse};
+use btp_common::subjects;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Clone)]
+pub struct ApiClient {
+    nats: async_nats::Client,
+    url: String,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The server answered with an error.
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    /// Nothing answered, or the transport failed.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl ApiClient {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let nats = crate::connect(url, "btp-cli").await?;
+        Ok(Self {
+            nats,
+            url: url.to_string(),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        verb: &str,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
+        let body = serde_json::to_vec(req).map_err(|e| CallError::Transport(e.to_string()))?;
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(self.timeout));
+        let reply = self
+            .nats
+            .send_request(subjects::api(verb), request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => CallError::Transport(format!(
+                    "no BeyondTP server answers on {} (start `btp server run` or `btp standalone`)",
+                    self.url
+                )),
+                async_nats::RequestErrorKind::TimedOut => CallError::Transport(format!(
+                    "the server on {} did not answer {verb} in time",
+                    self.url
+                )),
+                _ => CallError::Transport(format!("request {verb} on {}: {e}", self.url)),
+            })?;
+        match serde_json::from_slice::<ApiResponse<Resp>>(&reply.payload) {
+            Ok(ApiResponse::Ok(v)) => Ok(v),
+            Ok(ApiResponse::Error(e)) => Err(CallError::Api(e)),
+            Err(e) => Err(CallError::Transport(format!(
+                "unreadable answer to {verb}: {e}"
+            ))),
+        }
+    }
+}

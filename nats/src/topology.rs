@@ -1,0 +1,98 @@
+//! JetStream streams and consumers of BeyondTP. Every function here is idempotent: the server
+//! calls them at start, clients call them before pulling, and either may come first.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, stream};
+use btp_common::subjects;
+
+/// Settings of the jobs consumer shared by a tenant's clients.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// A job not acked (nor progress-acked) within this time is redelivered to another worker.
+    pub ack_wait: Duration,
+    /// Deliveries of one job before it is given up.
+    pub max_deliver: i64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 10,
+        }
+    }
+}
+
+/// Creates (or finds) the jobs and results streams.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+) -> anyhow::Result<(stream::Stream, stream::Stream)> {
+    let jobs = js
+        .get_or_create_stream(stream::Config {
+            name: subjects::JOBS_STREAM.to_string(),
+            subjects: vec!["btp.jobs.>".to_string()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .context("create the jobs stream")?;
+    let results = js
+        .get_or_create_stream(stream::Config {
+            name: subjects::RESULTS_STREAM.to_string(),
+            subjects: vec!["btp.results.>".to_string()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .context("create the results stream")?;
+    Ok((jobs, results))
+}
+
+/// The durable pull consumer that a tenant's clients share (work is load-balanced across them).
+pub async fn jobs_consumer(
+    js: &jetstream::Context,
+    tenant: &str,
+    settings: &ConsumerSettings,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let (jobs, _) = ensure_streams(js).await?;
+    let name = subjects::workers_consumer(tenant);
+    jobs.get_or_create_consumer(
+        &name,
+        consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: subjects::jobs_filter(tenant),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: settings.ack_wait,
+            max_deliver: settings.max_deliver,
+            max_ack_pending: 20_000,
+            max_waiting: 4096,
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("create the jobs consumer {name}"))
+}
+
+/// The server's durable consumer on the results stream.
+pub async fn results_consumer(js: &jetstream::Context) -> anyhow::Result<consumer::PullConsumer> {
+    let (_, results) = ensure_streams(js).await?;
+    results
+        .get_or_create_consumer(
+            subjects::RESULTS_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(subjects::RESULTS_CONSUMER.to_string()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("create the results consumer")
+}

@@ -1,0 +1,221 @@
+//! Consumes job results and applies each `(job, seq)` exactly once: a batch of results is applied
+//! in one database transaction and acknowledged to JetStream only after it commits.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use btp_common::api::ApiError;
+use btp_common::now_ms;
+use btp_common::wire::{decode, FileFailure, Job, JobKind, JobResult, ResultBody};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::planner;
+use crate::store::{self, job_state, Store, TaskDelta, Tx};
+
+/// What applying one result did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Counted now.
+    Yes,
+    /// Already counted before (a redelivery or a duplicate run): ignored.
+    Duplicate,
+    /// A later page arrived before an earlier one: try again shortly.
+    Defer,
+}
+
+pub async fn run(
+    js: jetstream::Context,
+    store: Store,
+    wake_dispatcher: std::sync::Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = btp_nats::topology::results_consumer(&js).await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(512)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let mut chunks = messages.ready_chunks(256);
+    loop {
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            b = chunks.next() => match b {
+                Some(b) => b,
+                None => anyhow::bail!("results stream ended"),
+            },
+        };
+        let mut msgs = Vec::with_capacity(batch.len());
+        for m in batch {
+            match m {
+                Ok(m) => msgs.push(m),
+                Err(e) => warn!(error = %e, "results consumer error"),
+            }
+        }
+        if msgs.is_empty() {
+            continue;
+        }
+        match apply_batch(&store, &msgs).await {
+            Ok(outcomes) => {
+                for (m, o) in msgs.iter().zip(outcomes) {
+                    let kind = match o {
+                        Some(Applied::Defer) => AckKind::Nak(Some(Duration::from_millis(500))),
+                        None => AckKind::Term,
+                        _ => AckKind::Ack,
+                    };
+                    if let Err(e) = m.ack_with(kind).await {
+                        warn!(error = %e, "ack of a result failed; it will be redelivered and ignored");
+                    }
+                }
+                wake_dispatcher.notify_one();
+            }
+            Err(e) => {
+                warn!(error = %e, "applying results failed; they will be redelivered");
+                for m in &msgs {
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Applies a batch in one transaction. `None` marks a malformed message (to be terminated).
+async fn apply_batch(
+    store: &Store,
+    msgs: &[jetstream::Message],
+) -> Result<Vec<Option<Applied>>, ApiError> {
+    let mut tx = store.begin().await?;
+    let mut out = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        match decode::<JobResult>(&m.payload) {
+            Ok(r) => out.push(Some(apply(&mut tx, &r).await?)),
+            Err(e) => {
+                warn!(subject = %m.subject, error = %e, "dropping a malformed result");
+                out.push(None);
+            }
+        }
+    }
+    tx.commit().await.map_err(store::map_sqlx)?;
+    Ok(out)
+}
+
+/// Applies one result inside `tx`.
+pub async fn apply(tx: &mut Tx<'_>, r: &JobResult) -> Result<Applied, ApiError> {
+    let Some((task_id, seq)) = store::parse_job_id(&r.job) else {
+        warn!(job = %r.job, "result for a malformed job id");
+        return Ok(Applied::Duplicate);
+    };
+    if task_id != r.task {
+        warn!(job = %r.job, task = %r.task, "result names another task than its job");
+        return Ok(Applied::Duplicate);
+    }
+    let Some(job) = store::load_job_tx(tx, task_id, seq).await? else {
+        warn!(job = %r.job, "result for an unknown job");
+        return Ok(Applied::Duplicate);
+    };
+    if job.state == job_state::DONE || job.state == job_state::FAILED {
+        return Ok(Applied::Duplicate);
+    }
+    let Some(task) = store::load_task_tx(tx, task_id).await? else {
+        return Ok(Applied::Duplicate);
+    };
+    let now = now_ms();
+    let mut delta = TaskDelta::default();
+    let finished_state = if r.last { Some(job_state::DONE) } else { None };
+    match &r.body {
+        ResultBody::ListPage { files, dirs } => {
+            let expected = job.pages_applied;
+            if (r.seq as i64) < expected {
+                return Ok(Applied::Duplicate);
+            }
+            if r.seq as i64 > expected {
+                return Ok(Applied::Defer);
+            }
+            delta.files_found = files.len() as i64;
+            delta.bytes_found = files.iter().map(|f| f.size as i64).sum();
+            let mut kinds = planner::pack_copies(files.clone(), &task.info.options);
+            delta.lists_total = dirs.len() as i64;
+            kinds.extend(
+                dirs.iter()
+                    .map(|d| planner::list_job(d.clone(), &task.info.options)),
+            );
+            delta.jobs_total = kinds.len() as i64;
+            store::insert_jobs(tx, &task, task.info.jobs_total as i64, kinds).await?;
+            store::set_pages_applied(tx, task_id, seq, expected + 1).await?;
+            if r.last {
+                delta.lists_done = 1;
+            }
+        }
+        ResultBody::Copy {
+            files_copied,
+            bytes_copied,
+            failures,
+        } => {
+            delta.files_copied = *files_copied as i64;
+            delta.bytes_copied = *bytes_copied as i64;
+            record_failures(tx, task_id, seq, r.attempt, failures, &mut delta).await?;
+        }
+        ResultBody::Failed { reason } => {
+            let job_body: Job = serde_json::from_str(&job.payload)
+                .map_err(|e| ApiError::internal(format!("corrupt job {}: {e}", r.job)))?;
+            match job_body.kind {
+                JobKind::Copy { files } => {
+                    let failures: Vec<FileFailure> = files
+                        .into_iter()
+                        .map(|f| FileFailure {
+                            path: f.path,
+                            size: f.size,
+                            reason: reason.clone(),
+                        })
+                        .collect();
+                    record_failures(tx, task_id, seq, r.attempt, &failures, &mut delta).await?;
+                }
+                JobKind::List { dir, .. } => {
+                    let f = FileFailure {
+                        path: dir,
+                        size: 0,
+                        reason: format!("listing failed: {reason}"),
+                    };
+                    store::record_failure(tx, task_id, &f, r.attempt, seq).await?;
+                    delta.dirs_failed = 1;
+                    delta.lists_done = 1;
+                }
+            }
+            debug!(job = %r.job, kind = %job.kind, %reason, "job failed");
+        }
+    }
+    if let Some(state) = finished_state {
+        let state = if matches!(r.body, ResultBody::Failed { .. }) {
+            job_state::FAILED
+        } else {
+            state
+        };
+        store::finish_job(tx, task_id, seq, state, &r.client, r.attempt, now).await?;
+        delta.jobs_done = 1;
+    }
+    store::apply_task_delta(tx, task_id, &delta).await?;
+    if let Some(state) = store::finish_task_if_done(tx, task_id, now).await? {
+        info!(task = %task_id, state = state.as_str(), "task finished");
+    }
+    Ok(Applied::Yes)
+}
+
+async fn record_failures(
+    tx: &mut Tx<'_>,
+    task: &str,
+    seq: i64,
+    attempt: u32,
+    failures: &[FileFailure],
+    delta: &mut TaskDelta,
+) -> Result<(), ApiError> {
+    for f in failures {
+        store::record_failure(tx, task, f, attempt, seq).await?;
+        delta.files_failed += 1;
+        delta.bytes_failed += f.size as i64;
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Publishes recorded jobs (the outbox) onto the jobs work queue. Each running task has a bounded
+//! window of in-flight jobs and windows are filled round-robin, so one huge task cannot starve
+//! the others. Jobs are published with `Nats-Msg-Id` = job id: a re-publish after a crash between
+//! publishing and marking is deduplicated by JetStream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use btp_common::subjects;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::store::Store;
+
+pub async fn run(
+    js: jetstream::Context,
+    store: Store,
+    window: i64,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        match dispatch_once(&js, &store, window).await {
+            Ok(published) if published > 0 => continue,
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "publishing jobs failed; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// One round over the running tasks; returns how many jobs were published.
+async fn dispatch_once(
+    js: &jetstream::Context,
+    store: &Store,
+    window: i64,
+) -> anyhow::Result<usize> {
+    let mut published = 0;
+    for (task, tenant) in store.running_tasks().await? {
+        let room = window - store.inflight_jobs(&task).await?;
+        if room <= 0 {
+            continue;
+        }
+        let jobs = store.pending_jobs(&task, room).await?;
+        if jobs.is_empty() {
+            continue;
+        }
+        let subject = subjects::jobs(&tenant, &task);
+        let mut acks = Vec::with_capacity(jobs.len());
+        for (seq, payload) in &jobs {
+            let msg = PublishMessage::build()
+                .payload(payload.clone().into_bytes().into())
+                .message_id(crate::store::job_id(&task, *seq));
+            acks.push(js.send_publish(subject.clone(), msg).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        let seqs: Vec<i64> = jobs.iter().map(|(s, _)| *s).collect();
+        store.mark_published(&task, &seqs).await?;
+        published += seqs.len();
+    }
+    Ok(published)
+}

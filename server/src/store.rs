@@ -1,0 +1,598 @@
+//! The store: every SQL statement of the server lives here. Queries are portable SQL with `$N`
+//! placeholders, so the same statements run on SQLite (embedded default) and PostgreSQL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use btp_common::api::{ApiError, ClientInfo, ClientShare, TaskInfo, TaskOptions, TaskState};
+use btp_common::wire::{FileFailure, Heartbeat, Job, JobKind};
+use btp_common::Endpoint;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+
+pub type Db = sqlx::Sqlite;
+pub type Pool = sqlx::Pool<Db>;
+pub type Tx<'a> = sqlx::Transaction<'a, Db>;
+
+/// Job states in the outbox.
+pub mod job_state {
+    pub const PENDING: &str = "pending";
+    pub const PUBLISHED: &str = "published";
+    pub const DONE: &str = "done";
+    pub const FAILED: &str = "failed";
+}
+
+/// The one place sqlx errors become ours: busy/locked/pool errors are retryable.
+pub fn map_sqlx(e: sqlx::Error) -> ApiError {
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError::new(
+            btp_common::api::ErrorCode::Unavailable,
+            format!("database unavailable: {e}"),
+        ),
+        _ => ApiError::internal(format!("database error: {e}")),
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    url: String,
+}
+
+/// A task row with its decoded endpoints.
+#[derive(Clone, Debug)]
+pub struct TaskRow {
+    pub info: TaskInfo,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+}
+
+/// A job row loaded for applying a result.
+pub struct JobRow {
+    pub kind: String,
+    pub state: String,
+    pub pages_applied: i64,
+    pub payload: String,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database and runs the migrations.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("invalid database url {url}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("open database {url}"))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .context("run database migrations")?;
+        Ok(Self {
+            pool,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        if self.url.starts_with("postgres") {
+            "postgresql"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`):
+    /// a deferred transaction that reads and then writes fails with "database is locked" instead
+    /// of waiting when another writer committed in between.
+    pub async fn begin(&self) -> Result<Tx<'static>, ApiError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_sqlx)
+    }
+
+    // ---- tasks ----
+
+    pub async fn insert_task(
+        &self,
+        info: &TaskInfo,
+        src: &Endpoint,
+        dst: &Endpoint,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO tasks (id, tenant, state, src, dst, options, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&info.id)
+        .bind(&info.tenant)
+        .bind(info.state.as_str())
+        .bind(to_json(src))
+        .bind(to_json(dst))
+        .bind(to_json(&info.options))
+        .bind(info.created_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    pub async fn task(&self, id: &str) -> Result<TaskRow, ApiError> {
+        let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .ok_or_else(|| ApiError::not_found(format!("unknown task id '{id}'")))?;
+        task_from_row(&row)
+    }
+
+    pub async fn tasks(&self, limit: i64) -> Result<Vec<TaskInfo>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_ms DESC, id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|r| task_from_row(r).map(|t| t.info))
+            .collect()
+    }
+
+    /// Ids and tenants of running tasks, for the dispatcher.
+    pub async fn running_tasks(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let rows = sqlx::query("SELECT id, tenant FROM tasks WHERE state = $1 ORDER BY created_ms")
+            .bind(TaskState::Running.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Moves a created task to running and records its root List job, in one transaction.
+    pub async fn start_task(&self, task: &TaskRow, now: i64) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tasks SET state = $1, started_ms = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(TaskState::Running.as_str())
+        .bind(now)
+        .bind(&task.info.id)
+        .bind(TaskState::Created.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if updated.rows_affected() != 1 {
+            return Err(ApiError::new(
+                btp_common::api::ErrorCode::FailedPrecondition,
+                format!("task {} is not in state created", task.info.id),
+            ));
+        }
+        let root = crate::planner::list_job(String::new(), &task.info.options);
+        insert_jobs(&mut tx, task, 0, vec![root]).await?;
+        sqlx::query("UPDATE tasks SET jobs_total = 1, lists_total = 1 WHERE id = $1")
+            .bind(&task.info.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    // ---- jobs (outbox) ----
+
+    pub async fn inflight_jobs(&self, task: &str) -> Result<i64, ApiError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE task_id = $1 AND state = $2")
+            .bind(task)
+            .bind(job_state::PUBLISHED)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx)
+    }
+
+    pub async fn pending_jobs(
+        &self,
+        task: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT seq, payload FROM jobs WHERE task_id = $1 AND state = $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(task)
+        .bind(job_state::PENDING)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub async fn mark_published(&self, task: &str, seqs: &[i64]) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        for seq in seqs {
+            sqlx::query(
+                "UPDATE jobs SET state = $1 WHERE task_id = $2 AND seq = $3 AND state = $4",
+            )
+            .bind(job_state::PUBLISHED)
+            .bind(task)
+            .bind(seq)
+            .bind(job_state::PENDING)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        }
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    // ---- reports ----
+
+    pub async fn failures(&self, task: &str, limit: i64) -> Result<Vec<FileFailure>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT path, size, reason FROM failures WHERE task_id = $1 ORDER BY path LIMIT $2",
+        )
+        .bind(task)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| FileFailure {
+                path: r.get(0),
+                size: r.get::<i64, _>(1) as u64,
+                reason: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn client_shares(&self, task: &str) -> Result<Vec<ClientShare>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT client, COUNT(*), SUM(files), SUM(bytes) FROM jobs \
+             WHERE task_id = $1 AND client IS NOT NULL GROUP BY client ORDER BY client",
+        )
+        .bind(task)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| ClientShare {
+                client: r.get(0),
+                jobs: r.get::<i64, _>(1) as u64,
+                files: r.get::<Option<i64>, _>(2).unwrap_or(0) as u64,
+                bytes: r.get::<Option<i64>, _>(3).unwrap_or(0) as u64,
+            })
+            .collect())
+    }
+
+    // ---- agents ----
+
+    pub async fn upsert_agent(&self, hb: &Heartbeat, now: i64) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO agents (id, tenant, host, workers, busy, jobs_done, started_ms, last_seen_ms, online) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (id) DO UPDATE SET tenant = $2, host = $3, workers = $4, busy = $5, \
+             jobs_done = $6, started_ms = $7, last_seen_ms = $8, online = $9",
+        )
+        .bind(&hb.id)
+        .bind(&hb.tenant)
+        .bind(&hb.host)
+        .bind(hb.workers as i64)
+        .bind(hb.busy as i64)
+        .bind(hb.jobs_done as i64)
+        .bind(hb.started_ms)
+        .bind(now)
+        .bind(hb.online as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    /// Clients, online when their last heartbeat is younger than `online_within_ms`.
+    pub async fn agents(
+        &self,
+        now: i64,
+        online_within_ms: i64,
+    ) -> Result<Vec<ClientInfo>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT id, host, tenant, workers, busy, jobs_done, started_ms, last_seen_ms, online \
+             FROM agents ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let last_seen_ms: i64 = r.get(7);
+                let flagged: i64 = r.get(8);
+                ClientInfo {
+                    id: r.get(0),
+                    host: r.get(1),
+                    tenant: r.get(2),
+                    workers: r.get::<i64, _>(3) as u32,
+                    busy: r.get::<i64, _>(4) as u32,
+                    jobs_done: r.get::<i64, _>(5) as u64,
+                    started_ms: r.get(6),
+                    last_seen_ms,
+                    online: flagged == 1 && now - last_seen_ms < online_within_ms,
+                }
+            })
+            .collect())
+    }
+}
+
+const TASK_COLUMNS: &str =
+    "id, tenant, state, src, dst, options, created_ms, started_ms, finished_ms, \
+    files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
+    lists_total, lists_done, jobs_total, jobs_done";
+
+fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, ApiError> {
+    let state: String = r.get(2);
+    let src: Endpoint = from_json(&r.get::<String, _>(3))?;
+    let dst: Endpoint = from_json(&r.get::<String, _>(4))?;
+    let options: TaskOptions = from_json(&r.get::<String, _>(5))?;
+    let n = |i: usize| r.get::<i64, _>(i) as u64;
+    let info = TaskInfo {
+        id: r.get(0),
+        tenant: r.get(1),
+        state: TaskState::parse(&state)
+            .ok_or_else(|| ApiError::internal(format!("bad task state {state}")))?,
+        src: src.to_string(),
+        dst: dst.to_string(),
+        options,
+        created_ms: r.get(6),
+        started_ms: r.get(7),
+        finished_ms: r.get(8),
+        files_found: n(9),
+        bytes_found: n(10),
+        files_copied: n(11),
+        bytes_copied: n(12),
+        files_failed: n(13),
+        bytes_failed: n(14),
+        listing_done: n(15) > 0 && n(15) == n(16),
+        jobs_total: n(17),
+        jobs_done: n(18),
+    };
+    Ok(TaskRow { info, src, dst })
+}
+
+/// Records jobs (state pending) numbered from `first_seq`; the dispatcher publishes them.
+pub async fn insert_jobs(
+    tx: &mut Tx<'_>,
+    task: &TaskRow,
+    first_seq: i64,
+    kinds: Vec<JobKind>,
+) -> Result<(), ApiError> {
+    for (i, kind) in kinds.into_iter().enumerate() {
+        let seq = first_seq + i as i64;
+        let (files, bytes) = match &kind {
+            JobKind::Copy { files } => (
+                files.len() as i64,
+                files.iter().map(|f| f.size as i64).sum(),
+            ),
+            JobKind::List { .. } => (0, 0),
+        };
+        let job = Job {
+            v: btp_common::WIRE_VERSION,
+            id: job_id(&task.info.id, seq),
+            tenant: task.info.tenant.clone(),
+            task: task.info.id.clone(),
+            src: task.src.clone(),
+            dst: task.dst.clone(),
+            kind,
+        };
+        sqlx::query(
+            "INSERT INTO jobs (task_id, seq, kind, state, payload, files, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&task.info.id)
+        .bind(seq)
+        .bind(job.kind.name())
+        .bind(job_state::PENDING)
+        .bind(to_json(&job))
+        .bind(files)
+        .bind(bytes)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    }
+    Ok(())
+}
+
+pub fn job_id(task: &str, seq: i64) -> String {
+    format!("{task}.{seq}")
+}
+
+/// Splits a job id back into task id and sequence number.
+pub fn parse_job_id(id: &str) -> Option<(&str, i64)> {
+    let (task, seq) = id.rsplit_once('.')?;
+    Some((task, seq.parse().ok()?))
+}
+
+pub async fn load_task_tx(tx: &mut Tx<'_>, id: &str) -> Result<Option<TaskRow>, ApiError> {
+    let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    row.as_ref().map(task_from_row).transpose()
+}
+
+pub async fn load_job_tx(
+    tx: &mut Tx<'_>,
+    task: &str,
+    seq: i64,
+) -> Result<Option<JobRow>, ApiError> {
+    let row = sqlx::query(
+        "SELECT kind, state, pages_applied, payload FROM jobs WHERE task_id = $1 AND seq = $2",
+    )
+    .bind(task)
+    .bind(seq)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(row.map(|r| JobRow {
+        kind: r.get(0),
+        state: r.get(1),
+        pages_applied: r.get(2),
+        payload: r.get(3),
+    }))
+}
+
+/// Adds to a task's counters. Every argument is a delta.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct TaskDelta {
+    pub files_found: i64,
+    pub bytes_found: i64,
+    pub files_copied: i64,
+    pub bytes_copied: i64,
+    pub files_failed: i64,
+    pub bytes_failed: i64,
+    pub dirs_failed: i64,
+    pub lists_total: i64,
+    pub lists_done: i64,
+    pub jobs_total: i64,
+    pub jobs_done: i64,
+}
+
+pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE tasks SET files_found = files_found + $1, bytes_found = bytes_found + $2, \
+         files_copied = files_copied + $3, bytes_copied = bytes_copied + $4, \
+         files_failed = files_failed + $5, bytes_failed = bytes_failed + $6, dirs_failed = dirs_failed + $7, \
+         lists_total = lists_total + $8, lists_done = lists_done + $9, \
+         jobs_total = jobs_total + $10, jobs_done = jobs_done + $11 WHERE id = $12",
+    )
+    .bind(d.files_found)
+    .bind(d.bytes_found)
+    .bind(d.files_copied)
+    .bind(d.bytes_copied)
+    .bind(d.files_failed)
+    .bind(d.bytes_failed)
+    .bind(d.dirs_failed)
+    .bind(d.lists_total)
+    .bind(d.lists_done)
+    .bind(d.jobs_total)
+    .bind(d.jobs_done)
+    .bind(task)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(())
+}
+
+pub async fn set_pages_applied(
+    tx: &mut Tx<'_>,
+    task: &str,
+    seq: i64,
+    pages: i64,
+) -> Result<(), ApiError> {
+    sqlx::query("UPDATE jobs SET pages_applied = $1 WHERE task_id = $2 AND seq = $3")
+        .bind(pages)
+        .bind(task)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
+/// Marks a job finished (done or failed) by `client`; its payload is no longer needed.
+pub async fn finish_job(
+    tx: &mut Tx<'_>,
+    task: &str,
+    seq: i64,
+    state: &str,
+    client: &str,
+    attempts: u32,
+    now: i64,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE jobs SET state = $1, client = $2, attempts = $3, finished_ms = $4, payload = '' \
+         WHERE task_id = $5 AND seq = $6",
+    )
+    .bind(state)
+    .bind(client)
+    .bind(attempts as i64)
+    .bind(now)
+    .bind(task)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(())
+}
+
+pub async fn record_failure(
+    tx: &mut Tx<'_>,
+    task: &str,
+    f: &FileFailure,
+    attempts: u32,
+    job_seq: i64,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO failures (task_id, path, size, reason, attempts, job_seq) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (task_id, path) DO UPDATE SET size = $3, reason = $4, attempts = $5, job_seq = $6",
+    )
+    .bind(task)
+    .bind(&f.path)
+    .bind(f.size as i64)
+    .bind(&f.reason)
+    .bind(attempts as i64)
+    .bind(job_seq)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(())
+}
+
+/// Finishes a running task whose jobs are all done: completed, or failed when anything failed.
+/// Returns the new state when the task finished.
+pub async fn finish_task_if_done(
+    tx: &mut Tx<'_>,
+    task: &str,
+    now: i64,
+) -> Result<Option<TaskState>, ApiError> {
+    let row = sqlx::query(
+        "SELECT state, jobs_total, jobs_done, files_failed, dirs_failed FROM tasks WHERE id = $1",
+    )
+    .bind(task)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    let Some(r) = row else { return Ok(None) };
+    let state: String = r.get(0);
+    let (total, done, ffail, dfail): (i64, i64, i64, i64) =
+        (r.get(1), r.get(2), r.get(3), r.get(4));
+    if state != TaskState::Running.as_str() || done < total {
+        return Ok(None);
+    }
+    let new_state = if ffail == 0 && dfail == 0 {
+        TaskState::Completed
+    } else {
+        TaskState::Failed
+    };
+    sqlx::query("UPDATE tasks SET state = $1, finished_ms = $2 WHERE id = $3")
+        .bind(new_state.as_str())
+        .bind(now)
+        .bind(task)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(Some(new_state))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("serializing a plain struct cannot fail")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, ApiError> {
+    serde_json::from_str(s).map_err(|e| ApiError::internal(format!("corrupt stored value: {e}")))
+}

@@ -1,0 +1,255 @@
+//! `btp`: the BeyondTP command line. Argument parsing and dispatch only; the work is done by the
+//! server, client and nats crates.
+
+mod output;
+mod run;
+mod task;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "btp",
+    version,
+    about = "BeyondTP: distributed data migration over NATS JetStream"
+)]
+struct Cli {
+    /// NATS server of the BeyondTP cluster.
+    #[arg(
+        long,
+        global = true,
+        env = "BTP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// Log filter (error, warn, info, debug, or a tracing directive).
+    #[arg(long, global = true, env = "BTP_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run nats-server, the server (SQLite) and one client on this machine, in the foreground.
+    Standalone(StandaloneArgs),
+    /// The coordinator.
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// Clients (agents) that run jobs near the data.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Create, start and inspect migration tasks.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+    /// One-shot copy: a temporary standalone cluster for one task; exits 0 only if every file was copied.
+    Copy(CopyArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct StandaloneArgs {
+    /// Directory for the database and the NATS store.
+    #[arg(long, env = "BTP_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Port of the embedded nats-server (a free one by default).
+    #[arg(long)]
+    pub nats_port: Option<u16>,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// Run the server against a nats-server.
+    Run(ServerRunArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ServerRunArgs {
+    /// Directory of the SQLite database (btp.db), when no --database-url is given.
+    #[arg(long, env = "BTP_DATA_DIR", default_value = "./btp-data")]
+    pub data_dir: PathBuf,
+    /// Database URL (sqlite://PATH); overrides --data-dir.
+    #[arg(long, env = "BTP_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Most in-flight jobs per task.
+    #[arg(long, env = "BTP_WINDOW", default_value_t = 512)]
+    pub window: i64,
+    #[command(flatten)]
+    pub queue: QueueOpts,
+}
+
+/// Settings of the jobs consumer (shared by server and clients).
+#[derive(Args, Clone)]
+pub struct QueueOpts {
+    /// A job not acked within this time goes to another worker (running jobs send progress acks).
+    #[arg(long, env = "BTP_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// Deliveries of a job before it is given up and its files reported as failed.
+    #[arg(long, env = "BTP_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_attempts: i64,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Run a client against a nats-server.
+    Run(ClientRunArgs),
+    /// List the clients known to the server.
+    List(OutputOpts),
+}
+
+#[derive(Args, Clone)]
+pub struct ClientRunArgs {
+    /// Client id (default: host name and a random suffix).
+    #[arg(long, env = "BTP_CLIENT_ID")]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientOpts {
+    /// Jobs run concurrently.
+    #[arg(long, env = "BTP_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// First retry delay of a job that failed transiently (doubles per attempt).
+    #[arg(long, env = "BTP_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+    #[command(flatten)]
+    pub queue: QueueOpts,
+}
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// Create a task (and start it with --start).
+    Create(task::CreateArgs),
+    /// Start a created task.
+    Start(IdArgs),
+    /// Show a task.
+    Get(IdArgs),
+    /// List tasks.
+    List(OutputOpts),
+    /// Print a task's report.
+    Report(IdArgs),
+    /// Follow a task with a progress bar until it finishes.
+    Watch(IdArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct IdArgs {
+    /// Task id.
+    pub id: String,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct OutputOpts {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args, Clone)]
+pub struct CopyArgs {
+    /// Source (fs:///path or a path).
+    pub src: String,
+    /// Destination (fs:///path or a path).
+    pub dst: String,
+    #[command(flatten)]
+    pub client: ClientOpts,
+    #[command(flatten)]
+    pub plan: task::PlanOpts,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Standalone(_)
+        | Command::Server { .. }
+        | Command::Client {
+            command: ClientCommand::Run(_),
+        } => "info",
+        _ => "warn",
+    };
+    let filter = cli
+        .log
+        .clone()
+        .unwrap_or_else(|| format!("{default_level},async_nats=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error chain on one line: `outer: inner: innermost`, without repeats.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let url = cli.nats_url;
+    match cli.command {
+        Command::Standalone(a) => run::standalone(a).await,
+        Command::Server {
+            command: ServerCommand::Run(a),
+        } => run::server(&url, a).await,
+        Command::Client {
+            command: ClientCommand::Run(a),
+        } => run::client(&url, a).await,
+        Command::Client {
+            command: ClientCommand::List(o),
+        } => task::client_list(&url, o).await,
+        Command::Task { command } => task::dispatch(&url, command).await,
+        Command::Copy(a) => run::copy(a).await,
+    }
+}

@@ -1,0 +1,187 @@
+//! Long-running commands: standalone, server run, client run, and the one-shot copy.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use btp_client::ClientConfig;
+use btp_nats::topology::ConsumerSettings;
+use btp_server::ServerConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{ClientOpts, ClientRunArgs, CopyArgs, QueueOpts, ServerRunArgs, StandaloneArgs};
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn consumer_settings(q: &QueueOpts) -> ConsumerSettings {
+    ConsumerSettings {
+        ack_wait: q.ack_wait,
+        max_deliver: q.max_attempts,
+    }
+}
+
+fn client_config(url: &str, id: Option<String>, o: &ClientOpts) -> ClientConfig {
+    let mut cfg = ClientConfig::new(url, o.workers as usize);
+    if let Some(id) = id {
+        cfg.id = id;
+    }
+    cfg.ack_wait = o.queue.ack_wait;
+    cfg.max_deliver = o.queue.max_attempts;
+    cfg.retry_backoff = o.retry_backoff;
+    cfg
+}
+
+fn sqlite_url(dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create data dir {}", dir.display()))?;
+    let dir = std::path::absolute(dir)?;
+    Ok(format!("sqlite://{}", dir.join("btp.db").display()))
+}
+
+pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
+    let database_url = match a.database_url {
+        Some(u) => u,
+        None => sqlite_url(&a.data_dir)?,
+    };
+    let cfg = ServerConfig {
+        nats_url: url.to_string(),
+        database_url,
+        window: a.window.max(1),
+        consumer: consumer_settings(&a.queue),
+    };
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("stopping the server");
+        c.cancel();
+    });
+    btp_server::run(cfg, cancel).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn client(url: &str, a: ClientRunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = client_config(url, a.id, &a.client);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("stopping the client: finishing in-flight jobs");
+        c.cancel();
+    });
+    btp_client::run(cfg, cancel).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// nats-server, server and client on one machine. Stops in order: client (drained), server, NATS.
+pub struct Cluster {
+    nats: btp_nats::NatsServer,
+    server_cancel: CancellationToken,
+    client_cancel: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    client: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Cluster {
+    pub async fn start(
+        data_dir: &Path,
+        nats_port: Option<u16>,
+        client: &ClientOpts,
+    ) -> anyhow::Result<Self> {
+        let database_url = sqlite_url(data_dir)?;
+        let nats = btp_nats::NatsServer::start(&data_dir.join("nats"), nats_port)?;
+        let url = nats.url();
+        let server_cancel = CancellationToken::new();
+        let client_cancel = CancellationToken::new();
+        let cfg = ServerConfig {
+            nats_url: url.clone(),
+            database_url,
+            window: 512,
+            consumer: consumer_settings(&client.queue),
+        };
+        // The server creates the streams and the consumer before the client looks for them.
+        let server = tokio::spawn(btp_server::run(cfg, server_cancel.clone()));
+        wait_for_server(&url).await?;
+        let client = tokio::spawn(btp_client::run(
+            client_config(&url, None, client),
+            client_cancel.clone(),
+        ));
+        Ok(Self {
+            nats,
+            server_cancel,
+            client_cancel,
+            server,
+            client,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        self.nats.url()
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.client_cancel.cancel();
+        let c = self.client.await?;
+        self.server_cancel.cancel();
+        let s = self.server.await?;
+        self.nats.stop();
+        c.and(s)
+    }
+}
+
+/// Waits until the server answers its health check.
+async fn wait_for_server(url: &str) -> anyhow::Result<()> {
+    let api = btp_nats::ApiClient::connect(url).await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match api
+            .call::<_, btp_common::api::Health>(
+                btp_common::api::verbs::SERVER_HEALTH,
+                &btp_common::api::Empty {},
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("server did not start: {e}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub async fn standalone(a: StandaloneArgs) -> anyhow::Result<ExitCode> {
+    let cluster = Cluster::start(&a.data_dir, a.nats_port, &a.client).await?;
+    println!("BeyondTP standalone is running.");
+    println!("NATS URL: {}", cluster.url());
+    println!(
+        "Use it with other commands: export BTP_NATS_URL={}",
+        cluster.url()
+    );
+    println!("Press Ctrl-C to stop.");
+    shutdown_signal().await;
+    info!("stopping: client, then server, then nats-server");
+    cluster.stop().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
+    let req = crate::task::create_request(&a.src, &a.dst, &a.plan, true)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("btp-copy-")
+        .tempdir()
+        .context("create a temporary data dir")?;
+    let cluster = Cluster::start(tmp.path(), None, &a.client).await?;
+    let result = crate::task::run_to_end(&cluster.url(), req, a.output.output).await;
+    // A signal during the copy stops everything too; in-flight jobs are handed back.
+    cluster.stop().await?;
+    result
+}

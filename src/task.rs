@@ -1,0 +1,188 @@
+//! Task and client commands over the NATS request API.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use btp_common::api::{
+    verbs, ClientList, CreateTask, Empty, Report, TaskInfo, TaskList, TaskOptions, TaskRef,
+};
+use btp_common::units::parse_size;
+use btp_nats::ApiClient;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::output;
+use crate::{IdArgs, Output, OutputOpts, TaskCommand};
+
+#[derive(Args, Clone)]
+pub struct CreateArgs {
+    /// Source (fs:///path or an absolute or relative path).
+    #[arg(long)]
+    pub src: String,
+    /// Destination (fs:///path or an absolute or relative path).
+    #[arg(long)]
+    pub dst: String,
+    /// Start the task right away.
+    #[arg(long)]
+    pub start: bool,
+    #[command(flatten)]
+    pub plan: PlanOpts,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+/// How the task is split into jobs.
+#[derive(Args, Clone)]
+pub struct PlanOpts {
+    /// Most files in one copy job.
+    #[arg(long, default_value_t = TaskOptions::default().batch_files)]
+    pub batch_files: u32,
+    /// Most bytes in one copy job (a larger file gets a job of its own), e.g. 64MiB.
+    #[arg(long, default_value = "64MiB")]
+    pub batch_bytes: String,
+    /// Most entries in one listing page.
+    #[arg(long, default_value_t = TaskOptions::default().list_page_entries)]
+    pub list_page_entries: u32,
+}
+
+/// Turns a local path argument into an absolute one; URLs are passed on as they are.
+fn endpoint_arg(s: &str) -> anyhow::Result<String> {
+    if s.contains("://") || s.starts_with('/') || s.is_empty() {
+        return Ok(s.to_string());
+    }
+    if let Some((scheme, _)) = s.split_once(':') {
+        if !scheme.contains('/') && !scheme.is_empty() {
+            return Ok(s.to_string()); // let the server name the unknown scheme
+        }
+    }
+    Ok(std::path::absolute(s)?.to_string_lossy().into_owned())
+}
+
+pub fn create_request(
+    src: &str,
+    dst: &str,
+    plan: &PlanOpts,
+    start: bool,
+) -> anyhow::Result<CreateTask> {
+    let batch_bytes = parse_size(&plan.batch_bytes).map_err(|e| anyhow!("--batch-bytes: {e}"))?;
+    Ok(CreateTask {
+        src: endpoint_arg(src)?,
+        dst: endpoint_arg(dst)?,
+        options: TaskOptions {
+            batch_files: plan.batch_files,
+            batch_bytes,
+            list_page_entries: plan.list_page_entries,
+            ..TaskOptions::default()
+        },
+        start,
+    })
+}
+
+async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    api: &ApiClient,
+    verb: &str,
+    req: &Req,
+) -> anyhow::Result<Resp> {
+    api.call(verb, req).await.map_err(|e| anyhow!(e))
+}
+
+fn print<T: Serialize>(out: Output, v: &T, table: impl FnOnce(&T)) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).expect("serializable")),
+        Output::Table => table(v),
+    }
+}
+
+pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
+    let api = ApiClient::connect(url).await?;
+    match cmd {
+        TaskCommand::Create(a) => {
+            let req = create_request(&a.src, &a.dst, &a.plan, a.start)?;
+            let t: TaskInfo = call(&api, verbs::TASK_CREATE, &req).await?;
+            print(a.output.output, &t, output::task);
+        }
+        TaskCommand::Start(IdArgs { id, output: o }) => {
+            let t: TaskInfo = call(&api, verbs::TASK_START, &TaskRef { id }).await?;
+            print(o.output, &t, output::task);
+        }
+        TaskCommand::Get(IdArgs { id, output: o }) => {
+            let t: TaskInfo = call(&api, verbs::TASK_GET, &TaskRef { id }).await?;
+            print(o.output, &t, output::task);
+        }
+        TaskCommand::List(o) => {
+            let l: TaskList = call(&api, verbs::TASK_LIST, &Empty {}).await?;
+            print(o.output, &l, output::task_list);
+        }
+        TaskCommand::Report(IdArgs { id, output: o }) => {
+            let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id }).await?;
+            print(o.output, &r, output::report);
+        }
+        TaskCommand::Watch(IdArgs { id, output: o }) => {
+            let t = watch(&api, &id).await?;
+            let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id: t.id }).await?;
+            print(o.output, &r, output::report);
+            return Ok(exit_code(&r.task));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn client_list(url: &str, o: OutputOpts) -> anyhow::Result<ExitCode> {
+    let api = ApiClient::connect(url).await?;
+    let l: ClientList = call(&api, verbs::CLIENT_LIST, &Empty {}).await?;
+    print(o.output, &l, output::client_list);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 0 only when the task completed with every file copied.
+fn exit_code(t: &TaskInfo) -> ExitCode {
+    if t.state == btp_common::api::TaskState::Completed && t.files_failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Follows a task until it finishes, with a progress bar on a terminal.
+pub async fn watch(api: &ApiClient, id: &str) -> anyhow::Result<TaskInfo> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut ticker = tokio::time::interval(Duration::from_millis(300));
+    loop {
+        ticker.tick().await;
+        let t: TaskInfo = call(api, verbs::TASK_GET, &TaskRef { id: id.to_string() }).await?;
+        bar.set_length(t.bytes_found.max(1));
+        bar.set_position(t.bytes_copied + t.bytes_failed);
+        let listing = if t.listing_done { "" } else { " (listing)" };
+        bar.set_message(format!(
+            "files {}/{}{} failed {}",
+            t.files_copied, t.files_found, listing, t.files_failed
+        ));
+        if t.state.is_finished() {
+            bar.finish_and_clear();
+            return Ok(t);
+        }
+    }
+}
+
+/// Creates and starts a task, follows it, prints the report; the exit code says whether every
+/// file was copied.
+pub async fn run_to_end(url: &str, req: CreateTask, out: Output) -> anyhow::Result<ExitCode> {
+    let api = ApiClient::connect(url).await?;
+    let t: TaskInfo = call(&api, verbs::TASK_CREATE, &req).await?;
+    let t = tokio::select! {
+        t = watch(&api, &t.id) => t?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; task {} did not finish", t.id),
+    };
+    let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id: t.id.clone() }).await?;
+    print(out, &r, output::report);
+    Ok(exit_code(&t))
+}
