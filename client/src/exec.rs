@@ -117,7 +117,7 @@ async fn list(
                     path: path.to_string(),
                     size,
                     mtime_ms: mtime
-                        .map(|t| std::time::SystemTime::from(t))
+                        .map(std::time::SystemTime::from)
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map(|d| d.as_millis() as i64),
                 };

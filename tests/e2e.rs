@@ -1,0 +1,108 @@
+//! End-to-end migrations with real processes: a nats-server spawned on a free port, `btp server
+//! run`, two `btp client run` processes, and trees compared byte for byte.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const BIG: u64 = 80 << 20;
+
+#[test]
+fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let tree = gen_tree(&src, 2100, BIG);
+    assert!(tree.files >= 2000);
+
+    let mut nats = NatsServer::start(&tmp.path().join("nats"), None).unwrap();
+    let url = nats.url();
+    let data = tmp.path().join("server");
+    let server = Proc::spawn("server", &url, &["server", "run", "--data-dir", data.to_str().unwrap()], tmp.path());
+    wait_for("server", Duration::from_secs(30), || btp(&url, &["task", "list"]).status.success().then_some(()));
+    let c1 = Proc::spawn("client-1", &url, &["client", "run", "--workers", "4", "--id", "client-1"], tmp.path());
+    let c2 = Proc::spawn("client-2", &url, &["client", "run", "--workers", "4", "--id", "client-2"], tmp.path());
+    wait_for("two clients online", Duration::from_secs(30), || {
+        let l = btp_json(&url, &["client", "list"]);
+        let online = l["clients"].as_array().unwrap().iter().filter(|c| c["online"] == true).count();
+        (online == 2).then_some(())
+    });
+
+    let t = btp_json(
+        &url,
+        &["task", "create", "--src", src.to_str().unwrap(), "--dst", dst.to_str().unwrap(), "--start", "--batch-files", "20"],
+    );
+    let id = t["id"].as_str().unwrap().to_string();
+    assert_eq!(t["state"], "running");
+    let done = wait_task(&url, &id, Duration::from_secs(600));
+    assert_eq!(done["state"], "completed", "task: {done}");
+
+    // Peak memory of each client while it copied (the 80 MiB file streamed through one of them).
+    let (rss1, rss2) = (c1.peak_rss(), c2.peak_rss());
+    eprintln!("peak RSS: client-1 {} MiB, client-2 {} MiB (largest file {} MiB)", rss1 >> 20, rss2 >> 20, BIG >> 20);
+    assert!(rss1.max(rss2) < BIG / 2, "a client's peak RSS {} is not far below the file size", rss1.max(rss2));
+
+    assert_same_tree(&src, &dst);
+    let report = btp_json(&url, &["task", "report", &id]);
+    let task = &report["task"];
+    assert_eq!(task["files_found"], tree.files);
+    assert_eq!(task["files_copied"], tree.files);
+    assert_eq!(task["bytes_copied"], tree.bytes);
+    assert_eq!(task["files_failed"], 0);
+    assert_eq!(task["listing_done"], true);
+    let clients = report["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2, "both clients ran jobs: {clients:?}");
+    let files_by_clients: u64 = clients.iter().map(|c| c["files"].as_u64().unwrap()).sum();
+    let bytes_by_clients: u64 = clients.iter().map(|c| c["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(files_by_clients, tree.files);
+    assert_eq!(bytes_by_clients, tree.bytes);
+    for c in clients {
+        assert!(c["jobs"].as_u64().unwrap() > 0);
+    }
+
+    // The human report names the task, its state and both clients.
+    let out = btp(&url, &["task", "report", &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains(&id) && text.contains("completed") && text.contains("client-1") && text.contains("client-2"), "{text}");
+
+    // Clients stop cleanly on SIGTERM and are then shown offline.
+    assert!(c1.terminate().success());
+    assert!(c2.terminate().success());
+    wait_for("clients offline", Duration::from_secs(30), || {
+        let l = btp_json(&url, &["client", "list"]);
+        l["clients"].as_array().unwrap().iter().all(|c| c["online"] == false).then_some(())
+    });
+    assert!(server.terminate().success());
+    nats.stop();
+}
+
+#[test]
+fn one_shot_copy_migrates_the_tree_and_fails_clearly_on_a_missing_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let tree = gen_tree(&src, 2000, 64 << 20);
+
+    let out = std::process::Command::new(btp_bin())
+        .args(["copy", src.to_str().unwrap(), dst.to_str().unwrap(), "--workers", "4", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "btp copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["task"]["state"], "completed");
+    assert_eq!(report["task"]["files_copied"], tree.files);
+    assert_eq!(report["task"]["bytes_copied"], tree.bytes);
+    assert_same_tree(&src, &dst);
+
+    let missing = tmp.path().join("does-not-exist");
+    let out = std::process::Command::new(btp_bin())
+        .args(["copy", missing.to_str().unwrap(), tmp.path().join("dst2").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let line = error_line(&out);
+    assert!(line.contains("does not exist") && line.contains("does-not-exist"), "{line}");
+    assert!(!missing.exists(), "a missing source must not be created");
+    assert!(!tmp.path().join("dst2").exists(), "nothing is created for a refused copy");
+}

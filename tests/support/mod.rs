@@ -1,0 +1,279 @@
+//! Test support: real processes (`btp`, `nats-server`), generated trees, byte-for-byte comparison.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use btp_nats::NatsServer;
+
+pub fn btp_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_btp")
+}
+
+/// Runs `btp` to completion.
+pub fn btp(nats_url: &str, args: &[&str]) -> Output {
+    Command::new(btp_bin())
+        .args(args)
+        .env("BTP_NATS_URL", nats_url)
+        .env_remove("BTP_LOG")
+        .output()
+        .expect("run btp")
+}
+
+/// Runs `btp ... --output json` and parses stdout, panicking with stderr on failure.
+pub fn btp_json(nats_url: &str, args: &[&str]) -> serde_json::Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = btp(nats_url, &all);
+    assert!(
+        out.status.success(),
+        "btp {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+/// A `btp` process running in the background (server or client), killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, nats_url: &str, args: &[&str], log_dir: &Path) -> Proc {
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("log file");
+        let child = Command::new(btp_bin())
+            .args(args)
+            .env("BTP_NATS_URL", nats_url)
+            .env("BTP_LOG", "info,async_nats=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn btp");
+        Proc { child, name: name.to_string() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory (VmHWM) of the live process, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop after SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the task finishes and returns its final JSON.
+pub fn wait_task(nats_url: &str, id: &str, timeout: Duration) -> serde_json::Value {
+    wait_for(&format!("task {id} to finish"), timeout, || {
+        let t = btp_json(nats_url, &["task", "get", id]);
+        matches!(t["state"].as_str(), Some("completed") | Some("failed")).then_some(t)
+    })
+}
+
+/// Totals of a tree.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TreeStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+}
+
+/// Names that break naive URL or shell handling.
+pub const TRICKY: &[&str] = &[
+    "with space.txt",
+    "ünïcödé-文件.txt",
+    "hash#1.txt",
+    "percent%20.txt",
+    "question?.txt",
+    "-leading-dash.txt",
+    "semi;colon & amp.txt",
+];
+
+/// Generates a tree of at least `files` files: nested 12 levels deep, some 0-byte files, tricky
+/// names (also as directory names), an empty directory, and one file of `big` bytes.
+pub fn gen_tree(root: &Path, files: usize, big: u64) -> TreeStats {
+    std::fs::create_dir_all(root).unwrap();
+    let mut deep = root.to_path_buf();
+    let mut dirs = vec![];
+    for level in 0..12 {
+        deep = deep.join(format!("level-{level:02}"));
+        dirs.push(deep.clone());
+    }
+    for (i, t) in TRICKY.iter().enumerate() {
+        dirs.push(root.join(format!("dir {i} {t}")));
+    }
+    for i in 0..40 {
+        dirs.push(root.join(format!("group-{:02}", i % 8)).join(format!("sub-{i:03}")));
+    }
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut n = 0;
+    let write = |path: PathBuf, size: usize, rng: &mut u64| {
+        let mut data = vec![0u8; size];
+        fill(&mut data, rng);
+        std::fs::write(path, data).unwrap();
+    };
+    while n < files {
+        let dir = &dirs[n % dirs.len()];
+        let name = if n < TRICKY.len() * 3 {
+            format!("{}-{}", n, TRICKY[n % TRICKY.len()])
+        } else {
+            format!("file-{n:05}.dat")
+        };
+        let size = if n % 25 == 0 { 0 } else { (n * 7919) % 9000 };
+        write(dir.join(name), size, &mut rng);
+        n += 1;
+    }
+    for t in TRICKY {
+        write(root.join(t), 100, &mut rng);
+    }
+    // The big file, written in chunks.
+    let mut f = std::fs::File::create(root.join("big file.bin")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = big;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        fill(&mut buf[..k], &mut rng);
+        f.write_all(&buf[..k]).unwrap();
+        left -= k as u64;
+    }
+    stats(root)
+}
+
+fn fill(data: &mut [u8], state: &mut u64) {
+    for chunk in data.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let b = state.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+/// Every entry of a tree: relative path -> Some(size) for files, None for directories.
+pub fn walk(root: &Path) -> BTreeMap<PathBuf, Option<u64>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(rel, None);
+                stack.push(e.path());
+            } else {
+                out.insert(rel, Some(e.metadata().unwrap().len()));
+            }
+        }
+    }
+    out
+}
+
+pub fn stats(root: &Path) -> TreeStats {
+    let mut s = TreeStats::default();
+    for v in walk(root).values() {
+        match v {
+            Some(size) => {
+                s.files += 1;
+                s.bytes += size;
+            }
+            None => s.dirs += 1,
+        }
+    }
+    s
+}
+
+/// Asserts that two trees hold the same entries with byte-identical files.
+pub fn assert_same_tree(src: &Path, dst: &Path) {
+    let a = walk(src);
+    let b = walk(dst);
+    let only_src: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).take(10).collect();
+    let only_dst: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).take(10).collect();
+    assert!(only_src.is_empty() && only_dst.is_empty(), "trees differ: only in source {only_src:?}, only in destination {only_dst:?}");
+    for (rel, kind) in &a {
+        assert_eq!(kind, &b[rel], "{} differs in type or size", rel.display());
+        if kind.is_some() {
+            assert!(same_content(&src.join(rel), &dst.join(rel)), "{} differs in content", rel.display());
+        }
+    }
+}
+
+fn same_content(a: &Path, b: &Path) -> bool {
+    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = read_full(&mut fa, &mut ba);
+        let nb = read_full(&mut fb, &mut bb);
+        if na != nb || ba[..na] != bb[..nb] {
+            return false;
+        }
+        if na == 0 {
+            return true;
+        }
+    }
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
+/// The one line a failed `btp` command printed on stderr.
+pub fn error_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected exactly one error line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "not an error line: {}", lines[0]);
+    lines[0].to_string()
+}
