@@ -15,8 +15,15 @@ fn bad_input_names_the_problem_exits_non_zero_and_stores_no_task() {
     let mut nats = NatsServer::start(&tmp.path().join("nats"), None).unwrap();
     let url = nats.url();
     let data = tmp.path().join("server");
-    let _server = Proc::spawn("server", &url, &["server", "run", "--data-dir", data.to_str().unwrap()], tmp.path());
-    wait_for("server", Duration::from_secs(30), || btp(&url, &["task", "list"]).status.success().then_some(()));
+    let _server = Proc::spawn(
+        "server",
+        &url,
+        &["server", "run", "--data-dir", data.to_str().unwrap()],
+        tmp.path(),
+    );
+    wait_for("server", Duration::from_secs(30), || {
+        btp(&url, &["task", "list"]).status.success().then_some(())
+    });
 
     let s = src.to_str().unwrap();
     let dst = tmp.path().join("dst");
@@ -24,14 +31,77 @@ fn bad_input_names_the_problem_exits_non_zero_and_stores_no_task() {
     let missing = tmp.path().join("missing");
     let (inner, file) = (src.join("sub/inner"), src.join("a.txt"));
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["task", "create", "--src", "gopher://host/x", "--dst", d], "unsupported endpoint scheme 'gopher'"),
-        (vec!["task", "create", "--src", s, "--dst", "s3://bucket/x"], "unsupported endpoint scheme 's3'"),
-        (vec!["task", "create", "--src", missing.to_str().unwrap(), "--dst", d], "does not exist"),
-        (vec!["task", "create", "--src", s, "--dst", inner.to_str().unwrap()], "is inside the source"),
-        (vec!["task", "create", "--src", s, "--dst", s], "is inside the source"),
-        (vec!["task", "create", "--src", s, "--dst", file.to_str().unwrap()], "is inside the source"),
-        (vec!["task", "create", "--src", s, "--dst", d, "--batch-bytes", "lots"], "--batch-bytes: invalid size"),
-        (vec!["task", "create", "--src", s, "--dst", d, "--batch-files", "0"], "batch_files must be at least 1"),
+        (
+            vec!["task", "create", "--src", "gopher://host/x", "--dst", d],
+            "unsupported endpoint scheme 'gopher'",
+        ),
+        (
+            vec!["task", "create", "--src", s, "--dst", "s3://bucket/x"],
+            "unsupported endpoint scheme 's3'",
+        ),
+        (
+            vec![
+                "task",
+                "create",
+                "--src",
+                missing.to_str().unwrap(),
+                "--dst",
+                d,
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "task",
+                "create",
+                "--src",
+                s,
+                "--dst",
+                inner.to_str().unwrap(),
+            ],
+            "is inside the source",
+        ),
+        (
+            vec!["task", "create", "--src", s, "--dst", s],
+            "is inside the source",
+        ),
+        (
+            vec![
+                "task",
+                "create",
+                "--src",
+                s,
+                "--dst",
+                file.to_str().unwrap(),
+            ],
+            "is inside the source",
+        ),
+        (
+            vec![
+                "task",
+                "create",
+                "--src",
+                s,
+                "--dst",
+                d,
+                "--batch-bytes",
+                "lots",
+            ],
+            "--batch-bytes: invalid size",
+        ),
+        (
+            vec![
+                "task",
+                "create",
+                "--src",
+                s,
+                "--dst",
+                d,
+                "--batch-files",
+                "0",
+            ],
+            "batch_files must be at least 1",
+        ),
         (vec!["task", "get", "nope"], "unknown task id 'nope'"),
         (vec!["task", "start", "nope"], "unknown task id 'nope'"),
         (vec!["task", "report", "nope"], "unknown task id 'nope'"),
@@ -40,11 +110,21 @@ fn bad_input_names_the_problem_exits_non_zero_and_stores_no_task() {
         let out = btp(&url, &args);
         assert!(!out.status.success(), "{args:?} succeeded");
         let line = error_line(&out);
-        assert!(line.contains(expected), "{args:?}: expected '{expected}' in '{line}'");
+        assert!(
+            line.contains(expected),
+            "{args:?}: expected '{expected}' in '{line}'"
+        );
     }
     let tasks = btp_json(&url, &["task", "list"]);
-    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "no task stored: {tasks}");
-    assert!(!missing.exists() && !dst.exists(), "nothing created for refused tasks");
+    assert_eq!(
+        tasks["tasks"].as_array().unwrap().len(),
+        0,
+        "no task stored: {tasks}"
+    );
+    assert!(
+        !missing.exists() && !dst.exists(),
+        "nothing created for refused tasks"
+    );
 
     // Starting a task twice is refused with the reason.
     let t = btp_json(&url, &["task", "create", "--src", s, "--dst", d]);
@@ -59,7 +139,10 @@ fn bad_input_names_the_problem_exits_non_zero_and_stores_no_task() {
     let out = btp("nats://127.0.0.1:1", &["task", "list"]);
     assert!(!out.status.success());
     let line = error_line(&out);
-    assert!(line.contains("cannot connect to NATS at nats://127.0.0.1:1"), "{line}");
+    assert!(
+        line.contains("cannot connect to NATS at nats://127.0.0.1:1"),
+        "{line}"
+    );
 
     // No server behind a reachable NATS is said plainly too.
     let mut other = NatsServer::start(&tmp.path().join("nats2"), None).unwrap();

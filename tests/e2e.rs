@@ -19,19 +19,51 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
     let mut nats = NatsServer::start(&tmp.path().join("nats"), None).unwrap();
     let url = nats.url();
     let data = tmp.path().join("server");
-    let server = Proc::spawn("server", &url, &["server", "run", "--data-dir", data.to_str().unwrap()], tmp.path());
-    wait_for("server", Duration::from_secs(30), || btp(&url, &["task", "list"]).status.success().then_some(()));
-    let c1 = Proc::spawn("client-1", &url, &["client", "run", "--workers", "4", "--id", "client-1"], tmp.path());
-    let c2 = Proc::spawn("client-2", &url, &["client", "run", "--workers", "4", "--id", "client-2"], tmp.path());
+    let server = Proc::spawn(
+        "server",
+        &url,
+        &["server", "run", "--data-dir", data.to_str().unwrap()],
+        tmp.path(),
+    );
+    wait_for("server", Duration::from_secs(30), || {
+        btp(&url, &["task", "list"]).status.success().then_some(())
+    });
+    let c1 = Proc::spawn(
+        "client-1",
+        &url,
+        &["client", "run", "--workers", "4", "--id", "client-1"],
+        tmp.path(),
+    );
+    let c2 = Proc::spawn(
+        "client-2",
+        &url,
+        &["client", "run", "--workers", "4", "--id", "client-2"],
+        tmp.path(),
+    );
     wait_for("two clients online", Duration::from_secs(30), || {
         let l = btp_json(&url, &["client", "list"]);
-        let online = l["clients"].as_array().unwrap().iter().filter(|c| c["online"] == true).count();
+        let online = l["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["online"] == true)
+            .count();
         (online == 2).then_some(())
     });
 
     let t = btp_json(
         &url,
-        &["task", "create", "--src", src.to_str().unwrap(), "--dst", dst.to_str().unwrap(), "--start", "--batch-files", "20"],
+        &[
+            "task",
+            "create",
+            "--src",
+            src.to_str().unwrap(),
+            "--dst",
+            dst.to_str().unwrap(),
+            "--start",
+            "--batch-files",
+            "20",
+        ],
     );
     let id = t["id"].as_str().unwrap().to_string();
     assert_eq!(t["state"], "running");
@@ -40,8 +72,17 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
 
     // Peak memory of each client while it copied (the 80 MiB file streamed through one of them).
     let (rss1, rss2) = (c1.peak_rss(), c2.peak_rss());
-    eprintln!("peak RSS: client-1 {} MiB, client-2 {} MiB (largest file {} MiB)", rss1 >> 20, rss2 >> 20, BIG >> 20);
-    assert!(rss1.max(rss2) < BIG / 2, "a client's peak RSS {} is not far below the file size", rss1.max(rss2));
+    eprintln!(
+        "peak RSS: client-1 {} MiB, client-2 {} MiB (largest file {} MiB)",
+        rss1 >> 20,
+        rss2 >> 20,
+        BIG >> 20
+    );
+    assert!(
+        rss1.max(rss2) < BIG / 2,
+        "a client's peak RSS {} is not far below the file size",
+        rss1.max(rss2)
+    );
 
     assert_same_tree(&src, &dst);
     let report = btp_json(&url, &["task", "report", &id]);
@@ -65,14 +106,25 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
     let out = btp(&url, &["task", "report", &id]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains(&id) && text.contains("completed") && text.contains("client-1") && text.contains("client-2"), "{text}");
+    assert!(
+        text.contains(&id)
+            && text.contains("completed")
+            && text.contains("client-1")
+            && text.contains("client-2"),
+        "{text}"
+    );
 
     // Clients stop cleanly on SIGTERM and are then shown offline.
     assert!(c1.terminate().success());
     assert!(c2.terminate().success());
     wait_for("clients offline", Duration::from_secs(30), || {
         let l = btp_json(&url, &["client", "list"]);
-        l["clients"].as_array().unwrap().iter().all(|c| c["online"] == false).then_some(())
+        l["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["online"] == false)
+            .then_some(())
     });
     assert!(server.terminate().success());
     nats.stop();
@@ -85,10 +137,22 @@ fn one_shot_copy_migrates_the_tree_and_fails_clearly_on_a_missing_source() {
     let tree = gen_tree(&src, 2000, 64 << 20);
 
     let out = std::process::Command::new(btp_bin())
-        .args(["copy", src.to_str().unwrap(), dst.to_str().unwrap(), "--workers", "4", "--output", "json"])
+        .args([
+            "copy",
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+            "--workers",
+            "4",
+            "--output",
+            "json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "btp copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "btp copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["task"]["state"], "completed");
     assert_eq!(report["task"]["files_copied"], tree.files);
@@ -97,12 +161,22 @@ fn one_shot_copy_migrates_the_tree_and_fails_clearly_on_a_missing_source() {
 
     let missing = tmp.path().join("does-not-exist");
     let out = std::process::Command::new(btp_bin())
-        .args(["copy", missing.to_str().unwrap(), tmp.path().join("dst2").to_str().unwrap()])
+        .args([
+            "copy",
+            missing.to_str().unwrap(),
+            tmp.path().join("dst2").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let line = error_line(&out);
-    assert!(line.contains("does not exist") && line.contains("does-not-exist"), "{line}");
+    assert!(
+        line.contains("does not exist") && line.contains("does-not-exist"),
+        "{line}"
+    );
     assert!(!missing.exists(), "a missing source must not be created");
-    assert!(!tmp.path().join("dst2").exists(), "nothing is created for a refused copy");
+    assert!(
+        !tmp.path().join("dst2").exists(),
+        "nothing is created for a refused copy"
+    );
 }

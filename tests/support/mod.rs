@@ -53,7 +53,10 @@ impl Proc {
             .stderr(log)
             .spawn()
             .expect("spawn btp");
-        Proc { child, name: name.to_string() }
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -62,8 +65,12 @@ impl Proc {
 
     /// Peak resident memory (VmHWM) of the live process, in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM");
         let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         kib * 1024
     }
@@ -78,7 +85,11 @@ impl Proc {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "{} did not stop after SIGTERM", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop after SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -144,7 +155,10 @@ pub fn gen_tree(root: &Path, files: usize, big: u64) -> TreeStats {
         dirs.push(root.join(format!("dir {i} {t}")));
     }
     for i in 0..40 {
-        dirs.push(root.join(format!("group-{:02}", i % 8)).join(format!("sub-{i:03}")));
+        dirs.push(
+            root.join(format!("group-{:02}", i % 8))
+                .join(format!("sub-{i:03}")),
+        );
     }
     for d in &dirs {
         std::fs::create_dir_all(d).unwrap();
@@ -234,17 +248,27 @@ pub fn assert_same_tree(src: &Path, dst: &Path) {
     let b = walk(dst);
     let only_src: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).take(10).collect();
     let only_dst: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).take(10).collect();
-    assert!(only_src.is_empty() && only_dst.is_empty(), "trees differ: only in source {only_src:?}, only in destination {only_dst:?}");
+    assert!(
+        only_src.is_empty() && only_dst.is_empty(),
+        "trees differ: only in source {only_src:?}, only in destination {only_dst:?}"
+    );
     for (rel, kind) in &a {
         assert_eq!(kind, &b[rel], "{} differs in type or size", rel.display());
         if kind.is_some() {
-            assert!(same_content(&src.join(rel), &dst.join(rel)), "{} differs in content", rel.display());
+            assert!(
+                same_content(&src.join(rel), &dst.join(rel)),
+                "{} differs in content",
+                rel.display()
+            );
         }
     }
 }
 
 fn same_content(a: &Path, b: &Path) -> bool {
-    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let na = read_full(&mut fa, &mut ba);
@@ -273,7 +297,15 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> usize {
 pub fn error_line(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected exactly one error line, got: {err}");
-    assert!(lines[0].starts_with("error: "), "not an error line: {}", lines[0]);
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one error line, got: {err}"
+    );
+    assert!(
+        lines[0].starts_with("error: "),
+        "not an error line: {}",
+        lines[0]
+    );
     lines[0].to_string()
 }
