@@ -125,6 +125,9 @@ pub struct ClientOpts {
     /// First retry delay of a job that failed transiently (doubles per attempt).
     #[arg(long, env = "BTP_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
     pub retry_backoff: Duration,
+    /// Client-wide speed limit shared by all workers, e.g. 100MiB/s.
+    #[arg(long, env = "BTP_MAX_SPEED", value_parser = parse_rate)]
+    pub max_speed: Option<u64>,
     #[command(flatten)]
     pub queue: QueueOpts,
 }
@@ -178,6 +181,10 @@ pub struct CopyArgs {
     pub plan: task::PlanOpts,
     #[command(flatten)]
     pub output: OutputOpts,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    btp_common::units::parse_rate(s)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

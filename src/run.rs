@@ -37,6 +37,7 @@ fn client_config(url: &str, id: Option<String>, o: &ClientOpts) -> ClientConfig 
     cfg.ack_wait = o.queue.ack_wait;
     cfg.max_deliver = o.queue.max_attempts;
     cfg.retry_backoff = o.retry_backoff;
+    cfg.max_speed = o.max_speed;
     cfg
 }
 

@@ -8,7 +8,7 @@ use support::*;
 
 #[test]
 fn bad_input_names_the_problem_exits_non_zero_and_stores_no_task() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = test_dir();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("sub")).unwrap();
     std::fs::write(src.join("a.txt"), b"a").unwrap();

@@ -11,7 +11,7 @@ const BIG: u64 = 80 << 20;
 
 #[test]
 fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = test_dir();
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
     let tree = gen_tree(&src, 2100, BIG);
     assert!(tree.files >= 2000);
@@ -132,7 +132,7 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
 
 #[test]
 fn one_shot_copy_migrates_the_tree_and_fails_clearly_on_a_missing_source() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = test_dir();
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
     let tree = gen_tree(&src, 2000, 64 << 20);
 

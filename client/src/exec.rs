@@ -60,6 +60,8 @@ pub struct JobContext<'a> {
     pub cancel: &'a CancellationToken,
     /// On the last allowed attempt, transient per-file errors are reported as failures.
     pub last_attempt: bool,
+    /// The client-wide speed limit, if any.
+    pub limiter: Option<&'a crate::limiter::RateLimiter>,
 }
 
 pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
@@ -162,7 +164,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Transient("client is stopping".into()));
         }
-        match copy_file(&src, &dst, f, ctx.cancel).await {
+        match copy_file(&src, &dst, f, ctx).await {
             Ok(n) => {
                 files_copied += 1;
                 bytes_copied += n;
@@ -199,7 +201,7 @@ async fn copy_file(
     src: &Operator,
     dst: &Operator,
     f: &FileEntry,
-    cancel: &CancellationToken,
+    ctx: &JobContext<'_>,
 ) -> Result<u64, JobError> {
     let reader = src.reader_with(&f.path).chunk(COPY_CHUNK).await?;
     let mut stream = reader.into_stream(..).await?;
@@ -207,8 +209,11 @@ async fn copy_file(
     let mut written = 0u64;
     let result: Result<(), JobError> = async {
         while let Some(chunk) = stream.try_next().await? {
-            if cancel.is_cancelled() {
+            if ctx.cancel.is_cancelled() {
                 return Err(JobError::Transient("client is stopping".into()));
+            }
+            if let Some(l) = ctx.limiter {
+                l.acquire(chunk.len() as u64).await;
             }
             written += chunk.len() as u64;
             metrics::counter!("btp_client_bytes_copied_total").increment(chunk.len() as u64);

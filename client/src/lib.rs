@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod errors;
 pub mod exec;
+pub mod limiter;
 pub mod worker;
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct ClientConfig {
     pub retry_backoff_max: Duration,
     /// How long a stopping client lets in-flight jobs finish before handing them back.
     pub drain_grace: Duration,
+    /// Client-wide cap on bytes copied per second, shared by all workers.
+    pub max_speed: Option<u64>,
 }
 
 impl ClientConfig {
@@ -42,6 +45,7 @@ impl ClientConfig {
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
             drain_grace: Duration::from_secs(30),
+            max_speed: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::errors::{backoff, JobError};
 use crate::exec::{self, JobContext, ResultSink};
+use crate::limiter::RateLimiter;
 use crate::ClientConfig;
 
 /// Counters shared with the heartbeat.
@@ -36,6 +37,7 @@ pub async fn run(
     let sem = Arc::new(Semaphore::new(workers));
     // Jobs keep running through a stop request until they finish or reach a checkpoint.
     let jobs_cancel = CancellationToken::new();
+    let limiter = cfg.max_speed.map(|r| Arc::new(RateLimiter::new(r)));
     'pull: loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => break 'pull,
@@ -80,9 +82,10 @@ pub async fn run(
             };
             let (cfg, js, stats, jobs_cancel) =
                 (cfg.clone(), js.clone(), stats.clone(), jobs_cancel.clone());
+            let limiter = limiter.clone();
             tokio::spawn(async move {
                 stats.busy.fetch_add(1, Ordering::Relaxed);
-                run_job(&cfg, js, msg, &jobs_cancel).await;
+                run_job(&cfg, js, msg, &jobs_cancel, limiter).await;
                 stats.busy.fetch_sub(1, Ordering::Relaxed);
                 stats.jobs_done.fetch_add(1, Ordering::Relaxed);
                 drop(permit);
@@ -111,6 +114,7 @@ async fn run_job(
     js: jetstream::Context,
     msg: jetstream::Message,
     cancel: &CancellationToken,
+    limiter: Option<Arc<RateLimiter>>,
 ) {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let job: Job = match decode(&msg.payload) {
@@ -131,6 +135,7 @@ async fn run_job(
         sink: &sink,
         cancel,
         last_attempt,
+        limiter: limiter.as_deref(),
     };
     let started = std::time::Instant::now();
 

@@ -114,12 +114,27 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// Waits until the task finishes and returns its final JSON.
+/// Waits until the task finishes and returns its final JSON. Failed calls are retried: during a
+/// restart of nats-server or of the server the API is briefly unavailable.
 pub fn wait_task(nats_url: &str, id: &str, timeout: Duration) -> serde_json::Value {
     wait_for(&format!("task {id} to finish"), timeout, || {
-        let t = btp_json(nats_url, &["task", "get", id]);
+        let out = btp(nats_url, &["task", "get", id, "--output", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let t: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         matches!(t["state"].as_str(), Some("completed") | Some("failed")).then_some(t)
     })
+}
+
+/// A temporary directory, kept for inspection when `BTP_TEST_KEEP` is set.
+pub fn test_dir() -> tempfile::TempDir {
+    let mut b = tempfile::Builder::new();
+    b.prefix("btp-test-");
+    if std::env::var_os("BTP_TEST_KEEP").is_some() {
+        b.disable_cleanup(true);
+    }
+    b.tempdir().unwrap()
 }
 
 /// Totals of a tree.
@@ -308,4 +323,123 @@ pub fn error_line(out: &Output) -> String {
         lines[0]
     );
     lines[0].to_string()
+}
+
+/// A cluster of real processes: nats-server, `btp server run` and `btp client run` processes.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nats: NatsServer,
+    pub server: Option<Proc>,
+    pub clients: Vec<Proc>,
+    pub url: String,
+    server_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts nats-server and the server (with `server_args` added to `server run`).
+    pub fn start(dir: &Path, server_args: &[&str]) -> Cluster {
+        let nats = NatsServer::start(&dir.join("nats"), None).unwrap();
+        let url = nats.url();
+        let mut c = Cluster {
+            dir: dir.to_path_buf(),
+            nats,
+            server: None,
+            clients: Vec::new(),
+            url,
+            server_args: server_args.iter().map(|s| s.to_string()).collect(),
+        };
+        c.start_server();
+        c
+    }
+
+    pub fn start_server(&mut self) {
+        let data = self.dir.join("server");
+        let mut args = vec![
+            "server".to_string(),
+            "run".into(),
+            "--data-dir".into(),
+            data.to_string_lossy().into(),
+        ];
+        args.extend(self.server_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let n = self.dir.read_dir().unwrap().count();
+        self.server = Some(Proc::spawn(
+            &format!("server-{n}"),
+            &self.url,
+            &args,
+            &self.dir,
+        ));
+        let url = self.url.clone();
+        wait_for("server", Duration::from_secs(30), || {
+            btp(&url, &["task", "list"]).status.success().then_some(())
+        });
+    }
+
+    /// Starts a client `client-<i>` with extra arguments and waits until it is online.
+    pub fn add_client(&mut self, extra: &[&str]) -> String {
+        let id = format!("client-{}", self.clients.len() + 1);
+        let mut args = vec!["client", "run", "--id", &id];
+        args.extend_from_slice(extra);
+        self.clients
+            .push(Proc::spawn(&id, &self.url, &args, &self.dir));
+        let url = self.url.clone();
+        wait_for(&format!("{id} online"), Duration::from_secs(30), || {
+            let l = btp_json(&url, &["client", "list"]);
+            l["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["id"] == id.as_str() && c["online"] == true)
+                .then_some(())
+        });
+        id
+    }
+
+    /// Creates and starts a task; returns its id.
+    pub fn start_task(&self, src: &Path, dst: &Path, extra: &[&str]) -> String {
+        let mut args = vec![
+            "task",
+            "create",
+            "--src",
+            src.to_str().unwrap(),
+            "--dst",
+            dst.to_str().unwrap(),
+            "--start",
+        ];
+        args.extend_from_slice(extra);
+        let t = btp_json(&self.url, &args);
+        t["id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until at least `fraction` of the task's found bytes are copied, with the listing done,
+    /// and asserts the task is still running (so a fault lands in the middle of it).
+    pub fn wait_progress(&self, id: &str, fraction: f64) -> serde_json::Value {
+        let t = wait_for("task progress", Duration::from_secs(300), || {
+            let t = btp_json(&self.url, &["task", "get", id]);
+            let found = t["bytes_found"].as_u64().unwrap() as f64;
+            let copied = t["bytes_copied"].as_u64().unwrap() as f64;
+            (t["state"] != "running" || (t["listing_done"] == true && copied >= fraction * found))
+                .then_some(t)
+        });
+        assert_eq!(
+            t["state"], "running",
+            "the task finished before the fault: make it slower"
+        );
+        t
+    }
+
+    pub fn report(&self, id: &str) -> serde_json::Value {
+        btp_json(&self.url, &["task", "report", id])
+    }
+}
+
+/// Asserts a finished task copied the whole tree once: counts, bytes and content.
+pub fn assert_complete(report: &serde_json::Value, tree: &TreeStats, src: &Path, dst: &Path) {
+    let t = &report["task"];
+    assert_eq!(t["state"], "completed", "report: {report}");
+    assert_eq!(t["files_found"], tree.files, "every file found once");
+    assert_eq!(t["files_copied"], tree.files, "every file counted once");
+    assert_eq!(t["bytes_copied"], tree.bytes, "every byte counted once");
+    assert_eq!(t["files_failed"], 0);
+    assert_same_tree(src, dst);
 }
