@@ -95,9 +95,6 @@ pub struct QueueOpts {
     /// A job not acked within this time goes to another worker (running jobs send progress acks).
     #[arg(long, env = "BTP_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
-    /// Deliveries of a job before it is given up and its files reported as failed.
-    #[arg(long, env = "BTP_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..))]
-    pub max_attempts: i64,
 }
 
 #[derive(Subcommand)]
@@ -142,8 +139,16 @@ pub enum TaskCommand {
     Get(IdArgs),
     /// List tasks.
     List(OutputOpts),
-    /// Print a task's report.
-    Report(IdArgs),
+    /// Print a task's report (--failed: only the failed files, with reasons).
+    Report(ReportArgs),
+    /// Stop publishing a running task's jobs; in-flight jobs finish.
+    Pause(IdArgs),
+    /// Resume a paused task where it stopped.
+    Resume(IdArgs),
+    /// Cancel a task: queued jobs are dropped, in-flight copies aborted.
+    Cancel(IdArgs),
+    /// Run only the failed files of a finished task again.
+    Retry(IdArgs),
     /// Follow a task with a progress bar until it finishes.
     Watch(IdArgs),
 }
@@ -152,6 +157,17 @@ pub enum TaskCommand {
 pub struct IdArgs {
     /// Task id.
     pub id: String,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct ReportArgs {
+    /// Task id.
+    pub id: String,
+    /// Print only the failed files with their reasons and attempts.
+    #[arg(long)]
+    pub failed: bool,
     #[command(flatten)]
     pub output: OutputOpts,
 }

@@ -3,6 +3,7 @@
 use btp_common::api::{ClientList, Report, TaskInfo, TaskList};
 use btp_common::now_ms;
 use btp_common::units::{Bytes, Millis};
+use btp_common::wire::FileFailure;
 
 /// Prints rows as aligned columns; the first row is the header.
 pub fn table(rows: &[Vec<String>]) {
@@ -40,11 +41,12 @@ pub fn task(t: &TaskInfo) {
         kv(
             "Files",
             format!(
-                "{} found{}, {} copied, {} failed",
+                "{} found{}, {} copied, {} failed, {} retried",
                 t.files_found,
                 if t.listing_done { "" } else { " so far" },
                 t.files_copied,
-                t.files_failed
+                t.files_failed,
+                t.files_retried
             ),
         ),
         kv(
@@ -104,16 +106,23 @@ pub fn report(r: &Report) {
     }
     if !r.failures.is_empty() {
         println!();
-        let mut rows = vec![["FAILED PATH", "SIZE", "REASON"].map(String::from).to_vec()];
-        for f in &r.failures {
-            rows.push(vec![
-                f.path.clone(),
-                Bytes(f.size).to_string(),
-                f.reason.clone(),
-            ]);
-        }
-        table(&rows);
+        failures(&r.failures);
     }
+}
+
+pub fn failures(list: &[FileFailure]) {
+    let mut rows = vec![["FAILED PATH", "SIZE", "ATTEMPTS", "REASON"]
+        .map(String::from)
+        .to_vec()];
+    for f in list {
+        rows.push(vec![
+            f.path.clone(),
+            Bytes(f.size).to_string(),
+            f.attempts.to_string(),
+            f.reason.clone(),
+        ]);
+    }
+    table(&rows);
 }
 
 pub fn client_list(l: &ClientList) {

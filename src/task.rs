@@ -46,6 +46,9 @@ pub struct PlanOpts {
     /// Most entries in one listing page.
     #[arg(long, default_value_t = TaskOptions::default().list_page_entries)]
     pub list_page_entries: u32,
+    /// Attempts per file before a transient error counts as a failure.
+    #[arg(long, default_value_t = TaskOptions::default().max_attempts)]
+    pub max_attempts: u32,
 }
 
 /// Turns a local path argument into an absolute one; URLs are passed on as they are.
@@ -75,6 +78,7 @@ pub fn create_request(
             batch_files: plan.batch_files,
             batch_bytes,
             list_page_entries: plan.list_page_entries,
+            max_attempts: plan.max_attempts,
             ..TaskOptions::default()
         },
         start,
@@ -116,10 +120,18 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             let l: TaskList = call(&api, verbs::TASK_LIST, &Empty {}).await?;
             print(o.output, &l, output::task_list);
         }
-        TaskCommand::Report(IdArgs { id, output: o }) => {
-            let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id }).await?;
-            print(o.output, &r, output::report);
+        TaskCommand::Report(a) => {
+            let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id: a.id }).await?;
+            if a.failed {
+                print(a.output.output, &r.failures, |f| output::failures(f));
+            } else {
+                print(a.output.output, &r, output::report);
+            }
         }
+        TaskCommand::Pause(a) => change(&api, verbs::TASK_PAUSE, a).await?,
+        TaskCommand::Resume(a) => change(&api, verbs::TASK_RESUME, a).await?,
+        TaskCommand::Cancel(a) => change(&api, verbs::TASK_CANCEL, a).await?,
+        TaskCommand::Retry(a) => change(&api, verbs::TASK_RETRY, a).await?,
         TaskCommand::Watch(IdArgs { id, output: o }) => {
             let t = watch(&api, &id).await?;
             let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id: t.id }).await?;
@@ -128,6 +140,13 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A state change (pause, resume, cancel, retry): prints the task as it is afterwards.
+async fn change(api: &ApiClient, verb: &str, a: IdArgs) -> anyhow::Result<()> {
+    let t: TaskInfo = call(api, verb, &TaskRef { id: a.id }).await?;
+    print(a.output.output, &t, output::task);
+    Ok(())
 }
 
 pub async fn client_list(url: &str, o: OutputOpts) -> anyhow::Result<ExitCode> {

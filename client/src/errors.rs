@@ -11,6 +11,9 @@ pub enum JobError {
     /// Will not get better by retrying: not found, permission denied, invalid names.
     #[error("{0}")]
     Permanent(String),
+    /// The job was stopped: the client is shutting down or the task was cancelled.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl JobError {

@@ -60,6 +60,10 @@ pub struct JobContext<'a> {
     pub cancel: &'a CancellationToken,
     /// On the last allowed attempt, transient per-file errors are reported as failures.
     pub last_attempt: bool,
+    /// This run's attempt number (the job's first attempt plus redeliveries).
+    pub attempt: u32,
+    /// Delay before files that failed transiently are tried again.
+    pub retry_after: std::time::Duration,
     /// The client-wide speed limit, if any.
     pub limiter: Option<&'a crate::limiter::RateLimiter>,
 }
@@ -92,7 +96,7 @@ async fn list(
     let mut total = 0usize;
     while let Some(entry) = lister.try_next().await? {
         if ctx.cancel.is_cancelled() {
-            return Err(JobError::Transient("client is stopping".into()));
+            return Err(JobError::Cancelled);
         }
         let path = entry.path();
         if path == dir || path == "/" || path.is_empty() {
@@ -159,10 +163,10 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     let src = job.src.source_operator()?;
     let dst = job.dst.operator()?;
     let (mut files_copied, mut bytes_copied) = (0u64, 0u64);
-    let mut failures = Vec::new();
+    let (mut failures, mut retry) = (Vec::new(), Vec::new());
     for f in files {
         if ctx.cancel.is_cancelled() {
-            return Err(JobError::Transient("client is stopping".into()));
+            return Err(JobError::Cancelled);
         }
         match copy_file(&src, &dst, f, ctx).await {
             Ok(n) => {
@@ -170,47 +174,95 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
                 bytes_copied += n;
                 metrics::counter!("btp_client_files_copied_total").increment(1);
             }
-            Err(e) if e.is_transient() && !ctx.last_attempt => return Err(e),
+            Err(JobError::Cancelled) => return Err(JobError::Cancelled),
             Err(e) => {
-                warn!(job = %job.id, path = %f.path, error = %e, "file failed");
-                failures.push(FileFailure {
+                let failure = FileFailure {
                     path: f.path.clone(),
                     size: f.size,
                     reason: e.to_string(),
-                });
+                    attempts: ctx.attempt,
+                };
+                if e.is_transient() && !ctx.last_attempt {
+                    debug!(job = %job.id, path = %f.path, error = %e, "file will be retried");
+                    retry.push(failure);
+                } else {
+                    warn!(job = %job.id, path = %f.path, error = %e, attempts = ctx.attempt, "file failed");
+                    failures.push(failure);
+                }
             }
         }
     }
-    ctx.sink
-        .send(
-            job,
-            0,
-            true,
-            ResultBody::Copy {
-                files_copied,
-                bytes_copied,
-                failures,
-            },
-        )
-        .await
+    let body = ResultBody::Copy {
+        files_copied,
+        bytes_copied,
+        failures,
+        retry,
+        retry_after_ms: ctx.retry_after.as_millis() as u64,
+    };
+    ctx.sink.send(job, 0, true, body).await
+}
+
+/// Faults injected through the environment, for the fault tests: as root, permissions cannot
+/// make a file unreadable or a directory unwritable, so the tests ask for the errors instead.
+/// `BTP_FAULT_WRITE_ERRORS=N` fails the first N file writes of this process with a transient
+/// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied.
+struct Faults {
+    write_errors: std::sync::atomic::AtomicI64,
+    unreadable: Option<String>,
+}
+
+fn faults() -> &'static Faults {
+    static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
+    FAULTS.get_or_init(|| Faults {
+        write_errors: std::env::var("BTP_FAULT_WRITE_ERRORS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            .into(),
+        unreadable: std::env::var("BTP_FAULT_UNREADABLE")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    })
 }
 
 /// Streams one file; returns the bytes written. The destination is only closed (made complete)
-/// when every byte arrived and the size matches the listing.
+/// when every byte arrived and the size matches the listing; otherwise the partial file is
+/// removed, so nothing incomplete is left under the final name.
 async fn copy_file(
     src: &Operator,
     dst: &Operator,
     f: &FileEntry,
     ctx: &JobContext<'_>,
 ) -> Result<u64, JobError> {
+    let faults = faults();
+    if faults
+        .unreadable
+        .as_deref()
+        .is_some_and(|t| f.path.contains(t))
+    {
+        return Err(opendal::Error::new(
+            opendal::ErrorKind::PermissionDenied,
+            "injected read fault",
+        )
+        .into());
+    }
     let reader = src.reader_with(&f.path).chunk(COPY_CHUNK).await?;
     let mut stream = reader.into_stream(..).await?;
+    if faults
+        .write_errors
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "injected write fault")
+            .set_temporary();
+        return Err(e.into());
+    }
     let mut writer = dst.writer_with(&f.path).await?;
     let mut written = 0u64;
     let result: Result<(), JobError> = async {
         while let Some(chunk) = stream.try_next().await? {
             if ctx.cancel.is_cancelled() {
-                return Err(JobError::Transient("client is stopping".into()));
+                return Err(JobError::Cancelled);
             }
             if let Some(l) = ctx.limiter {
                 l.acquire(chunk.len() as u64).await;
@@ -234,7 +286,11 @@ async fn copy_file(
             Ok(written)
         }
         Err(e) => {
-            let _ = writer.abort().await;
+            if writer.abort().await.is_err() {
+                // Backends without abort (fs without a temp dir) wrote in place: remove it.
+                let _ = writer.close().await;
+                let _ = dst.delete(&f.path).await;
+            }
             Err(e)
         }
     }

@@ -21,7 +21,6 @@ pub struct ClientConfig {
     pub tenant: String,
     pub workers: usize,
     pub ack_wait: Duration,
-    pub max_deliver: i64,
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
     /// How long a stopping client lets in-flight jobs finish before handing them back.
@@ -41,7 +40,6 @@ impl ClientConfig {
             tenant: btp_common::DEFAULT_TENANT.to_string(),
             workers,
             ack_wait: Duration::from_secs(30),
-            max_deliver: 10,
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
             drain_grace: Duration::from_secs(30),
@@ -67,7 +65,7 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
     let js = async_nats::jetstream::new(nats.clone());
     let settings = btp_nats::topology::ConsumerSettings {
         ack_wait: cfg.ack_wait,
-        max_deliver: cfg.max_deliver,
+        ..Default::default()
     };
     let consumer = btp_nats::topology::jobs_consumer(&js, &cfg.tenant, &settings).await?;
     let stats = Arc::new(worker::Stats::default());
@@ -81,8 +79,16 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
         btp_common::now_ms(),
         hb_cancel.clone(),
     ));
-    let result = worker::run(cfg.clone(), js, consumer, stats, cancel).await;
+    let tokens = Arc::new(worker::TaskTokens::default());
+    let control = tokio::spawn(worker::control(
+        nats.clone(),
+        cfg.tenant.clone(),
+        tokens.clone(),
+        hb_cancel.clone(),
+    ));
+    let result = worker::run(cfg.clone(), js, consumer, stats, tokens, cancel).await;
     hb_cancel.cancel();
+    let _ = control.await;
     let _ = hb.await;
     info!(client = %cfg.id, "client stopped");
     result

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
-use btp_common::wire::{decode, Job, ResultBody};
+use btp_common::wire::{decode, Control, ControlAction, Job, ResultBody};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,73 @@ use crate::errors::{backoff, JobError};
 use crate::exec::{self, JobContext, ResultSink};
 use crate::limiter::RateLimiter;
 use crate::ClientConfig;
+
+/// Cancellation of running jobs, per task: a child of `stopping` (the client shuts down) for
+/// each task, cancelled alone when the server cancels that task.
+#[derive(Default)]
+pub struct TaskTokens {
+    pub stopping: CancellationToken,
+    tasks: std::sync::Mutex<TaskTokenMap>,
+}
+
+#[derive(Default)]
+struct TaskTokenMap {
+    live: std::collections::HashMap<String, CancellationToken>,
+    cancelled: std::collections::HashSet<String>,
+}
+
+impl TaskTokens {
+    /// The token for jobs of `task`, or None when the task was cancelled.
+    pub fn token(&self, task: &str) -> Option<CancellationToken> {
+        let mut m = self.tasks.lock().expect("task tokens lock");
+        if m.cancelled.contains(task) {
+            return None;
+        }
+        let stopping = &self.stopping;
+        Some(
+            m.live
+                .entry(task.to_string())
+                .or_insert_with(|| stopping.child_token())
+                .clone(),
+        )
+    }
+
+    /// Aborts the running jobs of `task` and refuses its later ones.
+    pub fn cancel(&self, task: &str) {
+        let mut m = self.tasks.lock().expect("task tokens lock");
+        if let Some(t) = m.live.remove(task) {
+            t.cancel();
+        }
+        m.cancelled.insert(task.to_string());
+    }
+}
+
+/// Listens for control messages of the tenant (task cancellation).
+pub async fn control(
+    nats: async_nats::Client,
+    tenant: String,
+    tokens: Arc<TaskTokens>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut sub = nats
+        .subscribe(btp_common::subjects::control(&tenant))
+        .await?;
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = sub.next() => match m { Some(m) => m, None => return Ok(()) },
+        };
+        match decode::<Control>(&msg.payload) {
+            Ok(c) => match c.action {
+                ControlAction::Cancel => {
+                    info!(task = %c.task, "cancelling the task's jobs");
+                    tokens.cancel(&c.task);
+                }
+            },
+            Err(e) => warn!(error = %e, "ignoring a malformed control message"),
+        }
+    }
+}
 
 /// Counters shared with the heartbeat.
 #[derive(Default)]
@@ -31,12 +98,12 @@ pub async fn run(
     js: jetstream::Context,
     consumer: PullConsumer,
     stats: Arc<Stats>,
+    tokens: Arc<TaskTokens>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let workers = cfg.workers.max(1);
     let sem = Arc::new(Semaphore::new(workers));
-    // Jobs keep running through a stop request until they finish or reach a checkpoint.
-    let jobs_cancel = CancellationToken::new();
+    // Jobs keep running through a stop request until they finish or the grace period ends.
     let limiter = cfg.max_speed.map(|r| Arc::new(RateLimiter::new(r)));
     'pull: loop {
         let first = tokio::select! {
@@ -80,12 +147,11 @@ pub async fn run(
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
                 continue;
             };
-            let (cfg, js, stats, jobs_cancel) =
-                (cfg.clone(), js.clone(), stats.clone(), jobs_cancel.clone());
+            let (cfg, js, stats, tokens) = (cfg.clone(), js.clone(), stats.clone(), tokens.clone());
             let limiter = limiter.clone();
             tokio::spawn(async move {
                 stats.busy.fetch_add(1, Ordering::Relaxed);
-                run_job(&cfg, js, msg, &jobs_cancel, limiter).await;
+                run_job(&cfg, js, msg, &tokens, limiter).await;
                 stats.busy.fetch_sub(1, Ordering::Relaxed);
                 stats.jobs_done.fetch_add(1, Ordering::Relaxed);
                 drop(permit);
@@ -103,7 +169,7 @@ pub async fn run(
         .is_err()
     {
         warn!("in-flight jobs did not finish within the grace period; handing them back");
-        jobs_cancel.cancel();
+        tokens.stopping.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), sem.acquire_many(all)).await;
     }
     Ok(())
@@ -113,7 +179,7 @@ async fn run_job(
     cfg: &ClientConfig,
     js: jetstream::Context,
     msg: jetstream::Message,
-    cancel: &CancellationToken,
+    tokens: &TaskTokens,
     limiter: Option<Arc<RateLimiter>>,
 ) {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
@@ -125,16 +191,26 @@ async fn run_job(
             return;
         }
     };
-    let last_attempt = delivered >= cfg.max_deliver;
+    let Some(cancel) = tokens.token(&job.task) else {
+        debug!(job = %job.id, "dropping a job of a cancelled task");
+        let _ = msg.ack_with(AckKind::Term).await;
+        return;
+    };
+    // Attempts count across redeliveries and across the server's retry jobs.
+    let attempt = job.attempt.max(1) + (delivered.max(1) as u32 - 1);
+    let last_attempt = attempt >= job.max_attempts;
+    let retry_after = backoff(attempt as i64, cfg.retry_backoff, cfg.retry_backoff_max);
     let sink = ResultSink {
         js,
         client: cfg.id.clone(),
-        attempt: delivered as u32,
+        attempt,
     };
     let ctx = JobContext {
         sink: &sink,
-        cancel,
+        cancel: &cancel,
         last_attempt,
+        attempt,
+        retry_after,
         limiter: limiter.as_deref(),
     };
     let started = std::time::Instant::now();
@@ -157,15 +233,22 @@ async fn run_job(
     let kind = job.kind.name();
     let settle = match outcome {
         Ok(()) => AckKind::Ack,
+        Err(JobError::Cancelled) if tokens.stopping.is_cancelled() => {
+            info!(job = %job.id, kind, "handing an unfinished job back");
+            AckKind::Nak(None)
+        }
+        Err(JobError::Cancelled) => {
+            info!(job = %job.id, kind, "job of a cancelled task aborted");
+            AckKind::Term
+        }
         Err(e) if e.is_transient() && !last_attempt => {
-            let delay = backoff(delivered, cfg.retry_backoff, cfg.retry_backoff_max);
-            info!(job = %job.id, kind, attempt = delivered, error = %e, retry_in = ?delay, "job will be retried");
-            AckKind::Nak(Some(delay))
+            info!(job = %job.id, kind, attempt, error = %e, retry_in = ?retry_after, "job will be retried");
+            AckKind::Nak(Some(retry_after))
         }
         Err(e) => {
             let reason = match &e {
-                JobError::Transient(r) => format!("{r} (gave up after {delivered} attempts)"),
-                JobError::Permanent(r) => r.clone(),
+                JobError::Transient(r) => format!("{r} (gave up after {attempt} attempts)"),
+                _ => e.to_string(),
             };
             warn!(job = %job.id, kind, error = %reason, "job failed");
             match sink

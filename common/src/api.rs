@@ -11,6 +11,10 @@ pub mod verbs {
     pub const TASK_GET: &str = "task.get";
     pub const TASK_LIST: &str = "task.list";
     pub const TASK_REPORT: &str = "task.report";
+    pub const TASK_PAUSE: &str = "task.pause";
+    pub const TASK_RESUME: &str = "task.resume";
+    pub const TASK_CANCEL: &str = "task.cancel";
+    pub const TASK_RETRY: &str = "task.retry";
     pub const CLIENT_LIST: &str = "client.list";
     pub const SERVER_HEALTH: &str = "server.health";
 }
@@ -71,6 +75,9 @@ impl<T> From<Result<T, ApiError>> for ApiResponse<T> {
     }
 }
 
+/// Highest per-task attempt limit; the jobs consumer's MaxDeliver stays above it as a backstop.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 50;
+
 /// How a task is split into jobs. Every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -83,6 +90,8 @@ pub struct TaskOptions {
     pub list_page_entries: u32,
     /// Most bytes of JSON in one listing page.
     pub list_page_bytes: u64,
+    /// Attempts per file before a transient error counts as a failure.
+    pub max_attempts: u32,
 }
 
 impl Default for TaskOptions {
@@ -92,6 +101,7 @@ impl Default for TaskOptions {
             batch_bytes: 64 << 20,
             list_page_entries: 1000,
             list_page_bytes: 256 << 10,
+            max_attempts: 10,
         }
     }
 }
@@ -103,6 +113,11 @@ impl TaskOptions {
         }
         if self.batch_bytes == 0 {
             return Err(ApiError::invalid("batch_bytes must be greater than zero"));
+        }
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts) {
+            return Err(ApiError::invalid(format!(
+                "max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"
+            )));
         }
         if self.list_page_entries == 0 {
             return Err(ApiError::invalid("list_page_entries must be at least 1"));
@@ -143,8 +158,10 @@ pub struct Empty {}
 pub enum TaskState {
     Created,
     Running,
+    Paused,
     Completed,
     Failed,
+    Cancelled,
 }
 
 impl TaskState {
@@ -152,21 +169,28 @@ impl TaskState {
         match self {
             TaskState::Created => "created",
             TaskState::Running => "running",
+            TaskState::Paused => "paused",
             TaskState::Completed => "completed",
             TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "created" => TaskState::Created,
             "running" => TaskState::Running,
+            "paused" => TaskState::Paused,
             "completed" => TaskState::Completed,
             "failed" => TaskState::Failed,
+            "cancelled" => TaskState::Cancelled,
             _ => return None,
         })
     }
     pub fn is_finished(self) -> bool {
-        matches!(self, TaskState::Completed | TaskState::Failed)
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
     }
 }
 
@@ -188,6 +212,8 @@ pub struct TaskInfo {
     pub bytes_copied: u64,
     pub files_failed: u64,
     pub bytes_failed: u64,
+    /// Times a file was scheduled again after a transient error.
+    pub files_retried: u64,
     pub jobs_total: u64,
     pub jobs_done: u64,
     /// True once every List job has finished: `files_found` is then final.

@@ -30,6 +30,10 @@ pub fn heartbeat(tenant: &str) -> String {
     format!("btp.agents.{tenant}.heartbeat")
 }
 
+pub fn control(tenant: &str) -> String {
+    format!("btp.control.{tenant}")
+}
+
 pub const HEARTBEAT_ALL: &str = "btp.agents.*.heartbeat";
 
 /// Request subject of an API verb, e.g. `btp.api.v1.task.create`.

@@ -15,7 +15,20 @@ pub struct Job {
     pub task: String,
     pub src: Endpoint,
     pub dst: Endpoint,
+    /// Attempt this job starts at: 1, or more for a job that retries files of an earlier one.
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// The task's limit: at attempt `max_attempts` transient errors become failures.
+    #[serde(default = "ten")]
+    pub max_attempts: u32,
     pub kind: JobKind,
+}
+
+fn one() -> u32 {
+    1
+}
+fn ten() -> u32 {
+    10
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,6 +106,11 @@ pub enum ResultBody {
         files_copied: u64,
         bytes_copied: u64,
         failures: Vec<FileFailure>,
+        /// Files that failed transiently: the server schedules them again after `retry_after_ms`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        retry: Vec<FileFailure>,
+        #[serde(default)]
+        retry_after_ms: u64,
     },
     /// The whole job failed permanently (or ran out of attempts).
     Failed { reason: String },
@@ -104,6 +122,9 @@ pub struct FileFailure {
     pub path: String,
     pub size: u64,
     pub reason: String,
+    /// Attempts made on this file.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// Heartbeat of a client on core NATS; its first one registers the client.
@@ -120,6 +141,28 @@ pub struct Heartbeat {
     pub jobs_done: u64,
     /// False in the last heartbeat a stopping client sends.
     pub online: bool,
+}
+
+/// A control message from the server to all clients of a tenant, on core NATS.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    pub v: u32,
+    pub task: String,
+    pub action: ControlAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    /// Abort in-flight jobs of the task; their partial files are removed.
+    Cancel,
+}
+
+impl Versioned for Control {
+    fn version(&self) -> u32 {
+        self.v
+    }
 }
 
 /// Errors decoding a message from NATS.
@@ -173,6 +216,8 @@ mod tests {
             task: "t1".into(),
             src: Endpoint::parse("/a").unwrap(),
             dst: Endpoint::parse("/b").unwrap(),
+            attempt: 1,
+            max_attempts: 3,
             kind: JobKind::Copy {
                 files: vec![FileEntry {
                     path: "x y#%?.txt".into(),

@@ -12,7 +12,8 @@ use btp_common::subjects;
 pub struct ConsumerSettings {
     /// A job not acked (nor progress-acked) within this time is redelivered to another worker.
     pub ack_wait: Duration,
-    /// Deliveries of one job before it is given up.
+    /// Deliveries of one message before JetStream stops redelivering it. Workers give up on a
+    /// job at the task's `max_attempts` (at most 50); this is only a backstop above that.
     pub max_deliver: i64,
 }
 
@@ -20,7 +21,7 @@ impl Default for ConsumerSettings {
     fn default() -> Self {
         Self {
             ack_wait: Duration::from_secs(30),
-            max_deliver: 10,
+            max_deliver: 64,
         }
     }
 }

@@ -18,6 +18,10 @@ CREATE TABLE tasks (
     files_failed  BIGINT NOT NULL DEFAULT 0,
     bytes_failed  BIGINT NOT NULL DEFAULT 0,
     dirs_failed   BIGINT NOT NULL DEFAULT 0,
+    files_retried BIGINT NOT NULL DEFAULT 0,
+    -- Bumped by pause, resume and retry: part of each job's Nats-Msg-Id, so a job published
+    -- again after a pause is not taken for a duplicate by JetStream.
+    epoch         BIGINT NOT NULL DEFAULT 0,
     lists_total   BIGINT NOT NULL DEFAULT 0,
     lists_done    BIGINT NOT NULL DEFAULT 0,
     jobs_total    BIGINT NOT NULL DEFAULT 0,
@@ -38,6 +42,8 @@ CREATE TABLE jobs (
     files         BIGINT NOT NULL DEFAULT 0,
     bytes         BIGINT NOT NULL DEFAULT 0,
     attempts      BIGINT NOT NULL DEFAULT 0,
+    -- Not published before this time (retries wait out their backoff here).
+    not_before_ms BIGINT NOT NULL DEFAULT 0,
     finished_ms   BIGINT,
     PRIMARY KEY (task_id, seq)
 );
@@ -47,6 +53,8 @@ CREATE INDEX jobs_task_state ON jobs (task_id, state, seq);
 CREATE TABLE failures (
     task_id   TEXT NOT NULL,
     path      TEXT NOT NULL,
+    -- 'file', or 'dir' for a directory whose listing failed.
+    kind      TEXT NOT NULL,
     size      BIGINT NOT NULL,
     reason    TEXT NOT NULL,
     attempts  BIGINT NOT NULL,

@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use btp_common::api::ApiError;
+use btp_common::api::TaskState;
 use btp_common::now_ms;
-use btp_common::wire::{decode, FileFailure, Job, JobKind, JobResult, ResultBody};
+use btp_common::wire::{decode, FileEntry, FileFailure, Job, JobKind, JobResult, ResultBody};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::planner;
-use crate::store::{self, job_state, Store, TaskDelta, Tx};
+use crate::store::{self, job_state, Schedule, Store, TaskDelta, Tx};
 
 /// What applying one result did.
 #[derive(Debug, PartialEq, Eq)]
@@ -117,12 +118,15 @@ pub async fn apply(tx: &mut Tx<'_>, r: &JobResult) -> Result<Applied, ApiError> 
         warn!(job = %r.job, "result for an unknown job");
         return Ok(Applied::Duplicate);
     };
-    if job.state == job_state::DONE || job.state == job_state::FAILED {
+    if [job_state::DONE, job_state::FAILED, job_state::CANCELLED].contains(&job.state.as_str()) {
         return Ok(Applied::Duplicate);
     }
     let Some(task) = store::load_task_tx(tx, task_id).await? else {
         return Ok(Applied::Duplicate);
     };
+    if task.info.state == TaskState::Cancelled {
+        return Ok(Applied::Duplicate);
+    }
     let now = now_ms();
     let mut delta = TaskDelta::default();
     let finished_state = if r.last { Some(job_state::DONE) } else { None };
@@ -144,7 +148,8 @@ pub async fn apply(tx: &mut Tx<'_>, r: &JobResult) -> Result<Applied, ApiError> 
                     .map(|d| planner::list_job(d.clone(), &task.info.options)),
             );
             delta.jobs_total = kinds.len() as i64;
-            store::insert_jobs(tx, &task, task.info.jobs_total as i64, kinds).await?;
+            let first = task.info.jobs_total as i64;
+            store::insert_jobs(tx, &task, first, kinds, Schedule::NOW).await?;
             store::set_pages_applied(tx, task_id, seq, expected + 1).await?;
             if r.last {
                 delta.lists_done = 1;
@@ -154,10 +159,33 @@ pub async fn apply(tx: &mut Tx<'_>, r: &JobResult) -> Result<Applied, ApiError> 
             files_copied,
             bytes_copied,
             failures,
+            retry,
+            retry_after_ms,
         } => {
             delta.files_copied = *files_copied as i64;
             delta.bytes_copied = *bytes_copied as i64;
-            record_failures(tx, task_id, seq, r.attempt, failures, &mut delta).await?;
+            record_failures(tx, task_id, seq, failures, &mut delta).await?;
+            if !retry.is_empty() {
+                // Only the files that failed transiently run again, after their backoff.
+                let entries = retry
+                    .iter()
+                    .map(|f| FileEntry {
+                        path: f.path.clone(),
+                        size: f.size,
+                        mtime_ms: None,
+                    })
+                    .collect();
+                let kinds = planner::pack_copies(entries, &task.info.options);
+                let schedule = Schedule {
+                    attempt: r.attempt + 1,
+                    not_before_ms: now + *retry_after_ms as i64,
+                };
+                delta.files_retried = retry.len() as i64;
+                delta.jobs_total = kinds.len() as i64;
+                let first = task.info.jobs_total as i64;
+                store::insert_jobs(tx, &task, first, kinds, schedule).await?;
+                debug!(job = %r.job, files = retry.len(), reason = %retry[0].reason, "files scheduled again");
+            }
         }
         ResultBody::Failed { reason } => {
             let job_body: Job = serde_json::from_str(&job.payload)
@@ -170,17 +198,19 @@ pub async fn apply(tx: &mut Tx<'_>, r: &JobResult) -> Result<Applied, ApiError> 
                             path: f.path,
                             size: f.size,
                             reason: reason.clone(),
+                            attempts: r.attempt,
                         })
                         .collect();
-                    record_failures(tx, task_id, seq, r.attempt, &failures, &mut delta).await?;
+                    record_failures(tx, task_id, seq, &failures, &mut delta).await?;
                 }
                 JobKind::List { dir, .. } => {
                     let f = FileFailure {
                         path: dir,
                         size: 0,
                         reason: format!("listing failed: {reason}"),
+                        attempts: r.attempt,
                     };
-                    store::record_failure(tx, task_id, &f, r.attempt, seq).await?;
+                    store::record_failure(tx, task_id, "dir", &f, seq).await?;
                     delta.dirs_failed = 1;
                     delta.lists_done = 1;
                 }
@@ -208,12 +238,11 @@ async fn record_failures(
     tx: &mut Tx<'_>,
     task: &str,
     seq: i64,
-    attempt: u32,
     failures: &[FileFailure],
     delta: &mut TaskDelta,
 ) -> Result<(), ApiError> {
     for f in failures {
-        store::record_failure(tx, task, f, attempt, seq).await?;
+        store::record_failure(tx, task, "file", f, seq).await?;
         delta.files_failed += 1;
         delta.bytes_failed += f.size as i64;
     }

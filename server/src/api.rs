@@ -7,6 +7,7 @@ use btp_common::api::{
     verbs, ApiError, ApiResponse, ClientList, CreateTask, Empty, ErrorCode, Health, Report,
     TaskInfo, TaskList, TaskRef, TaskState,
 };
+use btp_common::wire::{Control, ControlAction};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -25,6 +26,9 @@ const REPORT_FAILURES_LIMIT: i64 = 10_000;
 pub struct Api {
     pub store: Store,
     pub wake_dispatcher: Arc<Notify>,
+    pub js: async_nats::jetstream::Context,
+    pub nats: async_nats::Client,
+    pub dispatch_lock: crate::dispatcher::DispatchLock,
 }
 
 pub async fn serve(
@@ -82,6 +86,10 @@ impl Api {
             verbs::TASK_GET => encode(self.get(decode_req(payload)).await),
             verbs::TASK_LIST => encode(self.list(decode_req(payload)).await),
             verbs::TASK_REPORT => encode(self.report(decode_req(payload)).await),
+            verbs::TASK_PAUSE => encode(self.pause(decode_req(payload)).await),
+            verbs::TASK_RESUME => encode(self.resume(decode_req(payload)).await),
+            verbs::TASK_CANCEL => encode(self.cancel(decode_req(payload)).await),
+            verbs::TASK_RETRY => encode(self.retry(decode_req(payload)).await),
             verbs::CLIENT_LIST => encode(self.clients(decode_req(payload)).await),
             verbs::SERVER_HEALTH => encode(self.health(decode_req(payload)).await),
             other => encode::<()>(Err(ApiError::new(
@@ -128,6 +136,7 @@ impl Api {
             bytes_copied: 0,
             files_failed: 0,
             bytes_failed: 0,
+            files_retried: 0,
             jobs_total: 0,
             jobs_done: 0,
             listing_done: false,
@@ -157,6 +166,73 @@ impl Api {
         self.wake_dispatcher.notify_one();
         info!(task = %req.id, "task started");
         Ok(self.store.task(&req.id).await?.info)
+    }
+
+    /// Stops publishing the task's jobs and takes the queued ones off the work queue; in-flight
+    /// jobs finish and their results count.
+    async fn pause(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
+        let id = req?.id;
+        let task = self.store.task(&id).await?;
+        let _guard = self.dispatch_lock.lock().await;
+        self.store.pause_task(&id).await?;
+        self.purge(&task.info.tenant, &id).await?;
+        info!(task = %id, "task paused");
+        Ok(self.store.task(&id).await?.info)
+    }
+
+    async fn resume(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
+        let id = req?.id;
+        self.store.resume_task(&id).await?;
+        self.wake_dispatcher.notify_one();
+        info!(task = %id, "task resumed");
+        Ok(self.store.task(&id).await?.info)
+    }
+
+    /// Cancels the task: queued jobs are removed and clients abort its in-flight jobs.
+    async fn cancel(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
+        let id = req?.id;
+        let task = self.store.task(&id).await?;
+        let _guard = self.dispatch_lock.lock().await;
+        self.store.cancel_task(&id, now_ms()).await?;
+        self.purge(&task.info.tenant, &id).await?;
+        let control = Control {
+            v: btp_common::WIRE_VERSION,
+            task: id.clone(),
+            action: ControlAction::Cancel,
+        };
+        let body = serde_json::to_vec(&control).expect("serializable");
+        self.nats
+            .publish(subjects::control(&task.info.tenant), body.into())
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("notify clients: {e}")))?;
+        info!(task = %id, "task cancelled");
+        Ok(self.store.task(&id).await?.info)
+    }
+
+    /// Runs the failed files (and directories) of a finished task again.
+    async fn retry(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
+        let id = req?.id;
+        let task = self.store.task(&id).await?;
+        let n = self.store.retry_task(&task).await?;
+        self.wake_dispatcher.notify_one();
+        info!(task = %id, entries = n, "retrying failed files");
+        Ok(self.store.task(&id).await?.info)
+    }
+
+    /// Removes a task's queued jobs from the work queue.
+    async fn purge(&self, tenant: &str, task: &str) -> Result<(), ApiError> {
+        let unavailable = |e: String| ApiError::new(ErrorCode::Unavailable, e);
+        let stream = self
+            .js
+            .get_stream(subjects::JOBS_STREAM)
+            .await
+            .map_err(|e| unavailable(format!("jobs stream: {e}")))?;
+        stream
+            .purge()
+            .filter(subjects::jobs(tenant, task))
+            .await
+            .map_err(|e| unavailable(format!("purge jobs of task {task}: {e}")))?;
+        Ok(())
     }
 
     async fn get(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {

@@ -8,21 +8,26 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use btp_common::subjects;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::store::Store;
+
+/// Held while publishing, and by pause and cancel while they take a task's jobs off the queue, so
+/// no publish of that task can slip in between.
+pub type DispatchLock = Arc<Mutex<()>>;
 
 pub async fn run(
     js: jetstream::Context,
     store: Store,
     window: i64,
     wake: Arc<Notify>,
+    lock: DispatchLock,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        match dispatch_once(&js, &store, window).await {
+        match dispatch_once(&js, &store, window, &lock).await {
             Ok(published) if published > 0 => continue,
             Ok(_) => {}
             Err(e) => warn!(error = %e, "publishing jobs failed; retrying"),
@@ -35,19 +40,34 @@ pub async fn run(
     }
 }
 
+/// Nats-Msg-Id of a job in a publishing epoch: a crash re-publish is deduplicated, a re-publish
+/// after pause and resume is not.
+pub fn msg_id(task: &str, seq: i64, epoch: i64) -> String {
+    format!("{}@{epoch}", crate::store::job_id(task, seq))
+}
+
 /// One round over the running tasks; returns how many jobs were published.
 async fn dispatch_once(
     js: &jetstream::Context,
     store: &Store,
     window: i64,
+    lock: &DispatchLock,
 ) -> anyhow::Result<usize> {
     let mut published = 0;
-    for (task, tenant) in store.running_tasks().await? {
+    for (task, tenant, _) in store.running_tasks().await? {
+        let _guard = lock.lock().await;
+        // Re-read under the lock: a pause may have happened since the list was taken.
+        let row = store.task(&task).await?;
+        if row.info.state != btp_common::api::TaskState::Running {
+            continue;
+        }
         let room = window - store.inflight_jobs(&task).await?;
         if room <= 0 {
             continue;
         }
-        let jobs = store.pending_jobs(&task, room).await?;
+        let jobs = store
+            .pending_jobs(&task, room, btp_common::now_ms())
+            .await?;
         if jobs.is_empty() {
             continue;
         }
@@ -56,7 +76,7 @@ async fn dispatch_once(
         for (seq, payload) in &jobs {
             let msg = PublishMessage::build()
                 .payload(payload.clone().into_bytes().into())
-                .message_id(crate::store::job_id(&task, *seq));
+                .message_id(msg_id(&task, *seq, row.epoch));
             acks.push(js.send_publish(subject.clone(), msg).await?);
         }
         for ack in acks {

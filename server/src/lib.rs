@@ -36,9 +36,13 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     let wake = Arc::new(Notify::new());
     info!(nats = %cfg.nats_url, database = store.backend(), "server started");
 
+    let lock = dispatcher::DispatchLock::default();
     let api = api::Api {
         store: store.clone(),
         wake_dispatcher: wake.clone(),
+        js: js.clone(),
+        nats: nats.clone(),
+        dispatch_lock: lock.clone(),
     };
     let mut parts = tokio::task::JoinSet::new();
     parts.spawn(api::serve(nats.clone(), api, cancel.clone()));
@@ -48,6 +52,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         store.clone(),
         cfg.window,
         wake.clone(),
+        lock,
         cancel.clone(),
     ));
     parts.spawn(aggregator::run(

@@ -21,6 +21,7 @@ pub mod job_state {
     pub const PUBLISHED: &str = "published";
     pub const DONE: &str = "done";
     pub const FAILED: &str = "failed";
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// The one place sqlx errors become ours: busy/locked/pool errors are retryable.
@@ -46,6 +47,8 @@ pub struct TaskRow {
     pub info: TaskInfo,
     pub src: Endpoint,
     pub dst: Endpoint,
+    /// Publishing generation, part of each job's Nats-Msg-Id.
+    pub epoch: i64,
 }
 
 /// A job row loaded for applying a result.
@@ -147,13 +150,139 @@ impl Store {
     }
 
     /// Ids and tenants of running tasks, for the dispatcher.
-    pub async fn running_tasks(&self) -> Result<Vec<(String, String)>, ApiError> {
-        let rows = sqlx::query("SELECT id, tenant FROM tasks WHERE state = $1 ORDER BY created_ms")
-            .bind(TaskState::Running.as_str())
-            .fetch_all(&self.pool)
+    pub async fn running_tasks(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
+        let rows =
+            sqlx::query("SELECT id, tenant, epoch FROM tasks WHERE state = $1 ORDER BY created_ms")
+                .bind(TaskState::Running.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Running -> paused. Published jobs go back to pending (the caller purges them from the
+    /// queue) and the epoch moves on, so they can be published again on resume.
+    pub async fn pause_task(&self, id: &str) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        transition(
+            &mut tx,
+            id,
+            &[TaskState::Running],
+            TaskState::Paused,
+            "paused",
+        )
+        .await?;
+        sqlx::query("UPDATE tasks SET epoch = epoch + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
             .await
             .map_err(map_sqlx)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        requeue_published(&mut tx, id).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    /// Paused -> running.
+    pub async fn resume_task(&self, id: &str) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        transition(
+            &mut tx,
+            id,
+            &[TaskState::Paused],
+            TaskState::Running,
+            "resumed",
+        )
+        .await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    /// Created, running or paused -> cancelled; unfinished jobs are cancelled with it.
+    pub async fn cancel_task(&self, id: &str, now: i64) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        let from = [TaskState::Created, TaskState::Running, TaskState::Paused];
+        transition(&mut tx, id, &from, TaskState::Cancelled, "cancelled").await?;
+        sqlx::query("UPDATE tasks SET finished_ms = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        sqlx::query(
+            "UPDATE jobs SET state = $1, payload = '' WHERE task_id = $2 AND state IN ($3, $4)",
+        )
+        .bind(job_state::CANCELLED)
+        .bind(id)
+        .bind(job_state::PENDING)
+        .bind(job_state::PUBLISHED)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    /// Completed or failed -> running again, with new jobs for the failed files (and directories)
+    /// only. Returns how many files and directories are retried.
+    pub async fn retry_task(&self, task: &TaskRow) -> Result<u64, ApiError> {
+        let id = &task.info.id;
+        let mut tx = self.begin().await?;
+        let from = [TaskState::Completed, TaskState::Failed];
+        transition(&mut tx, id, &from, TaskState::Running, "retried").await?;
+        let rows =
+            sqlx::query("SELECT kind, path, size FROM failures WHERE task_id = $1 ORDER BY path")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+        if rows.is_empty() {
+            return Err(ApiError::new(
+                btp_common::api::ErrorCode::FailedPrecondition,
+                format!("task {id} has no failed files to retry"),
+            ));
+        }
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        for r in &rows {
+            let kind: String = r.get(0);
+            if kind == "dir" {
+                dirs.push(r.get::<String, _>(1));
+            } else {
+                files.push(btp_common::wire::FileEntry {
+                    path: r.get(1),
+                    size: r.get::<i64, _>(2) as u64,
+                    mtime_ms: None,
+                });
+            }
+        }
+        let opts = &task.info.options;
+        let mut kinds = crate::planner::pack_copies(files, opts);
+        let n_dirs = dirs.len() as i64;
+        kinds.extend(dirs.into_iter().map(|d| crate::planner::list_job(d, opts)));
+        let jobs_total: i64 = sqlx::query_scalar("SELECT jobs_total FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let n_jobs = kinds.len() as i64;
+        insert_jobs(&mut tx, task, jobs_total, kinds, Schedule::NOW).await?;
+        sqlx::query(
+            "UPDATE tasks SET finished_ms = NULL, files_failed = 0, bytes_failed = 0, dirs_failed = 0, \
+             lists_total = lists_total + $1, jobs_total = jobs_total + $2, epoch = epoch + 1 WHERE id = $3",
+        )
+        .bind(n_dirs)
+        .bind(n_jobs)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        sqlx::query("DELETE FROM failures WHERE task_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(rows.len() as u64)
     }
 
     /// Moves a created task to running and records its root List job, in one transaction.
@@ -176,7 +305,7 @@ impl Store {
             ));
         }
         let root = crate::planner::list_job(String::new(), &task.info.options);
-        insert_jobs(&mut tx, task, 0, vec![root]).await?;
+        insert_jobs(&mut tx, task, 0, vec![root], Schedule::NOW).await?;
         sqlx::query("UPDATE tasks SET jobs_total = 1, lists_total = 1 WHERE id = $1")
             .bind(&task.info.id)
             .execute(&mut *tx)
@@ -200,13 +329,16 @@ impl Store {
         &self,
         task: &str,
         limit: i64,
+        now: i64,
     ) -> Result<Vec<(i64, String)>, ApiError> {
         let rows = sqlx::query(
-            "SELECT seq, payload FROM jobs WHERE task_id = $1 AND state = $2 ORDER BY seq LIMIT $3",
+            "SELECT seq, payload FROM jobs WHERE task_id = $1 AND state = $2 AND not_before_ms <= $4 \
+             ORDER BY CASE kind WHEN 'list' THEN 0 ELSE 1 END, seq LIMIT $3",
         )
         .bind(task)
         .bind(job_state::PENDING)
         .bind(limit)
+        .bind(now)
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
@@ -234,7 +366,7 @@ impl Store {
 
     pub async fn failures(&self, task: &str, limit: i64) -> Result<Vec<FileFailure>, ApiError> {
         let rows = sqlx::query(
-            "SELECT path, size, reason FROM failures WHERE task_id = $1 ORDER BY path LIMIT $2",
+            "SELECT path, size, reason, attempts FROM failures WHERE task_id = $1 ORDER BY path LIMIT $2",
         )
         .bind(task)
         .bind(limit)
@@ -247,6 +379,7 @@ impl Store {
                 path: r.get(0),
                 size: r.get::<i64, _>(1) as u64,
                 reason: r.get(2),
+                attempts: r.get::<i64, _>(3) as u32,
             })
             .collect())
     }
@@ -332,7 +465,7 @@ impl Store {
 const TASK_COLUMNS: &str =
     "id, tenant, state, src, dst, options, created_ms, started_ms, finished_ms, \
     files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
-    lists_total, lists_done, jobs_total, jobs_done";
+    lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch";
 
 fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
@@ -360,8 +493,28 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, ApiError> {
         listing_done: n(15) > 0 && n(15) == n(16),
         jobs_total: n(17),
         jobs_done: n(18),
+        files_retried: n(19),
     };
-    Ok(TaskRow { info, src, dst })
+    Ok(TaskRow {
+        info,
+        src,
+        dst,
+        epoch: r.get(20),
+    })
+}
+
+/// When and at which attempt new jobs run.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub attempt: u32,
+    pub not_before_ms: i64,
+}
+
+impl Schedule {
+    pub const NOW: Schedule = Schedule {
+        attempt: 1,
+        not_before_ms: 0,
+    };
 }
 
 /// Records jobs (state pending) numbered from `first_seq`; the dispatcher publishes them.
@@ -370,6 +523,7 @@ pub async fn insert_jobs(
     task: &TaskRow,
     first_seq: i64,
     kinds: Vec<JobKind>,
+    schedule: Schedule,
 ) -> Result<(), ApiError> {
     for (i, kind) in kinds.into_iter().enumerate() {
         let seq = first_seq + i as i64;
@@ -387,10 +541,13 @@ pub async fn insert_jobs(
             task: task.info.id.clone(),
             src: task.src.clone(),
             dst: task.dst.clone(),
+            attempt: schedule.attempt,
+            max_attempts: task.info.options.max_attempts,
             kind,
         };
         sqlx::query(
-            "INSERT INTO jobs (task_id, seq, kind, state, payload, files, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO jobs (task_id, seq, kind, state, payload, files, bytes, not_before_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&task.info.id)
         .bind(seq)
@@ -399,6 +556,7 @@ pub async fn insert_jobs(
         .bind(to_json(&job))
         .bind(files)
         .bind(bytes)
+        .bind(schedule.not_before_ms)
         .execute(&mut **tx)
         .await
         .map_err(map_sqlx)?;
@@ -460,6 +618,7 @@ pub struct TaskDelta {
     pub lists_done: i64,
     pub jobs_total: i64,
     pub jobs_done: i64,
+    pub files_retried: i64,
 }
 
 pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Result<(), ApiError> {
@@ -468,7 +627,8 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
          files_copied = files_copied + $3, bytes_copied = bytes_copied + $4, \
          files_failed = files_failed + $5, bytes_failed = bytes_failed + $6, dirs_failed = dirs_failed + $7, \
          lists_total = lists_total + $8, lists_done = lists_done + $9, \
-         jobs_total = jobs_total + $10, jobs_done = jobs_done + $11 WHERE id = $12",
+         jobs_total = jobs_total + $10, jobs_done = jobs_done + $11, \
+         files_retried = files_retried + $13 WHERE id = $12",
     )
     .bind(d.files_found)
     .bind(d.bytes_found)
@@ -482,6 +642,7 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
     .bind(d.jobs_total)
     .bind(d.jobs_done)
     .bind(task)
+    .bind(d.files_retried)
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;
@@ -533,13 +694,15 @@ pub async fn finish_job(
 pub async fn record_failure(
     tx: &mut Tx<'_>,
     task: &str,
+    kind: &str,
     f: &FileFailure,
-    attempts: u32,
     job_seq: i64,
 ) -> Result<(), ApiError> {
+    let attempts = f.attempts;
     sqlx::query(
-        "INSERT INTO failures (task_id, path, size, reason, attempts, job_seq) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (task_id, path) DO UPDATE SET size = $3, reason = $4, attempts = $5, job_seq = $6",
+        "INSERT INTO failures (task_id, path, size, reason, attempts, job_seq, kind) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (task_id, path) DO UPDATE SET size = $3, reason = $4, attempts = $5, job_seq = $6, kind = $7",
     )
     .bind(task)
     .bind(&f.path)
@@ -547,6 +710,7 @@ pub async fn record_failure(
     .bind(&f.reason)
     .bind(attempts as i64)
     .bind(job_seq)
+    .bind(kind)
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;
@@ -571,7 +735,8 @@ pub async fn finish_task_if_done(
     let state: String = r.get(0);
     let (total, done, ffail, dfail): (i64, i64, i64, i64) =
         (r.get(1), r.get(2), r.get(3), r.get(4));
-    if state != TaskState::Running.as_str() || done < total {
+    let live = state == TaskState::Running.as_str() || state == TaskState::Paused.as_str();
+    if !live || done < total {
         return Ok(None);
     }
     let new_state = if ffail == 0 && dfail == 0 {
@@ -587,6 +752,46 @@ pub async fn finish_task_if_done(
         .await
         .map_err(map_sqlx)?;
     Ok(Some(new_state))
+}
+
+/// Moves a task from one of `from` to `to`, or says why it cannot.
+async fn transition(
+    tx: &mut Tx<'_>,
+    id: &str,
+    from: &[TaskState],
+    to: TaskState,
+    verb: &str,
+) -> Result<(), ApiError> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    let state = state.ok_or_else(|| ApiError::not_found(format!("unknown task id '{id}'")))?;
+    if !from.iter().any(|s| s.as_str() == state) {
+        return Err(ApiError::new(
+            btp_common::api::ErrorCode::FailedPrecondition,
+            format!("task {id} cannot be {verb}: it is {state}"),
+        ));
+    }
+    sqlx::query("UPDATE tasks SET state = $1 WHERE id = $2")
+        .bind(to.as_str())
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
+async fn requeue_published(tx: &mut Tx<'_>, id: &str) -> Result<(), ApiError> {
+    sqlx::query("UPDATE jobs SET state = $1 WHERE task_id = $2 AND state = $3")
+        .bind(job_state::PENDING)
+        .bind(id)
+        .bind(job_state::PUBLISHED)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {

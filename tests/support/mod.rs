@@ -411,15 +411,13 @@ impl Cluster {
         t["id"].as_str().unwrap().to_string()
     }
 
-    /// Waits until at least `fraction` of the task's found bytes are copied, with the listing done,
-    /// and asserts the task is still running (so a fault lands in the middle of it).
-    pub fn wait_progress(&self, id: &str, fraction: f64) -> serde_json::Value {
+    /// Waits until at least `fraction` of `total` bytes are copied and asserts the task is still
+    /// running (so a fault lands in the middle of it).
+    pub fn wait_progress(&self, id: &str, total: u64, fraction: f64) -> serde_json::Value {
         let t = wait_for("task progress", Duration::from_secs(300), || {
             let t = btp_json(&self.url, &["task", "get", id]);
-            let found = t["bytes_found"].as_u64().unwrap() as f64;
             let copied = t["bytes_copied"].as_u64().unwrap() as f64;
-            (t["state"] != "running" || (t["listing_done"] == true && copied >= fraction * found))
-                .then_some(t)
+            (t["state"] != "running" || copied >= fraction * total as f64).then_some(t)
         });
         assert_eq!(
             t["state"], "running",
