@@ -44,9 +44,20 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, nats_url: &str, args: &[&str], log_dir: &Path) -> Proc {
+        Self::spawn_env(name, nats_url, args, log_dir, &[])
+    }
+
+    pub fn spawn_env(
+        name: &str,
+        nats_url: &str,
+        args: &[&str],
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("log file");
         let child = Command::new(btp_bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("BTP_NATS_URL", nats_url)
             .env("BTP_LOG", "info,async_nats=warn")
             .stdout(Stdio::null())
@@ -377,11 +388,16 @@ impl Cluster {
 
     /// Starts a client `client-<i>` with extra arguments and waits until it is online.
     pub fn add_client(&mut self, extra: &[&str]) -> String {
+        self.add_client_env(extra, &[])
+    }
+
+    /// Like `add_client`, with extra environment (fault injection).
+    pub fn add_client_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> String {
         let id = format!("client-{}", self.clients.len() + 1);
         let mut args = vec!["client", "run", "--id", &id];
         args.extend_from_slice(extra);
         self.clients
-            .push(Proc::spawn(&id, &self.url, &args, &self.dir));
+            .push(Proc::spawn_env(&id, &self.url, &args, &self.dir, env));
         let url = self.url.clone();
         wait_for(&format!("{id} online"), Duration::from_secs(30), || {
             let l = btp_json(&url, &["client", "list"]);
