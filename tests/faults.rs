@@ -77,3 +77,19 @@ fn nats_server_restarted_mid_task_loses_nothing() {
     wait_task(&c.url, &id, Duration::from_secs(300));
     assert_complete(&c.report(&id), &tree, &src, &dst);
 }
+
+#[test]
+fn a_client_stopped_with_sigterm_mid_task_exits_cleanly_and_loses_nothing() {
+    let tmp = test_dir();
+    let tree = tree(tmp.path());
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let mut c = Cluster::start(tmp.path(), SERVER);
+    c.add_client(CLIENT);
+    c.add_client(CLIENT);
+    let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
+    c.wait_progress(&id, tree.bytes, 0.25);
+    let stopping = c.clients.remove(0);
+    assert!(stopping.terminate().success(), "SIGTERM drains and exits 0");
+    wait_task(&c.url, &id, Duration::from_secs(300));
+    assert_complete(&c.report(&id), &tree, &src, &dst);
+}
