@@ -72,6 +72,8 @@ pub struct StandaloneArgs {
 enum ServerCommand {
     /// Run the server against a nats-server.
     Run(ServerRunArgs),
+    /// Ask the server for its version, database and load.
+    Health(OutputOpts),
 }
 
 #[derive(Args, Clone)]
@@ -98,11 +100,23 @@ pub struct QueueOpts {
 }
 
 #[derive(Subcommand)]
-enum ClientCommand {
+pub enum ClientCommand {
     /// Run a client against a nats-server.
     Run(ClientRunArgs),
     /// List the clients known to the server.
     List(OutputOpts),
+    /// Show one client.
+    Get(ClientIdArgs),
+    /// Ask a client to take no new jobs (in-flight jobs finish).
+    Drain(ClientIdArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ClientIdArgs {
+    /// Client id.
+    pub id: String,
+    #[command(flatten)]
+    pub output: OutputOpts,
 }
 
 #[derive(Args, Clone)]
@@ -137,8 +151,8 @@ pub enum TaskCommand {
     Start(IdArgs),
     /// Show a task.
     Get(IdArgs),
-    /// List tasks.
-    List(OutputOpts),
+    /// List tasks, newest first.
+    List(ListArgs),
     /// Print a task's report (--failed: only the failed files, with reasons).
     Report(ReportArgs),
     /// Stop publishing a running task's jobs; in-flight jobs finish.
@@ -149,6 +163,8 @@ pub enum TaskCommand {
     Cancel(IdArgs),
     /// Run only the failed files of a finished task again.
     Retry(IdArgs),
+    /// Delete a task that is not running (with its report).
+    Delete(IdArgs),
     /// Follow a task with a progress bar until it finishes.
     Watch(IdArgs),
 }
@@ -162,12 +178,33 @@ pub struct IdArgs {
 }
 
 #[derive(Args, Clone)]
+pub struct ListArgs {
+    /// Only tasks in this state.
+    #[arg(long, value_parser = ["created", "running", "paused", "completed", "failed", "cancelled"])]
+    pub state: Option<String>,
+    /// Most tasks to show.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Tasks to skip (paging).
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+#[derive(Args, Clone)]
 pub struct ReportArgs {
     /// Task id.
     pub id: String,
     /// Print only the failed files with their reasons and attempts.
     #[arg(long)]
     pub failed: bool,
+    /// Most failed files to include.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+    /// Failed files to skip (paging).
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
     #[command(flatten)]
     pub output: OutputOpts,
 }
@@ -183,6 +220,7 @@ pub struct OutputOpts {
 pub enum Output {
     Table,
     Json,
+    Csv,
 }
 
 #[derive(Args, Clone)]
@@ -211,7 +249,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Standalone(_)
-        | Command::Server { .. }
+        | Command::Server {
+            command: ServerCommand::Run(_),
+        }
         | Command::Client {
             command: ClientCommand::Run(_),
         } => "info",
@@ -269,9 +309,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Client {
             command: ClientCommand::Run(a),
         } => run::client(&url, a).await,
-        Command::Client {
-            command: ClientCommand::List(o),
-        } => task::client_list(&url, o).await,
+        Command::Client { command } => task::client(&url, command).await,
+        Command::Server {
+            command: ServerCommand::Health(o),
+        } => task::health(&url, o).await,
         Command::Task { command } => task::dispatch(&url, command).await,
         Command::Copy(a) => run::copy(a).await,
     }

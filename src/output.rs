@@ -1,6 +1,6 @@
 //! Human output: aligned tables and the task report.
 
-use btp_common::api::{ClientList, Report, TaskInfo, TaskList};
+use btp_common::api::{ClientInfo, ClientList, Report, TaskInfo, TaskList};
 use btp_common::now_ms;
 use btp_common::units::{Bytes, Millis};
 use btp_common::wire::FileFailure;
@@ -59,6 +59,20 @@ pub fn task(t: &TaskInfo) {
         ),
         kv("Jobs", format!("{}/{} done", t.jobs_done, t.jobs_total)),
     ];
+    if t.state == btp_common::api::TaskState::Running {
+        let eta = t
+            .eta_secs
+            .map(|s| Millis(s as i64 * 1000).to_string())
+            .unwrap_or_else(|| "-".into());
+        rows.push(kv(
+            "Speed",
+            format!(
+                "{}/s, {:.1} files/s, ETA {eta}",
+                Bytes(t.current_bytes_per_sec),
+                t.current_files_per_sec
+            ),
+        ));
+    }
     if let Some(s) = t.started_ms {
         rows.push(kv("Started", ago(s)));
     }
@@ -88,7 +102,16 @@ pub fn task_list(l: &TaskList) {
 pub fn report(r: &Report) {
     let t = &r.task;
     task(t);
-    println!("Avg speed    {}/s", Bytes(r.avg_bytes_per_sec as u64));
+    table(&[
+        vec![
+            "Avg speed".into(),
+            format!("{}/s", Bytes(r.avg_bytes_per_sec as u64)),
+        ],
+        vec![
+            "Peak speed".into(),
+            format!("{}/s", Bytes(r.task.peak_bytes_per_sec)),
+        ],
+    ]);
     if !r.clients.is_empty() {
         println!();
         let mut rows = vec![["CLIENT", "JOBS", "FILES", "BYTES"]
@@ -145,8 +168,125 @@ pub fn client_list(l: &ClientList) {
             c.busy.to_string(),
             c.jobs_done.to_string(),
             ago(c.last_seen_ms),
-            if c.online { "online" } else { "offline" }.into(),
+            match (c.online, c.draining) {
+                (false, _) => "offline",
+                (true, true) => "draining",
+                (true, false) => "online",
+            }
+            .into(),
         ]);
     }
     table(&rows);
+}
+
+/// One CSV field, quoted when it needs to be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv_row(fields: &[String]) {
+    let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+    println!("{}", line.join(","));
+}
+
+/// The report's totals as one CSV row under a header.
+pub fn report_csv(r: &Report) {
+    let t = &r.task;
+    csv_row(
+        &[
+            "task",
+            "state",
+            "source",
+            "destination",
+            "files_found",
+            "files_copied",
+            "files_failed",
+            "files_retried",
+            "bytes_found",
+            "bytes_copied",
+            "bytes_failed",
+            "duration_ms",
+            "avg_bytes_per_sec",
+            "peak_bytes_per_sec",
+        ]
+        .map(String::from),
+    );
+    csv_row(&[
+        t.id.clone(),
+        t.state.as_str().into(),
+        t.src.clone(),
+        t.dst.clone(),
+        t.files_found.to_string(),
+        t.files_copied.to_string(),
+        t.files_failed.to_string(),
+        t.files_retried.to_string(),
+        t.bytes_found.to_string(),
+        t.bytes_copied.to_string(),
+        t.bytes_failed.to_string(),
+        r.duration_ms.to_string(),
+        (r.avg_bytes_per_sec as u64).to_string(),
+        t.peak_bytes_per_sec.to_string(),
+    ]);
+}
+
+pub fn failures_csv(list: &[FileFailure]) {
+    csv_row(&["path", "size", "attempts", "reason"].map(String::from));
+    for f in list {
+        csv_row(&[
+            f.path.clone(),
+            f.size.to_string(),
+            f.attempts.to_string(),
+            f.reason.clone(),
+        ]);
+    }
+}
+
+pub fn task_list_csv(l: &TaskList) {
+    csv_row(
+        &[
+            "id",
+            "state",
+            "files_found",
+            "files_copied",
+            "files_failed",
+            "bytes_copied",
+            "source",
+            "destination",
+        ]
+        .map(String::from),
+    );
+    for t in &l.tasks {
+        csv_row(&[
+            t.id.clone(),
+            t.state.as_str().into(),
+            t.files_found.to_string(),
+            t.files_copied.to_string(),
+            t.files_failed.to_string(),
+            t.bytes_copied.to_string(),
+            t.src.clone(),
+            t.dst.clone(),
+        ]);
+    }
+}
+
+pub fn client(c: &ClientInfo) {
+    let status = match (c.online, c.draining) {
+        (false, _) => "offline",
+        (true, true) => "online, draining",
+        (true, false) => "online",
+    };
+    table(&[
+        vec!["Client".into(), c.id.clone()],
+        vec!["Host".into(), c.host.clone()],
+        vec!["Tenant".into(), c.tenant.clone()],
+        vec!["Workers".into(), format!("{} ({} busy)", c.workers, c.busy)],
+        vec!["Jobs done".into(), c.jobs_done.to_string()],
+        vec!["Started".into(), ago(c.started_ms)],
+        vec!["Last seen".into(), ago(c.last_seen_ms)],
+        vec!["Status".into(), status.into()],
+    ]);
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use btp_common::api::{
-    verbs, ClientList, CreateTask, Empty, Report, TaskInfo, TaskList, TaskOptions, TaskRef,
+    verbs, ClientInfo, ClientList, ClientRef, CreateTask, Empty, Health, ListTasks, Report,
+    ReportRequest, TaskInfo, TaskList, TaskOptions, TaskRef, TaskState,
 };
 use btp_common::units::parse_size;
 use btp_nats::ApiClient;
@@ -15,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::output;
-use crate::{IdArgs, Output, OutputOpts, TaskCommand};
+use crate::{ClientCommand, IdArgs, Output, OutputOpts, TaskCommand};
 
 #[derive(Args, Clone)]
 pub struct CreateArgs {
@@ -93,10 +94,11 @@ async fn call<Req: Serialize, Resp: DeserializeOwned>(
     api.call(verb, req).await.map_err(|e| anyhow!(e))
 }
 
+/// Prints as JSON or with the human printer (`csv` falls back to it where no CSV form exists).
 fn print<T: Serialize>(out: Output, v: &T, table: impl FnOnce(&T)) {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(v).expect("serializable")),
-        Output::Table => table(v),
+        Output::Table | Output::Csv => table(v),
     }
 }
 
@@ -116,16 +118,34 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             let t: TaskInfo = call(&api, verbs::TASK_GET, &TaskRef { id }).await?;
             print(o.output, &t, output::task);
         }
-        TaskCommand::List(o) => {
-            let l: TaskList = call(&api, verbs::TASK_LIST, &Empty {}).await?;
-            print(o.output, &l, output::task_list);
+        TaskCommand::List(a) => {
+            let req = ListTasks {
+                state: a.state.as_deref().and_then(TaskState::parse),
+                limit: a.limit,
+                offset: a.offset,
+            };
+            let l: TaskList = call(&api, verbs::TASK_LIST, &req).await?;
+            match a.output.output {
+                Output::Csv => output::task_list_csv(&l),
+                o => print(o, &l, output::task_list),
+            }
+        }
+        TaskCommand::Delete(a) => {
+            let r: TaskRef = call(&api, verbs::TASK_DELETE, &TaskRef { id: a.id }).await?;
+            print(a.output.output, &r, |r| println!("deleted task {}", r.id));
         }
         TaskCommand::Report(a) => {
-            let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id: a.id }).await?;
-            if a.failed {
-                print(a.output.output, &r.failures, |f| output::failures(f));
-            } else {
-                print(a.output.output, &r, output::report);
+            let req = ReportRequest {
+                id: a.id,
+                failures_limit: a.limit,
+                failures_offset: a.offset,
+            };
+            let r: Report = call(&api, verbs::TASK_REPORT, &req).await?;
+            match (a.failed, a.output.output) {
+                (true, Output::Csv) => output::failures_csv(&r.failures),
+                (true, o) => print(o, &r.failures, |f| output::failures(f)),
+                (false, Output::Csv) => output::report_csv(&r),
+                (false, o) => print(o, &r, output::report),
             }
         }
         TaskCommand::Pause(a) => change(&api, verbs::TASK_PAUSE, a).await?,
@@ -134,7 +154,7 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         TaskCommand::Retry(a) => change(&api, verbs::TASK_RETRY, a).await?,
         TaskCommand::Watch(IdArgs { id, output: o }) => {
             let t = watch(&api, &id).await?;
-            let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id: t.id }).await?;
+            let r: Report = call(&api, verbs::TASK_REPORT, &report_req(t.id)).await?;
             print(o.output, &r, output::report);
             return Ok(exit_code(&r.task));
         }
@@ -149,11 +169,47 @@ async fn change(api: &ApiClient, verb: &str, a: IdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn client_list(url: &str, o: OutputOpts) -> anyhow::Result<ExitCode> {
+pub async fn client(url: &str, cmd: ClientCommand) -> anyhow::Result<ExitCode> {
     let api = ApiClient::connect(url).await?;
-    let l: ClientList = call(&api, verbs::CLIENT_LIST, &Empty {}).await?;
-    print(o.output, &l, output::client_list);
+    match cmd {
+        ClientCommand::List(o) => {
+            let l: ClientList = call(&api, verbs::CLIENT_LIST, &Empty {}).await?;
+            print(o.output, &l, output::client_list);
+        }
+        ClientCommand::Get(a) => {
+            let c: ClientInfo = call(&api, verbs::CLIENT_GET, &ClientRef { id: a.id }).await?;
+            print(a.output.output, &c, output::client);
+        }
+        ClientCommand::Drain(a) => {
+            let c: ClientInfo = call(&api, verbs::CLIENT_DRAIN, &ClientRef { id: a.id }).await?;
+            print(a.output.output, &c, output::client);
+        }
+        ClientCommand::Run(_) => unreachable!("dispatched by main"),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn health(url: &str, o: OutputOpts) -> anyhow::Result<ExitCode> {
+    let api = ApiClient::connect(url).await?;
+    let h: Health = call(&api, verbs::SERVER_HEALTH, &Empty {}).await?;
+    print(o.output, &h, |h| {
+        output::table(&[
+            vec!["Version".into(), h.version.clone()],
+            vec!["API".into(), h.api.clone()],
+            vec!["Database".into(), h.database.clone()],
+            vec!["Clients online".into(), h.clients_online.to_string()],
+            vec!["Tasks running".into(), h.tasks_running.to_string()],
+        ])
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_req(id: String) -> ReportRequest {
+    ReportRequest {
+        id,
+        failures_limit: 1000,
+        failures_offset: 0,
+    }
 }
 
 /// 0 only when the task completed with every file copied.
@@ -182,8 +238,8 @@ pub async fn watch(api: &ApiClient, id: &str) -> anyhow::Result<TaskInfo> {
         bar.set_position(t.bytes_copied + t.bytes_failed);
         let listing = if t.listing_done { "" } else { " (listing)" };
         bar.set_message(format!(
-            "files {}/{}{} failed {}",
-            t.files_copied, t.files_found, listing, t.files_failed
+            "files {}/{}{} ({:.0}/s) failed {}",
+            t.files_copied, t.files_found, listing, t.current_files_per_sec, t.files_failed
         ));
         if t.state.is_finished() {
             bar.finish_and_clear();
@@ -201,7 +257,7 @@ pub async fn run_to_end(url: &str, req: CreateTask, out: Output) -> anyhow::Resu
         t = watch(&api, &t.id) => t?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; task {} did not finish", t.id),
     };
-    let r: Report = call(&api, verbs::TASK_REPORT, &TaskRef { id: t.id.clone() }).await?;
+    let r: Report = call(&api, verbs::TASK_REPORT, &report_req(t.id.clone())).await?;
     print(out, &r, output::report);
     Ok(exit_code(&t))
 }

@@ -53,6 +53,7 @@ async fn send(
         started_ms,
         jobs_done: stats.jobs_done.load(Ordering::Relaxed),
         online,
+        draining: stats.draining.load(Ordering::Relaxed),
     };
     nats.publish(
         subjects::heartbeat(&cfg.tenant),

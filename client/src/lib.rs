@@ -84,6 +84,7 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
         nats.clone(),
         cfg.tenant.clone(),
         tokens.clone(),
+        cfg.id.clone(),
         hb_cancel.clone(),
     ));
     let result = worker::run(cfg.clone(), js, consumer, stats, tokens, cancel).await;

@@ -24,6 +24,8 @@ use crate::ClientConfig;
 #[derive(Default)]
 pub struct TaskTokens {
     pub stopping: CancellationToken,
+    /// Set when the server asks this client to drain: no new jobs are pulled.
+    pub draining: CancellationToken,
     tasks: std::sync::Mutex<TaskTokenMap>,
 }
 
@@ -64,6 +66,7 @@ pub async fn control(
     nats: async_nats::Client,
     tenant: String,
     tokens: Arc<TaskTokens>,
+    client_id: String,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut sub = nats
@@ -75,11 +78,16 @@ pub async fn control(
             m = sub.next() => match m { Some(m) => m, None => return Ok(()) },
         };
         match decode::<Control>(&msg.payload) {
-            Ok(c) => match c.action {
-                ControlAction::Cancel => {
-                    info!(task = %c.task, "cancelling the task's jobs");
-                    tokens.cancel(&c.task);
+            Ok(c) => match (c.action, c.task, c.client) {
+                (ControlAction::Cancel, Some(task), _) => {
+                    info!(task = %task, "cancelling the task's jobs");
+                    tokens.cancel(&task);
                 }
+                (ControlAction::Drain, _, Some(client)) if client == client_id => {
+                    info!("draining: taking no new jobs");
+                    tokens.draining.cancel();
+                }
+                _ => {}
             },
             Err(e) => warn!(error = %e, "ignoring a malformed control message"),
         }
@@ -91,6 +99,7 @@ pub async fn control(
 pub struct Stats {
     pub jobs_done: AtomicU64,
     pub busy: AtomicU64,
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 pub async fn run(
@@ -108,6 +117,7 @@ pub async fn run(
     'pull: loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => break 'pull,
+            _ = tokens.draining.cancelled() => break 'pull,
             p = sem.clone().acquire_owned() => p?,
         };
         let mut permits = vec![first];
@@ -138,7 +148,7 @@ pub async fn run(
                     break;
                 }
             };
-            if cancel.is_cancelled() {
+            if cancel.is_cancelled() || tokens.draining.is_cancelled() {
                 // Stopping: hand the job back at once instead of holding it.
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
                 continue;
@@ -158,12 +168,21 @@ pub async fn run(
             });
         }
     }
-    // Drain: let in-flight jobs finish within the grace period, then stop them (they are nak'd).
+    let all = workers as u32;
+    if !cancel.is_cancelled() {
+        stats.draining.store(true, Ordering::Relaxed);
+        // Asked to drain: in-flight jobs finish, then the client idles (online) until stopped.
+        tokio::select! {
+            _ = sem.acquire_many(all) => info!("drained: no job in flight"),
+            _ = cancel.cancelled() => {}
+        }
+        cancel.cancelled().await;
+    }
+    // Stopping: let in-flight jobs finish within the grace period, then stop them (they are nak'd).
     info!(
         in_flight = workers - sem.available_permits(),
         "draining workers"
     );
-    let all = workers as u32;
     if tokio::time::timeout(cfg.drain_grace, sem.acquire_many(all))
         .await
         .is_err()

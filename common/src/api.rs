@@ -15,7 +15,10 @@ pub mod verbs {
     pub const TASK_RESUME: &str = "task.resume";
     pub const TASK_CANCEL: &str = "task.cancel";
     pub const TASK_RETRY: &str = "task.retry";
+    pub const TASK_DELETE: &str = "task.delete";
     pub const CLIENT_LIST: &str = "client.list";
+    pub const CLIENT_GET: &str = "client.get";
+    pub const CLIENT_DRAIN: &str = "client.drain";
     pub const SERVER_HEALTH: &str = "server.health";
 }
 
@@ -214,6 +217,16 @@ pub struct TaskInfo {
     pub bytes_failed: u64,
     /// Times a file was scheduled again after a transient error.
     pub files_retried: u64,
+    /// Highest copy speed seen so far (over a sliding window), bytes per second.
+    pub peak_bytes_per_sec: u64,
+    /// Copy speed over the last seconds (0 unless running).
+    #[serde(default)]
+    pub current_bytes_per_sec: u64,
+    #[serde(default)]
+    pub current_files_per_sec: f64,
+    /// Estimated seconds to completion at the current speed, once the listing is done.
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
     pub jobs_total: u64,
     pub jobs_done: u64,
     /// True once every List job has finished: `files_found` is then final.
@@ -247,6 +260,9 @@ pub struct Report {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClientInfo {
     pub id: String,
+    /// True once the client was asked to drain: it takes no new jobs.
+    #[serde(default)]
+    pub draining: bool,
     pub host: String,
     pub tenant: String,
     pub workers: u32,
@@ -264,6 +280,69 @@ pub struct ClientList {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Health {
+    /// Version of the server.
     pub version: String,
+    /// Version of this API (the `v1` in the subjects).
+    pub api: String,
+    /// `sqlite` or `postgresql`.
     pub database: String,
+    pub clients_online: u64,
+    pub tasks_running: u64,
+}
+
+/// Published on `btp.events.<tenant>.task` whenever a task changes state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub v: u32,
+    pub tenant: String,
+    pub task: String,
+    pub state: TaskState,
+    pub at_ms: i64,
+}
+
+/// `task.list`: optionally only tasks in `state`, newest first, paged.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListTasks {
+    #[serde(default)]
+    pub state: Option<TaskState>,
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl Default for ListTasks {
+    fn default() -> Self {
+        Self {
+            state: None,
+            limit: default_limit(),
+            offset: 0,
+        }
+    }
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+/// Most items one page of a list may hold.
+pub const MAX_PAGE: u32 = 10_000;
+
+/// `task.report`: the report with one page of failed files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    pub id: String,
+    #[serde(default = "default_limit")]
+    pub failures_limit: u32,
+    #[serde(default)]
+    pub failures_offset: u64,
+}
+
+/// `client.get` and `client.drain`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRef {
+    pub id: String,
 }

@@ -30,6 +30,11 @@ pub fn heartbeat(tenant: &str) -> String {
     format!("btp.agents.{tenant}.heartbeat")
 }
 
+/// Task state changes of a tenant.
+pub fn task_events(tenant: &str) -> String {
+    format!("btp.events.{tenant}.task")
+}
+
 pub fn control(tenant: &str) -> String {
     format!("btp.control.{tenant}")
 }

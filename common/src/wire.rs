@@ -141,6 +141,8 @@ pub struct Heartbeat {
     pub jobs_done: u64,
     /// False in the last heartbeat a stopping client sends.
     pub online: bool,
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A control message from the server to all clients of a tenant, on core NATS.
@@ -148,7 +150,12 @@ pub struct Heartbeat {
 #[serde(deny_unknown_fields)]
 pub struct Control {
     pub v: u32,
-    pub task: String,
+    /// The task concerned (cancel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The client concerned (drain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub action: ControlAction,
 }
 
@@ -157,6 +164,8 @@ pub struct Control {
 pub enum ControlAction {
     /// Abort in-flight jobs of the task; their partial files are removed.
     Cancel,
+    /// The client stops taking new jobs; in-flight ones finish.
+    Drain,
 }
 
 impl Versioned for Control {

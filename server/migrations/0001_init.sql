@@ -19,6 +19,8 @@ CREATE TABLE tasks (
     bytes_failed  BIGINT NOT NULL DEFAULT 0,
     dirs_failed   BIGINT NOT NULL DEFAULT 0,
     files_retried BIGINT NOT NULL DEFAULT 0,
+    -- Highest copy speed seen over the server's sliding window, bytes per second.
+    peak_bps      BIGINT NOT NULL DEFAULT 0,
     -- Bumped by pause, resume and retry: part of each job's Nats-Msg-Id, so a job published
     -- again after a pause is not taken for a duplicate by JetStream.
     epoch         BIGINT NOT NULL DEFAULT 0,
@@ -72,5 +74,6 @@ CREATE TABLE agents (
     jobs_done     BIGINT NOT NULL,
     started_ms    BIGINT NOT NULL,
     last_seen_ms  BIGINT NOT NULL,
-    online        BIGINT NOT NULL
+    online        BIGINT NOT NULL,
+    draining      BIGINT NOT NULL DEFAULT 0
 );

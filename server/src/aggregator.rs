@@ -26,13 +26,18 @@ pub enum Applied {
     Defer,
 }
 
-pub async fn run(
-    js: jetstream::Context,
-    store: Store,
-    wake_dispatcher: std::sync::Arc<tokio::sync::Notify>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let consumer = btp_nats::topology::results_consumer(&js).await?;
+/// What a committed batch did, for the parts outside the database: live speed and events.
+#[derive(Default)]
+pub struct Effects {
+    /// (task, bytes, files) copied.
+    pub copied: Vec<(String, u64, u64)>,
+    /// (tenant, task, state) of tasks that finished.
+    pub finished: Vec<(String, String, TaskState)>,
+}
+
+pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Result<()> {
+    let (js, store) = (&ctx.js, &ctx.store);
+    let consumer = btp_nats::topology::results_consumer(js).await?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(512)
@@ -59,8 +64,8 @@ pub async fn run(
         if msgs.is_empty() {
             continue;
         }
-        match apply_batch(&store, &msgs).await {
-            Ok(outcomes) => {
+        match apply_batch(store, &msgs).await {
+            Ok((outcomes, effects)) => {
                 for (m, o) in msgs.iter().zip(outcomes) {
                     let kind = match o {
                         Some(Applied::Defer) => AckKind::Nak(Some(Duration::from_millis(500))),
@@ -71,7 +76,8 @@ pub async fn run(
                         warn!(error = %e, "ack of a result failed; it will be redelivered and ignored");
                     }
                 }
-                wake_dispatcher.notify_one();
+                ctx.wake_dispatcher.notify_one();
+                after_commit(&ctx, effects).await;
             }
             Err(e) => {
                 warn!(error = %e, "applying results failed; they will be redelivered");
@@ -84,16 +90,37 @@ pub async fn run(
     }
 }
 
+/// Live speed, peak speed and task events, once the batch is committed.
+async fn after_commit(ctx: &crate::Shared, effects: Effects) {
+    let now = now_ms();
+    let mut touched = std::collections::BTreeSet::new();
+    for (task, bytes, files) in effects.copied {
+        ctx.speed.record(&task, now, bytes, files);
+        touched.insert(task);
+    }
+    for task in touched {
+        let s = ctx.speed.speed(&task, now, now - crate::speed::WINDOW_MS);
+        if let Err(e) = ctx.store.raise_peak(&task, s.bytes_per_sec as i64).await {
+            warn!(task = %task, error = %e, "recording the peak speed failed");
+        }
+    }
+    for (tenant, task, state) in effects.finished {
+        ctx.speed.forget(&task);
+        crate::events::publish(&ctx.nats, &tenant, &task, state).await;
+    }
+}
+
 /// Applies a batch in one transaction. `None` marks a malformed message (to be terminated).
 async fn apply_batch(
     store: &Store,
     msgs: &[jetstream::Message],
-) -> Result<Vec<Option<Applied>>, ApiError> {
+) -> Result<(Vec<Option<Applied>>, Effects), ApiError> {
     let mut tx = store.begin().await?;
     let mut out = Vec::with_capacity(msgs.len());
+    let mut effects = Effects::default();
     for m in msgs {
         match decode::<JobResult>(&m.payload) {
-            Ok(r) => out.push(Some(apply(&mut tx, &r).await?)),
+            Ok(r) => out.push(Some(apply(&mut tx, &r, &mut effects).await?)),
             Err(e) => {
                 warn!(subject = %m.subject, error = %e, "dropping a malformed result");
                 out.push(None);
@@ -101,11 +128,15 @@ async fn apply_batch(
         }
     }
     tx.commit().await.map_err(store::map_sqlx)?;
-    Ok(out)
+    Ok((out, effects))
 }
 
 /// Applies one result inside `tx`.
-pub async fn apply(tx: &mut Tx<'_>, r: &JobResult) -> Result<Applied, ApiError> {
+pub async fn apply(
+    tx: &mut Tx<'_>,
+    r: &JobResult,
+    effects: &mut Effects,
+) -> Result<Applied, ApiError> {
     let Some((task_id, seq)) = store::parse_job_id(&r.job) else {
         warn!(job = %r.job, "result for a malformed job id");
         return Ok(Applied::Duplicate);
@@ -164,6 +195,9 @@ pub async fn apply(tx: &mut Tx<'_>, r: &JobResult) -> Result<Applied, ApiError> 
         } => {
             delta.files_copied = *files_copied as i64;
             delta.bytes_copied = *bytes_copied as i64;
+            effects
+                .copied
+                .push((task_id.to_string(), *bytes_copied, *files_copied));
             record_failures(tx, task_id, seq, failures, &mut delta).await?;
             if !retry.is_empty() {
                 // Only the files that failed transiently run again, after their backoff.
@@ -230,6 +264,9 @@ pub async fn apply(tx: &mut Tx<'_>, r: &JobResult) -> Result<Applied, ApiError> 
     store::apply_task_delta(tx, task_id, &delta).await?;
     if let Some(state) = store::finish_task_if_done(tx, task_id, now).await? {
         info!(task = %task_id, state = state.as_str(), "task finished");
+        effects
+            .finished
+            .push((task.info.tenant.clone(), task_id.to_string(), state));
     }
     Ok(Applied::Yes)
 }

@@ -1,34 +1,28 @@
 //! The request-reply API on `btp.api.v1.<verb>`. Every request is decoded strictly (unknown
 //! fields and wrong types are refused) and answered with `{"ok": ...}` or `{"error": ...}`.
-
-use std::sync::Arc;
+//! One implementation of each operation; the CLI uses nothing else.
 
 use btp_common::api::{
-    verbs, ApiError, ApiResponse, ClientList, CreateTask, Empty, ErrorCode, Health, Report,
-    TaskInfo, TaskList, TaskRef, TaskState,
+    verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateTask, Empty, ErrorCode,
+    Health, ListTasks, Report, ReportRequest, TaskInfo, TaskList, TaskRef, TaskState, MAX_PAGE,
 };
 use btp_common::wire::{Control, ControlAction};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agents::OFFLINE_AFTER_MS;
-use crate::store::Store;
+use crate::Shared;
 
-/// Most failed files a report carries.
-const REPORT_FAILURES_LIMIT: i64 = 10_000;
+/// Largest request body accepted (NATS itself caps messages at 1 MiB by default).
+const MAX_REQUEST: usize = 64 << 10;
 
 #[derive(Clone)]
 pub struct Api {
-    pub store: Store,
-    pub wake_dispatcher: Arc<Notify>,
-    pub js: async_nats::jetstream::Context,
-    pub nats: async_nats::Client,
-    pub dispatch_lock: crate::dispatcher::DispatchLock,
+    pub ctx: Shared,
 }
 
 pub async fn serve(
@@ -65,6 +59,12 @@ pub async fn serve(
 }
 
 fn decode_req<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
+    if payload.len() > MAX_REQUEST {
+        return Err(ApiError::invalid(format!(
+            "invalid request: {} bytes is larger than the limit of {MAX_REQUEST}",
+            payload.len()
+        )));
+    }
     let payload = if payload.iter().all(|b| b.is_ascii_whitespace()) {
         b"{}".as_slice()
     } else {
@@ -75,6 +75,10 @@ fn decode_req<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
 
 fn encode<T: Serialize>(r: Result<T, ApiError>) -> Vec<u8> {
     serde_json::to_vec(&ApiResponse::from(r)).expect("serializing a response cannot fail")
+}
+
+fn precondition(message: String) -> ApiError {
+    ApiError::new(ErrorCode::FailedPrecondition, message)
 }
 
 impl Api {
@@ -90,13 +94,46 @@ impl Api {
             verbs::TASK_RESUME => encode(self.resume(decode_req(payload)).await),
             verbs::TASK_CANCEL => encode(self.cancel(decode_req(payload)).await),
             verbs::TASK_RETRY => encode(self.retry(decode_req(payload)).await),
+            verbs::TASK_DELETE => encode(self.delete(decode_req(payload)).await),
             verbs::CLIENT_LIST => encode(self.clients(decode_req(payload)).await),
+            verbs::CLIENT_GET => encode(self.client(decode_req(payload)).await),
+            verbs::CLIENT_DRAIN => encode(self.drain(decode_req(payload)).await),
             verbs::SERVER_HEALTH => encode(self.health(decode_req(payload)).await),
             other => encode::<()>(Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("unknown API verb '{other}'"),
             ))),
         }
+    }
+
+    /// The task as the API shows it: stored counters plus live speed and ETA.
+    async fn task_info(&self, id: &str) -> Result<TaskInfo, ApiError> {
+        let mut t = self.ctx.store.task(id).await?.info;
+        self.add_live(&mut t);
+        Ok(t)
+    }
+
+    fn add_live(&self, t: &mut TaskInfo) {
+        if t.state != TaskState::Running {
+            return;
+        }
+        let now = now_ms();
+        let s = self
+            .ctx
+            .speed
+            .speed(&t.id, now, t.started_ms.unwrap_or(now));
+        t.current_bytes_per_sec = s.bytes_per_sec as u64;
+        t.current_files_per_sec = (s.files_per_sec * 100.0).round() / 100.0;
+        if t.listing_done && s.bytes_per_sec > 0.0 {
+            let left = t
+                .bytes_found
+                .saturating_sub(t.bytes_copied + t.bytes_failed);
+            t.eta_secs = Some((left as f64 / s.bytes_per_sec).ceil() as u64);
+        }
+    }
+
+    async fn event(&self, t: &TaskInfo) {
+        crate::events::publish(&self.ctx.nats, &t.tenant, &t.id, t.state).await;
     }
 
     async fn create(&self, req: Result<CreateTask, ApiError>) -> Result<TaskInfo, ApiError> {
@@ -137,12 +174,17 @@ impl Api {
             files_failed: 0,
             bytes_failed: 0,
             files_retried: 0,
+            peak_bytes_per_sec: 0,
+            current_bytes_per_sec: 0,
+            current_files_per_sec: 0.0,
+            eta_secs: None,
             jobs_total: 0,
             jobs_done: 0,
             listing_done: false,
         };
-        self.store.insert_task(&info, &src, &dst).await?;
+        self.ctx.store.insert_task(&info, &src, &dst).await?;
         info!(task = %id, src = %src, dst = %dst, "task created");
+        self.event(&info).await;
         if req.start {
             return self.start(Ok(TaskRef { id })).await;
         }
@@ -151,78 +193,101 @@ impl Api {
 
     async fn start(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
         let req = req?;
-        let task = self.store.task(&req.id).await?;
+        let task = self.ctx.store.task(&req.id).await?;
         if task.info.state != TaskState::Created {
-            return Err(ApiError::new(
-                ErrorCode::FailedPrecondition,
-                format!(
-                    "task {} cannot be started: it is {}",
-                    req.id,
-                    task.info.state.as_str()
-                ),
-            ));
+            return Err(precondition(format!(
+                "task {} cannot be started: it is {}",
+                req.id,
+                task.info.state.as_str()
+            )));
         }
-        self.store.start_task(&task, now_ms()).await?;
-        self.wake_dispatcher.notify_one();
+        self.ctx.store.start_task(&task, now_ms()).await?;
+        self.ctx.wake_dispatcher.notify_one();
         info!(task = %req.id, "task started");
-        Ok(self.store.task(&req.id).await?.info)
+        let t = self.task_info(&req.id).await?;
+        self.event(&t).await;
+        Ok(t)
     }
 
     /// Stops publishing the task's jobs and takes the queued ones off the work queue; in-flight
     /// jobs finish and their results count.
     async fn pause(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
         let id = req?.id;
-        let task = self.store.task(&id).await?;
-        let _guard = self.dispatch_lock.lock().await;
-        self.store.pause_task(&id).await?;
+        let task = self.ctx.store.task(&id).await?;
+        let _guard = self.ctx.dispatch_lock.lock().await;
+        self.ctx.store.pause_task(&id).await?;
         self.purge(&task.info.tenant, &id).await?;
         info!(task = %id, "task paused");
-        Ok(self.store.task(&id).await?.info)
+        let t = self.task_info(&id).await?;
+        self.event(&t).await;
+        Ok(t)
     }
 
     async fn resume(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
         let id = req?.id;
-        self.store.resume_task(&id).await?;
-        self.wake_dispatcher.notify_one();
+        self.ctx.store.resume_task(&id).await?;
+        self.ctx.wake_dispatcher.notify_one();
         info!(task = %id, "task resumed");
-        Ok(self.store.task(&id).await?.info)
+        let t = self.task_info(&id).await?;
+        self.event(&t).await;
+        Ok(t)
     }
 
     /// Cancels the task: queued jobs are removed and clients abort its in-flight jobs.
     async fn cancel(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
         let id = req?.id;
-        let task = self.store.task(&id).await?;
-        let _guard = self.dispatch_lock.lock().await;
-        self.store.cancel_task(&id, now_ms()).await?;
+        let task = self.ctx.store.task(&id).await?;
+        let _guard = self.ctx.dispatch_lock.lock().await;
+        self.ctx.store.cancel_task(&id, now_ms()).await?;
         self.purge(&task.info.tenant, &id).await?;
         let control = Control {
             v: btp_common::WIRE_VERSION,
-            task: id.clone(),
+            task: Some(id.clone()),
+            client: None,
             action: ControlAction::Cancel,
         };
-        let body = serde_json::to_vec(&control).expect("serializable");
-        self.nats
-            .publish(subjects::control(&task.info.tenant), body.into())
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("notify clients: {e}")))?;
+        self.control(&task.info.tenant, &control).await?;
+        self.ctx.speed.forget(&id);
         info!(task = %id, "task cancelled");
-        Ok(self.store.task(&id).await?.info)
+        let t = self.task_info(&id).await?;
+        self.event(&t).await;
+        Ok(t)
     }
 
     /// Runs the failed files (and directories) of a finished task again.
     async fn retry(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
         let id = req?.id;
-        let task = self.store.task(&id).await?;
-        let n = self.store.retry_task(&task).await?;
-        self.wake_dispatcher.notify_one();
+        let task = self.ctx.store.task(&id).await?;
+        let n = self.ctx.store.retry_task(&task).await?;
+        self.ctx.wake_dispatcher.notify_one();
         info!(task = %id, entries = n, "retrying failed files");
-        Ok(self.store.task(&id).await?.info)
+        let t = self.task_info(&id).await?;
+        self.event(&t).await;
+        Ok(t)
+    }
+
+    async fn delete(&self, req: Result<TaskRef, ApiError>) -> Result<TaskRef, ApiError> {
+        let id = req?.id;
+        self.ctx.store.delete_task(&id).await?;
+        self.ctx.speed.forget(&id);
+        info!(task = %id, "task deleted");
+        Ok(TaskRef { id })
+    }
+
+    async fn control(&self, tenant: &str, c: &Control) -> Result<(), ApiError> {
+        let body = serde_json::to_vec(c).expect("serializable");
+        self.ctx
+            .nats
+            .publish(subjects::control(tenant), body.into())
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("notify clients: {e}")))
     }
 
     /// Removes a task's queued jobs from the work queue.
     async fn purge(&self, tenant: &str, task: &str) -> Result<(), ApiError> {
         let unavailable = |e: String| ApiError::new(ErrorCode::Unavailable, e);
         let stream = self
+            .ctx
             .js
             .get_stream(subjects::JOBS_STREAM)
             .await
@@ -236,19 +301,27 @@ impl Api {
     }
 
     async fn get(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
-        Ok(self.store.task(&req?.id).await?.info)
+        self.task_info(&req?.id).await
     }
 
-    async fn list(&self, req: Result<Empty, ApiError>) -> Result<TaskList, ApiError> {
-        req?;
-        Ok(TaskList {
-            tasks: self.store.tasks(1000).await?,
-        })
+    async fn list(&self, req: Result<ListTasks, ApiError>) -> Result<TaskList, ApiError> {
+        let req = req?;
+        check_page(req.limit, req.offset)?;
+        let mut tasks = self
+            .ctx
+            .store
+            .tasks(req.state, req.limit as i64, req.offset as i64)
+            .await?;
+        for t in &mut tasks {
+            self.add_live(t);
+        }
+        Ok(TaskList { tasks })
     }
 
-    async fn report(&self, req: Result<TaskRef, ApiError>) -> Result<Report, ApiError> {
-        let id = req?.id;
-        let task = self.store.task(&id).await?.info;
+    async fn report(&self, req: Result<ReportRequest, ApiError>) -> Result<Report, ApiError> {
+        let req = req?;
+        check_page(req.failures_limit, req.failures_offset)?;
+        let task = self.task_info(&req.id).await?;
         let duration_ms = match task.started_ms {
             Some(s) => task.finished_ms.unwrap_or_else(now_ms) - s,
             None => 0,
@@ -258,29 +331,82 @@ impl Api {
         } else {
             0.0
         };
+        let store = &self.ctx.store;
         Ok(Report {
-            clients: self.store.client_shares(&id).await?,
-            failures: self.store.failures(&id, REPORT_FAILURES_LIMIT).await?,
+            clients: store.client_shares(&req.id).await?,
+            failures: store
+                .failures(
+                    &req.id,
+                    req.failures_limit as i64,
+                    req.failures_offset as i64,
+                )
+                .await?,
             task,
             duration_ms,
-            avg_bytes_per_sec: avg,
+            avg_bytes_per_sec: avg.round(),
         })
     }
 
     async fn clients(&self, req: Result<Empty, ApiError>) -> Result<ClientList, ApiError> {
         req?;
         Ok(ClientList {
-            clients: self.store.agents(now_ms(), OFFLINE_AFTER_MS).await?,
+            clients: self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?,
         })
+    }
+
+    async fn client(&self, req: Result<ClientRef, ApiError>) -> Result<ClientInfo, ApiError> {
+        let id = req?.id;
+        let all = self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?;
+        all.into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| ApiError::not_found(format!("unknown client id '{id}'")))
+    }
+
+    /// Asks a client to take no new jobs; its in-flight jobs finish.
+    async fn drain(&self, req: Result<ClientRef, ApiError>) -> Result<ClientInfo, ApiError> {
+        let id = req?.id;
+        let mut c = self.client(Ok(ClientRef { id: id.clone() })).await?;
+        if !c.online {
+            return Err(precondition(format!(
+                "client {id} cannot be drained: it is offline"
+            )));
+        }
+        let control = Control {
+            v: btp_common::WIRE_VERSION,
+            task: None,
+            client: Some(id.clone()),
+            action: ControlAction::Drain,
+        };
+        self.control(&c.tenant, &control).await?;
+        info!(client = %id, "client asked to drain");
+        c.draining = true;
+        Ok(c)
     }
 
     async fn health(&self, req: Result<Empty, ApiError>) -> Result<Health, ApiError> {
         req?;
+        let clients = self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?;
+        let running = self.ctx.store.running_tasks().await?;
         Ok(Health {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            database: self.store.backend().to_string(),
+            api: "v1".to_string(),
+            database: self.ctx.store.backend().to_string(),
+            clients_online: clients.iter().filter(|c| c.online).count() as u64,
+            tasks_running: running.len() as u64,
         })
     }
+}
+
+fn check_page(limit: u32, offset: u64) -> Result<(), ApiError> {
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    if offset > i64::MAX as u64 {
+        return Err(ApiError::invalid("offset is too large"));
+    }
+    Ok(())
 }
 
 /// A short random task id (12 hex digits).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use btp_common::subjects;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -18,23 +18,16 @@ use crate::store::Store;
 /// no publish of that task can slip in between.
 pub type DispatchLock = Arc<Mutex<()>>;
 
-pub async fn run(
-    js: jetstream::Context,
-    store: Store,
-    window: i64,
-    wake: Arc<Notify>,
-    lock: DispatchLock,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(ctx: crate::Shared, window: i64, cancel: CancellationToken) -> anyhow::Result<()> {
     loop {
-        match dispatch_once(&js, &store, window, &lock).await {
+        match dispatch_once(&ctx.js, &ctx.store, window, &ctx.dispatch_lock).await {
             Ok(published) if published > 0 => continue,
             Ok(_) => {}
             Err(e) => warn!(error = %e, "publishing jobs failed; retrying"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = wake.notified() => {}
+            _ = ctx.wake_dispatcher.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }

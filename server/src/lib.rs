@@ -5,7 +5,9 @@ pub mod agents;
 pub mod aggregator;
 pub mod api;
 pub mod dispatcher;
+pub mod events;
 pub mod planner;
+pub mod speed;
 pub mod store;
 
 use std::sync::Arc;
@@ -19,11 +21,23 @@ pub use store::Store;
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub nats_url: String,
-    /// `sqlite:///path/btp.db?mode=rwc` (or `sqlite:` paths).
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB`.
     pub database_url: String,
     /// Most published-but-unfinished jobs per task.
     pub window: i64,
     pub consumer: btp_nats::topology::ConsumerSettings,
+}
+
+/// What the server's parts share.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    /// Wakes the dispatcher when there may be jobs to publish.
+    pub wake_dispatcher: Arc<Notify>,
+    pub dispatch_lock: dispatcher::DispatchLock,
+    pub speed: Arc<speed::SpeedTracker>,
 }
 
 /// Runs the server until `cancel` fires or a part fails.
@@ -33,34 +47,25 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     let js = async_nats::jetstream::new(nats.clone());
     btp_nats::topology::ensure_streams(&js).await?;
     btp_nats::topology::jobs_consumer(&js, btp_common::DEFAULT_TENANT, &cfg.consumer).await?;
-    let wake = Arc::new(Notify::new());
     info!(nats = %cfg.nats_url, database = store.backend(), "server started");
-
-    let lock = dispatcher::DispatchLock::default();
-    let api = api::Api {
-        store: store.clone(),
-        wake_dispatcher: wake.clone(),
-        js: js.clone(),
+    let ctx = Shared {
+        store,
         nats: nats.clone(),
-        dispatch_lock: lock.clone(),
+        js,
+        wake_dispatcher: Arc::new(Notify::new()),
+        dispatch_lock: dispatcher::DispatchLock::default(),
+        speed: Arc::default(),
     };
+
     let mut parts = tokio::task::JoinSet::new();
-    parts.spawn(api::serve(nats.clone(), api, cancel.clone()));
-    parts.spawn(agents::run(nats.clone(), store.clone(), cancel.clone()));
-    parts.spawn(dispatcher::run(
-        js.clone(),
-        store.clone(),
-        cfg.window,
-        wake.clone(),
-        lock,
+    parts.spawn(api::serve(
+        nats.clone(),
+        api::Api { ctx: ctx.clone() },
         cancel.clone(),
     ));
-    parts.spawn(aggregator::run(
-        js.clone(),
-        store.clone(),
-        wake.clone(),
-        cancel.clone(),
-    ));
+    parts.spawn(agents::run(nats.clone(), ctx.store.clone(), cancel.clone()));
+    parts.spawn(dispatcher::run(ctx.clone(), cfg.window, cancel.clone()));
+    parts.spawn(aggregator::run(ctx.clone(), cancel.clone()));
 
     let mut result = Ok(());
     while let Some(joined) = parts.join_next().await {

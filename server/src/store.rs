@@ -1,17 +1,16 @@
 //! The store: every SQL statement of the server lives here. Queries are portable SQL with `$N`
 //! placeholders, so the same statements run on SQLite (embedded default) and PostgreSQL.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use btp_common::api::{ApiError, ClientInfo, ClientShare, TaskInfo, TaskOptions, TaskState};
 use btp_common::wire::{FileFailure, Heartbeat, Job, JobKind};
 use btp_common::Endpoint;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::Row;
 
-pub type Db = sqlx::Sqlite;
+pub type Db = sqlx::Any;
 pub type Pool = sqlx::Pool<Db>;
 pub type Tx<'a> = sqlx::Transaction<'a, Db>;
 
@@ -38,7 +37,7 @@ pub fn map_sqlx(e: sqlx::Error) -> ApiError {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    url: String,
+    sqlite: bool,
 }
 
 /// A task row with its decoded endpoints.
@@ -60,34 +59,58 @@ pub struct JobRow {
 }
 
 impl Store {
-    /// Opens (creating if missing) the database and runs the migrations.
+    /// Opens (creating if missing) the database and runs the migrations. `url` is
+    /// `sqlite://PATH` (the embedded default) or `postgres://USER@HOST/DB`.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let opts = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("invalid database url {url}"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !sqlite && !postgres {
+            anyhow::bail!(
+                "unsupported database url '{}' (use sqlite://PATH or postgres://...)",
+                redact(url)
+            );
+        }
+        let url = if sqlite && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets readers work beside the writer; busy_timeout makes writers wait.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await
-            .with_context(|| format!("open database {url}"))?;
+            .with_context(|| format!("open database {}", redact(&url)))?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
             .context("run database migrations")?;
-        Ok(Self {
-            pool,
-            url: url.to_string(),
-        })
+        Ok(Self { pool, sqlite })
     }
 
     pub fn backend(&self) -> &'static str {
-        if self.url.starts_with("postgres") {
-            "postgresql"
-        } else {
+        if self.sqlite {
             "sqlite"
+        } else {
+            "postgresql"
         }
     }
 
@@ -95,10 +118,14 @@ impl Store {
     /// a deferred transaction that reads and then writes fails with "database is locked" instead
     /// of waiting when another writer committed in between.
     pub async fn begin(&self) -> Result<Tx<'static>, ApiError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_sqlx)
+        if self.sqlite {
+            self.pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(map_sqlx)
+        } else {
+            self.pool.begin().await.map_err(map_sqlx)
+        }
     }
 
     // ---- tasks ----
@@ -136,11 +163,20 @@ impl Store {
         task_from_row(&row)
     }
 
-    pub async fn tasks(&self, limit: i64) -> Result<Vec<TaskInfo>, ApiError> {
+    /// Tasks, newest first, optionally only those in `state`; paged with `limit` and `offset`.
+    pub async fn tasks(
+        &self,
+        state: Option<TaskState>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<TaskInfo>, ApiError> {
         let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_ms DESC, id LIMIT $1"
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE ($1 = '' OR state = $1) \
+             ORDER BY created_ms DESC, id LIMIT $2 OFFSET $3"
         ))
+        .bind(state.map(|s| s.as_str()).unwrap_or(""))
         .bind(limit)
+        .bind(offset)
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
@@ -364,12 +400,61 @@ impl Store {
 
     // ---- reports ----
 
-    pub async fn failures(&self, task: &str, limit: i64) -> Result<Vec<FileFailure>, ApiError> {
+    /// Deletes a task that is not running or paused, with its jobs and failures.
+    pub async fn delete_task(&self, id: &str) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let state = state.ok_or_else(|| ApiError::not_found(format!("unknown task id '{id}'")))?;
+        if state == TaskState::Running.as_str() || state == TaskState::Paused.as_str() {
+            return Err(ApiError::new(
+                btp_common::api::ErrorCode::FailedPrecondition,
+                format!("task {id} cannot be deleted: it is {state} (cancel it first)"),
+            ));
+        }
+        for table in ["failures", "jobs"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE task_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    /// Raises the task's recorded peak speed to `bps` if it is higher.
+    pub async fn raise_peak(&self, id: &str, bps: i64) -> Result<(), ApiError> {
+        sqlx::query("UPDATE tasks SET peak_bps = $1 WHERE id = $2 AND peak_bps < $1")
+            .bind(bps)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    /// Failed files of a task by path, paged.
+    pub async fn failures(
+        &self,
+        task: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<FileFailure>, ApiError> {
         let rows = sqlx::query(
-            "SELECT path, size, reason, attempts FROM failures WHERE task_id = $1 ORDER BY path LIMIT $2",
+            "SELECT path, size, reason, attempts FROM failures WHERE task_id = $1 \
+             ORDER BY path LIMIT $2 OFFSET $3",
         )
         .bind(task)
         .bind(limit)
+        .bind(offset)
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
@@ -386,7 +471,7 @@ impl Store {
 
     pub async fn client_shares(&self, task: &str) -> Result<Vec<ClientShare>, ApiError> {
         let rows = sqlx::query(
-            "SELECT client, COUNT(*), SUM(files), SUM(bytes) FROM jobs \
+            "SELECT client, COUNT(*), CAST(SUM(files) AS BIGINT), CAST(SUM(bytes) AS BIGINT) FROM jobs \
              WHERE task_id = $1 AND client IS NOT NULL GROUP BY client ORDER BY client",
         )
         .bind(task)
@@ -408,10 +493,10 @@ impl Store {
 
     pub async fn upsert_agent(&self, hb: &Heartbeat, now: i64) -> Result<(), ApiError> {
         sqlx::query(
-            "INSERT INTO agents (id, tenant, host, workers, busy, jobs_done, started_ms, last_seen_ms, online) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO agents (id, tenant, host, workers, busy, jobs_done, started_ms, last_seen_ms, online, draining) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (id) DO UPDATE SET tenant = $2, host = $3, workers = $4, busy = $5, \
-             jobs_done = $6, started_ms = $7, last_seen_ms = $8, online = $9",
+             jobs_done = $6, started_ms = $7, last_seen_ms = $8, online = $9, draining = $10",
         )
         .bind(&hb.id)
         .bind(&hb.tenant)
@@ -422,6 +507,7 @@ impl Store {
         .bind(hb.started_ms)
         .bind(now)
         .bind(hb.online as i64)
+        .bind(hb.draining as i64)
         .execute(&self.pool)
         .await
         .map_err(map_sqlx)?;
@@ -435,7 +521,7 @@ impl Store {
         online_within_ms: i64,
     ) -> Result<Vec<ClientInfo>, ApiError> {
         let rows = sqlx::query(
-            "SELECT id, host, tenant, workers, busy, jobs_done, started_ms, last_seen_ms, online \
+            "SELECT id, host, tenant, workers, busy, jobs_done, started_ms, last_seen_ms, online, draining \
              FROM agents ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -456,6 +542,7 @@ impl Store {
                     started_ms: r.get(6),
                     last_seen_ms,
                     online: flagged == 1 && now - last_seen_ms < online_within_ms,
+                    draining: r.get::<i64, _>(9) == 1,
                 }
             })
             .collect())
@@ -465,9 +552,9 @@ impl Store {
 const TASK_COLUMNS: &str =
     "id, tenant, state, src, dst, options, created_ms, started_ms, finished_ms, \
     files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
-    lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch";
+    lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch, peak_bps";
 
-fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, ApiError> {
+fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
     let src: Endpoint = from_json(&r.get::<String, _>(3))?;
     let dst: Endpoint = from_json(&r.get::<String, _>(4))?;
@@ -494,6 +581,10 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, ApiError> {
         jobs_total: n(17),
         jobs_done: n(18),
         files_retried: n(19),
+        peak_bytes_per_sec: n(21),
+        current_bytes_per_sec: 0,
+        current_files_per_sec: 0.0,
+        eta_secs: None,
     };
     Ok(TaskRow {
         info,
@@ -792,6 +883,20 @@ async fn requeue_published(tx: &mut Tx<'_>, id: &str) -> Result<(), ApiError> {
         .await
         .map_err(map_sqlx)?;
     Ok(())
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
