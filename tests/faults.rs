@@ -21,7 +21,7 @@ const CLIENT: &[&str] = &[
     "--workers",
     "4",
     "--max-speed",
-    "25MiB/s",
+    "20MiB/s",
     "--ack-wait",
     "4s",
 ];
@@ -36,7 +36,7 @@ fn a_client_killed_mid_task_loses_nothing() {
     c.add_client(CLIENT);
     c.add_client(CLIENT);
     let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
-    c.wait_progress(&id, tree.bytes, 0.25);
+    c.wait_progress(&id, &tree, 0.25);
     let victim = c.clients.remove(0);
     unsafe { libc::kill(victim.pid() as i32, libc::SIGKILL) };
     drop(victim);
@@ -53,7 +53,7 @@ fn the_server_killed_mid_task_and_restarted_loses_nothing() {
     c.add_client(CLIENT);
     c.add_client(CLIENT);
     let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
-    c.wait_progress(&id, tree.bytes, 0.25);
+    c.wait_progress(&id, &tree, 0.25);
     let server = c.server.take().unwrap();
     unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) };
     drop(server);
@@ -72,7 +72,7 @@ fn nats_server_restarted_mid_task_loses_nothing() {
     c.add_client(CLIENT);
     c.add_client(CLIENT);
     let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
-    c.wait_progress(&id, tree.bytes, 0.25);
+    c.wait_progress(&id, &tree, 0.25);
     c.nats.restart().unwrap();
     wait_task(&c.url, &id, Duration::from_secs(300));
     assert_complete(&c.report(&id), &tree, &src, &dst);
@@ -87,7 +87,7 @@ fn a_client_stopped_with_sigterm_mid_task_exits_cleanly_and_loses_nothing() {
     c.add_client(CLIENT);
     c.add_client(CLIENT);
     let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
-    c.wait_progress(&id, tree.bytes, 0.25);
+    c.wait_progress(&id, &tree, 0.25);
     let stopping = c.clients.remove(0);
     assert!(stopping.terminate().success(), "SIGTERM drains and exits 0");
     wait_task(&c.url, &id, Duration::from_secs(300));

@@ -162,7 +162,7 @@ fn pause_stops_new_jobs_resume_finishes_and_cancel_aborts_in_flight_copies() {
 
     // Pause: within 5 s the task is paused and, once in-flight jobs finish, nothing more is copied.
     let id = c.start_task(&src, &dst, &["--batch-files", "10"]);
-    c.wait_progress(&id, tree.bytes, 0.1);
+    c.wait_progress(&id, &tree, 0.1);
     let paused_at = Instant::now();
     let t = btp_json(&c.url, &["task", "pause", &id]);
     assert_eq!(t["state"], "paused");
@@ -187,7 +187,7 @@ fn pause_stops_new_jobs_resume_finishes_and_cancel_aborts_in_flight_copies() {
     // Cancel: in-flight copies stop within 5 s and no partial file is left under a final name.
     let dst2 = tmp.path().join("dst2");
     let id2 = c.start_task(&src, &dst2, &["--batch-files", "10"]);
-    c.wait_progress(&id2, tree.bytes, 0.1);
+    c.wait_progress(&id2, &tree, 0.1);
     let t = btp_json(&c.url, &["task", "cancel", &id2]);
     assert_eq!(t["state"], "cancelled");
     let stopped = settle(Duration::from_secs(5), Duration::from_secs(1), || {

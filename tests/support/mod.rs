@@ -427,13 +427,14 @@ impl Cluster {
         t["id"].as_str().unwrap().to_string()
     }
 
-    /// Waits until at least `fraction` of `total` bytes are copied and asserts the task is still
+    /// Waits until at least `fraction` of the tree's files are copied and asserts the task is still
     /// running (so a fault lands in the middle of it).
-    pub fn wait_progress(&self, id: &str, total: u64, fraction: f64) -> serde_json::Value {
+    pub fn wait_progress(&self, id: &str, tree: &TreeStats, fraction: f64) -> serde_json::Value {
+        // Files, not bytes: small files finish steadily, a big file's bytes count only at its end.
         let t = wait_for("task progress", Duration::from_secs(300), || {
             let t = btp_json(&self.url, &["task", "get", id]);
-            let copied = t["bytes_copied"].as_u64().unwrap() as f64;
-            (t["state"] != "running" || copied >= fraction * total as f64).then_some(t)
+            let copied = t["files_copied"].as_u64().unwrap() as f64;
+            (t["state"] != "running" || copied >= fraction * tree.files as f64).then_some(t)
         });
         assert_eq!(
             t["state"], "running",

@@ -1,0 +1,500 @@
+//! One store test suite, run against every backend: SQLite (a temp file) and PostgreSQL (a fresh
+//! database on the machine's server, `BTP_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`). Under CI a missing PostgreSQL fails the suite.
+
+use btp_common::api::{ErrorCode, TaskInfo, TaskOptions, TaskState};
+use btp_common::wire::{FileEntry, FileFailure, Heartbeat, JobResult, ResultBody};
+use btp_common::{Endpoint, WIRE_VERSION};
+use btp_server::aggregator::{apply, Applied, Effects};
+use btp_server::store::{self, Store, TaskRow};
+use sqlx::Connection;
+
+/// A fresh store on each backend: (name, store, cleanup).
+async fn backends() -> Vec<(&'static str, Store, Option<(String, String)>)> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sqlite = Store::open(&format!("sqlite://{}", dir.join("btp.db").display()))
+        .await
+        .unwrap();
+    let mut out = vec![("sqlite", sqlite, None)];
+    let admin = std::env::var("BTP_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    match sqlx::PgConnection::connect(&admin).await {
+        Ok(mut conn) => {
+            let name = format!(
+                "btp_test_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            );
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+            out.push(("postgresql", store, Some((admin, name))));
+        }
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("PostgreSQL is required under CI ({admin}): {e}")
+        }
+        Err(e) => eprintln!("skipping PostgreSQL: {admin}: {e}"),
+    }
+    out
+}
+
+async fn drop_db(cleanup: Option<(String, String)>) {
+    if let Some((admin, name)) = cleanup {
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Runs `test` on every backend.
+macro_rules! on_every_backend {
+    ($name:ident, $body:expr) => {
+        #[tokio::test]
+        async fn $name() {
+            for (backend, store, cleanup) in backends().await {
+                eprintln!("backend: {backend}");
+                let f: fn(Store) -> _ = $body;
+                f(store).await;
+                drop_db(cleanup).await;
+            }
+        }
+    };
+}
+
+fn info(id: &str, opts: TaskOptions) -> TaskInfo {
+    TaskInfo {
+        id: id.into(),
+        tenant: "default".into(),
+        state: TaskState::Created,
+        src: "fs:///src".into(),
+        dst: "fs:///dst".into(),
+        options: opts,
+        created_ms: btp_common::now_ms(),
+        started_ms: None,
+        finished_ms: None,
+        files_found: 0,
+        bytes_found: 0,
+        files_copied: 0,
+        bytes_copied: 0,
+        files_failed: 0,
+        bytes_failed: 0,
+        files_retried: 0,
+        peak_bytes_per_sec: 0,
+        current_bytes_per_sec: 0,
+        current_files_per_sec: 0.0,
+        eta_secs: None,
+        jobs_total: 0,
+        jobs_done: 0,
+        listing_done: false,
+    }
+}
+
+async fn new_task(store: &Store, id: &str, opts: TaskOptions) -> TaskRow {
+    let ep = |p: &str| Endpoint::parse(p).unwrap();
+    store
+        .insert_task(&info(id, opts), &ep("/src"), &ep("/dst"))
+        .await
+        .unwrap();
+    store.task(id).await.unwrap()
+}
+
+fn result(task: &str, seq: i64, page: u32, last: bool, body: ResultBody) -> JobResult {
+    JobResult {
+        v: WIRE_VERSION,
+        job: store::job_id(task, seq),
+        tenant: "default".into(),
+        task: task.into(),
+        client: "c1".into(),
+        seq: page,
+        last,
+        attempt: 1,
+        body,
+    }
+}
+
+async fn apply_one(store: &Store, r: &JobResult) -> Applied {
+    let mut tx = store.begin().await.unwrap();
+    let a = apply(&mut tx, r, &mut Effects::default()).await.unwrap();
+    tx.commit().await.unwrap();
+    a
+}
+
+fn files(n: usize, size: u64) -> Vec<FileEntry> {
+    (0..n)
+        .map(|i| FileEntry {
+            path: format!("f{i:03}"),
+            size,
+            mtime_ms: None,
+        })
+        .collect()
+}
+
+fn copy_ok(n: u64, bytes: u64) -> ResultBody {
+    ResultBody::Copy {
+        files_copied: n,
+        bytes_copied: bytes,
+        failures: vec![],
+        retry: vec![],
+        retry_after_ms: 0,
+    }
+}
+
+on_every_backend!(
+    a_task_runs_from_listing_to_completion_and_counts_each_result_once,
+    |store| Box::pin(async move {
+        let opts = TaskOptions {
+            batch_files: 4,
+            ..Default::default()
+        };
+        let t = new_task(&store, "t1", opts).await;
+        store.start_task(&t, 1).await.unwrap();
+        assert_eq!(
+            store.task("t1").await.unwrap().info.state,
+            TaskState::Running
+        );
+
+        // Root listing in two pages: 6 files, then 2 files and one sub-directory.
+        let p0 = result(
+            "t1",
+            0,
+            0,
+            false,
+            ResultBody::ListPage {
+                files: files(6, 10),
+                dirs: vec![],
+            },
+        );
+        let p1 = result(
+            "t1",
+            0,
+            1,
+            true,
+            ResultBody::ListPage {
+                files: files(2, 5),
+                dirs: vec!["sub/".into()],
+            },
+        );
+        assert_eq!(
+            apply_one(&store, &p1).await,
+            Applied::Defer,
+            "a page ahead of its turn waits"
+        );
+        assert_eq!(apply_one(&store, &p0).await, Applied::Yes);
+        assert_eq!(apply_one(&store, &p0).await, Applied::Duplicate);
+        assert_eq!(apply_one(&store, &p1).await, Applied::Yes);
+        assert_eq!(apply_one(&store, &p1).await, Applied::Duplicate);
+        let t = store.task("t1").await.unwrap().info;
+        assert_eq!((t.files_found, t.bytes_found), (8, 70));
+        // Jobs: root list, 2 copies from page 0 (4+2), 1 copy and 1 list from page 1.
+        assert_eq!((t.jobs_total, t.jobs_done), (5, 1));
+        assert!(!t.listing_done);
+
+        let sub = result(
+            "t1",
+            4,
+            0,
+            true,
+            ResultBody::ListPage {
+                files: vec![],
+                dirs: vec![],
+            },
+        );
+        assert_eq!(apply_one(&store, &sub).await, Applied::Yes);
+        assert!(store.task("t1").await.unwrap().info.listing_done);
+
+        for (seq, n, bytes) in [(1, 4, 40), (2, 2, 20), (3, 2, 10)] {
+            let r = result("t1", seq, 0, true, copy_ok(n, bytes));
+            assert_eq!(apply_one(&store, &r).await, Applied::Yes);
+            assert_eq!(apply_one(&store, &r).await, Applied::Duplicate);
+        }
+        let t = store.task("t1").await.unwrap().info;
+        assert_eq!(t.state, TaskState::Completed);
+        assert_eq!((t.files_copied, t.bytes_copied, t.jobs_done), (8, 70, 5));
+        let shares = store.client_shares("t1").await.unwrap();
+        assert_eq!(shares.len(), 1);
+        assert_eq!(
+            (shares[0].jobs, shares[0].files, shares[0].bytes),
+            (5, 8, 70)
+        );
+    })
+);
+
+on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
+    Box::pin(async move {
+        let t = new_task(&store, "t2", TaskOptions::default()).await;
+        store.start_task(&t, 1).await.unwrap();
+        let page = result(
+            "t2",
+            0,
+            0,
+            true,
+            ResultBody::ListPage {
+                files: files(3, 7),
+                dirs: vec![],
+            },
+        );
+        apply_one(&store, &page).await;
+        let failure = |p: &str| FileFailure {
+            path: p.into(),
+            size: 7,
+            reason: "permission denied".into(),
+            attempts: 1,
+        };
+        let body = ResultBody::Copy {
+            files_copied: 1,
+            bytes_copied: 7,
+            failures: vec![failure("f001"), failure("f002")],
+            retry: vec![],
+            retry_after_ms: 0,
+        };
+        apply_one(&store, &result("t2", 1, 0, true, body)).await;
+        let t = store.task("t2").await.unwrap();
+        assert_eq!(t.info.state, TaskState::Failed);
+        assert_eq!((t.info.files_failed, t.info.bytes_failed), (2, 14));
+        let page1 = store.failures("t2", 1, 0).await.unwrap();
+        let page2 = store.failures("t2", 1, 1).await.unwrap();
+        assert_eq!(
+            (page1[0].path.as_str(), page2[0].path.as_str()),
+            ("f001", "f002")
+        );
+        assert_eq!(page1[0].attempts, 1);
+
+        assert_eq!(store.retry_task(&t).await.unwrap(), 2);
+        let t = store.task("t2").await.unwrap().info;
+        assert_eq!(
+            (t.state, t.files_failed, t.jobs_total),
+            (TaskState::Running, 0, 3)
+        );
+        let pending = store.pending_jobs("t2", 10, i64::MAX).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert!(
+            pending[0].1.contains("f001")
+                && pending[0].1.contains("f002")
+                && !pending[0].1.contains("f000")
+        );
+        apply_one(&store, &result("t2", 2, 0, true, copy_ok(2, 14))).await;
+        let t = store.task("t2").await.unwrap().info;
+        assert_eq!(
+            (t.state, t.files_copied, t.bytes_copied),
+            (TaskState::Completed, 3, 21)
+        );
+        assert!(store.failures("t2", 10, 0).await.unwrap().is_empty());
+    })
+});
+
+on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
+    Box::pin(async move {
+        let t = new_task(&store, "t3", TaskOptions::default()).await;
+        store.start_task(&t, 1).await.unwrap();
+        apply_one(
+            &store,
+            &result(
+                "t3",
+                0,
+                0,
+                true,
+                ResultBody::ListPage {
+                    files: files(2, 3),
+                    dirs: vec![],
+                },
+            ),
+        )
+        .await;
+        let retry = vec![FileFailure {
+            path: "f001".into(),
+            size: 3,
+            reason: "timeout".into(),
+            attempts: 1,
+        }];
+        let body = ResultBody::Copy {
+            files_copied: 1,
+            bytes_copied: 3,
+            failures: vec![],
+            retry,
+            retry_after_ms: 60_000,
+        };
+        apply_one(&store, &result("t3", 1, 0, true, body)).await;
+        let t = store.task("t3").await.unwrap().info;
+        assert_eq!(
+            (t.files_retried, t.jobs_total, t.state),
+            (1, 3, TaskState::Running)
+        );
+        let now = btp_common::now_ms();
+        assert!(
+            store.pending_jobs("t3", 10, now).await.unwrap().is_empty(),
+            "waits out its backoff"
+        );
+        let later = store.pending_jobs("t3", 10, now + 120_000).await.unwrap();
+        assert_eq!(later.len(), 1);
+        assert!(later[0].1.contains(r#""attempt":2"#), "{}", later[0].1);
+    })
+});
+
+on_every_backend!(illegal_transitions_are_refused_with_a_reason, |store| {
+    Box::pin(async move {
+        let t = new_task(&store, "t4", TaskOptions::default()).await;
+        let code = |r: Result<(), btp_common::api::ApiError>| r.unwrap_err().code;
+        assert_eq!(
+            code(store.pause_task("t4").await),
+            ErrorCode::FailedPrecondition
+        );
+        assert_eq!(
+            code(store.resume_task("t4").await),
+            ErrorCode::FailedPrecondition
+        );
+        assert_eq!(
+            code(store.retry_task(&t).await.map(|_| ())),
+            ErrorCode::FailedPrecondition
+        );
+        store.start_task(&t, 1).await.unwrap();
+        assert_eq!(
+            code(store.start_task(&t, 2).await),
+            ErrorCode::FailedPrecondition
+        );
+        assert_eq!(
+            code(store.resume_task("t4").await),
+            ErrorCode::FailedPrecondition
+        );
+        assert_eq!(
+            code(store.delete_task("t4").await),
+            ErrorCode::FailedPrecondition
+        );
+        store.pause_task("t4").await.unwrap();
+        assert_eq!(
+            code(store.pause_task("t4").await),
+            ErrorCode::FailedPrecondition
+        );
+        store.resume_task("t4").await.unwrap();
+        store.cancel_task("t4", 3).await.unwrap();
+        let e = store.cancel_task("t4", 4).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert_eq!(e.message, "task t4 cannot be cancelled: it is cancelled");
+        assert_eq!(
+            code(store.resume_task("t4").await),
+            ErrorCode::FailedPrecondition
+        );
+        // Results of a cancelled task are ignored.
+        let r = result(
+            "t4",
+            0,
+            0,
+            true,
+            ResultBody::ListPage {
+                files: files(1, 1),
+                dirs: vec![],
+            },
+        );
+        assert_eq!(apply_one(&store, &r).await, Applied::Duplicate);
+        store.delete_task("t4").await.unwrap();
+        assert_eq!(
+            store.task("t4").await.unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(store.cancel_task("nope", 1).await),
+            ErrorCode::NotFound
+        );
+    })
+});
+
+on_every_backend!(pause_requeues_published_jobs, |store| Box::pin(
+    async move {
+        let t = new_task(&store, "t5", TaskOptions::default()).await;
+        store.start_task(&t, 1).await.unwrap();
+        store.mark_published("t5", &[0]).await.unwrap();
+        assert_eq!(store.inflight_jobs("t5").await.unwrap(), 1);
+        let epoch = store.task("t5").await.unwrap().epoch;
+        store.pause_task("t5").await.unwrap();
+        assert_eq!(store.inflight_jobs("t5").await.unwrap(), 0);
+        assert_eq!(store.pending_jobs("t5", 10, 0).await.unwrap().len(), 1);
+        assert_eq!(store.task("t5").await.unwrap().epoch, epoch + 1);
+        assert!(store.running_tasks().await.unwrap().is_empty());
+    }
+));
+
+on_every_backend!(tasks_are_listed_by_state_and_paged, |store| Box::pin(
+    async move {
+        for i in 0..5 {
+            let t = new_task(&store, &format!("l{i}"), TaskOptions::default()).await;
+            if i % 2 == 0 {
+                store.start_task(&t, 1).await.unwrap();
+            }
+        }
+        assert_eq!(store.tasks(None, 100, 0).await.unwrap().len(), 5);
+        assert_eq!(
+            store
+                .tasks(Some(TaskState::Running), 100, 0)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            store
+                .tasks(Some(TaskState::Created), 100, 0)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let p1 = store.tasks(None, 2, 0).await.unwrap();
+        let p3 = store.tasks(None, 2, 4).await.unwrap();
+        assert_eq!((p1.len(), p3.len()), (2, 1));
+    }
+));
+
+on_every_backend!(agents_register_and_go_offline, |store| Box::pin(
+    async move {
+        let mut hb = Heartbeat {
+            v: WIRE_VERSION,
+            id: "c1".into(),
+            host: "h".into(),
+            tenant: "default".into(),
+            workers: 4,
+            busy: 1,
+            started_ms: 1,
+            jobs_done: 7,
+            online: true,
+            draining: false,
+        };
+        store.upsert_agent(&hb, 1_000).await.unwrap();
+        let a = store.agents(2_000, 5_000).await.unwrap();
+        assert_eq!((a.len(), a[0].online, a[0].jobs_done), (1, true, 7));
+        assert!(
+            !store.agents(10_000, 5_000).await.unwrap()[0].online,
+            "silent too long"
+        );
+        hb.online = false;
+        hb.draining = true;
+        store.upsert_agent(&hb, 3_000).await.unwrap();
+        let a = store.agents(3_000, 5_000).await.unwrap();
+        assert!(!a[0].online && a[0].draining);
+    }
+));
+
+#[tokio::test]
+async fn database_urls_are_checked_and_passwords_never_shown() {
+    let e = Store::open("mysql://u:secret@h/db")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("unsupported database url") && !e.contains("secret"),
+        "{e}"
+    );
+    assert_eq!(
+        store::redact("postgres://u:pw@h:5432/db"),
+        "postgres://u:***@h:5432/db"
+    );
+    assert_eq!(store::redact("postgres://u@h/db"), "postgres://u@h/db");
+    let e = Store::open("postgres://u:topsecret@127.0.0.1:1/db")
+        .await
+        .err()
+        .unwrap();
+    assert!(!format!("{e:#}").contains("topsecret"));
+}
