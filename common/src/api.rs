@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// Longest error message sent back.
+pub const MAX_ERROR_LEN: usize = 500;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 #[serde(deny_unknown_fields)]
@@ -45,11 +48,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error; a message longer than [`MAX_ERROR_LEN`] (it may quote the request) is cut.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
+        let mut message: String = message.into();
+        if message.len() > MAX_ERROR_LEN {
+            let mut cut = MAX_ERROR_LEN;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("...");
         }
+        Self { code, message }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)

@@ -1,0 +1,202 @@
+//! The request API over a real nats-server, through the CLI (which uses nothing else): listing
+//! with filters and paging, delete, client get and drain, health, events, CSV reports, and a
+//! report that survives a server restart unchanged.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use support::*;
+
+#[test]
+fn tasks_are_listed_filtered_paged_and_deleted_and_events_announce_each_state() {
+    let tmp = test_dir();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 50, 0);
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "2"]);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let nats = rt.block_on(async_nats::connect(&c.url)).unwrap();
+    let mut events = rt
+        .block_on(nats.subscribe("btp.events.default.task"))
+        .unwrap();
+    rt.block_on(nats.flush()).unwrap();
+
+    let d = |i: usize| tmp.path().join(format!("dst{i}"));
+    let created = btp_json(
+        &c.url,
+        &[
+            "task",
+            "create",
+            "--src",
+            src.to_str().unwrap(),
+            "--dst",
+            d(0).to_str().unwrap(),
+        ],
+    );
+    let id0 = created["id"].as_str().unwrap().to_string();
+    let id1 = c.start_task(&src, &d(1), &[]);
+    let id2 = c.start_task(&src, &d(2), &[]);
+    wait_task(&c.url, &id1, Duration::from_secs(60));
+    wait_task(&c.url, &id2, Duration::from_secs(60));
+
+    let all = btp_json(&c.url, &["task", "list"]);
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 3);
+    let done = btp_json(&c.url, &["task", "list", "--state", "completed"]);
+    let ids: Vec<&str> = done["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&id1.as_str()) && ids.contains(&id2.as_str()));
+    let created_only = btp_json(&c.url, &["task", "list", "--state", "created"]);
+    assert_eq!(created_only["tasks"][0]["id"], id0.as_str());
+    let page1 = btp_json(&c.url, &["task", "list", "--limit", "2"]);
+    let page2 = btp_json(&c.url, &["task", "list", "--limit", "2", "--offset", "2"]);
+    assert_eq!(page1["tasks"].as_array().unwrap().len(), 2);
+    assert_eq!(page2["tasks"].as_array().unwrap().len(), 1);
+    let csv = String::from_utf8(btp(&c.url, &["task", "list", "--output", "csv"]).stdout).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.starts_with("id,state,"));
+
+    let out = btp(&c.url, &["task", "list", "--limit", "0"]);
+    assert!(error_line(&out).contains("limit must be between 1 and"));
+
+    assert_eq!(
+        btp_json(&c.url, &["task", "delete", &id1])["id"],
+        id1.as_str()
+    );
+    let out = btp(&c.url, &["task", "get", &id1]);
+    assert!(error_line(&out).contains(&format!("unknown task id '{id1}'")));
+    assert_eq!(
+        btp_json(&c.url, &["task", "list"])["tasks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // created, running, completed for each started task; created for the other.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    rt.block_on(async {
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(500), events.next()).await
+        {
+            let e: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            seen.push((
+                e["task"].as_str().unwrap().into(),
+                e["state"].as_str().unwrap().into(),
+            ));
+        }
+    });
+    for id in [&id1, &id2] {
+        let states: Vec<&str> = seen
+            .iter()
+            .filter(|(t, _)| t == id)
+            .map(|(_, s)| s.as_str())
+            .collect();
+        assert_eq!(
+            states,
+            ["created", "running", "completed"],
+            "events of {id}: {seen:?}"
+        );
+    }
+    assert!(seen.contains(&(id0.clone(), "created".into())));
+}
+
+#[test]
+fn clients_are_shown_drained_and_the_health_check_answers() {
+    let tmp = test_dir();
+    let src = tmp.path().join("src");
+    let tree = gen_tree(&src, 200, 0);
+    let mut c = Cluster::start(tmp.path(), &[]);
+    let a = c.add_client(&["--workers", "2"]);
+    let b = c.add_client(&["--workers", "3"]);
+
+    let h = btp_json(&c.url, &["server", "health"]);
+    assert_eq!(h["api"], "v1");
+    assert_eq!(h["database"], "sqlite");
+    assert_eq!(h["clients_online"], 2);
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+
+    let info = btp_json(&c.url, &["client", "get", &b]);
+    assert_eq!(
+        (
+            info["id"].as_str(),
+            info["workers"].as_u64(),
+            info["online"].as_bool()
+        ),
+        (Some(b.as_str()), Some(3), Some(true))
+    );
+    let out = btp(&c.url, &["client", "get", "nobody"]);
+    assert!(error_line(&out).contains("unknown client id 'nobody'"));
+
+    // A drained client takes no new jobs: the whole task runs on the other one.
+    let drained = btp_json(&c.url, &["client", "drain", &a]);
+    assert_eq!(drained["draining"], true);
+    wait_for(
+        "drain reported by heartbeat",
+        Duration::from_secs(20),
+        || {
+            let info = btp_json(&c.url, &["client", "get", &a]);
+            (info["draining"] == true && info["online"] == true).then_some(())
+        },
+    );
+    let dst = tmp.path().join("dst");
+    let id = c.start_task(&src, &dst, &["--batch-files", "10"]);
+    wait_task(&c.url, &id, Duration::from_secs(60));
+    let report = c.report(&id);
+    assert_complete(&report, &tree, &src, &dst);
+    let clients: Vec<&str> = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        clients,
+        [b.as_str()],
+        "only the client that was not drained ran jobs"
+    );
+    let text = String::from_utf8(btp(&c.url, &["client", "list"]).stdout).unwrap();
+    assert!(text.contains("draining"), "{text}");
+}
+
+#[test]
+fn a_report_is_identical_before_and_after_a_server_restart_and_exports_as_csv() {
+    let tmp = test_dir();
+    let src = tmp.path().join("src");
+    let tree = gen_tree(&src, 300, 2 << 20);
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "2"]);
+    let dst = tmp.path().join("dst");
+    let id = c.start_task(&src, &dst, &[]);
+    wait_task(&c.url, &id, Duration::from_secs(60));
+    let before = c.report(&id);
+    assert_complete(&before, &tree, &src, &dst);
+    assert!(before["task"]["peak_bytes_per_sec"].as_u64().unwrap() > 0);
+
+    assert!(c.server.take().unwrap().terminate().success());
+    c.start_server();
+    let after = c.report(&id);
+    assert_eq!(before, after);
+
+    let csv =
+        String::from_utf8(btp(&c.url, &["task", "report", &id, "--output", "csv"]).stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let row: Vec<&str> = lines[1].split(',').collect();
+    let field = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+    assert_eq!(field("task"), id);
+    assert_eq!(field("state"), "completed");
+    assert_eq!(field("files_copied"), tree.files.to_string());
+    assert_eq!(field("bytes_copied"), tree.bytes.to_string());
+}
