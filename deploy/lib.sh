@@ -36,3 +36,39 @@ ensure_rust() {
         return 1
     fi
 }
+
+# PostgreSQL for the store test suite: use a reachable server (BTP_TEST_POSTGRES_URL, default
+# the local one with trust auth); otherwise install Debian's package, start a cluster and give
+# the postgres user a password for TCP logins. Exports BTP_TEST_POSTGRES_URL.
+ensure_postgres() {
+    local url="${BTP_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+    if pg_ok "$url"; then
+        export BTP_TEST_POSTGRES_URL="$url"
+        return 0
+    fi
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        log "installing postgresql"
+        apt_install postgresql postgresql-client || return 1
+    fi
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$version" ]; then
+        log "no PostgreSQL cluster found after installing"
+        return 1
+    fi
+    log "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null || pg_ctlcluster "$version" main start || true
+    for _ in $(seq 1 50); do
+        pg_isready -q -h 127.0.0.1 -p 5432 && break
+        sleep 0.2
+    done
+    su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+    su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname = 'test'\" | grep -q 1 || createdb test"
+    url="postgres://postgres:postgres@127.0.0.1:5432/test"
+    pg_ok "$url" || { log "PostgreSQL does not accept $url"; return 1; }
+    export BTP_TEST_POSTGRES_URL="$url"
+}
+
+pg_ok() {
+    command -v psql >/dev/null 2>&1 && psql "$1" -qtAc "SELECT 1" >/dev/null 2>&1
+}

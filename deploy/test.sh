@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Runs every test of BeyondTP: installs what is missing (nats-server), builds once, then runs the
-# whole workspace's tests (cargo nextest when available, cargo test otherwise), plus fmt and clippy.
+# Runs every test of BeyondTP: installs what is missing (nats-server, PostgreSQL), checks fmt and
+# clippy, builds once, then runs the whole workspace's tests (cargo nextest when available,
+# cargo test otherwise): unit tests, the store suite on SQLite and PostgreSQL, the request fuzz
+# test (BTP_FUZZ_CASES, default 20000) and the end-to-end and fault tests with real processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
 
 ensure_rust
 ensure_nats_server
+if ! ensure_postgres; then
+    if [ -n "${CI:-}" ]; then
+        log "PostgreSQL is required under CI"
+        exit 1
+    fi
+    log "PostgreSQL unavailable: the store suite runs on SQLite only"
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
