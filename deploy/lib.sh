@@ -72,3 +72,12 @@ ensure_postgres() {
 pg_ok() {
     command -v psql >/dev/null 2>&1 && psql "$1" -qtAc "SELECT 1" >/dev/null 2>&1
 }
+
+# Prometheus and promtool (Debian's package): the metrics lint and the dashboard check use them.
+ensure_prometheus() {
+    if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    log "installing prometheus"
+    apt_install --no-install-recommends prometheus
+}

@@ -9,12 +9,18 @@ cd "$(dirname "$0")/.."
 
 ensure_rust
 ensure_nats_server
+ensure_prometheus || { [ -z "${CI:-}" ] || exit 1; log "prometheus unavailable: metrics checks are skipped"; }
 if ! ensure_postgres; then
     if [ -n "${CI:-}" ]; then
         log "PostgreSQL is required under CI"
         exit 1
     fi
     log "PostgreSQL unavailable: the store suite runs on SQLite only"
+fi
+
+if command -v promtool >/dev/null 2>&1; then
+    log "promtool check config deploy/prometheus.yml"
+    promtool check config deploy/prometheus.yml >/dev/null
 fi
 
 log "cargo fmt --check"

@@ -64,6 +64,9 @@ pub struct StandaloneArgs {
     /// Port of the embedded nats-server (a free one by default).
     #[arg(long)]
     pub nats_port: Option<u16>,
+    /// Serve Prometheus metrics of the server and the client on this address.
+    #[arg(long, env = "BTP_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -84,6 +87,9 @@ pub struct ServerRunArgs {
     /// Database URL (sqlite://PATH); overrides --data-dir.
     #[arg(long, env = "BTP_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "BTP_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Most in-flight jobs per task.
     #[arg(long, env = "BTP_WINDOW", default_value_t = 512)]
     pub window: i64,
@@ -124,6 +130,9 @@ pub struct ClientRunArgs {
     /// Client id (default: host name and a random suffix).
     #[arg(long, env = "BTP_CLIENT_ID")]
     pub id: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465).
+    #[arg(long, env = "BTP_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -163,6 +172,8 @@ pub enum TaskCommand {
     Cancel(IdArgs),
     /// Run only the failed files of a finished task again.
     Retry(IdArgs),
+    /// Change a task's settings while it runs (the speed limit applies within seconds).
+    Set(SetArgs),
     /// Delete a task that is not running (with its report).
     Delete(IdArgs),
     /// Follow a task with a progress bar until it finishes.
@@ -175,6 +186,29 @@ pub struct IdArgs {
     pub id: String,
     #[command(flatten)]
     pub output: OutputOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct SetArgs {
+    /// Task id.
+    pub id: String,
+    /// New speed limit for the whole task, e.g. 50MiB/s, or `none`.
+    #[arg(long, value_parser = parse_limit)]
+    pub speed_limit: Limit,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+/// A speed limit argument: a rate, or `none`.
+#[derive(Clone, Copy)]
+pub struct Limit(pub Option<u64>);
+
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        Ok(Limit(None))
+    } else {
+        btp_common::units::parse_rate(s).map(|r| Limit(Some(r)))
+    }
 }
 
 #[derive(Args, Clone)]

@@ -46,7 +46,32 @@ fn sqlite_url(dir: &Path) -> anyhow::Result<String> {
     Ok(format!("sqlite://{}", dir.join("btp.db").display()))
 }
 
+/// Serves the Prometheus metrics of this process on `addr`.
+pub fn install_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use metrics_util::MetricKindMask;
+    let Some(addr) = addr else { return Ok(()) };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        // Gauges of a finished task stop being updated; drop them so labels stay bounded.
+        .idle_timeout(
+            MetricKindMask::GAUGE,
+            Some(std::time::Duration::from_secs(30)),
+        )
+        .set_buckets_for_metric(
+            Matcher::Suffix("duration_seconds".into()),
+            &[
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
+        )?
+        .install()
+        .with_context(|| format!("serve metrics on {addr}"))?;
+    info!(%addr, "serving metrics on /metrics");
+    Ok(())
+}
+
 pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
+    install_metrics(a.metrics_addr)?;
     let database_url = match a.database_url {
         Some(u) => u,
         None => sqlite_url(&a.data_dir)?,
@@ -69,6 +94,7 @@ pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn client(url: &str, a: ClientRunArgs) -> anyhow::Result<ExitCode> {
+    install_metrics(a.metrics_addr)?;
     let cfg = client_config(url, a.id, &a.client);
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -159,6 +185,7 @@ async fn wait_for_server(url: &str) -> anyhow::Result<()> {
 }
 
 pub async fn standalone(a: StandaloneArgs) -> anyhow::Result<ExitCode> {
+    install_metrics(a.metrics_addr)?;
     let cluster = Cluster::start(&a.data_dir, a.nats_port, &a.client).await?;
     println!("BeyondTP standalone is running.");
     println!("NATS URL: {}", cluster.url());

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use btp_common::api::{
     verbs, ClientInfo, ClientList, ClientRef, CreateTask, Empty, Health, ListTasks, Report,
-    ReportRequest, TaskInfo, TaskList, TaskOptions, TaskRef, TaskState,
+    ReportRequest, SetTask, TaskInfo, TaskList, TaskOptions, TaskRef, TaskState,
 };
 use btp_common::units::parse_size;
 use btp_nats::ApiClient;
@@ -50,6 +50,9 @@ pub struct PlanOpts {
     /// Attempts per file before a transient error counts as a failure.
     #[arg(long, default_value_t = TaskOptions::default().max_attempts)]
     pub max_attempts: u32,
+    /// Speed limit for the whole task over all clients, e.g. 50MiB/s.
+    #[arg(long, value_parser = btp_common::units::parse_rate)]
+    pub speed_limit: Option<u64>,
 }
 
 /// Turns a local path argument into an absolute one; URLs are passed on as they are.
@@ -80,6 +83,7 @@ pub fn create_request(
             batch_bytes,
             list_page_entries: plan.list_page_entries,
             max_attempts: plan.max_attempts,
+            speed_limit: plan.speed_limit,
             ..TaskOptions::default()
         },
         start,
@@ -129,6 +133,14 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 Output::Csv => output::task_list_csv(&l),
                 o => print(o, &l, output::task_list),
             }
+        }
+        TaskCommand::Set(a) => {
+            let req = SetTask {
+                id: a.id,
+                speed_limit: a.speed_limit.0,
+            };
+            let t: TaskInfo = call(&api, verbs::TASK_SET, &req).await?;
+            print(a.output.output, &t, output::task);
         }
         TaskCommand::Delete(a) => {
             let r: TaskRef = call(&api, verbs::TASK_DELETE, &TaskRef { id: a.id }).await?;

@@ -9,7 +9,7 @@ use btp_common::wire::Heartbeat;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::worker::Stats;
+use crate::worker::{Stats, TaskTokens};
 use crate::ClientConfig;
 
 pub const INTERVAL: Duration = Duration::from_secs(2);
@@ -18,6 +18,7 @@ pub async fn run(
     cfg: Arc<ClientConfig>,
     nats: async_nats::Client,
     stats: Arc<Stats>,
+    tokens: Arc<TaskTokens>,
     started_ms: i64,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -27,11 +28,11 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        if let Err(e) = send(&cfg, &nats, &stats, started_ms, true).await {
+        if let Err(e) = send(&cfg, &nats, &stats, &tokens, started_ms, true).await {
             debug!(error = %e, "heartbeat failed");
         }
     }
-    send(&cfg, &nats, &stats, started_ms, false).await?;
+    send(&cfg, &nats, &stats, &tokens, started_ms, false).await?;
     nats.flush().await?;
     Ok(())
 }
@@ -40,9 +41,13 @@ async fn send(
     cfg: &ClientConfig,
     nats: &async_nats::Client,
     stats: &Stats,
+    tokens: &TaskTokens,
     started_ms: i64,
     online: bool,
 ) -> anyhow::Result<()> {
+    // Refreshed with every heartbeat so the exporter never drops them as idle.
+    metrics::gauge!(crate::telemetry::WORKERS).set(cfg.workers as f64);
+    metrics::gauge!(crate::telemetry::WORKERS_BUSY).set(stats.busy.load(Ordering::Relaxed) as f64);
     let hb = Heartbeat {
         v: btp_common::WIRE_VERSION,
         id: cfg.id.clone(),
@@ -54,6 +59,7 @@ async fn send(
         jobs_done: stats.jobs_done.load(Ordering::Relaxed),
         online,
         draining: stats.draining.load(Ordering::Relaxed),
+        tasks: tokens.active_tasks(Duration::from_secs(5)),
     };
     nats.publish(
         subjects::heartbeat(&cfg.tenant),

@@ -66,6 +66,8 @@ pub struct JobContext<'a> {
     pub retry_after: std::time::Duration,
     /// The client-wide speed limit, if any.
     pub limiter: Option<&'a crate::limiter::RateLimiter>,
+    /// This client's share of the task's speed limit, if any.
+    pub task_limiter: Option<&'a crate::limiter::RateLimiter>,
 }
 
 pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
@@ -172,7 +174,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
             Ok(n) => {
                 files_copied += 1;
                 bytes_copied += n;
-                metrics::counter!("btp_client_files_copied_total").increment(1);
+                metrics::counter!(crate::telemetry::FILES_COPIED).increment(1);
             }
             Err(JobError::Cancelled) => return Err(JobError::Cancelled),
             Err(e) => {
@@ -187,6 +189,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
                     retry.push(failure);
                 } else {
                     warn!(job = %job.id, path = %f.path, error = %e, attempts = ctx.attempt, "file failed");
+                    metrics::counter!(crate::telemetry::FILES_FAILED).increment(1);
                     failures.push(failure);
                 }
             }
@@ -264,11 +267,11 @@ async fn copy_file(
             if ctx.cancel.is_cancelled() {
                 return Err(JobError::Cancelled);
             }
-            if let Some(l) = ctx.limiter {
+            for l in [ctx.task_limiter, ctx.limiter].into_iter().flatten() {
                 l.acquire(chunk.len() as u64).await;
             }
             written += chunk.len() as u64;
-            metrics::counter!("btp_client_bytes_copied_total").increment(chunk.len() as u64);
+            metrics::counter!(crate::telemetry::BYTES_COPIED).increment(chunk.len() as u64);
             writer.write(chunk).await?;
         }
         if written != f.size {

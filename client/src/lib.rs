@@ -5,6 +5,7 @@ pub mod agent;
 pub mod errors;
 pub mod exec;
 pub mod limiter;
+pub mod telemetry;
 pub mod worker;
 
 use std::sync::Arc;
@@ -71,15 +72,19 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
     let stats = Arc::new(worker::Stats::default());
     info!(client = %cfg.id, workers = cfg.workers, nats = %cfg.nats_url, "client started");
 
+    telemetry::describe();
+    metrics::gauge!(telemetry::WORKERS).set(cfg.workers as f64);
+    metrics::gauge!(telemetry::WORKERS_BUSY).set(0.0);
     let hb_cancel = CancellationToken::new();
+    let tokens = Arc::new(worker::TaskTokens::default());
     let hb = tokio::spawn(agent::run(
         cfg.clone(),
         nats.clone(),
         stats.clone(),
+        tokens.clone(),
         btp_common::now_ms(),
         hb_cancel.clone(),
     ));
-    let tokens = Arc::new(worker::TaskTokens::default());
     let control = tokio::spawn(worker::control(
         nats.clone(),
         cfg.tenant.clone(),

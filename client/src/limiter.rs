@@ -35,6 +35,14 @@ impl RateLimiter {
         }
     }
 
+    /// Changes the rate; takes effect for the next chunk.
+    pub async fn set_rate(&self, bytes_per_sec: u64) {
+        let mut b = self.state.lock().await;
+        b.rate = bytes_per_sec.max(1) as f64;
+        b.burst = (b.rate / 10.0).max(64.0 * 1024.0);
+        b.tokens = b.tokens.min(b.burst);
+    }
+
     /// Takes `n` bytes from the bucket, sleeping while it is in debt.
     pub async fn acquire(&self, n: u64) {
         let wait = {

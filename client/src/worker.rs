@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::errors::{backoff, JobError};
 use crate::exec::{self, JobContext, ResultSink};
 use crate::limiter::RateLimiter;
+use crate::telemetry::{self, Outcome};
 use crate::ClientConfig;
 
 /// Cancellation of running jobs, per task: a child of `stopping` (the client shuts down) for
@@ -33,6 +34,11 @@ pub struct TaskTokens {
 struct TaskTokenMap {
     live: std::collections::HashMap<String, CancellationToken>,
     cancelled: std::collections::HashSet<String>,
+    /// Per-task speed limiters: `None` once the server said the task is unlimited.
+    limits: std::collections::HashMap<String, Option<Arc<RateLimiter>>>,
+    /// When a job of each task last ran here, and how many run now.
+    active: std::collections::HashMap<String, std::time::Instant>,
+    running: std::collections::HashMap<String, usize>,
 }
 
 impl TaskTokens {
@@ -49,6 +55,67 @@ impl TaskTokens {
                 .or_insert_with(|| stopping.child_token())
                 .clone(),
         )
+    }
+
+    /// The limiter of `task`: the share last sent by the server, else the job's own share.
+    pub fn limiter(&self, task: &str, job_share: Option<u64>) -> Option<Arc<RateLimiter>> {
+        let mut m = self.tasks.lock().expect("task tokens lock");
+        match m.limits.get(task) {
+            Some(known) => known.clone(),
+            None => {
+                let l = job_share.map(|r| Arc::new(RateLimiter::new(r)));
+                m.limits.insert(task.to_string(), l.clone());
+                l
+            }
+        }
+    }
+
+    /// Applies the server's share of a task's speed limit.
+    pub async fn set_limit(&self, task: &str, bytes_per_sec: Option<u64>) {
+        let existing = {
+            let mut m = self.tasks.lock().expect("task tokens lock");
+            match (m.limits.get(task).cloned().flatten(), bytes_per_sec) {
+                (Some(l), Some(_)) => Some(l),
+                (_, rate) => {
+                    m.limits.insert(
+                        task.to_string(),
+                        rate.map(|r| Arc::new(RateLimiter::new(r))),
+                    );
+                    None
+                }
+            }
+        };
+        if let (Some(l), Some(rate)) = (existing, bytes_per_sec) {
+            l.set_rate(rate).await;
+        }
+    }
+
+    /// A job of `task` starts (`true`) or ends (`false`) here.
+    pub fn job_running(&self, task: &str, starts: bool) {
+        let mut m = self.tasks.lock().expect("task tokens lock");
+        let n = m.running.entry(task.to_string()).or_default();
+        if starts {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        m.active.insert(task.to_string(), std::time::Instant::now());
+    }
+
+    /// Tasks with a job running here now or within `within` (reported in heartbeats).
+    pub fn active_tasks(&self, within: Duration) -> Vec<String> {
+        let mut m = self.tasks.lock().expect("task tokens lock");
+        let m = &mut *m;
+        m.active.retain(|_, at| at.elapsed() < within * 10);
+        m.running.retain(|_, n| *n > 0);
+        let mut out: Vec<String> = m
+            .active
+            .iter()
+            .filter(|(t, at)| at.elapsed() < within || m.running.contains_key(*t))
+            .map(|(t, _)| t.clone())
+            .collect();
+        out.sort();
+        out
     }
 
     /// Aborts the running jobs of `task` and refuses its later ones.
@@ -82,6 +149,10 @@ pub async fn control(
                 (ControlAction::Cancel, Some(task), _) => {
                     info!(task = %task, "cancelling the task's jobs");
                     tokens.cancel(&task);
+                }
+                (ControlAction::Limit, Some(task), _) => {
+                    debug!(task = %task, share = ?c.bytes_per_sec, "speed limit share");
+                    tokens.set_limit(&task, c.bytes_per_sec).await;
                 }
                 (ControlAction::Drain, _, Some(client)) if client == client_id => {
                     info!("draining: taking no new jobs");
@@ -160,9 +231,11 @@ pub async fn run(
             let (cfg, js, stats, tokens) = (cfg.clone(), js.clone(), stats.clone(), tokens.clone());
             let limiter = limiter.clone();
             tokio::spawn(async move {
-                stats.busy.fetch_add(1, Ordering::Relaxed);
+                let busy = stats.busy.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics::gauge!(telemetry::WORKERS_BUSY).set(busy as f64);
                 run_job(&cfg, js, msg, &tokens, limiter).await;
-                stats.busy.fetch_sub(1, Ordering::Relaxed);
+                let busy = stats.busy.fetch_sub(1, Ordering::Relaxed) - 1;
+                metrics::gauge!(telemetry::WORKERS_BUSY).set(busy as f64);
                 stats.jobs_done.fetch_add(1, Ordering::Relaxed);
                 drop(permit);
             });
@@ -215,6 +288,8 @@ async fn run_job(
         let _ = msg.ack_with(AckKind::Term).await;
         return;
     };
+    let task_limiter = tokens.limiter(&job.task, job.speed_share);
+    tokens.job_running(&job.task, true);
     // Attempts count across redeliveries and across the server's retry jobs.
     let attempt = job.attempt.max(1) + (delivered.max(1) as u32 - 1);
     let last_attempt = attempt >= job.max_attempts;
@@ -231,6 +306,7 @@ async fn run_job(
         attempt,
         retry_after,
         limiter: limiter.as_deref(),
+        task_limiter: task_limiter.as_deref(),
     };
     let started = std::time::Instant::now();
 
@@ -250,19 +326,20 @@ async fn run_job(
         }
     };
     let kind = job.kind.name();
-    let settle = match outcome {
-        Ok(()) => AckKind::Ack,
+    tokens.job_running(&job.task, false);
+    let (settle, result) = match outcome {
+        Ok(()) => (AckKind::Ack, Outcome::Ok),
         Err(JobError::Cancelled) if tokens.stopping.is_cancelled() => {
             info!(job = %job.id, kind, "handing an unfinished job back");
-            AckKind::Nak(None)
+            (AckKind::Nak(None), Outcome::Cancelled)
         }
         Err(JobError::Cancelled) => {
             info!(job = %job.id, kind, "job of a cancelled task aborted");
-            AckKind::Term
+            (AckKind::Term, Outcome::Cancelled)
         }
         Err(e) if e.is_transient() && !last_attempt => {
             info!(job = %job.id, kind, attempt, error = %e, retry_in = ?retry_after, "job will be retried");
-            AckKind::Nak(Some(retry_after))
+            (AckKind::Nak(Some(retry_after)), Outcome::Retried)
         }
         Err(e) => {
             let reason = match &e {
@@ -274,10 +351,10 @@ async fn run_job(
                 .send(&job, 0, true, ResultBody::Failed { reason })
                 .await
             {
-                Ok(()) => AckKind::Ack,
+                Ok(()) => (AckKind::Ack, Outcome::Failed),
                 Err(e) => {
                     warn!(job = %job.id, error = %e, "reporting a failure failed; retrying the job");
-                    AckKind::Nak(Some(cfg.retry_backoff))
+                    (AckKind::Nak(Some(cfg.retry_backoff)), Outcome::Retried)
                 }
             }
         }
@@ -291,7 +368,8 @@ async fn run_job(
     if let Err(e) = r {
         warn!(job = %job.id, error = %e, "settling a job failed; it will be redelivered and its result ignored");
     }
-    metrics::histogram!("btp_client_job_duration_seconds", "kind" => kind)
+    metrics::counter!(telemetry::JOBS, "kind" => kind, "outcome" => result.as_str()).increment(1);
+    metrics::histogram!(telemetry::JOB_DURATION, "kind" => kind)
         .record(started.elapsed().as_secs_f64());
     debug!(job = %job.id, kind, ms = started.elapsed().as_millis() as u64, done, "job settled");
 }

@@ -16,6 +16,7 @@ pub mod verbs {
     pub const TASK_CANCEL: &str = "task.cancel";
     pub const TASK_RETRY: &str = "task.retry";
     pub const TASK_DELETE: &str = "task.delete";
+    pub const TASK_SET: &str = "task.set";
     pub const CLIENT_LIST: &str = "client.list";
     pub const CLIENT_GET: &str = "client.get";
     pub const CLIENT_DRAIN: &str = "client.drain";
@@ -105,6 +106,8 @@ pub struct TaskOptions {
     pub list_page_bytes: u64,
     /// Attempts per file before a transient error counts as a failure.
     pub max_attempts: u32,
+    /// Most bytes per second for the whole task, over all clients (None: unlimited).
+    pub speed_limit: Option<u64>,
 }
 
 impl Default for TaskOptions {
@@ -115,6 +118,7 @@ impl Default for TaskOptions {
             list_page_entries: 1000,
             list_page_bytes: 256 << 10,
             max_attempts: 10,
+            speed_limit: None,
         }
     }
 }
@@ -131,6 +135,9 @@ impl TaskOptions {
             return Err(ApiError::invalid(format!(
                 "max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"
             )));
+        }
+        if self.speed_limit == Some(0) {
+            return Err(ApiError::invalid("speed_limit must be greater than zero"));
         }
         if self.list_page_entries == 0 {
             return Err(ApiError::invalid("list_page_entries must be at least 1"));
@@ -348,6 +355,16 @@ pub struct ReportRequest {
     pub failures_limit: u32,
     #[serde(default)]
     pub failures_offset: u64,
+}
+
+/// `task.set`: changes a task's settings while it exists (the speed limit takes effect within
+/// seconds on a running task).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTask {
+    pub id: String,
+    /// Bytes per second; `null` removes the limit.
+    pub speed_limit: Option<u64>,
 }
 
 /// `client.get` and `client.drain`.

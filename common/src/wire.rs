@@ -21,6 +21,10 @@ pub struct Job {
     /// The task's limit: at attempt `max_attempts` transient errors become failures.
     #[serde(default = "ten")]
     pub max_attempts: u32,
+    /// This client's share of the task's speed limit when the job was published (bytes/s);
+    /// `Limit` control messages update it while the task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_share: Option<u64>,
     pub kind: JobKind,
 }
 
@@ -143,6 +147,9 @@ pub struct Heartbeat {
     pub online: bool,
     #[serde(default)]
     pub draining: bool,
+    /// Tasks this client ran jobs of in the last seconds (for the speed-limit allocator).
+    #[serde(default)]
+    pub tasks: Vec<String>,
 }
 
 /// A control message from the server to all clients of a tenant, on core NATS.
@@ -156,6 +163,9 @@ pub struct Control {
     /// The client concerned (drain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// A client's share of the task's speed limit (limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<u64>,
     pub action: ControlAction,
 }
 
@@ -166,6 +176,8 @@ pub enum ControlAction {
     Cancel,
     /// The client stops taking new jobs; in-flight ones finish.
     Drain,
+    /// Each client's share of the task's speed limit is now `bytes_per_sec` (None: unlimited).
+    Limit,
 }
 
 impl Versioned for Control {
@@ -227,6 +239,7 @@ mod tests {
             dst: Endpoint::parse("/b").unwrap(),
             attempt: 1,
             max_attempts: 3,
+            speed_share: None,
             kind: JobKind::Copy {
                 files: vec![FileEntry {
                     path: "x y#%?.txt".into(),

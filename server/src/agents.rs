@@ -13,9 +13,45 @@ pub const HEARTBEAT_INTERVAL_MS: i64 = 2_000;
 /// A client whose last heartbeat is older than this is shown offline.
 pub const OFFLINE_AFTER_MS: i64 = 3 * HEARTBEAT_INTERVAL_MS + 1_000;
 
+/// The latest heartbeat of every client, in memory, for the speed-limit allocator.
+#[derive(Default)]
+pub struct Live {
+    clients: std::sync::Mutex<std::collections::HashMap<String, (i64, Heartbeat)>>,
+}
+
+impl Live {
+    fn update(&self, hb: Heartbeat, now: i64) {
+        let mut c = self.clients.lock().expect("live clients lock");
+        c.insert(hb.id.clone(), (now, hb));
+    }
+
+    /// Online clients of `tenant` that run jobs of `task`; all its online clients when none does.
+    pub fn clients_on(&self, tenant: &str, task: &str) -> usize {
+        let now = now_ms();
+        let c = self.clients.lock().expect("live clients lock");
+        let online: Vec<&Heartbeat> = c
+            .values()
+            .filter(|(seen, hb)| {
+                hb.online && !hb.draining && hb.tenant == tenant && now - seen < OFFLINE_AFTER_MS
+            })
+            .map(|(_, hb)| hb)
+            .collect();
+        let working = online
+            .iter()
+            .filter(|hb| hb.tasks.iter().any(|t| t == task))
+            .count();
+        if working > 0 {
+            working
+        } else {
+            online.len()
+        }
+    }
+}
+
 pub async fn run(
     nats: async_nats::Client,
     store: Store,
+    live: std::sync::Arc<Live>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut sub = nats.subscribe(subjects::HEARTBEAT_ALL).await?;
@@ -38,8 +74,10 @@ pub async fn run(
         if !hb.online {
             info!(client = %hb.id, "client went offline");
         }
-        if let Err(e) = store.upsert_agent(&hb, now_ms()).await {
+        let now = now_ms();
+        if let Err(e) = store.upsert_agent(&hb, now).await {
             warn!(error = %e, "storing a heartbeat failed");
         }
+        live.update(hb, now);
     }
 }

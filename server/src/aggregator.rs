@@ -33,6 +33,8 @@ pub struct Effects {
     pub copied: Vec<(String, u64, u64)>,
     /// (tenant, task, state) of tasks that finished.
     pub finished: Vec<(String, String, TaskState)>,
+    /// Finished jobs for the metrics: (kind, outcome, bytes, files, failed files, retried files).
+    pub jobs: Vec<(&'static str, &'static str, u64, u64, u64, u64)>,
 }
 
 pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -67,6 +69,13 @@ pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Resul
         match apply_batch(store, &msgs).await {
             Ok((outcomes, effects)) => {
                 for (m, o) in msgs.iter().zip(outcomes) {
+                    let label = match o {
+                        Some(Applied::Yes) => "applied",
+                        Some(Applied::Duplicate) => "duplicate",
+                        Some(Applied::Defer) => "deferred",
+                        None => "malformed",
+                    };
+                    metrics::counter!(crate::telemetry::RESULTS, "outcome" => label).increment(1);
                     let kind = match o {
                         Some(Applied::Defer) => AckKind::Nak(Some(Duration::from_millis(500))),
                         None => AckKind::Term,
@@ -103,6 +112,9 @@ async fn after_commit(ctx: &crate::Shared, effects: Effects) {
         if let Err(e) = ctx.store.raise_peak(&task, s.bytes_per_sec as i64).await {
             warn!(task = %task, error = %e, "recording the peak speed failed");
         }
+    }
+    for (kind, outcome, bytes, files, failed, retried) in effects.jobs {
+        crate::telemetry::record_result(kind, outcome, bytes, files, failed, retried);
     }
     for (tenant, task, state) in effects.finished {
         ctx.speed.forget(&task);
@@ -251,6 +263,38 @@ pub async fn apply(
             }
             debug!(job = %r.job, kind = %job.kind, %reason, "job failed");
         }
+    }
+    if r.last {
+        let (outcome, bytes, files, failed, retried) = match &r.body {
+            ResultBody::Copy {
+                files_copied,
+                bytes_copied,
+                failures,
+                retry,
+                ..
+            } => {
+                let outcome = if !failures.is_empty() {
+                    "failed"
+                } else if !retry.is_empty() {
+                    "retried"
+                } else {
+                    "ok"
+                };
+                (
+                    outcome,
+                    *bytes_copied,
+                    *files_copied,
+                    failures.len() as u64,
+                    retry.len() as u64,
+                )
+            }
+            ResultBody::Failed { .. } => ("failed", 0, 0, delta.files_failed as u64, 0),
+            ResultBody::ListPage { .. } => ("ok", 0, 0, 0, 0),
+        };
+        let kind = if job.kind == "list" { "list" } else { "copy" };
+        effects
+            .jobs
+            .push((kind, outcome, bytes, files, failed, retried));
     }
     if let Some(state) = finished_state {
         let state = if matches!(r.body, ResultBody::Failed { .. }) {

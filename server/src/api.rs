@@ -4,7 +4,8 @@
 
 use btp_common::api::{
     verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateTask, Empty, ErrorCode,
-    Health, ListTasks, Report, ReportRequest, TaskInfo, TaskList, TaskRef, TaskState, MAX_PAGE,
+    Health, ListTasks, Report, ReportRequest, SetTask, TaskInfo, TaskList, TaskRef, TaskState,
+    MAX_PAGE,
 };
 use btp_common::wire::{Control, ControlAction};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
@@ -95,6 +96,7 @@ impl Api {
             verbs::TASK_CANCEL => encode(self.cancel(decode_req(payload)).await),
             verbs::TASK_RETRY => encode(self.retry(decode_req(payload)).await),
             verbs::TASK_DELETE => encode(self.delete(decode_req(payload)).await),
+            verbs::TASK_SET => encode(self.set(decode_req(payload)).await),
             verbs::CLIENT_LIST => encode(self.clients(decode_req(payload)).await),
             verbs::CLIENT_GET => encode(self.client(decode_req(payload)).await),
             verbs::CLIENT_DRAIN => encode(self.drain(decode_req(payload)).await),
@@ -244,6 +246,7 @@ impl Api {
             v: btp_common::WIRE_VERSION,
             task: Some(id.clone()),
             client: None,
+            bytes_per_sec: None,
             action: ControlAction::Cancel,
         };
         self.control(&task.info.tenant, &control).await?;
@@ -264,6 +267,18 @@ impl Api {
         let t = self.task_info(&id).await?;
         self.event(&t).await;
         Ok(t)
+    }
+
+    /// Changes the speed limit; the allocator sends new shares within a second.
+    async fn set(&self, req: Result<SetTask, ApiError>) -> Result<TaskInfo, ApiError> {
+        let req = req?;
+        self.ctx
+            .store
+            .set_speed_limit(&req.id, req.speed_limit)
+            .await?;
+        self.ctx.wake_allocator.notify_one();
+        info!(task = %req.id, speed_limit = ?req.speed_limit, "task speed limit set");
+        self.task_info(&req.id).await
     }
 
     async fn delete(&self, req: Result<TaskRef, ApiError>) -> Result<TaskRef, ApiError> {
@@ -375,6 +390,7 @@ impl Api {
             v: btp_common::WIRE_VERSION,
             task: None,
             client: Some(id.clone()),
+            bytes_per_sec: None,
             action: ControlAction::Drain,
         };
         self.control(&c.tenant, &control).await?;

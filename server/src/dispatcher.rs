@@ -66,7 +66,9 @@ async fn dispatch_once(
         }
         let subject = subjects::jobs(&tenant, &task);
         let mut acks = Vec::with_capacity(jobs.len());
-        for (seq, payload) in &jobs {
+        for (seq, payload, kind) in &jobs {
+            let kind = if kind == "list" { "list" } else { "copy" };
+            metrics::counter!(crate::telemetry::JOBS_PUBLISHED, "kind" => kind).increment(1);
             let msg = PublishMessage::build()
                 .payload(payload.clone().into_bytes().into())
                 .message_id(msg_id(&task, *seq, row.epoch));
@@ -75,7 +77,7 @@ async fn dispatch_once(
         for ack in acks {
             ack.await?;
         }
-        let seqs: Vec<i64> = jobs.iter().map(|(s, _)| *s).collect();
+        let seqs: Vec<i64> = jobs.iter().map(|(s, _, _)| *s).collect();
         store.mark_published(&task, &seqs).await?;
         published += seqs.len();
     }

@@ -3,12 +3,14 @@
 
 pub mod agents;
 pub mod aggregator;
+pub mod allocator;
 pub mod api;
 pub mod dispatcher;
 pub mod events;
 pub mod planner;
 pub mod speed;
 pub mod store;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -38,6 +40,10 @@ pub struct Shared {
     pub wake_dispatcher: Arc<Notify>,
     pub dispatch_lock: dispatcher::DispatchLock,
     pub speed: Arc<speed::SpeedTracker>,
+    /// Latest heartbeats, for the speed-limit allocator.
+    pub live: Arc<agents::Live>,
+    /// Wakes the allocator when a limit changed.
+    pub wake_allocator: Arc<Notify>,
 }
 
 /// Runs the server until `cancel` fires or a part fails.
@@ -55,6 +61,8 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         wake_dispatcher: Arc::new(Notify::new()),
         dispatch_lock: dispatcher::DispatchLock::default(),
         speed: Arc::default(),
+        live: Arc::default(),
+        wake_allocator: Arc::new(Notify::new()),
     };
 
     let mut parts = tokio::task::JoinSet::new();
@@ -63,7 +71,14 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         api::Api { ctx: ctx.clone() },
         cancel.clone(),
     ));
-    parts.spawn(agents::run(nats.clone(), ctx.store.clone(), cancel.clone()));
+    parts.spawn(agents::run(
+        nats.clone(),
+        ctx.store.clone(),
+        ctx.live.clone(),
+        cancel.clone(),
+    ));
+    parts.spawn(allocator::run(ctx.clone(), cancel.clone()));
+    parts.spawn(telemetry::run(ctx.clone(), cancel.clone()));
     parts.spawn(dispatcher::run(ctx.clone(), cfg.window, cancel.clone()));
     parts.spawn(aggregator::run(ctx.clone(), cancel.clone()));
 

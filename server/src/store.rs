@@ -366,9 +366,9 @@ impl Store {
         task: &str,
         limit: i64,
         now: i64,
-    ) -> Result<Vec<(i64, String)>, ApiError> {
+    ) -> Result<Vec<(i64, String, String)>, ApiError> {
         let rows = sqlx::query(
-            "SELECT seq, payload FROM jobs WHERE task_id = $1 AND state = $2 AND not_before_ms <= $4 \
+            "SELECT seq, payload, kind FROM jobs WHERE task_id = $1 AND state = $2 AND not_before_ms <= $4 \
              ORDER BY CASE kind WHEN 'list' THEN 0 ELSE 1 END, seq LIMIT $3",
         )
         .bind(task)
@@ -378,7 +378,10 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     pub async fn mark_published(&self, task: &str, seqs: &[i64]) -> Result<(), ApiError> {
@@ -423,6 +426,42 @@ impl Store {
                 .map_err(map_sqlx)?;
         }
         sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    /// Number of tasks in each state.
+    pub async fn task_counts(&self) -> Result<Vec<(String, i64)>, ApiError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Changes a task's speed limit (any state but finished).
+    pub async fn set_speed_limit(&self, id: &str, limit: Option<u64>) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        let task = load_task_tx(&mut tx, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("unknown task id '{id}'")))?;
+        if task.info.state.is_finished() {
+            return Err(ApiError::new(
+                btp_common::api::ErrorCode::FailedPrecondition,
+                format!(
+                    "task {id} cannot be changed: it is {}",
+                    task.info.state.as_str()
+                ),
+            ));
+        }
+        let mut options = task.info.options;
+        options.speed_limit = limit;
+        options.validate()?;
+        sqlx::query("UPDATE tasks SET options = $1 WHERE id = $2")
+            .bind(to_json(&options))
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -634,6 +673,7 @@ pub async fn insert_jobs(
             dst: task.dst.clone(),
             attempt: schedule.attempt,
             max_attempts: task.info.options.max_attempts,
+            speed_share: task.info.options.speed_limit,
             kind,
         };
         sqlx::query(

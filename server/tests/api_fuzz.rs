@@ -19,6 +19,7 @@ const VERBS: &[&str] = &[
     verbs::TASK_CANCEL,
     verbs::TASK_RETRY,
     verbs::TASK_DELETE,
+    verbs::TASK_SET,
     verbs::CLIENT_LIST,
     verbs::CLIENT_GET,
     verbs::CLIENT_DRAIN,
@@ -157,6 +158,8 @@ async fn no_request_panics_the_server_or_stores_anything_unanswered() {
             wake_dispatcher: Arc::default(),
             dispatch_lock: Default::default(),
             speed: Arc::default(),
+            live: Arc::default(),
+            wake_allocator: Arc::default(),
         },
     };
     let cases: usize = std::env::var("BTP_FUZZ_CASES")

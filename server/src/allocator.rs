@@ -1,0 +1,67 @@
+//! The speed-limit allocator: a running task's limit is shared by the clients working on it.
+//! Every second it counts, from heartbeats, the online clients that ran the task's jobs in the
+//! last seconds (all online clients of the tenant while none has yet) and sends each task's
+//! per-client share on `btp.control.<tenant>`. Clients apply it to a token bucket on the byte
+//! stream, so joins, departures and `task.set` take effect within about a second.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use btp_common::subjects;
+use btp_common::wire::{Control, ControlAction};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::Shared;
+
+pub async fn run(ctx: Shared, cancel: CancellationToken) -> anyhow::Result<()> {
+    // Last share sent per task, to log changes and to lift limits that were removed.
+    let mut sent: HashMap<String, Option<u64>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = ctx.wake_allocator.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let running = match ctx.store.running_tasks().await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "allocator cannot read tasks");
+                continue;
+            }
+        };
+        let mut still = HashMap::new();
+        for (id, tenant, _) in running {
+            let Ok(task) = ctx.store.task(&id).await else {
+                continue;
+            };
+            let share = task.info.options.speed_limit.map(|limit| {
+                let n = ctx.live.clients_on(&tenant, &id).max(1);
+                (limit / n as u64).max(1)
+            });
+            if share.is_none() && !matches!(sent.get(&id), Some(Some(_))) {
+                continue;
+            }
+            if sent.get(&id) != Some(&share) {
+                info!(task = %id, share = ?share, "speed limit share");
+            }
+            let control = Control {
+                v: btp_common::WIRE_VERSION,
+                task: Some(id.clone()),
+                client: None,
+                bytes_per_sec: share,
+                action: ControlAction::Limit,
+            };
+            let body = serde_json::to_vec(&control).expect("serializable");
+            if let Err(e) = ctx
+                .nats
+                .publish(subjects::control(&tenant), body.into())
+                .await
+            {
+                debug!(task = %id, error = %e, "sending a speed share failed");
+            }
+            still.insert(id, share);
+        }
+        sent = still;
+    }
+}
