@@ -41,10 +41,11 @@ pub fn task(t: &TaskInfo) {
         kv(
             "Files",
             format!(
-                "{} found{}, {} copied, {} failed, {} retried",
+                "{} found{}, {} copied, {} skipped, {} failed, {} retried",
                 t.files_found,
                 if t.listing_done { "" } else { " so far" },
                 t.files_copied,
+                t.files_skipped,
                 t.files_failed,
                 t.files_retried
             ),
@@ -205,6 +206,7 @@ pub fn report_csv(r: &Report) {
             "files_found",
             "files_copied",
             "files_failed",
+            "files_skipped",
             "files_retried",
             "bytes_found",
             "bytes_copied",
@@ -223,6 +225,7 @@ pub fn report_csv(r: &Report) {
         t.files_found.to_string(),
         t.files_copied.to_string(),
         t.files_failed.to_string(),
+        t.files_skipped.to_string(),
         t.files_retried.to_string(),
         t.bytes_found.to_string(),
         t.bytes_copied.to_string(),

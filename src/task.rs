@@ -50,6 +50,10 @@ pub struct PlanOpts {
     /// Attempts per file before a transient error counts as a failure.
     #[arg(long, default_value_t = TaskOptions::default().max_attempts)]
     pub max_attempts: u32,
+    /// Skip files already at the destination with the same size and a modification time not
+    /// older than the source's (`size-mtime`), or copy everything (`none`).
+    #[arg(long, default_value = "size-mtime", value_parser = ["size-mtime", "none"])]
+    pub compare: String,
     /// Speed limit for the whole task over all clients, e.g. 50MiB/s.
     #[arg(long, value_parser = btp_common::units::parse_rate)]
     pub speed_limit: Option<u64>,
@@ -84,6 +88,7 @@ pub fn create_request(
             list_page_entries: plan.list_page_entries,
             max_attempts: plan.max_attempts,
             speed_limit: plan.speed_limit,
+            compare: btp_common::api::Compare::parse(&plan.compare).unwrap_or_default(),
             ..TaskOptions::default()
         },
         start,
@@ -247,7 +252,7 @@ pub async fn watch(api: &ApiClient, id: &str) -> anyhow::Result<TaskInfo> {
         ticker.tick().await;
         let t: TaskInfo = call(api, verbs::TASK_GET, &TaskRef { id: id.to_string() }).await?;
         bar.set_length(t.bytes_found.max(1));
-        bar.set_position(t.bytes_copied + t.bytes_failed);
+        bar.set_position(t.bytes_copied + t.bytes_failed + t.bytes_skipped);
         let listing = if t.listing_done { "" } else { " (listing)" };
         bar.set_message(format!(
             "files {}/{}{} ({:.0}/s) failed {}",

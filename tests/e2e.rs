@@ -159,6 +159,48 @@ fn one_shot_copy_migrates_the_tree_and_fails_clearly_on_a_missing_source() {
     assert_eq!(report["task"]["bytes_copied"], tree.bytes);
     assert_same_tree(&src, &dst);
 
+    // Re-running the unchanged migration copies 0 bytes and skips every file; a changed file is
+    // the only one copied; `--compare none` copies everything again.
+    let again = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "copy",
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+            "--output",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(btp_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let r = again(&[]);
+    assert_eq!(r["task"]["files_copied"], 0);
+    assert_eq!(r["task"]["bytes_copied"], 0);
+    assert_eq!(r["task"]["files_skipped"], tree.files);
+    assert_eq!(r["task"]["bytes_skipped"], tree.bytes);
+    let changed = walk(&src)
+        .into_iter()
+        .find(|(p, size)| size.is_some() && p.to_string_lossy().contains("file-"))
+        .map(|(p, _)| src.join(p))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&changed, b"changed content").unwrap();
+    let r = again(&[]);
+    assert_eq!(r["task"]["files_copied"], 1);
+    assert_eq!(r["task"]["bytes_copied"], 15);
+    assert_eq!(r["task"]["files_skipped"], tree.files - 1);
+    assert_same_tree(&src, &dst);
+    let r = again(&["--compare", "none"]);
+    assert_eq!(r["task"]["files_copied"], tree.files);
+
     let missing = tmp.path().join("does-not-exist");
     let out = std::process::Command::new(btp_bin())
         .args([

@@ -7,7 +7,9 @@ use opendal::{EntryMode, Operator};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use btp_common::api::Compare;
 use btp_common::wire::{FileEntry, FileFailure, Job, JobKind, JobResult, ResultBody};
+use btp_common::Endpoint;
 
 use crate::errors::JobError;
 
@@ -165,16 +167,24 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     let src = job.src.source_operator()?;
     let dst = job.dst.operator()?;
     let (mut files_copied, mut bytes_copied) = (0u64, 0u64);
+    let (mut files_skipped, mut bytes_skipped) = (0u64, 0u64);
     let (mut failures, mut retry) = (Vec::new(), Vec::new());
     for f in files {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
+        }
+        if job.compare == Compare::SizeMtime && up_to_date(&dst, f).await {
+            files_skipped += 1;
+            bytes_skipped += f.size;
+            metrics::counter!(crate::telemetry::FILES_SKIPPED).increment(1);
+            continue;
         }
         match copy_file(&src, &dst, f, ctx).await {
             Ok(n) => {
                 files_copied += 1;
                 bytes_copied += n;
                 metrics::counter!(crate::telemetry::FILES_COPIED).increment(1);
+                keep_mtime(&job.dst, f);
             }
             Err(JobError::Cancelled) => return Err(JobError::Cancelled),
             Err(e) => {
@@ -198,11 +208,50 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     let body = ResultBody::Copy {
         files_copied,
         bytes_copied,
+        files_skipped,
+        bytes_skipped,
         failures,
         retry,
         retry_after_ms: ctx.retry_after.as_millis() as u64,
     };
     ctx.sink.send(job, 0, true, body).await
+}
+
+/// True when the destination already holds this file: same size and not older than the source.
+async fn up_to_date(dst: &Operator, f: &FileEntry) -> bool {
+    let Ok(meta) = dst.stat(&f.path).await else {
+        return false;
+    };
+    if !meta.is_file() || meta.content_length() != f.size {
+        return false;
+    }
+    match (f.mtime_ms, meta.last_modified()) {
+        (Some(src_ms), Some(dst_time)) => {
+            let dst_ms = std::time::SystemTime::from(dst_time)
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            dst_ms >= src_ms
+        }
+        _ => false,
+    }
+}
+
+/// Gives a copy on a file system the source's modification time, so that an unchanged file
+/// matches on the next run. Best effort: a failure only costs a re-copy later.
+fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
+    let (Some(root), Some(ms)) = (dst.local_root(), f.mtime_ms) else {
+        return;
+    };
+    let path = std::path::Path::new(root).join(&f.path);
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    if let Err(e) = std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.set_modified(time))
+    {
+        debug!(path = %path.display(), error = %e, "keeping the modification time failed");
+    }
 }
 
 /// Faults injected through the environment, for the fault tests: as root, permissions cannot

@@ -4,6 +4,7 @@
 pub const BYTES_COPIED: &str = "btp_client_bytes_copied_total";
 pub const FILES_COPIED: &str = "btp_client_files_copied_total";
 pub const FILES_FAILED: &str = "btp_client_files_failed_total";
+pub const FILES_SKIPPED: &str = "btp_client_files_skipped_total";
 pub const JOBS: &str = "btp_client_jobs_total";
 pub const JOB_DURATION: &str = "btp_client_job_duration_seconds";
 pub const WORKERS: &str = "btp_client_workers";
@@ -39,6 +40,10 @@ pub fn describe() {
         "Bytes written to destinations by this client."
     );
     describe_counter!(FILES_COPIED, "Files copied completely by this client.");
+    describe_counter!(
+        FILES_SKIPPED,
+        "Files already identical at the destination, not copied."
+    );
     describe_counter!(
         FILES_FAILED,
         "Files this client reported as failed (permanent or out of attempts)."

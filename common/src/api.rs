@@ -89,6 +89,28 @@ impl<T> From<Result<T, ApiError>> for ApiResponse<T> {
     }
 }
 
+/// When a file already at the destination is skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compare {
+    /// Skip when the destination has the same size and is not older than the source
+    /// (copies to file systems keep the source's modification time, so re-runs match).
+    #[default]
+    SizeMtime,
+    /// Copy every file.
+    None,
+}
+
+impl Compare {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "size-mtime" => Some(Compare::SizeMtime),
+            "none" => Some(Compare::None),
+            _ => None,
+        }
+    }
+}
+
 /// Highest per-task attempt limit; the jobs consumer's MaxDeliver stays above it as a backstop.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 50;
 
@@ -108,6 +130,8 @@ pub struct TaskOptions {
     pub max_attempts: u32,
     /// Most bytes per second for the whole task, over all clients (None: unlimited).
     pub speed_limit: Option<u64>,
+    /// Incremental copy: when a file already at the destination is skipped.
+    pub compare: Compare,
 }
 
 impl Default for TaskOptions {
@@ -119,6 +143,7 @@ impl Default for TaskOptions {
             list_page_bytes: 256 << 10,
             max_attempts: 10,
             speed_limit: None,
+            compare: Compare::SizeMtime,
         }
     }
 }
@@ -230,6 +255,9 @@ pub struct TaskInfo {
     pub bytes_found: u64,
     pub files_copied: u64,
     pub bytes_copied: u64,
+    /// Files already identical at the destination, not copied.
+    pub files_skipped: u64,
+    pub bytes_skipped: u64,
     pub files_failed: u64,
     pub bytes_failed: u64,
     /// Times a file was scheduled again after a transient error.

@@ -21,6 +21,9 @@ pub struct Job {
     /// The task's limit: at attempt `max_attempts` transient errors become failures.
     #[serde(default = "ten")]
     pub max_attempts: u32,
+    /// How to decide that a file already at the destination needs no copy.
+    #[serde(default)]
+    pub compare: crate::api::Compare,
     /// This client's share of the task's speed limit when the job was published (bytes/s);
     /// `Limit` control messages update it while the task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +112,11 @@ pub enum ResultBody {
     Copy {
         files_copied: u64,
         bytes_copied: u64,
+        /// Files already identical at the destination (see `Compare`).
+        #[serde(default)]
+        files_skipped: u64,
+        #[serde(default)]
+        bytes_skipped: u64,
         failures: Vec<FileFailure>,
         /// Files that failed transiently: the server schedules them again after `retry_after_ms`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -240,6 +248,7 @@ mod tests {
             attempt: 1,
             max_attempts: 3,
             speed_share: None,
+            compare: Default::default(),
             kind: JobKind::Copy {
                 files: vec![FileEntry {
                     path: "x y#%?.txt".into(),

@@ -15,6 +15,8 @@ CREATE TABLE tasks (
     bytes_found   BIGINT NOT NULL DEFAULT 0,
     files_copied  BIGINT NOT NULL DEFAULT 0,
     bytes_copied  BIGINT NOT NULL DEFAULT 0,
+    files_skipped BIGINT NOT NULL DEFAULT 0,
+    bytes_skipped BIGINT NOT NULL DEFAULT 0,
     files_failed  BIGINT NOT NULL DEFAULT 0,
     bytes_failed  BIGINT NOT NULL DEFAULT 0,
     dirs_failed   BIGINT NOT NULL DEFAULT 0,

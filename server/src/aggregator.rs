@@ -33,8 +33,8 @@ pub struct Effects {
     pub copied: Vec<(String, u64, u64)>,
     /// (tenant, task, state) of tasks that finished.
     pub finished: Vec<(String, String, TaskState)>,
-    /// Finished jobs for the metrics: (kind, outcome, bytes, files, failed files, retried files).
-    pub jobs: Vec<(&'static str, &'static str, u64, u64, u64, u64)>,
+    /// Finished jobs for the metrics: kind, outcome and what they counted.
+    pub jobs: Vec<(&'static str, &'static str, crate::telemetry::ResultCounts)>,
 }
 
 pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -113,8 +113,8 @@ async fn after_commit(ctx: &crate::Shared, effects: Effects) {
             warn!(task = %task, error = %e, "recording the peak speed failed");
         }
     }
-    for (kind, outcome, bytes, files, failed, retried) in effects.jobs {
-        crate::telemetry::record_result(kind, outcome, bytes, files, failed, retried);
+    for (kind, outcome, counts) in effects.jobs {
+        crate::telemetry::record_result(kind, outcome, &counts);
     }
     for (tenant, task, state) in effects.finished {
         ctx.speed.forget(&task);
@@ -201,12 +201,16 @@ pub async fn apply(
         ResultBody::Copy {
             files_copied,
             bytes_copied,
+            files_skipped,
+            bytes_skipped,
             failures,
             retry,
             retry_after_ms,
         } => {
             delta.files_copied = *files_copied as i64;
             delta.bytes_copied = *bytes_copied as i64;
+            delta.files_skipped = *files_skipped as i64;
+            delta.bytes_skipped = *bytes_skipped as i64;
             effects
                 .copied
                 .push((task_id.to_string(), *bytes_copied, *files_copied));
@@ -265,10 +269,12 @@ pub async fn apply(
         }
     }
     if r.last {
-        let (outcome, bytes, files, failed, retried) = match &r.body {
+        use crate::telemetry::ResultCounts;
+        let (outcome, counts) = match &r.body {
             ResultBody::Copy {
                 files_copied,
                 bytes_copied,
+                files_skipped,
                 failures,
                 retry,
                 ..
@@ -280,21 +286,26 @@ pub async fn apply(
                 } else {
                     "ok"
                 };
-                (
-                    outcome,
-                    *bytes_copied,
-                    *files_copied,
-                    failures.len() as u64,
-                    retry.len() as u64,
-                )
+                let counts = ResultCounts {
+                    bytes: *bytes_copied,
+                    files: *files_copied,
+                    skipped: *files_skipped,
+                    failed: failures.len() as u64,
+                    retried: retry.len() as u64,
+                };
+                (outcome, counts)
             }
-            ResultBody::Failed { .. } => ("failed", 0, 0, delta.files_failed as u64, 0),
-            ResultBody::ListPage { .. } => ("ok", 0, 0, 0, 0),
+            ResultBody::Failed { .. } => (
+                "failed",
+                ResultCounts {
+                    failed: delta.files_failed as u64,
+                    ..Default::default()
+                },
+            ),
+            ResultBody::ListPage { .. } => ("ok", ResultCounts::default()),
         };
         let kind = if job.kind == "list" { "list" } else { "copy" };
-        effects
-            .jobs
-            .push((kind, outcome, bytes, files, failed, retried));
+        effects.jobs.push((kind, outcome, counts));
     }
     if let Some(state) = finished_state {
         let state = if matches!(r.body, ResultBody::Failed { .. }) {

@@ -129,7 +129,7 @@ impl Api {
         if t.listing_done && s.bytes_per_sec > 0.0 {
             let left = t
                 .bytes_found
-                .saturating_sub(t.bytes_copied + t.bytes_failed);
+                .saturating_sub(t.bytes_copied + t.bytes_failed + t.bytes_skipped);
             t.eta_secs = Some((left as f64 / s.bytes_per_sec).ceil() as u64);
         }
     }
@@ -173,6 +173,8 @@ impl Api {
             bytes_found: 0,
             files_copied: 0,
             bytes_copied: 0,
+            files_skipped: 0,
+            bytes_skipped: 0,
             files_failed: 0,
             bytes_failed: 0,
             files_retried: 0,

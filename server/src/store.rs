@@ -591,7 +591,8 @@ impl Store {
 const TASK_COLUMNS: &str =
     "id, tenant, state, src, dst, options, created_ms, started_ms, finished_ms, \
     files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
-    lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch, peak_bps";
+    lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch, peak_bps, \
+    files_skipped, bytes_skipped";
 
 fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
@@ -614,6 +615,8 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
         bytes_found: n(10),
         files_copied: n(11),
         bytes_copied: n(12),
+        files_skipped: n(22),
+        bytes_skipped: n(23),
         files_failed: n(13),
         bytes_failed: n(14),
         listing_done: n(15) > 0 && n(15) == n(16),
@@ -674,6 +677,7 @@ pub async fn insert_jobs(
             attempt: schedule.attempt,
             max_attempts: task.info.options.max_attempts,
             speed_share: task.info.options.speed_limit,
+            compare: task.info.options.compare,
             kind,
         };
         sqlx::query(
@@ -750,6 +754,8 @@ pub struct TaskDelta {
     pub jobs_total: i64,
     pub jobs_done: i64,
     pub files_retried: i64,
+    pub files_skipped: i64,
+    pub bytes_skipped: i64,
 }
 
 pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Result<(), ApiError> {
@@ -759,7 +765,8 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
          files_failed = files_failed + $5, bytes_failed = bytes_failed + $6, dirs_failed = dirs_failed + $7, \
          lists_total = lists_total + $8, lists_done = lists_done + $9, \
          jobs_total = jobs_total + $10, jobs_done = jobs_done + $11, \
-         files_retried = files_retried + $13 WHERE id = $12",
+         files_retried = files_retried + $13, files_skipped = files_skipped + $14, \
+         bytes_skipped = bytes_skipped + $15 WHERE id = $12",
     )
     .bind(d.files_found)
     .bind(d.bytes_found)
@@ -774,6 +781,8 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
     .bind(d.jobs_done)
     .bind(task)
     .bind(d.files_retried)
+    .bind(d.files_skipped)
+    .bind(d.bytes_skipped)
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;

@@ -18,6 +18,7 @@ pub const BYTES_COPIED: &str = "btp_server_bytes_copied_total";
 pub const FILES_COPIED: &str = "btp_server_files_copied_total";
 pub const FILES_FAILED: &str = "btp_server_files_failed_total";
 pub const FILES_RETRIED: &str = "btp_server_files_retried_total";
+pub const FILES_SKIPPED: &str = "btp_server_files_skipped_total";
 pub const JOBS: &str = "btp_server_jobs_total";
 pub const JOBS_PUBLISHED: &str = "btp_server_jobs_published_total";
 pub const RESULTS: &str = "btp_server_results_total";
@@ -32,6 +33,10 @@ pub const WORKERS_ACTIVE: &str = "btp_server_workers_active";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!(
+        FILES_SKIPPED,
+        "Files already identical at the destination, not copied."
+    );
     describe_counter!(
         BYTES_COPIED,
         Unit::Bytes,
@@ -96,19 +101,23 @@ const STATES: [TaskState; 6] = [
 ];
 
 /// Counts what an applied result did (called once per applied result).
-pub fn record_result(
-    kind: &str,
-    outcome: &'static str,
-    bytes: u64,
-    files: u64,
-    failed: u64,
-    retried: u64,
-) {
+pub fn record_result(kind: &str, outcome: &'static str, r: &ResultCounts) {
     counter!(JOBS, "kind" => kind.to_string(), "outcome" => outcome).increment(1);
-    counter!(BYTES_COPIED).increment(bytes);
-    counter!(FILES_COPIED).increment(files);
-    counter!(FILES_FAILED).increment(failed);
-    counter!(FILES_RETRIED).increment(retried);
+    counter!(BYTES_COPIED).increment(r.bytes);
+    counter!(FILES_COPIED).increment(r.files);
+    counter!(FILES_SKIPPED).increment(r.skipped);
+    counter!(FILES_FAILED).increment(r.failed);
+    counter!(FILES_RETRIED).increment(r.retried);
+}
+
+/// What one applied result counted.
+#[derive(Default, Clone, Copy)]
+pub struct ResultCounts {
+    pub bytes: u64,
+    pub files: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub retried: u64,
 }
 
 /// Refreshes the gauges every 2 s: tasks by state, live task speed and queue depth, clients.
@@ -154,7 +163,7 @@ async fn refresh(ctx: &Shared) -> anyhow::Result<()> {
         let labels = [("tenant", tenant.clone()), ("task", id.clone())];
         gauge!(TASK_SPEED_BYTES, &labels).set(s.bytes_per_sec);
         gauge!(TASK_SPEED_FILES, &labels).set(s.files_per_sec);
-        let done = (t.bytes_copied + t.bytes_failed) as f64;
+        let done = (t.bytes_copied + t.bytes_failed + t.bytes_skipped) as f64;
         let ratio = if t.bytes_found > 0 {
             done / t.bytes_found as f64
         } else {

@@ -80,6 +80,8 @@ fn info(id: &str, opts: TaskOptions) -> TaskInfo {
         bytes_found: 0,
         files_copied: 0,
         bytes_copied: 0,
+        files_skipped: 0,
+        bytes_skipped: 0,
         files_failed: 0,
         bytes_failed: 0,
         files_retried: 0,
@@ -137,6 +139,8 @@ fn copy_ok(n: u64, bytes: u64) -> ResultBody {
     ResultBody::Copy {
         files_copied: n,
         bytes_copied: bytes,
+        files_skipped: 0,
+        bytes_skipped: 0,
         failures: vec![],
         retry: vec![],
         retry_after_ms: 0,
@@ -246,6 +250,8 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
         };
         let body = ResultBody::Copy {
             files_copied: 1,
+            files_skipped: 0,
+            bytes_skipped: 0,
             bytes_copied: 7,
             failures: vec![failure("f001"), failure("f002")],
             retry: vec![],
@@ -312,6 +318,8 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
         }];
         let body = ResultBody::Copy {
             files_copied: 1,
+            files_skipped: 0,
+            bytes_skipped: 0,
             bytes_copied: 3,
             failures: vec![],
             retry,

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# BeyondTP against rclone and cp on the same data, in the same run: times (median of RUNS),
+# MiB/s, files/s, ratios, and peak RSS of every process. Writes BENCHMARKS.md.
+#
+# Parameters (environment):
+#   BENCH_DIR     where data sets live (default /dev/shm/btp-bench: tmpfs, so runs measure CPU
+#                 cost and repeat within a few percent; a disk directory measures the disk)
+#   SMALL_FILES   files of data set (a) (default 20000), SMALL_SIZE bytes each (default 4096)
+#   BIG_FILES     files of data set (b) (default 8), BIG_MIB MiB each (default 256)
+#   RUNS          runs per tool and data set (default 3); WORKERS concurrency (default 8)
+#   SCALE_FILES   empty files for the scale run (default 0: skipped; the issue's figure is 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib.sh
+
+BENCH_DIR=${BENCH_DIR:-/dev/shm/btp-bench}
+SMALL_FILES=${SMALL_FILES:-20000}
+SMALL_SIZE=${SMALL_SIZE:-4096}
+BIG_FILES=${BIG_FILES:-8}
+BIG_MIB=${BIG_MIB:-256}
+RUNS=${RUNS:-3}
+WORKERS=${WORKERS:-8}
+SCALE_FILES=${SCALE_FILES:-0}
+OUT=${BENCH_OUT:-BENCHMARKS.md}
+
+ensure_rust
+ensure_nats_server
+command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
+[ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
+
+log "building btp (release)"
+cargo build --release --locked --bin btp
+BTP="$PWD/target/release/btp"
+NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+
+rm -rf "$BENCH_DIR"
+mkdir -p "$BENCH_DIR"
+RESULTS="$BENCH_DIR/results.tsv"
+: > "$RESULTS"
+
+gen_small() { # dir count size
+    local dir=$1 count=$2 size=$3
+    mkdir -p "$dir"
+    python3 - "$dir" "$count" "$size" <<'PY'
+import os, sys
+root, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+block = os.urandom(size)
+for i in range(count):
+    d = os.path.join(root, f"d{i % 20:02}", f"s{(i // 20) % 10}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:07}.bin"), "wb") as f:
+        f.write(block[i % 97:] + block[:i % 97])
+PY
+}
+
+gen_big() { # dir count mib
+    mkdir -p "$1"
+    for i in $(seq 1 "$2"); do head -c $(( $3 * 1024 * 1024 )) /dev/urandom > "$1/big-$i.bin"; done
+}
+
+log "generating data sets in $BENCH_DIR"
+gen_small "$BENCH_DIR/small" "$SMALL_FILES" "$SMALL_SIZE"
+gen_big "$BENCH_DIR/big" "$BIG_FILES" "$BIG_MIB"
+gen_small "$BENCH_DIR/mix/small" $(( SMALL_FILES / 2 )) "$SMALL_SIZE"
+gen_big "$BENCH_DIR/mix/big" $(( BIG_FILES / 2 > 0 ? BIG_FILES / 2 : 1 )) "$BIG_MIB"
+
+now() { date +%s.%N; }
+
+# Runs a command under GNU time; prints "seconds peak_rss_kib".
+timed() {
+    local t0 t1 rss
+    t0=$(now)
+    /usr/bin/time -f "%M" -o "$BENCH_DIR/time.out" "$@" > "$BENCH_DIR/cmd.out" 2> "$BENCH_DIR/cmd.err" || {
+        cat "$BENCH_DIR/cmd.err" >&2; return 1; }
+    t1=$(now)
+    rss=$(tail -n 1 "$BENCH_DIR/time.out")
+    echo "$(echo "$t1 - $t0" | bc -l) $rss"
+}
+
+vmhwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# A cluster: nats-server, server, two client processes of WORKERS/2 workers each.
+cluster_start() {
+    local dir=$BENCH_DIR/cluster
+    rm -rf "$dir"; mkdir -p "$dir"
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$NATS" -a 127.0.0.1 -p "$PORT" -js -sd "$dir/nats" > "$dir/nats.log" 2>&1 &
+    NATS_PID=$!
+    export BTP_NATS_URL="nats://127.0.0.1:$PORT"
+    for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+    "$BTP" server run --data-dir "$dir/server" > "$dir/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do "$BTP" task list > /dev/null 2>&1 && break; sleep 0.1; done
+    local half=$(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 ))
+    "$BTP" client run --id bench-1 --workers "$half" > "$dir/c1.log" 2>&1 &
+    C1_PID=$!
+    "$BTP" client run --id bench-2 --workers "$half" > "$dir/c2.log" 2>&1 &
+    C2_PID=$!
+    for _ in $(seq 1 100); do
+        [ "$("$BTP" client list -o json | grep -c '"online": true')" -ge 2 ] && break
+        sleep 0.1
+    done
+}
+
+cluster_stop() {
+    kill -TERM "$C1_PID" "$C2_PID" "$SERVER_PID" 2>/dev/null || true
+    wait "$C1_PID" "$C2_PID" "$SERVER_PID" 2>/dev/null || true
+    kill -TERM "$NATS_PID" 2>/dev/null || true
+    wait "$NATS_PID" 2>/dev/null || true
+}
+
+# One cluster run: prints "seconds server_rss client_rss" (duration from the task's report).
+cluster_run() {
+    local src=$1 dst=$2 id state
+    id=$("$BTP" task create --src "$src" --dst "$dst" --start -o json | sed -n 's/^  "id": "\(.*\)",$/\1/p')
+    while :; do
+        state=$("$BTP" task get "$id" -o json | sed -n 's/^  "state": "\(.*\)",$/\1/p')
+        case $state in completed) break ;; failed|cancelled) echo "task $id $state" >&2; return 1 ;; esac
+        sleep 0.05
+    done
+    local ms
+    ms=$("$BTP" task report "$id" -o json | sed -n 's/^  "duration_ms": \([0-9]*\),$/\1/p')
+    echo "$(echo "$ms / 1000" | bc -l) $(vmhwm "$SERVER_PID") $(( $(vmhwm "$C1_PID") > $(vmhwm "$C2_PID") ? $(vmhwm "$C1_PID") : $(vmhwm "$C2_PID") ))"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+bench_set() { # name
+    local name=$1 src=$BENCH_DIR/$1 dst=$BENCH_DIR/dst files bytes
+    files=$(find "$src" -type f | wc -l)
+    bytes=$(du -sb --apparent-size "$src" | cut -f1)
+    for tool in cp rclone btp-copy btp-cluster; do
+        local times=() rss=0 rss2=0 line
+        [ "$tool" = btp-cluster ] && cluster_start
+        for run in $(seq 1 "$RUNS"); do
+            rm -rf "$dst"; sync
+            case $tool in
+                cp) line=$(timed cp -r "$src" "$dst") ;;
+                rclone) line=$(timed rclone copy --transfers "$WORKERS" --checkers "$WORKERS" "$src" "$dst") ;;
+                btp-copy) line=$(timed "$BTP" copy "$src" "$dst" --workers "$WORKERS") ;;
+                btp-cluster) line=$(cluster_run "$src" "$dst") ;;
+            esac
+            diff -rq "$src" "$dst" > /dev/null || { log "$tool: destination differs from $src"; exit 1; }
+            set -- $line
+            times+=("$1")
+            [ "${2:-0}" -gt "$rss" ] && rss=$2
+            [ "${3:-0}" -gt "$rss2" ] && rss2=$3
+            log "$name $tool run $run: $1 s"
+        done
+        [ "$tool" = btp-cluster ] && cluster_stop
+        local med
+        med=$(printf '%s\n' "${times[@]}" | median)
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tool" "$med" "$files" "$bytes" "$rss" "$rss2" >> "$RESULTS"
+    done
+    rm -rf "$dst"
+}
+
+for set in small big mix; do bench_set "$set"; done
+
+SCALE=""
+if [ "$SCALE_FILES" -gt 0 ]; then
+    log "scale run: $SCALE_FILES empty files"
+    gen_small "$BENCH_DIR/scale" "$SCALE_FILES" 0
+    cluster_start
+    line=$(cluster_run "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst")
+    cluster_stop
+    set -- $line
+    SCALE="| $SCALE_FILES empty files, cluster of 2 clients | $(printf '%.1f' "$1") s | $(printf '%.0f' "$(echo "$SCALE_FILES / $1" | bc -l)") files/s | server $(( $2 / 1024 )) MiB | client $(( $3 / 1024 )) MiB |"
+    rm -rf "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst"
+fi
+
+python3 - "$RESULTS" "$OUT" "$BENCH_DIR" "$WORKERS" "$RUNS" "$SCALE" <<'PY'
+import sys, platform, subprocess, datetime
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+out, where, workers, runs, scale = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+by = {}
+for name, tool, sec, files, size, rss, rss2 in rows:
+    by.setdefault(name, {})[tool] = (float(sec), int(files), int(size), int(rss), int(rss2))
+def ver(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
+    except Exception:
+        return "?"
+lines = ["# Benchmarks", "",
+         f"Measured by `deploy/bench.sh` on {datetime.date.today()} ({platform.machine()}, "
+         f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores), data in `{where}`, "
+         f"median of {runs} runs, concurrency {workers} (rclone `--transfers {workers} --checkers {workers}`; "
+         f"the cluster runs 2 clients of {int(workers)//2 or 1} workers). {ver(['rclone', 'version'])}.", "",
+         "`btp copy` includes starting and stopping its private cluster (nats-server, server, client); "
+         "`btp cluster` is the time from task start to completion in the task's report, with the cluster already running. "
+         "Peak RSS: of the process (for the cluster: server, and the larger client).", "",
+         "| data set | tool | time | MiB/s | files/s | vs rclone | vs cp | peak RSS |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+for name, tools in by.items():
+    cp, rc = tools.get("cp"), tools.get("rclone")
+    for tool, (sec, files, size, rss, rss2) in tools.items():
+        mibs = size / 1048576 / sec
+        fps = files / sec
+        vs_rc = f"{rc[0] / sec:.2f}x" if rc else "-"
+        vs_cp = f"{cp[0] / sec:.2f}x" if cp else "-"
+        mem = f"server {rss // 1024} MiB, client {rss2 // 1024} MiB" if tool == "btp-cluster" else f"{rss // 1024} MiB"
+        label = {"small": f"(a) {files} small files", "big": f"(b) {files} large files", "mix": f"(c) mix, {files} files"}[name]
+        lines.append(f"| {label} | {tool} | {sec:.2f} s | {mibs:.1f} | {fps:.0f} | {vs_rc} | {vs_cp} | {mem} |")
+lines += ["", "Ratios are speed ratios (time of the other tool / time of this one): above 1 is faster.", ""]
+if scale:
+    lines += ["## Scale", "", "| run | time | rate | peak RSS | |", "| --- | --- | --- | --- | --- |", scale, ""]
+open(out, "w").write("\n".join(lines))
+print("\n".join(lines))
+PY
+log "wrote $OUT"
