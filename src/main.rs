@@ -266,6 +266,8 @@ pub struct CopyArgs {
     #[command(flatten)]
     pub client: ClientOpts,
     #[command(flatten)]
+    pub endpoints: task::EndpointOpts,
+    #[command(flatten)]
     pub plan: task::PlanOpts,
     #[command(flatten)]
     pub output: OutputOpts,

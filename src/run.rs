@@ -201,7 +201,7 @@ pub async fn standalone(a: StandaloneArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
-    let req = crate::task::create_request(&a.src, &a.dst, &a.plan, true)?;
+    let req = crate::task::create_request(&a.src, &a.dst, &a.endpoints, &a.plan, true)?;
     let tmp = tempfile::Builder::new()
         .prefix("btp-copy-")
         .tempdir()

@@ -30,9 +30,33 @@ pub struct CreateArgs {
     #[arg(long)]
     pub start: bool,
     #[command(flatten)]
+    pub endpoints: EndpointOpts,
+    #[command(flatten)]
     pub plan: PlanOpts,
     #[command(flatten)]
     pub output: OutputOpts,
+}
+
+/// Options of the endpoints: `--src-opt endpoint=http://... --src-opt region=...` (S3).
+#[derive(Args, Clone, Default)]
+pub struct EndpointOpts {
+    /// An option of the source endpoint, KEY=VALUE (S3: endpoint, region, access_key_id,
+    /// secret_access_key, session_token, virtual_host); repeatable.
+    #[arg(long = "src-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub src_opts: Vec<(String, String)>,
+    /// An option of the destination endpoint, KEY=VALUE; repeatable.
+    #[arg(long = "dst-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub dst_opts: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| {
+        format!(
+            "expected KEY=VALUE, got '{}'",
+            s.split('=').next().unwrap_or("")
+        )
+    })?;
+    Ok((k.trim().to_string(), v.to_string()))
 }
 
 /// How the task is split into jobs.
@@ -75,6 +99,7 @@ fn endpoint_arg(s: &str) -> anyhow::Result<String> {
 pub fn create_request(
     src: &str,
     dst: &str,
+    endpoints: &EndpointOpts,
     plan: &PlanOpts,
     start: bool,
 ) -> anyhow::Result<CreateTask> {
@@ -82,6 +107,8 @@ pub fn create_request(
     Ok(CreateTask {
         src: endpoint_arg(src)?,
         dst: endpoint_arg(dst)?,
+        src_options: endpoints.src_opts.iter().cloned().collect(),
+        dst_options: endpoints.dst_opts.iter().cloned().collect(),
         options: TaskOptions {
             batch_files: plan.batch_files,
             batch_bytes,
@@ -115,7 +142,7 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
     let api = ApiClient::connect(url).await?;
     match cmd {
         TaskCommand::Create(a) => {
-            let req = create_request(&a.src, &a.dst, &a.plan, a.start)?;
+            let req = create_request(&a.src, &a.dst, &a.endpoints, &a.plan, a.start)?;
             let t: TaskInfo = call(&api, verbs::TASK_CREATE, &req).await?;
             print(a.output.output, &t, output::task);
         }

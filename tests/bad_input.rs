@@ -36,8 +36,8 @@ fn bad_input_names_the_problem_exits_non_zero_and_stores_no_task() {
             "unsupported endpoint scheme 'gopher'",
         ),
         (
-            vec!["task", "create", "--src", s, "--dst", "s3://bucket/x"],
-            "unsupported endpoint scheme 's3'",
+            vec!["task", "create", "--src", s, "--dst", "ftp://host/x"],
+            "unsupported endpoint scheme 'ftp'",
         ),
         (
             vec![

@@ -66,6 +66,8 @@ pub struct JobContext<'a> {
     pub attempt: u32,
     /// Delay before files that failed transiently are tried again.
     pub retry_after: std::time::Duration,
+    /// The destination is an object store: large files go up as parallel multipart uploads.
+    pub multipart: bool,
     /// The client-wide speed limit, if any.
     pub limiter: Option<&'a crate::limiter::RateLimiter>,
     /// This client's share of the task's speed limit, if any.
@@ -153,7 +155,7 @@ async fn list(
             bytes = 0;
         }
     }
-    if total == 0 && !dir.is_empty() {
+    if total == 0 && !dir.is_empty() && job.dst.is_local() {
         // An empty directory is part of the tree too.
         job.dst.operator()?.create_dir(dir).await?;
     }
@@ -217,6 +219,14 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     ctx.sink.send(job, 0, true, body).await
 }
 
+/// Smallest part of a multipart upload (S3 refuses smaller ones but the last).
+pub const MIN_PART: u64 = 8 << 20;
+
+/// Part size for a file of `size` bytes: at least 8 MiB, and large enough for 9,000 parts.
+pub fn part_size(size: u64) -> usize {
+    MIN_PART.max(size.div_ceil(9_000)) as usize
+}
+
 /// True when the destination already holds this file: same size and not older than the source.
 async fn up_to_date(dst: &Operator, f: &FileEntry) -> bool {
     let Ok(meta) = dst.stat(&f.path).await else {
@@ -231,7 +241,8 @@ async fn up_to_date(dst: &Operator, f: &FileEntry) -> bool {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
-            dst_ms >= src_ms
+            // Object stores keep whole seconds: compare at that precision.
+            dst_ms.div_euclid(1000) >= src_ms.div_euclid(1000)
         }
         _ => false,
     }
@@ -309,7 +320,16 @@ async fn copy_file(
             .set_temporary();
         return Err(e.into());
     }
-    let mut writer = dst.writer_with(&f.path).await?;
+    let mut writer = if ctx.multipart {
+        // Object stores: parallel multipart upload, parts sized so no file needs more than
+        // 9,000 of the 10,000 parts S3 allows.
+        dst.writer_with(&f.path)
+            .chunk(part_size(f.size))
+            .concurrent(4)
+            .await?
+    } else {
+        dst.writer_with(&f.path).await?
+    };
     let mut written = 0u64;
     let result: Result<(), JobError> = async {
         while let Some(chunk) = stream.try_next().await? {

@@ -233,7 +233,13 @@ pub async fn run(
             tokio::spawn(async move {
                 let busy = stats.busy.fetch_add(1, Ordering::Relaxed) + 1;
                 metrics::gauge!(telemetry::WORKERS_BUSY).set(busy as f64);
-                run_job(&cfg, js, msg, &tokens, limiter).await;
+                // A panic in a job must not take the worker's bookkeeping with it; the message
+                // is redelivered after the ack wait.
+                let job =
+                    tokio::spawn(async move { run_job(&cfg, js, msg, &tokens, limiter).await });
+                if let Err(e) = job.await {
+                    tracing::error!(error = %e, "a job panicked; it will be redelivered");
+                }
                 let busy = stats.busy.fetch_sub(1, Ordering::Relaxed) - 1;
                 metrics::gauge!(telemetry::WORKERS_BUSY).set(busy as f64);
                 stats.jobs_done.fetch_add(1, Ordering::Relaxed);
@@ -305,6 +311,7 @@ async fn run_job(
         last_attempt,
         attempt,
         retry_after,
+        multipart: !job.dst.is_local(),
         limiter: limiter.as_deref(),
         task_limiter: task_limiter.as_deref(),
     };

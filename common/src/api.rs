@@ -181,6 +181,11 @@ impl TaskOptions {
 pub struct CreateTask {
     pub src: String,
     pub dst: String,
+    /// Options of the source endpoint (S3: endpoint, region, credentials).
+    #[serde(default)]
+    pub src_options: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub dst_options: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub options: TaskOptions,
     /// Start the task right away.

@@ -11,13 +11,47 @@ use opendal::Operator;
 use serde::{Deserialize, Serialize};
 
 /// Schemes this build understands.
-pub const SUPPORTED_SCHEMES: &str = "fs";
+pub const SUPPORTED_SCHEMES: &str = "fs, s3";
+
+/// Options an `s3://` endpoint takes (`--src-opt` / `--dst-opt KEY=VALUE`).
+pub const S3_OPTIONS: &str =
+    "endpoint, region, access_key_id, secret_access_key, session_token, virtual_host";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Endpoint {
     /// A directory of a local (or mounted) file system; `root` is absolute and normalized.
     Fs { root: String },
+    /// A bucket (and prefix) of an S3-compatible object store. Credentials missing here are
+    /// taken from the standard AWS environment variables of the client that runs the job.
+    S3 {
+        bucket: String,
+        /// Prefix inside the bucket without leading or trailing `/`; empty for the whole bucket.
+        prefix: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        access_key_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_access_key: Option<Secret>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_token: Option<Secret>,
+        #[serde(default)]
+        virtual_host: bool,
+    },
+}
+
+/// A credential: serialized as is (jobs need it), never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,14 +62,42 @@ pub enum EndpointError {
     NotAbsolute(String),
     #[error("endpoint is empty")]
     Empty,
+    #[error("'{url}' names no bucket (use s3://bucket/prefix)")]
+    NoBucket { url: String },
+    #[error("unknown option '{key}' for {scheme} endpoints (known: {known})")]
+    UnknownOption {
+        key: String,
+        scheme: &'static str,
+        known: &'static str,
+    },
+    #[error("option '{key}' must be true or false")]
+    NotABool { key: String },
 }
 
 impl Endpoint {
-    /// Parses `fs:///abs/path`, `file:///abs/path` or `/abs/path`.
+    /// Parses `fs:///abs/path`, `file:///abs/path`, `/abs/path` or `s3://bucket/prefix`.
     pub fn parse(url: &str) -> Result<Self, EndpointError> {
+        Self::parse_with(url, &std::collections::BTreeMap::new())
+    }
+
+    /// Parses an endpoint URL with its options (`endpoint`, `region`, credentials for S3).
+    pub fn parse_with(
+        url: &str,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, EndpointError> {
         let url = url.trim();
         if url.is_empty() {
             return Err(EndpointError::Empty);
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return parse_s3(url, rest, options);
+        }
+        if let Some(key) = options.keys().next() {
+            return Err(EndpointError::UnknownOption {
+                key: key.clone(),
+                scheme: "fs",
+                known: "none",
+            });
         }
         let path = if let Some((scheme, rest)) = url.split_once("://") {
             match scheme.to_ascii_lowercase().as_str() {
@@ -68,12 +130,51 @@ impl Endpoint {
     pub fn operator(&self) -> opendal::Result<Operator> {
         match self {
             Endpoint::Fs { root } => Operator::new(opendal::services::Fs::default().root(root)),
+            Endpoint::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                access_key_id,
+                secret_access_key,
+                session_token,
+                virtual_host,
+            } => {
+                // The HTTP transport object stores use (reqwest, rustls), installed once.
+                static HTTP: std::sync::Once = std::sync::Once::new();
+                HTTP.call_once(opendal::install_default);
+                let mut b = opendal::services::S3::default()
+                    .bucket(bucket)
+                    .root(&format!("/{prefix}"))
+                    .region(region.as_deref().unwrap_or("us-east-1"));
+                if let Some(e) = endpoint {
+                    b = b.endpoint(e);
+                }
+                if let Some(k) = access_key_id {
+                    b = b.access_key_id(k);
+                }
+                if let Some(s) = secret_access_key {
+                    b = b.secret_access_key(&s.0);
+                }
+                if let Some(t) = session_token {
+                    b = b.session_token(&t.0);
+                }
+                if *virtual_host {
+                    b = b.enable_virtual_host_style();
+                }
+                Operator::new(b)
+            }
         }
+    }
+
+    /// True for endpoints on a local file system (they keep modification times, need no
+    /// multipart uploads and get their empty directories created).
+    pub fn is_local(&self) -> bool {
+        matches!(self, Endpoint::Fs { .. })
     }
 
     /// The OpenDAL operator for reading from this endpoint. Unlike [`Endpoint::operator`] it
     /// never creates anything: a missing fs root is a `NotFound` error.
-    #[allow(irrefutable_let_patterns)] // more schemes come
     pub fn source_operator(&self) -> opendal::Result<Operator> {
         if let Endpoint::Fs { root } = self {
             if let Err(e) = std::fs::metadata(root) {
@@ -92,8 +193,10 @@ impl Endpoint {
     }
 
     /// Checks that this endpoint can be read as a task's source: it exists and is a directory.
+    /// (Object stores are checked by [`Endpoint::check_remote`].)
     pub fn check_source(&self) -> Result<(), String> {
         match self {
+            Endpoint::S3 { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("source {self} is not a directory")),
@@ -108,6 +211,7 @@ impl Endpoint {
     /// Checks that this endpoint can be a task's destination: a directory or nothing yet.
     pub fn check_destination(&self) -> Result<(), String> {
         match self {
+            Endpoint::S3 { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("destination {self} exists and is not a directory")),
@@ -138,16 +242,141 @@ impl Endpoint {
     pub fn local_root(&self) -> Option<&str> {
         match self {
             Endpoint::Fs { root } => Some(root),
+            Endpoint::S3 { .. } => None,
         }
     }
 
     /// True when `self` is `other` or lies inside it (a copy into it would read its own output).
     pub fn is_within(&self, other: &Endpoint) -> bool {
-        match (self.local_root(), other.local_root()) {
-            (Some(a), Some(b)) => Path::new(a).starts_with(Path::new(b)),
+        match (self, other) {
+            (Endpoint::Fs { root: a }, Endpoint::Fs { root: b }) => {
+                Path::new(a).starts_with(Path::new(b))
+            }
+            (
+                Endpoint::S3 {
+                    bucket: b1,
+                    prefix: p1,
+                    endpoint: e1,
+                    ..
+                },
+                Endpoint::S3 {
+                    bucket: b2,
+                    prefix: p2,
+                    endpoint: e2,
+                    ..
+                },
+            ) => {
+                b1 == b2
+                    && e1 == e2
+                    && Path::new(&format!("/{p1}")).starts_with(Path::new(&format!("/{p2}")))
+            }
             _ => false,
         }
     }
+
+    /// Checks an object-store endpoint by listing it: the bucket must exist and be readable.
+    pub async fn check_remote(&self, role: &str) -> Result<(), String> {
+        if self.is_local() {
+            return Ok(());
+        }
+        let op = self.operator().map_err(|e| format!("{role} {self}: {e}"))?;
+        let mut lister = op
+            .lister_with("/")
+            .await
+            .map_err(|e| remote_error(role, self, e))?;
+        use futures::TryStreamExt;
+        lister
+            .try_next()
+            .await
+            .map_err(|e| remote_error(role, self, e))?;
+        Ok(())
+    }
+}
+
+fn remote_error(role: &str, e: &Endpoint, err: opendal::Error) -> String {
+    let text = err.to_string();
+    if text.contains("NoSuchBucket") || text.contains("status: 404") {
+        return format!("{role} {e} does not exist (no such bucket)");
+    }
+    if text.contains("status: 403")
+        || text.contains("AccessDenied")
+        || text.contains("InvalidAccessKeyId")
+    {
+        return format!("{role} {e}: access denied (check the credentials)");
+    }
+    match err.kind() {
+        opendal::ErrorKind::NotFound => format!("{role} {e} does not exist (no such bucket)"),
+        opendal::ErrorKind::PermissionDenied => format!("{role} {e}: access denied"),
+        _ => {
+            let mut cause = err.to_string();
+            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&err);
+            while let Some(s) = src {
+                cause = s.to_string();
+                src = s.source();
+            }
+            format!(
+                "{role} {e} cannot be reached: {}",
+                cause.lines().next().unwrap_or("")
+            )
+        }
+    }
+}
+
+fn parse_s3(
+    url: &str,
+    rest: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<Endpoint, EndpointError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(EndpointError::NoBucket {
+            url: url.to_string(),
+        });
+    }
+    let prefix = prefix.trim_matches('/').to_string();
+    let mut ep = Endpoint::S3 {
+        bucket: bucket.to_string(),
+        prefix,
+        endpoint: None,
+        region: None,
+        access_key_id: None,
+        secret_access_key: None,
+        session_token: None,
+        virtual_host: false,
+    };
+    if let Endpoint::S3 {
+        endpoint,
+        region,
+        access_key_id,
+        secret_access_key,
+        session_token,
+        virtual_host,
+        ..
+    } = &mut ep
+    {
+        for (k, v) in options {
+            match k.as_str() {
+                "endpoint" => *endpoint = Some(v.clone()),
+                "region" => *region = Some(v.clone()),
+                "access_key_id" => *access_key_id = Some(v.clone()),
+                "secret_access_key" => *secret_access_key = Some(Secret(v.clone())),
+                "session_token" => *session_token = Some(Secret(v.clone())),
+                "virtual_host" => {
+                    *virtual_host = v
+                        .parse()
+                        .map_err(|_| EndpointError::NotABool { key: k.clone() })?
+                }
+                _ => {
+                    return Err(EndpointError::UnknownOption {
+                        key: k.clone(),
+                        scheme: "s3",
+                        known: S3_OPTIONS,
+                    })
+                }
+            }
+        }
+    }
+    Ok(ep)
 }
 
 fn looks_like_scheme(s: &str) -> bool {
@@ -176,6 +405,8 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Fs { root } => write!(f, "fs://{root}"),
+            Endpoint::S3 { bucket, prefix, .. } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Endpoint::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -214,7 +445,7 @@ mod tests {
         let e = Endpoint::parse("gopher://x/y").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs)"
+            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3)"
         );
         assert!(matches!(
             Endpoint::parse("ftp:/x"),
@@ -229,6 +460,47 @@ mod tests {
             Err(EndpointError::NotAbsolute(_))
         ));
         assert_eq!(Endpoint::parse("  "), Err(EndpointError::Empty));
+    }
+
+    #[test]
+    fn s3_urls_take_options_and_never_show_secrets() {
+        let opts: std::collections::BTreeMap<String, String> = [
+            ("endpoint", "http://127.0.0.1:9000"),
+            ("access_key_id", "AKID"),
+            ("secret_access_key", "TOPSECRET"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let e = Endpoint::parse_with("s3://bucket/some/prefix/", &opts).unwrap();
+        assert_eq!(e.to_string(), "s3://bucket/some/prefix");
+        assert!(!format!("{e:?}").contains("TOPSECRET"));
+        assert!(
+            serde_json::to_string(&e).unwrap().contains("TOPSECRET"),
+            "jobs carry the secret"
+        );
+        assert_eq!(Endpoint::parse("s3://b").unwrap().to_string(), "s3://b");
+        assert!(matches!(
+            Endpoint::parse("s3:///x"),
+            Err(EndpointError::NoBucket { .. })
+        ));
+        let bad: std::collections::BTreeMap<String, String> =
+            [("colour".to_string(), "red".to_string())].into();
+        let err = Endpoint::parse_with("s3://b", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("unknown option 'colour' for s3 endpoints"),
+            "{err}"
+        );
+        assert!(
+            Endpoint::parse_with("/tmp/x", &bad).is_err(),
+            "fs takes no options"
+        );
+        let inner = Endpoint::parse("s3://b/a/b").unwrap();
+        assert!(inner.is_within(&Endpoint::parse("s3://b/a").unwrap()));
+        assert!(!inner.is_within(&Endpoint::parse("s3://b/ab").unwrap()));
+        assert!(!inner.is_within(&Endpoint::parse("s3://c/a").unwrap()));
     }
 
     #[test]

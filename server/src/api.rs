@@ -140,9 +140,9 @@ impl Api {
 
     async fn create(&self, req: Result<CreateTask, ApiError>) -> Result<TaskInfo, ApiError> {
         let req = req?;
-        let src =
-            Endpoint::parse(&req.src).map_err(|e| ApiError::invalid(format!("source: {e}")))?;
-        let dst = Endpoint::parse(&req.dst)
+        let src = Endpoint::parse_with(&req.src, &req.src_options)
+            .map_err(|e| ApiError::invalid(format!("source: {e}")))?;
+        let dst = Endpoint::parse_with(&req.dst, &req.dst_options)
             .map_err(|e| ApiError::invalid(format!("destination: {e}")))?;
         req.options.validate()?;
         if dst.is_within(&src) {
@@ -158,6 +158,18 @@ impl Api {
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::invalid)?;
+        for (ep, role) in [(&src, "source"), (&dst, "destination")] {
+            match tokio::time::timeout(std::time::Duration::from_secs(20), ep.check_remote(role))
+                .await
+            {
+                Ok(r) => r.map_err(ApiError::invalid)?,
+                Err(_) => {
+                    return Err(ApiError::invalid(format!(
+                        "{role} {ep} cannot be reached: timed out"
+                    )))
+                }
+            }
+        }
         let id = new_task_id();
         let info = TaskInfo {
             id: id.clone(),
