@@ -165,31 +165,82 @@ async fn list(
         .await
 }
 
+/// Files smaller than this are copied several at a time within a job (their memory is their
+/// size); larger ones one after another, each streamed in chunks.
+pub const SMALL_FILE: u64 = 256 << 10;
+/// How many small files of one job are in flight at once.
+pub const SMALL_FILES_IN_FLIGHT: usize = 16;
+
+/// What happened to one file of a Copy job.
+enum FileOutcome {
+    Copied(u64),
+    Skipped,
+    Failed(JobError),
+}
+
+/// Skips the file when the destination already has it, copies it otherwise.
+async fn one_file<'f>(
+    job: &Job,
+    src: &Operator,
+    dst: &Operator,
+    f: &'f FileEntry,
+    ctx: &JobContext<'_>,
+) -> (&'f FileEntry, FileOutcome) {
+    if job.compare == Compare::SizeMtime && up_to_date(dst, f).await {
+        return (f, FileOutcome::Skipped);
+    }
+    match copy_file(src, dst, f, ctx).await {
+        Ok(n) => {
+            keep_mtime(&job.dst, f);
+            (f, FileOutcome::Copied(n))
+        }
+        Err(e) => (f, FileOutcome::Failed(e)),
+    }
+}
+
 async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<(), JobError> {
+    use futures::StreamExt;
     let src = job.src.source_operator()?;
     let dst = job.dst.operator()?;
-    let (mut files_copied, mut bytes_copied) = (0u64, 0u64);
-    let (mut files_skipped, mut bytes_skipped) = (0u64, 0u64);
-    let (mut failures, mut retry) = (Vec::new(), Vec::new());
-    for f in files {
+    let (small, large): (Vec<&FileEntry>, Vec<&FileEntry>) =
+        files.iter().partition(|f| f.size < SMALL_FILE);
+    let mut outcomes = Vec::with_capacity(files.len());
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut queue = small.into_iter();
+    loop {
+        while in_flight.len() < SMALL_FILES_IN_FLIGHT {
+            let Some(f) = queue.next() else { break };
+            in_flight.push(one_file(job, &src, &dst, f, ctx));
+        }
+        match in_flight.next().await {
+            Some(o) => outcomes.push(o),
+            None => break,
+        }
+    }
+    for f in large {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
         }
-        if job.compare == Compare::SizeMtime && up_to_date(&dst, f).await {
-            files_skipped += 1;
-            bytes_skipped += f.size;
-            metrics::counter!(crate::telemetry::FILES_SKIPPED).increment(1);
-            continue;
-        }
-        match copy_file(&src, &dst, f, ctx).await {
-            Ok(n) => {
+        outcomes.push(one_file(job, &src, &dst, f, ctx).await);
+    }
+
+    let (mut files_copied, mut bytes_copied) = (0u64, 0u64);
+    let (mut files_skipped, mut bytes_skipped) = (0u64, 0u64);
+    let (mut failures, mut retry) = (Vec::new(), Vec::new());
+    for (f, outcome) in outcomes {
+        match outcome {
+            FileOutcome::Copied(n) => {
                 files_copied += 1;
                 bytes_copied += n;
                 metrics::counter!(crate::telemetry::FILES_COPIED).increment(1);
-                keep_mtime(&job.dst, f);
             }
-            Err(JobError::Cancelled) => return Err(JobError::Cancelled),
-            Err(e) => {
+            FileOutcome::Skipped => {
+                files_skipped += 1;
+                bytes_skipped += f.size;
+                metrics::counter!(crate::telemetry::FILES_SKIPPED).increment(1);
+            }
+            FileOutcome::Failed(JobError::Cancelled) => return Err(JobError::Cancelled),
+            FileOutcome::Failed(e) => {
                 let failure = FileFailure {
                     path: f.path.clone(),
                     size: f.size,
@@ -206,6 +257,9 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
                 }
             }
         }
+    }
+    if ctx.cancel.is_cancelled() {
+        return Err(JobError::Cancelled);
     }
     let body = ResultBody::Copy {
         files_copied,
