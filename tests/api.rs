@@ -200,3 +200,52 @@ fn a_report_is_identical_before_and_after_a_server_restart_and_exports_as_csv() 
     assert_eq!(field("files_copied"), tree.files.to_string());
     assert_eq!(field("bytes_copied"), tree.bytes.to_string());
 }
+
+#[test]
+fn the_server_runs_on_postgresql_with_the_same_migrations() {
+    let admin = std::env::var("BTP_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let psql = |sql: &str| {
+        std::process::Command::new("psql")
+            .arg(&admin)
+            .args(["-qtAc", sql])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    if psql("SELECT 1").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL is required under CI ({admin})"
+        );
+        eprintln!("PostgreSQL not reachable: skipping");
+        return;
+    }
+    let db = format!("btp_e2e_{}", std::process::id());
+    psql(&format!("DROP DATABASE IF EXISTS {db}"));
+    psql(&format!("CREATE DATABASE {db}")).expect("create database");
+    let url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
+
+    let tmp = test_dir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let tree = gen_tree(&src, 200, 1 << 20);
+    let mut c = Cluster::start(tmp.path(), &["--database-url", &url]);
+    c.add_client(&["--workers", "2"]);
+    assert_eq!(
+        btp_json(&c.url, &["server", "health"])["database"],
+        "postgresql"
+    );
+    let id = c.start_task(&src, &dst, &[]);
+    wait_task(&c.url, &id, Duration::from_secs(60));
+    let before = c.report(&id);
+    assert_complete(&before, &tree, &src, &dst);
+    assert!(c.server.take().unwrap().terminate().success());
+    c.start_server();
+    assert_eq!(
+        before,
+        c.report(&id),
+        "the report survives a restart on PostgreSQL too"
+    );
+    drop(c);
+    psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+}

@@ -283,6 +283,8 @@ pub async fn apply(
                     "failed"
                 } else if !retry.is_empty() {
                     "retried"
+                } else if *files_copied == 0 && *files_skipped > 0 {
+                    "skipped"
                 } else {
                     "ok"
                 };

@@ -56,7 +56,7 @@ pub fn describe() {
     );
     describe_counter!(
         JOBS,
-        "Finished jobs by kind and outcome (ok, retried, failed)."
+        "Finished jobs by kind and outcome (ok, skipped, retried, failed)."
     );
     describe_counter!(JOBS_PUBLISHED, "Jobs published to the work queue, by kind.");
     describe_counter!(
