@@ -1,20 +1,12 @@
-//! Faults with real processes: a client killed with SIGKILL, the server killed and restarted,
-//! nats-server restarted, all in the middle of a task. Nothing is lost, nothing counted twice,
-//! the destination is byte-identical.
+//! Faults with real processes: a client killed with SIGKILL or stopped with SIGTERM, the server
+//! killed and restarted, nats-server restarted, all in the middle of a task. Nothing is lost,
+//! nothing counted twice, the destination is byte-identical.
 
 mod support;
 
 use std::time::Duration;
 
 use support::*;
-
-/// 3,000 small files plus two files of 64 MiB.
-fn tree(dir: &std::path::Path) -> TreeStats {
-    let src = dir.join("src");
-    gen_tree(&src, 3000, 64 << 20);
-    std::fs::write(src.join("second big.bin"), vec![7u8; 64 << 20]).unwrap();
-    stats(&src)
-}
 
 /// Clients are slowed down so that the fault lands in the middle of the task.
 const CLIENT: &[&str] = &[
@@ -27,69 +19,54 @@ const CLIENT: &[&str] = &[
 ];
 const SERVER: &[&str] = &["--ack-wait", "4s"];
 
-#[test]
-fn a_client_killed_mid_task_loses_nothing() {
+/// Migrates 3,000 small files and two files of 64 MiB with two clients, runs `fault` once a
+/// quarter of the files is copied, and checks that the task still completes exactly.
+fn survives(fault: impl FnOnce(&mut Cluster)) {
     let tmp = test_dir();
-    let tree = tree(tmp.path());
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    gen_tree(&src, 3000, 64 << 20);
+    std::fs::write(src.join("second big.bin"), vec![7u8; 64 << 20]).unwrap();
+    let tree = stats(&src);
     let mut c = Cluster::start(tmp.path(), SERVER);
     c.add_client(CLIENT);
     c.add_client(CLIENT);
     let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
     c.wait_progress(&id, &tree, 0.25);
-    let victim = c.clients.remove(0);
-    unsafe { libc::kill(victim.pid() as i32, libc::SIGKILL) };
-    drop(victim);
+    fault(&mut c);
     wait_task(&c.url, &id, Duration::from_secs(300));
     assert_complete(&c.report(&id), &tree, &src, &dst);
+}
+
+fn sigkill(p: Proc) {
+    unsafe { libc::kill(p.pid() as i32, libc::SIGKILL) };
+    drop(p);
+}
+
+#[test]
+fn a_client_killed_mid_task_loses_nothing() {
+    survives(|c| sigkill(c.clients.remove(0)));
 }
 
 #[test]
 fn the_server_killed_mid_task_and_restarted_loses_nothing() {
-    let tmp = test_dir();
-    let tree = tree(tmp.path());
-    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-    let mut c = Cluster::start(tmp.path(), SERVER);
-    c.add_client(CLIENT);
-    c.add_client(CLIENT);
-    let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
-    c.wait_progress(&id, &tree, 0.25);
-    let server = c.server.take().unwrap();
-    unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) };
-    drop(server);
-    std::thread::sleep(Duration::from_secs(1));
-    c.start_server();
-    wait_task(&c.url, &id, Duration::from_secs(300));
-    assert_complete(&c.report(&id), &tree, &src, &dst);
+    survives(|c| {
+        sigkill(c.server.take().unwrap());
+        std::thread::sleep(Duration::from_secs(1));
+        c.start_server();
+    });
 }
 
 #[test]
 fn nats_server_restarted_mid_task_loses_nothing() {
-    let tmp = test_dir();
-    let tree = tree(tmp.path());
-    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-    let mut c = Cluster::start(tmp.path(), SERVER);
-    c.add_client(CLIENT);
-    c.add_client(CLIENT);
-    let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
-    c.wait_progress(&id, &tree, 0.25);
-    c.nats.restart().unwrap();
-    wait_task(&c.url, &id, Duration::from_secs(300));
-    assert_complete(&c.report(&id), &tree, &src, &dst);
+    survives(|c| c.nats.restart().unwrap());
 }
 
 #[test]
 fn a_client_stopped_with_sigterm_mid_task_exits_cleanly_and_loses_nothing() {
-    let tmp = test_dir();
-    let tree = tree(tmp.path());
-    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-    let mut c = Cluster::start(tmp.path(), SERVER);
-    c.add_client(CLIENT);
-    c.add_client(CLIENT);
-    let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
-    c.wait_progress(&id, &tree, 0.25);
-    let stopping = c.clients.remove(0);
-    assert!(stopping.terminate().success(), "SIGTERM drains and exits 0");
-    wait_task(&c.url, &id, Duration::from_secs(300));
-    assert_complete(&c.report(&id), &tree, &src, &dst);
+    survives(|c| {
+        assert!(
+            c.clients.remove(0).terminate().success(),
+            "SIGTERM drains and exits 0"
+        )
+    });
 }

@@ -283,6 +283,46 @@ pub struct TaskInfo {
     pub listing_done: bool,
 }
 
+impl TaskInfo {
+    /// A task just created: state `created`, every counter zero.
+    pub fn new(
+        id: String,
+        tenant: String,
+        src: String,
+        dst: String,
+        options: TaskOptions,
+        created_ms: i64,
+    ) -> Self {
+        Self {
+            id,
+            tenant,
+            state: TaskState::Created,
+            src,
+            dst,
+            options,
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+            files_found: 0,
+            bytes_found: 0,
+            files_copied: 0,
+            bytes_copied: 0,
+            files_skipped: 0,
+            bytes_skipped: 0,
+            files_failed: 0,
+            bytes_failed: 0,
+            files_retried: 0,
+            peak_bytes_per_sec: 0,
+            current_bytes_per_sec: 0,
+            current_files_per_sec: 0.0,
+            eta_secs: None,
+            jobs_total: 0,
+            jobs_done: 0,
+            listing_done: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskList {
     pub tasks: Vec<TaskInfo>,

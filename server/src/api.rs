@@ -171,33 +171,14 @@ impl Api {
             }
         }
         let id = new_task_id();
-        let info = TaskInfo {
-            id: id.clone(),
-            tenant: DEFAULT_TENANT.to_string(),
-            state: TaskState::Created,
-            src: src.to_string(),
-            dst: dst.to_string(),
-            options: req.options,
-            created_ms: now_ms(),
-            started_ms: None,
-            finished_ms: None,
-            files_found: 0,
-            bytes_found: 0,
-            files_copied: 0,
-            bytes_copied: 0,
-            files_skipped: 0,
-            bytes_skipped: 0,
-            files_failed: 0,
-            bytes_failed: 0,
-            files_retried: 0,
-            peak_bytes_per_sec: 0,
-            current_bytes_per_sec: 0,
-            current_files_per_sec: 0.0,
-            eta_secs: None,
-            jobs_total: 0,
-            jobs_done: 0,
-            listing_done: false,
-        };
+        let info = TaskInfo::new(
+            id.clone(),
+            DEFAULT_TENANT.to_string(),
+            src.to_string(),
+            dst.to_string(),
+            req.options,
+            now_ms(),
+        );
         self.ctx.store.insert_task(&info, &src, &dst).await?;
         info!(task = %id, src = %src, dst = %dst, "task created");
         self.event(&info).await;

@@ -66,33 +66,14 @@ macro_rules! on_every_backend {
 }
 
 fn info(id: &str, opts: TaskOptions) -> TaskInfo {
-    TaskInfo {
-        id: id.into(),
-        tenant: "default".into(),
-        state: TaskState::Created,
-        src: "fs:///src".into(),
-        dst: "fs:///dst".into(),
-        options: opts,
-        created_ms: btp_common::now_ms(),
-        started_ms: None,
-        finished_ms: None,
-        files_found: 0,
-        bytes_found: 0,
-        files_copied: 0,
-        bytes_copied: 0,
-        files_skipped: 0,
-        bytes_skipped: 0,
-        files_failed: 0,
-        bytes_failed: 0,
-        files_retried: 0,
-        peak_bytes_per_sec: 0,
-        current_bytes_per_sec: 0,
-        current_files_per_sec: 0.0,
-        eta_secs: None,
-        jobs_total: 0,
-        jobs_done: 0,
-        listing_done: false,
-    }
+    TaskInfo::new(
+        id.into(),
+        "default".into(),
+        "fs:///src".into(),
+        "fs:///dst".into(),
+        opts,
+        btp_common::now_ms(),
+    )
 }
 
 async fn new_task(store: &Store, id: &str, opts: TaskOptions) -> TaskRow {
