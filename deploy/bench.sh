@@ -9,6 +9,7 @@
 #   BIG_FILES     files of data set (b) (default 8), BIG_MIB MiB each (default 256)
 #   RUNS          runs per tool and data set (default 3); WORKERS concurrency (default 8)
 #   SCALE_FILES   empty files for the scale run (default 0: skipped; the issue's figure is 1000000)
+#   LIMIT_MIB     speed limit of the limit-accuracy run in MiB/s (default 40; 0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -157,6 +158,26 @@ bench_set() { # name
 
 for set in small big mix; do bench_set "$set"; done
 
+# Speed-limit accuracy: two large files through the two-client cluster at LIMIT_MIB MiB/s.
+LIMIT_MIB=${LIMIT_MIB:-40}
+LIMIT=""
+if [ "$LIMIT_MIB" -gt 0 ]; then
+    mkdir -p "$BENCH_DIR/limited"
+    cp "$BENCH_DIR"/big/big-1.bin "$BENCH_DIR"/big/big-2.bin "$BENCH_DIR/limited/" 2>/dev/null \
+        || cp "$BENCH_DIR"/big/big-1.bin "$BENCH_DIR/limited/"
+    cluster_start
+    lbytes=$(du -sb --apparent-size "$BENCH_DIR/limited" | cut -f1)
+    id=$("$BTP" task create --src "$BENCH_DIR/limited" --dst "$BENCH_DIR/limited-dst" --start \
+        --speed-limit "${LIMIT_MIB}MiB/s" -o json | sed -n 's/^  "id": "\(.*\)",$/\1/p')
+    while [ "$("$BTP" task get "$id" -o json | sed -n 's/^  "state": "\(.*\)",$/\1/p')" = running ]; do sleep 0.2; done
+    ms=$("$BTP" task report "$id" -o json | sed -n 's/^  "duration_ms": \([0-9]*\),$/\1/p')
+    cluster_stop
+    rate=$(echo "$lbytes / 1048576 / ($ms / 1000)" | bc -l)
+    LIMIT="| $(( lbytes / 1048576 )) MiB at a limit of ${LIMIT_MIB} MiB/s, 2 clients | $(printf '%.1f' "$(echo "$ms / 1000" | bc -l)") s | $(printf '%.1f' "$rate") MiB/s | $(printf '%.3f' "$(echo "$rate / $LIMIT_MIB" | bc -l)") |"
+    log "speed limit: $LIMIT"
+    rm -rf "$BENCH_DIR/limited" "$BENCH_DIR/limited-dst"
+fi
+
 SCALE=""
 if [ "$SCALE_FILES" -gt 0 ]; then
     log "scale run: $SCALE_FILES empty files"
@@ -169,10 +190,10 @@ if [ "$SCALE_FILES" -gt 0 ]; then
     rm -rf "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst"
 fi
 
-python3 - "$RESULTS" "$OUT" "$BENCH_DIR" "$WORKERS" "$RUNS" "$SCALE" <<'PY'
+python3 - "$RESULTS" "$OUT" "$BENCH_DIR" "$WORKERS" "$RUNS" "$SCALE" "$LIMIT" <<'PY'
 import sys, platform, subprocess, datetime
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-out, where, workers, runs, scale = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+out, where, workers, runs, scale, limit = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 by = {}
 for name, tool, sec, files, size, rss, rss2 in rows:
     by.setdefault(name, {})[tool] = (float(sec), int(files), int(size), int(rss), int(rss2))
@@ -202,6 +223,9 @@ for name, tools in by.items():
         label = {"small": f"(a) {files} small files", "big": f"(b) {files} large files", "mix": f"(c) mix, {files} files"}[name]
         lines.append(f"| {label} | {tool} | {sec:.2f} s | {mibs:.1f} | {fps:.0f} | {vs_rc} | {vs_cp} | {mem} |")
 lines += ["", "Ratios are speed ratios (time of the other tool / time of this one): above 1 is faster.", ""]
+if limit:
+    lines += ["## Speed limit", "", "Rate over the whole task (start to end, from the report), against the limit.", "",
+              "| run | time | rate | rate / limit |", "| --- | --- | --- | --- |", limit, ""]
 if scale:
     lines += ["## Scale", "", "| run | time | rate | peak RSS | |", "| --- | --- | --- | --- | --- |", scale, ""]
 open(out, "w").write("\n".join(lines))
