@@ -31,7 +31,7 @@ command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclo
 
 log "building btp (release)"
 cargo build --release --locked --bin btp
-BTP="$PWD/target/release/btp"
+BTP="${CARGO_TARGET_DIR:-$PWD/target}/release/btp"
 NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 
 rm -rf "$BENCH_DIR"

@@ -11,7 +11,7 @@ ensure_nats_server
 
 log "building btp (release)"
 cargo build --release --locked --bin btp
-BTP="$PWD/target/release/btp"
+BTP="${CARGO_TARGET_DIR:-$PWD/target}/release/btp"
 
 DEMO="${BTP_DEMO_DIR:-$(mktemp -d /tmp/btp-demo.XXXXXX)}"
 SRC="$DEMO/source"
