@@ -32,6 +32,10 @@ fn ago(ms: i64) -> String {
 }
 
 pub fn task(t: &TaskInfo) {
+    table(&task_rows(t));
+}
+
+fn task_rows(t: &TaskInfo) -> Vec<Vec<String>> {
     let kv = |k: &str, v: String| vec![k.to_string(), v];
     let mut rows = vec![
         kv("Task", t.id.clone()),
@@ -80,7 +84,7 @@ pub fn task(t: &TaskInfo) {
     if let (Some(s), Some(f)) = (t.started_ms, t.finished_ms) {
         rows.push(kv("Duration", Millis(f - s).to_string()));
     }
-    table(&rows);
+    rows
 }
 
 pub fn task_list(l: &TaskList) {
@@ -102,17 +106,16 @@ pub fn task_list(l: &TaskList) {
 
 pub fn report(r: &Report) {
     let t = &r.task;
-    task(t);
-    table(&[
-        vec![
-            "Avg speed".into(),
-            format!("{}/s", Bytes(r.avg_bytes_per_sec as u64)),
-        ],
-        vec![
-            "Peak speed".into(),
-            format!("{}/s", Bytes(r.task.peak_bytes_per_sec)),
-        ],
+    let mut rows = task_rows(t);
+    rows.push(vec![
+        "Avg speed".into(),
+        format!("{}/s", Bytes(r.avg_bytes_per_sec as u64)),
     ]);
+    rows.push(vec![
+        "Peak speed".into(),
+        format!("{}/s", Bytes(t.peak_bytes_per_sec)),
+    ]);
+    table(&rows);
     if !r.clients.is_empty() {
         println!();
         let mut rows = vec![["CLIENT", "JOBS", "FILES", "BYTES"]

@@ -29,8 +29,8 @@ pub enum Applied {
 /// What a committed batch did, for the parts outside the database: live speed and events.
 #[derive(Default)]
 pub struct Effects {
-    /// (task, bytes, files) copied.
-    pub copied: Vec<(String, u64, u64)>,
+    /// (task, started_ms, bytes, files) copied.
+    pub copied: Vec<(String, i64, u64, u64)>,
     /// (tenant, task, state) of tasks that finished.
     pub finished: Vec<(String, String, TaskState)>,
     /// Finished jobs for the metrics: kind, outcome and what they counted.
@@ -103,12 +103,12 @@ pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Resul
 async fn after_commit(ctx: &crate::Shared, effects: Effects) {
     let now = now_ms();
     let mut touched = std::collections::BTreeSet::new();
-    for (task, bytes, files) in effects.copied {
+    for (task, started_ms, bytes, files) in effects.copied {
         ctx.speed.record(&task, now, bytes, files);
-        touched.insert(task);
+        touched.insert((task, started_ms));
     }
-    for task in touched {
-        let s = ctx.speed.speed(&task, now, now - crate::speed::WINDOW_MS);
+    for (task, started_ms) in touched {
+        let s = ctx.speed.speed(&task, now, started_ms);
         if let Err(e) = ctx.store.raise_peak(&task, s.bytes_per_sec as i64).await {
             warn!(task = %task, error = %e, "recording the peak speed failed");
         }
@@ -211,9 +211,12 @@ pub async fn apply(
             delta.bytes_copied = *bytes_copied as i64;
             delta.files_skipped = *files_skipped as i64;
             delta.bytes_skipped = *bytes_skipped as i64;
-            effects
-                .copied
-                .push((task_id.to_string(), *bytes_copied, *files_copied));
+            effects.copied.push((
+                task_id.to_string(),
+                task.info.started_ms.unwrap_or(now),
+                *bytes_copied,
+                *files_copied,
+            ));
             record_failures(tx, task_id, seq, failures, &mut delta).await?;
             if !retry.is_empty() {
                 // Only the files that failed transiently run again, after their backoff.

@@ -52,7 +52,8 @@ impl SpeedTracker {
             .iter()
             .filter(|s| s.at_ms >= from)
             .fold((0u64, 0u64), |(b, f), s| (b + s.bytes, f + s.files));
-        let window_s = ((now_ms - from.max(started_ms)).max(1_000)) as f64 / 1000.0;
+        // A young task is measured over its age (at least 250 ms, so one result is no spike).
+        let window_s = ((now_ms - from.max(started_ms)).max(250)) as f64 / 1000.0;
         Speed {
             bytes_per_sec: bytes as f64 / window_s,
             files_per_sec: files as f64 / window_s,
