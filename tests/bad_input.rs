@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::*;
 
 #[test]
@@ -12,18 +10,8 @@ fn bad_input_names_the_problem_exits_non_zero_and_stores_no_task() {
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("sub")).unwrap();
     std::fs::write(src.join("a.txt"), b"a").unwrap();
-    let mut nats = NatsServer::start(&tmp.path().join("nats"), None).unwrap();
-    let url = nats.url();
-    let data = tmp.path().join("server");
-    let _server = Proc::spawn(
-        "server",
-        &url,
-        &["server", "run", "--data-dir", data.to_str().unwrap()],
-        tmp.path(),
-    );
-    wait_for("server", Duration::from_secs(30), || {
-        btp(&url, &["task", "list"]).status.success().then_some(())
-    });
+    let mut c = Cluster::start(tmp.path(), &[]);
+    let url = c.url.clone();
 
     let s = src.to_str().unwrap();
     let dst = tmp.path().join("dst");
@@ -150,5 +138,5 @@ fn bad_input_names_the_problem_exits_non_zero_and_stores_no_task() {
     assert!(!out.status.success());
     assert!(error_line(&out).contains("no BeyondTP server answers"));
     other.stop();
-    nats.stop();
+    c.nats.stop();
 }

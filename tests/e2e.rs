@@ -16,40 +16,10 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
     let tree = gen_tree(&src, 2100, BIG);
     assert!(tree.files >= 2000);
 
-    let mut nats = NatsServer::start(&tmp.path().join("nats"), None).unwrap();
-    let url = nats.url();
-    let data = tmp.path().join("server");
-    let server = Proc::spawn(
-        "server",
-        &url,
-        &["server", "run", "--data-dir", data.to_str().unwrap()],
-        tmp.path(),
-    );
-    wait_for("server", Duration::from_secs(30), || {
-        btp(&url, &["task", "list"]).status.success().then_some(())
-    });
-    let c1 = Proc::spawn(
-        "client-1",
-        &url,
-        &["client", "run", "--workers", "4", "--id", "client-1"],
-        tmp.path(),
-    );
-    let c2 = Proc::spawn(
-        "client-2",
-        &url,
-        &["client", "run", "--workers", "4", "--id", "client-2"],
-        tmp.path(),
-    );
-    wait_for("two clients online", Duration::from_secs(30), || {
-        let l = btp_json(&url, &["client", "list"]);
-        let online = l["clients"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["online"] == true)
-            .count();
-        (online == 2).then_some(())
-    });
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "4"]);
+    c.add_client(&["--workers", "4"]);
+    let url = c.url.clone();
 
     let t = btp_json(
         &url,
@@ -71,7 +41,7 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
     assert_eq!(done["state"], "completed", "task: {done}");
 
     // Peak memory of each client while it copied (the 80 MiB file streamed through one of them).
-    let (rss1, rss2) = (c1.peak_rss(), c2.peak_rss());
+    let (rss1, rss2) = (c.clients[0].peak_rss(), c.clients[1].peak_rss());
     eprintln!(
         "peak RSS: client-1 {} MiB, client-2 {} MiB (largest file {} MiB)",
         rss1 >> 20,
@@ -115,8 +85,9 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
     );
 
     // Clients stop cleanly on SIGTERM and are then shown offline.
-    assert!(c1.terminate().success());
-    assert!(c2.terminate().success());
+    for client in c.clients.drain(..) {
+        assert!(client.terminate().success());
+    }
     wait_for("clients offline", Duration::from_secs(30), || {
         let l = btp_json(&url, &["client", "list"]);
         l["clients"]
@@ -126,8 +97,8 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
             .all(|c| c["online"] == false)
             .then_some(())
     });
-    assert!(server.terminate().success());
-    nats.stop();
+    assert!(c.server.take().unwrap().terminate().success());
+    c.nats.stop();
 }
 
 #[test]
