@@ -42,24 +42,45 @@ fn task_rows(t: &TaskInfo) -> Vec<Vec<String>> {
         kv("State", t.state.as_str().to_string()),
         kv("Source", t.src.clone()),
         kv("Destination", t.dst.clone()),
-        kv(
-            "Files",
-            format!(
-                "{} found{}, {} copied, {} skipped, {} failed, {} retried",
+        kv("Files", {
+            let copied = if t.options.dry_run {
+                "would be copied"
+            } else {
+                "copied"
+            };
+            let mut line = format!(
+                "{} found{}, {} {copied}, {} skipped, {} failed, {} retried",
                 t.files_found,
                 if t.listing_done { "" } else { " so far" },
                 t.files_copied,
                 t.files_skipped,
                 t.files_failed,
                 t.files_retried
-            ),
-        ),
+            );
+            if t.files_excluded > 0 {
+                line.push_str(&format!(", {} excluded", t.files_excluded));
+            }
+            if t.options.mode == btp_common::api::Mode::Sync {
+                let verb = if t.options.dry_run {
+                    "would be deleted"
+                } else {
+                    "deleted"
+                };
+                line.push_str(&format!(", {} {verb}", t.files_deleted));
+            }
+            line
+        }),
         kv(
             "Bytes",
             format!(
-                "{} found, {} copied",
+                "{} found, {} {}",
                 Bytes(t.bytes_found),
-                Bytes(t.bytes_copied)
+                Bytes(t.bytes_copied),
+                if t.options.dry_run {
+                    "would be copied"
+                } else {
+                    "copied"
+                }
             ),
         ),
         kv("Jobs", format!("{}/{} done", t.jobs_done, t.jobs_total)),
@@ -134,6 +155,23 @@ pub fn report(r: &Report) {
     if !r.failures.is_empty() {
         println!();
         failures(&r.failures);
+    }
+    if !r.changes.is_empty() {
+        println!();
+        let mut rows = vec![["DRY RUN", "SIZE", "PATH"].map(String::from).to_vec()];
+        for c in &r.changes {
+            let action = if c.action == "delete" {
+                "would delete"
+            } else {
+                "would copy"
+            };
+            rows.push(vec![
+                action.into(),
+                Bytes(c.size).to_string(),
+                c.path.clone(),
+            ]);
+        }
+        table(&rows);
     }
 }
 

@@ -75,12 +75,40 @@ pub struct PlanOpts {
     #[arg(long, default_value_t = TaskOptions::default().max_attempts)]
     pub max_attempts: u32,
     /// Skip files already at the destination with the same size and a modification time not
-    /// older than the source's (`size-mtime`), or copy everything (`none`).
-    #[arg(long, default_value = "size-mtime", value_parser = ["size-mtime", "none"])]
+    /// older than the source's (`size-mtime`), with the same size and content hash
+    /// (`checksum`), or copy everything (`none`).
+    #[arg(long, default_value = "size-mtime", value_parser = ["size-mtime", "checksum", "none"])]
     pub compare: String,
     /// Speed limit for the whole task over all clients, e.g. 50MiB/s.
     #[arg(long, value_parser = btp_common::units::parse_rate)]
     pub speed_limit: Option<u64>,
+    /// Files of at least this size are copied in parts, in parallel on all workers, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB")]
+    pub multipart_threshold: String,
+    /// Size of those parts (raised for huge files: no file needs more than 9,000 parts).
+    #[arg(long, default_value = "32MiB")]
+    pub part_size: String,
+    /// Verify each copy by its size, or also by its content hash (MD5).
+    #[arg(long, default_value = "size", value_parser = ["size", "checksum"])]
+    pub verify: String,
+    /// `copy` leaves destination files the source lacks; `sync` deletes them.
+    #[arg(long, default_value = "copy", value_parser = ["copy", "sync"])]
+    pub mode: String,
+    /// Only report what would be copied and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Copy only files matching this glob (`*.csv`, `logs/**`); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out files matching this glob; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Leave out files smaller than this, e.g. 1KiB.
+    #[arg(long)]
+    pub min_size: Option<String>,
+    /// Leave out files larger than this, e.g. 10GiB.
+    #[arg(long)]
+    pub max_size: Option<String>,
 }
 
 /// Turns a local path argument into an absolute one; URLs are passed on as they are.
@@ -104,6 +132,20 @@ pub fn create_request(
     start: bool,
 ) -> anyhow::Result<CreateTask> {
     let batch_bytes = parse_size(&plan.batch_bytes).map_err(|e| anyhow!("--batch-bytes: {e}"))?;
+    let multipart_threshold =
+        parse_size(&plan.multipart_threshold).map_err(|e| anyhow!("--multipart-threshold: {e}"))?;
+    let part_size = parse_size(&plan.part_size).map_err(|e| anyhow!("--part-size: {e}"))?;
+    let size_opt = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+        v.as_deref()
+            .map(|v| parse_size(v).map_err(|e| anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let filter = btp_common::filter::Filter {
+        include: plan.include.clone(),
+        exclude: plan.exclude.clone(),
+        min_size: size_opt("--min-size", &plan.min_size)?,
+        max_size: size_opt("--max-size", &plan.max_size)?,
+    };
     Ok(CreateTask {
         src: endpoint_arg(src)?,
         dst: endpoint_arg(dst)?,
@@ -116,6 +158,12 @@ pub fn create_request(
             max_attempts: plan.max_attempts,
             speed_limit: plan.speed_limit,
             compare: btp_common::api::Compare::parse(&plan.compare).unwrap_or_default(),
+            multipart_threshold,
+            part_size,
+            verify: btp_common::api::Verify::parse(&plan.verify).unwrap_or_default(),
+            mode: btp_common::api::Mode::parse(&plan.mode).unwrap_or_default(),
+            dry_run: plan.dry_run,
+            filter,
             ..TaskOptions::default()
         },
         start,

@@ -1,6 +1,9 @@
 //! S3-compatible object storage, end to end against a real S3 server (moto, started here on a
-//! free port): fs -> S3, S3 -> S3 across buckets, S3 -> fs, byte-identical; a re-run copies
-//! nothing; a missing bucket is refused; secrets never show.
+//! free port): fs -> S3, S3 -> S3 across buckets, S3 -> fs, byte-identical and checksum
+//! verified, the large file in parts on both clients; re-runs copy nothing, a touched file is
+//! copied again, sync deletes (and its dry run only reports), a corrupted object is caught;
+//! cancelling a multipart copy leaves no upload behind; a missing bucket is refused; secrets
+//! never show.
 
 mod support;
 
@@ -51,15 +54,78 @@ fn start_moto(dir: &std::path::Path) -> Option<(Moto, u16)> {
     Some((moto, port))
 }
 
-fn create_bucket(port: u16, name: &str) {
+/// A plain PUT to moto (which takes unsigned requests): a bucket, or an object behind the
+/// tool's back.
+fn put(port: u16, path: &str, body: &[u8]) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    // moto refuses an unsigned object PUT without a content type.
+    write!(s, "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+    s.write_all(body).unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 200"),
-        "create bucket {name}: {answer}"
-    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "PUT {path}: {answer}");
+}
+
+fn create_bucket(port: u16, name: &str) {
+    put(port, &format!("/{name}"), b"");
+}
+
+/// The S3 endpoint of a bucket on moto, as tasks see it.
+fn endpoint(port: u16, url: &str) -> btp_common::Endpoint {
+    let opts = [
+        ("endpoint", format!("http://127.0.0.1:{port}")),
+        ("region", "us-east-1".into()),
+        ("access_key_id", "test".into()),
+        ("secret_access_key", SECRET.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    btp_common::Endpoint::parse_with(url, &opts).unwrap()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// `--src-opt`/`--dst-opt` arguments for moto.
+fn opts(port: u16, side: &str) -> Vec<String> {
+    [
+        format!("endpoint=http://127.0.0.1:{port}"),
+        "region=us-east-1".into(),
+        "access_key_id=test".into(),
+        format!("secret_access_key={SECRET}"),
+    ]
+    .into_iter()
+    .flat_map(|o| [format!("--{side}-opt"), o])
+    .collect()
+}
+
+/// Clients whose log shows a part of `path` copied.
+fn clients_that_copied_parts(
+    dir: &std::path::Path,
+    path: &str,
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("client-") || !name.ends_with(".log") {
+            continue;
+        }
+        let log = std::fs::read_to_string(&p).unwrap();
+        if log
+            .lines()
+            .any(|l| l.contains("part copied") && l.contains(path))
+        {
+            out.insert(name);
+        }
+    }
+    out
 }
 
 #[test]
@@ -73,7 +139,7 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
     let big_mib: u64 = std::env::var("BTP_S3_BIG_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(96);
+        .unwrap_or(1024);
     let src = tmp.path().join("src");
     let tree = gen_tree(&src, 300, big_mib << 20);
     // Object stores hold no empty directories.
@@ -81,26 +147,7 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
 
     let mut c = Cluster::start(tmp.path(), &[]);
     c.add_client(&["--workers", "4"]);
-    let endpoint = format!("endpoint=http://127.0.0.1:{port}");
-    let secret = format!("secret_access_key={SECRET}");
-    let opts = |side: &str| -> Vec<String> {
-        [
-            "endpoint",
-            "region=us-east-1",
-            "access_key_id=test",
-            "secret",
-        ]
-        .iter()
-        .flat_map(|o| {
-            let value = match *o {
-                "endpoint" => endpoint.clone(),
-                "secret" => secret.clone(),
-                other => other.to_string(),
-            };
-            [format!("--{side}-opt"), value]
-        })
-        .collect()
-    };
+    c.add_client(&["--workers", "4"]);
     let run = |src: &str, dst: &str, extra: Vec<String>| -> serde_json::Value {
         let mut args: Vec<String> = ["task", "create", "--src", src, "--dst", dst, "--start"]
             .map(String::from)
@@ -109,34 +156,134 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let t = btp_json(&c.url, &args);
         let id = t["id"].as_str().unwrap().to_string();
-        wait_task(&c.url, &id, Duration::from_secs(180));
+        let started = std::time::Instant::now();
+        wait_task(&c.url, &id, Duration::from_secs(600));
+        eprintln!("{src} -> {dst}: {:.1} s", started.elapsed().as_secs_f64());
         c.report(&id)
     };
+    let with = |mut a: Vec<String>, extra: &[&str]| {
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let checksum = ["--verify", "checksum"];
+    let big = "big file.bin";
+    let mut part_logs = Vec::new();
 
     // fs -> S3
-    let up = run(src.to_str().unwrap(), "s3://bucket-a/data", opts("dst"));
+    let up = run(
+        src.to_str().unwrap(),
+        "s3://bucket-a/data",
+        with(opts(port, "dst"), &checksum),
+    );
     assert_eq!(up["task"]["state"], "completed", "{up}");
     assert_eq!(up["task"]["files_copied"], tree.files);
     assert_eq!(up["task"]["bytes_copied"], tree.bytes);
     assert_eq!(up["task"]["dst"], "s3://bucket-a/data");
+    part_logs.push(clients_that_copied_parts(tmp.path(), big));
 
     // S3 -> S3, another bucket
-    let mut both = opts("src");
-    both.extend(opts("dst"));
-    let across = run("s3://bucket-a/data", "s3://bucket-b/copy", both);
+    let mut both = opts(port, "src");
+    both.extend(opts(port, "dst"));
+    let across = run(
+        "s3://bucket-a/data",
+        "s3://bucket-b/copy",
+        with(both, &checksum),
+    );
     assert_eq!(across["task"]["state"], "completed", "{across}");
     assert_eq!(across["task"]["files_copied"], tree.files);
 
     // S3 -> fs, then compare with the original tree
     let back = tmp.path().join("back");
-    let down = run("s3://bucket-b/copy", back.to_str().unwrap(), opts("src"));
+    let down = run(
+        "s3://bucket-b/copy",
+        back.to_str().unwrap(),
+        with(opts(port, "src"), &checksum),
+    );
     assert_eq!(down["task"]["state"], "completed", "{down}");
     assert_same_tree(&src, &back);
+    // Every run split the large file into parts, and both clients copied some of them.
+    assert!(
+        part_logs[0].len() == 2,
+        "parts of {big} ran on {:?}",
+        part_logs[0]
+    );
+    let all = clients_that_copied_parts(tmp.path(), big);
+    assert_eq!(all.len(), 2, "{all:?}");
 
     // Unchanged: nothing is uploaded again.
-    let again = run(src.to_str().unwrap(), "s3://bucket-a/data", opts("dst"));
+    let again = run(
+        src.to_str().unwrap(),
+        "s3://bucket-a/data",
+        opts(port, "dst"),
+    );
     assert_eq!(again["task"]["bytes_copied"], 0);
     assert_eq!(again["task"]["files_skipped"], tree.files);
+
+    // A touched file, and only it, is copied again.
+    let touched = src.join("with space.txt");
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::File::options()
+        .write(true)
+        .open(&touched)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    let again = run(
+        src.to_str().unwrap(),
+        "s3://bucket-a/data",
+        opts(port, "dst"),
+    );
+    assert_eq!(again["task"]["files_copied"], 1, "{again}");
+    assert_eq!(again["task"]["files_skipped"], tree.files - 1);
+
+    // Sync: a file deleted from the source goes from the destination too; a dry run only
+    // says so.
+    let gone = "hash#1.txt";
+    std::fs::remove_file(src.join(gone)).unwrap();
+    let bucket = endpoint(port, "s3://bucket-a/data").operator().unwrap();
+    let sync = ["--mode", "sync"];
+    let dry = run(
+        src.to_str().unwrap(),
+        "s3://bucket-a/data",
+        with(opts(port, "dst"), &["--mode", "sync", "--dry-run"]),
+    );
+    assert_eq!(dry["task"]["files_deleted"], 1, "{dry}");
+    assert_eq!(dry["changes"][0]["action"], "delete", "{dry}");
+    assert_eq!(dry["changes"][0]["path"], gone, "{dry}");
+    assert!(block_on(bucket.exists(gone)).unwrap(), "a dry run deleted");
+    let synced = run(
+        src.to_str().unwrap(),
+        "s3://bucket-a/data",
+        with(opts(port, "dst"), &sync),
+    );
+    assert_eq!(synced["task"]["state"], "completed", "{synced}");
+    assert_eq!(synced["task"]["files_deleted"], 1, "{synced}");
+    assert_eq!(synced["task"]["bytes_copied"], 0);
+    assert!(!block_on(bucket.exists(gone)).unwrap(), "sync left {gone}");
+
+    // An object corrupted behind the tool's back (same size, other bytes) is found by its
+    // checksum and copied again.
+    let victim = "percent%20.txt";
+    let original = std::fs::read(src.join(victim)).unwrap();
+    let corrupt: Vec<u8> = original.iter().map(|b| b ^ 0xff).collect();
+    put(
+        port,
+        &format!("/bucket-a/data/{}", victim.replace('%', "%25")),
+        &corrupt,
+    );
+    assert_eq!(block_on(bucket.read(victim)).unwrap().to_vec(), corrupt);
+    let healed = run(
+        src.to_str().unwrap(),
+        "s3://bucket-a/data",
+        with(
+            opts(port, "dst"),
+            &["--compare", "checksum", "--verify", "checksum"],
+        ),
+    );
+    assert_eq!(healed["task"]["state"], "completed", "{healed}");
+    assert_eq!(healed["task"]["files_copied"], 1, "{healed}");
+    assert_eq!(healed["task"]["files_skipped"], tree.files - 2);
+    assert_eq!(block_on(bucket.read(victim)).unwrap().to_vec(), original);
 
     // A missing bucket is refused at create time, and nothing is stored.
     let before = btp_json(&c.url, &["task", "list"])["tasks"]
@@ -151,7 +298,7 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
         "--dst",
         "s3://no-such-bucket/x",
     ];
-    let extra = opts("dst");
+    let extra = opts(port, "dst");
     args.extend(extra.iter().map(|s| s.as_str()));
     let out = btp(&c.url, &args);
     assert!(!out.status.success());
@@ -182,4 +329,62 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
             );
         }
     }
+}
+
+#[test]
+fn cancelling_a_multipart_copy_leaves_no_upload_on_the_store() {
+    let tmp = test_dir();
+    let Some((_moto, port)) = start_moto(tmp.path()) else {
+        return;
+    };
+    create_bucket(port, "bucket-c");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = src.join("huge.bin");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(256 << 20).unwrap();
+    drop(f);
+
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "4"]);
+    let mut args: Vec<String> = [
+        "task",
+        "create",
+        "--src",
+        src.to_str().unwrap(),
+        "--dst",
+        "s3://bucket-c/in",
+        "--start",
+        "--part-size",
+        "8MiB",
+        "--speed-limit",
+        "16MiB/s",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(opts(port, "dst"));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let id = btp_json(&c.url, &args)["id"].as_str().unwrap().to_string();
+    let mp = btp_common::s3mp::S3Multipart::new(&endpoint(port, "s3://bucket-c/in")).unwrap();
+    // Mid-copy: some parts are in, the upload is open on the store.
+    wait_for("parts copied", Duration::from_secs(60), || {
+        let t = btp_json(&c.url, &["task", "get", &id]);
+        (t["bytes_copied"].as_u64().unwrap() >= 16 << 20).then_some(())
+    });
+    let open = block_on(mp.list_uploads()).unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].0, "in/huge.bin");
+    let t = btp_json(&c.url, &["task", "cancel", &id]);
+    assert_eq!(t["state"], "cancelled");
+    wait_for("the upload aborted", Duration::from_secs(30), || {
+        block_on(mp.list_uploads())
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+    let bucket = endpoint(port, "s3://bucket-c/in").operator().unwrap();
+    assert!(!block_on(bucket.exists("huge.bin")).unwrap());
+    // And it stays so: no part job of the cancelled task opens anything again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(block_on(mp.list_uploads()).unwrap().is_empty());
 }

@@ -40,6 +40,28 @@ impl From<opendal::Error> for JobError {
     }
 }
 
+impl From<btp_common::s3mp::S3Error> for JobError {
+    fn from(e: btp_common::s3mp::S3Error) -> Self {
+        if e.is_transient() {
+            JobError::Transient(e.to_string())
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<std::io::Error> for JobError {
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::NotFound | K::PermissionDenied | K::InvalidInput => {
+                JobError::Permanent(e.to_string())
+            }
+            _ => JobError::Transient(e.to_string()),
+        }
+    }
+}
+
 impl From<async_nats::Error> for JobError {
     fn from(e: async_nats::Error) -> Self {
         JobError::Transient(format!("nats: {e}"))

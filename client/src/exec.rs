@@ -7,7 +7,7 @@ use opendal::{EntryMode, Operator};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use btp_common::api::Compare;
+use btp_common::api::{Compare, Verify};
 use btp_common::wire::{FileEntry, FileFailure, Job, JobKind, JobResult, ResultBody};
 use btp_common::Endpoint;
 
@@ -80,19 +80,53 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
             dir,
             page_entries,
             page_bytes,
-        } => list(job, dir, *page_entries as usize, *page_bytes, ctx).await,
+            filter,
+            sync,
+        } => {
+            let opts = ListOpts {
+                page_entries: *page_entries as usize,
+                page_bytes: *page_bytes,
+                filter,
+                sync: *sync,
+            };
+            list(job, dir, &opts, ctx).await
+        }
         JobKind::Copy { files } => copy(job, files, ctx).await,
+        JobKind::Upload { file, .. } => crate::parts::upload(job, file, ctx).await,
+        JobKind::Part {
+            file,
+            upload_id,
+            number,
+            offset,
+            len,
+        } => crate::parts::part(job, file, upload_id, *number, *offset, *len, ctx).await,
+        JobKind::Complete {
+            file,
+            upload_id,
+            parts,
+        } => crate::parts::complete(job, file, upload_id, parts, ctx).await,
+        JobKind::Abort { path, upload_id } => crate::parts::abort(job, path, upload_id, ctx).await,
     }
+}
+
+struct ListOpts<'a> {
+    page_entries: usize,
+    page_bytes: u64,
+    filter: &'a btp_common::filter::Filter,
+    sync: bool,
 }
 
 async fn list(
     job: &Job,
     dir: &str,
-    page_entries: usize,
-    page_bytes: u64,
+    opts: &ListOpts<'_>,
     ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
+    let (page_entries, page_bytes) = (opts.page_entries, opts.page_bytes);
     let src = job.src.source_operator()?;
+    // Sync: every name of this source directory, to find what the destination has extra.
+    let mut names = std::collections::HashSet::new();
+    let mut excluded = 0u64;
     let mut lister = src
         .lister_with(if dir.is_empty() { "/" } else { dir })
         .await?;
@@ -119,10 +153,16 @@ async fn list(
             },
             m => (m, meta.content_length(), meta.last_modified()),
         };
+        if opts.sync {
+            names.insert(path.trim_end_matches('/').to_string());
+        }
         match mode {
             EntryMode::DIR => {
                 bytes += path.len() as u64 + 8;
                 dirs.push(path.to_string());
+            }
+            EntryMode::FILE if !opts.filter.accepts(path, size) => {
+                excluded += 1;
             }
             EntryMode::FILE => {
                 let f = FileEntry {
@@ -149,20 +189,80 @@ async fn list(
             let body = ResultBody::ListPage {
                 files: std::mem::take(&mut files),
                 dirs: std::mem::take(&mut dirs),
+                excluded: std::mem::take(&mut excluded),
+                deleted: Vec::new(),
             };
             ctx.sink.send(job, seq, false, body).await?;
             seq += 1;
             bytes = 0;
         }
     }
-    if total == 0 && !dir.is_empty() && job.dst.is_local() {
+    if total == 0 && !dir.is_empty() && job.dst.is_local() && !job.dry_run {
         // An empty directory is part of the tree too.
         job.dst.operator()?.create_dir(dir).await?;
     }
+    let mut deleted = Vec::new();
+    if opts.sync {
+        let dst = job.dst.operator()?;
+        let listing = dst
+            .lister_with(if dir.is_empty() { "/" } else { dir })
+            .await;
+        let mut lister = match listing {
+            Ok(l) => Some(l),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(entry) = match lister.as_mut() {
+            Some(l) => l.try_next().await?,
+            None => None,
+        } {
+            let path = entry.path();
+            if path == dir || path == "/" || path.is_empty() {
+                continue;
+            }
+            if names.contains(path.trim_end_matches('/')) || is_upload_temp(path) {
+                continue;
+            }
+            let size = entry.metadata().content_length();
+            if !job.dry_run {
+                if path.ends_with('/') {
+                    dst.delete_with(path).recursive(true).await?;
+                } else {
+                    dst.delete(path).await?;
+                }
+                debug!(job = %job.id, path, "deleted from the destination (not in the source)");
+            }
+            deleted.push(FileEntry {
+                path: path.to_string(),
+                size,
+                mtime_ms: None,
+            });
+            if deleted.len() >= page_entries {
+                let body = ResultBody::ListPage {
+                    files: std::mem::take(&mut files),
+                    dirs: std::mem::take(&mut dirs),
+                    excluded: std::mem::take(&mut excluded),
+                    deleted: std::mem::take(&mut deleted),
+                };
+                ctx.sink.send(job, seq, false, body).await?;
+                seq += 1;
+            }
+        }
+    }
     debug!(job = %job.id, dir, entries = total, pages = seq + 1, "listed");
-    ctx.sink
-        .send(job, seq, true, ResultBody::ListPage { files, dirs })
-        .await
+    let body = ResultBody::ListPage {
+        files,
+        dirs,
+        excluded,
+        deleted,
+    };
+    ctx.sink.send(job, seq, true, body).await
+}
+
+/// A temporary file of an upload in progress (see `parts`): never a sync deletion.
+fn is_upload_temp(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with('.') && name.contains(".btp-")
 }
 
 /// Files smaller than this are copied several at a time within a job (their memory is their
@@ -175,6 +275,7 @@ pub const SMALL_FILES_IN_FLIGHT: usize = 16;
 enum FileOutcome {
     Copied(u64),
     Skipped,
+    WouldCopy,
     Failed(JobError),
 }
 
@@ -186,16 +287,177 @@ async fn one_file<'f>(
     f: &'f FileEntry,
     ctx: &JobContext<'_>,
 ) -> (&'f FileEntry, FileOutcome) {
-    if job.compare == Compare::SizeMtime && up_to_date(dst, f).await {
-        return (f, FileOutcome::Skipped);
+    match already_there(job, src, dst, f).await {
+        Ok(true) => return (f, FileOutcome::Skipped),
+        Ok(false) => {}
+        Err(e) => return (f, FileOutcome::Failed(e)),
     }
-    match copy_file(src, dst, f, ctx).await {
+    if job.dry_run {
+        return (f, FileOutcome::WouldCopy);
+    }
+    match copy_file(job, src, dst, f, ctx).await {
         Ok(n) => {
             keep_mtime(&job.dst, f);
             (f, FileOutcome::Copied(n))
         }
         Err(e) => (f, FileOutcome::Failed(e)),
     }
+}
+
+/// True when the destination already holds this file, by the task's `compare`.
+pub(crate) async fn already_there(
+    job: &Job,
+    src: &Operator,
+    dst: &Operator,
+    f: &FileEntry,
+) -> Result<bool, JobError> {
+    Ok(match job.compare {
+        Compare::SizeMtime => up_to_date(dst, f).await,
+        Compare::None => false,
+        Compare::Checksum => {
+            let Ok(meta) = dst.stat(&f.path).await else {
+                return Ok(false);
+            };
+            if !meta.is_file() || meta.content_length() != f.size {
+                return Ok(false);
+            }
+            let theirs = content_md5(&job.dst, dst, &f.path, Some(&meta)).await?;
+            let ours = content_md5(&job.src, src, &f.path, None).await?;
+            ours == theirs
+        }
+    })
+}
+
+/// MD5 of a stored file: an object store's ETag where it is one (uploaded in one piece),
+/// otherwise computed by reading the content.
+pub(crate) async fn content_md5(
+    ep: &Endpoint,
+    op: &Operator,
+    path: &str,
+    meta: Option<&opendal::Metadata>,
+) -> Result<String, JobError> {
+    if !ep.is_local() {
+        let stat;
+        let meta = match meta {
+            Some(m) => m,
+            None => {
+                stat = op.stat(path).await?;
+                &stat
+            }
+        };
+        if let Some(e) = meta.etag().map(btp_common::s3mp::unquote) {
+            if btp_common::checksum::is_plain_md5(&e) {
+                return Ok(e.to_ascii_lowercase());
+            }
+        }
+    }
+    let mut stream = op
+        .reader_with(path)
+        .chunk(COPY_CHUNK)
+        .await?
+        .into_stream(..)
+        .await?;
+    let mut h = btp_common::checksum::Md5Stream::default();
+    while let Some(chunk) = stream.try_next().await? {
+        h.update(&chunk.to_bytes());
+    }
+    Ok(h.finish())
+}
+
+pub(crate) fn skipped_body(f: &FileEntry) -> ResultBody {
+    ResultBody::Copy {
+        files_copied: 0,
+        bytes_copied: 0,
+        files_skipped: 1,
+        bytes_skipped: f.size,
+        failures: Vec::new(),
+        retry: Vec::new(),
+        retry_after_ms: 0,
+        would_copy: Vec::new(),
+    }
+}
+
+pub(crate) fn would_copy_body(f: &FileEntry) -> ResultBody {
+    ResultBody::Copy {
+        files_copied: 1,
+        bytes_copied: f.size,
+        files_skipped: 0,
+        bytes_skipped: 0,
+        failures: Vec::new(),
+        retry: Vec::new(),
+        retry_after_ms: 0,
+        would_copy: vec![f.clone()],
+    }
+}
+
+/// Content type for an object written to an object store: the source object's, or one
+/// guessed from the file name for files.
+pub(crate) async fn content_type(src: &Operator, src_ep: &Endpoint, path: &str) -> Option<String> {
+    if !src_ep.is_local() {
+        if let Ok(m) = src.stat(path).await {
+            if let Some(ct) = m.content_type() {
+                return Some(ct.to_string());
+            }
+        }
+    }
+    guess_content_type(path).map(str::to_string)
+}
+
+/// A content type from a file name's extension, for the common cases.
+pub fn guess_content_type(path: &str) -> Option<&'static str> {
+    let ext = path.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "txt" | "log" => "text/plain",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html",
+        "css" => "text/css",
+        "js" => "text/javascript",
+        "json" => "application/json",
+        "xml" => "application/xml",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "webp" => "image/webp",
+        "mp4" => "video/mp4",
+        "mp3" => "audio/mpeg",
+        "parquet" => "application/vnd.apache.parquet",
+        _ => return None,
+    })
+}
+
+/// Modification time of stored metadata, in milliseconds.
+pub(crate) fn mtime_ms(m: &opendal::Metadata) -> Option<i64> {
+    m.last_modified()
+        .map(std::time::SystemTime::from)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+}
+
+/// Before each chunk: stop when cancelled, wait for the speed limits, count, hash.
+pub(crate) async fn pace(
+    chunk: &opendal::Buffer,
+    ctx: &JobContext<'_>,
+    md5: Option<&mut btp_common::checksum::Md5Stream>,
+) -> Result<(), JobError> {
+    if ctx.cancel.is_cancelled() {
+        return Err(JobError::Cancelled);
+    }
+    let n = chunk.len() as u64;
+    for l in [ctx.task_limiter, ctx.limiter].into_iter().flatten() {
+        l.acquire(n).await;
+    }
+    metrics::counter!(crate::telemetry::BYTES_COPIED).increment(n);
+    if let Some(h) = md5 {
+        for piece in chunk.clone() {
+            h.update(&piece);
+        }
+    }
+    Ok(())
 }
 
 async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<(), JobError> {
@@ -227,8 +489,14 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     let (mut files_copied, mut bytes_copied) = (0u64, 0u64);
     let (mut files_skipped, mut bytes_skipped) = (0u64, 0u64);
     let (mut failures, mut retry) = (Vec::new(), Vec::new());
+    let mut would_copy = Vec::new();
     for (f, outcome) in outcomes {
         match outcome {
+            FileOutcome::WouldCopy => {
+                files_copied += 1;
+                bytes_copied += f.size;
+                would_copy.push(f.clone());
+            }
             FileOutcome::Copied(n) => {
                 files_copied += 1;
                 bytes_copied += n;
@@ -246,6 +514,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
                     size: f.size,
                     reason: e.to_string(),
                     attempts: ctx.attempt,
+                    mtime_ms: f.mtime_ms,
                 };
                 if e.is_transient() && !ctx.last_attempt {
                     debug!(job = %job.id, path = %f.path, error = %e, "file will be retried");
@@ -269,6 +538,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
         failures,
         retry,
         retry_after_ms: ctx.retry_after.as_millis() as u64,
+        would_copy,
     };
     ctx.sink.send(job, 0, true, body).await
 }
@@ -304,7 +574,7 @@ async fn up_to_date(dst: &Operator, f: &FileEntry) -> bool {
 
 /// Gives a copy on a file system the source's modification time, so that an unchanged file
 /// matches on the next run. Best effort: a failure only costs a re-copy later.
-fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
+pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
     let (Some(root), Some(ms)) = (dst.local_root(), f.mtime_ms) else {
         return;
     };
@@ -344,8 +614,10 @@ fn faults() -> &'static Faults {
 
 /// Streams one file; returns the bytes written. The destination is only closed (made complete)
 /// when every byte arrived and the size matches the listing; otherwise the partial file is
-/// removed, so nothing incomplete is left under the final name.
+/// removed, so nothing incomplete is left under the final name. Then the copy is verified: its
+/// size, and with `--verify checksum` its MD5 against the bytes read from the source.
 async fn copy_file(
+    job: &Job,
     src: &Operator,
     dst: &Operator,
     f: &FileEntry,
@@ -375,26 +647,25 @@ async fn copy_file(
         return Err(e.into());
     }
     let mut writer = if ctx.multipart {
-        // Object stores: parallel multipart upload, parts sized so no file needs more than
-        // 9,000 of the 10,000 parts S3 allows.
-        dst.writer_with(&f.path)
+        // Object stores: files above the multipart threshold are Upload jobs; smaller ones
+        // still go up in parts when large, sized so no file needs more than 9,000 parts.
+        let mut w = dst
+            .writer_with(&f.path)
             .chunk(part_size(f.size))
-            .concurrent(4)
-            .await?
+            .concurrent(4);
+        if let Some(ct) = content_type(src, &job.src, &f.path).await {
+            w = w.content_type(&ct);
+        }
+        w.await?
     } else {
         dst.writer_with(&f.path).await?
     };
+    let mut md5 = (job.verify == Verify::Checksum).then(btp_common::checksum::Md5Stream::default);
     let mut written = 0u64;
     let result: Result<(), JobError> = async {
         while let Some(chunk) = stream.try_next().await? {
-            if ctx.cancel.is_cancelled() {
-                return Err(JobError::Cancelled);
-            }
-            for l in [ctx.task_limiter, ctx.limiter].into_iter().flatten() {
-                l.acquire(chunk.len() as u64).await;
-            }
+            pace(&chunk, ctx, md5.as_mut()).await?;
             written += chunk.len() as u64;
-            metrics::counter!(crate::telemetry::BYTES_COPIED).increment(chunk.len() as u64);
             writer.write(chunk).await?;
         }
         if written != f.size {
@@ -409,7 +680,6 @@ async fn copy_file(
     match result {
         Ok(()) => {
             writer.close().await?;
-            Ok(written)
         }
         Err(e) => {
             if writer.abort().await.is_err() {
@@ -417,7 +687,39 @@ async fn copy_file(
                 let _ = writer.close().await;
                 let _ = dst.delete(&f.path).await;
             }
-            Err(e)
+            return Err(e);
         }
     }
+    if let Err(e) = verify(job, dst, f, md5.map(|h| h.finish())).await {
+        // Nothing wrong stays under the final name.
+        let _ = dst.delete(&f.path).await;
+        return Err(e);
+    }
+    Ok(written)
+}
+
+/// Checks a written file: its size, and its MD5 when `md5` (of the source bytes) is given.
+async fn verify(
+    job: &Job,
+    dst: &Operator,
+    f: &FileEntry,
+    md5: Option<String>,
+) -> Result<(), JobError> {
+    let meta = dst.stat(&f.path).await?;
+    if meta.content_length() != f.size {
+        return Err(JobError::Transient(format!(
+            "size mismatch: {} bytes at the destination, {} read from the source",
+            meta.content_length(),
+            f.size
+        )));
+    }
+    if let Some(want) = md5 {
+        let got = content_md5(&job.dst, dst, &f.path, Some(&meta)).await?;
+        if got != want {
+            return Err(JobError::Transient(format!(
+                "checksum mismatch: the destination has md5 {got}, the source bytes {want}"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod errors;
 pub mod exec;
 pub mod limiter;
+pub mod parts;
 pub mod telemetry;
 pub mod worker;
 

@@ -289,7 +289,13 @@ async fn run_job(
             return;
         }
     };
-    let Some(cancel) = tokens.token(&job.task) else {
+    // An Abort job cleans up after a cancelled task: it runs all the same.
+    let token = match (&job.kind, tokens.token(&job.task)) {
+        (_, Some(t)) => Some(t),
+        (btp_common::wire::JobKind::Abort { .. }, None) => Some(tokens.stopping.child_token()),
+        _ => None,
+    };
+    let Some(cancel) = token else {
         debug!(job = %job.id, "dropping a job of a cancelled task");
         let _ = msg.ack_with(AckKind::Term).await;
         return;

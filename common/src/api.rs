@@ -97,6 +97,9 @@ pub enum Compare {
     /// (copies to file systems keep the source's modification time, so re-runs match).
     #[default]
     SizeMtime,
+    /// Skip when the destination has the same size and the same content hash (MD5; object
+    /// stores' ETags are used where they are one, otherwise the content is read and hashed).
+    Checksum,
     /// Copy every file.
     None,
 }
@@ -105,11 +108,59 @@ impl Compare {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "size-mtime" => Some(Compare::SizeMtime),
+            "checksum" => Some(Compare::Checksum),
             "none" => Some(Compare::None),
             _ => None,
         }
     }
 }
+
+/// How a copy is verified once written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verify {
+    /// The destination holds as many bytes as were read from the source.
+    #[default]
+    Size,
+    /// Also the same content hash (MD5) as the bytes read from the source.
+    Checksum,
+}
+
+impl Verify {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "size" => Some(Verify::Size),
+            "checksum" => Some(Verify::Checksum),
+            _ => None,
+        }
+    }
+}
+
+/// What a task does with destination files that are not in the source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Leave them.
+    #[default]
+    Copy,
+    /// Delete them, so the destination mirrors the source.
+    Sync,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "copy" => Some(Mode::Copy),
+            "sync" => Some(Mode::Sync),
+            _ => None,
+        }
+    }
+}
+
+/// S3 allows at most 10,000 parts per upload; part sizes keep every file within 9,000.
+pub const MAX_PARTS: u64 = 9_000;
+/// Smallest part of a multipart upload (S3 refuses smaller ones but the last).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
 
 /// Highest per-task attempt limit; the jobs consumer's MaxDeliver stays above it as a backstop.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 50;
@@ -132,6 +183,24 @@ pub struct TaskOptions {
     pub speed_limit: Option<u64>,
     /// Incremental copy: when a file already at the destination is skipped.
     pub compare: Compare,
+    /// Files of at least this size are split into part jobs that run in parallel.
+    pub multipart_threshold: u64,
+    /// Size of those parts (raised for huge files so no file needs more than 9,000 parts).
+    pub part_size: u64,
+    pub verify: Verify,
+    pub mode: Mode,
+    /// Only find out what would change: nothing is copied or deleted.
+    pub dry_run: bool,
+    pub filter: crate::filter::Filter,
+}
+
+impl TaskOptions {
+    /// Part size for a file of `size` bytes.
+    pub fn part_size_for(&self, size: u64) -> u64 {
+        self.part_size
+            .max(size.div_ceil(MAX_PARTS))
+            .max(MIN_PART_SIZE)
+    }
 }
 
 impl Default for TaskOptions {
@@ -144,6 +213,12 @@ impl Default for TaskOptions {
             max_attempts: 10,
             speed_limit: None,
             compare: Compare::SizeMtime,
+            multipart_threshold: 64 << 20,
+            part_size: 32 << 20,
+            verify: Verify::Size,
+            mode: Mode::Copy,
+            dry_run: false,
+            filter: Default::default(),
         }
     }
 }
@@ -172,6 +247,17 @@ impl TaskOptions {
                 "list_page_bytes must be between 4KiB and 768KiB (a page is one NATS message)",
             ));
         }
+        if self.part_size < MIN_PART_SIZE {
+            return Err(ApiError::invalid(
+                "part_size must be at least 5MiB (the smallest part S3 accepts)",
+            ));
+        }
+        if self.multipart_threshold < self.part_size {
+            return Err(ApiError::invalid(
+                "multipart_threshold must be at least part_size",
+            ));
+        }
+        self.filter.validate().map_err(ApiError::invalid)?;
         Ok(())
     }
 }
@@ -265,6 +351,13 @@ pub struct TaskInfo {
     pub bytes_skipped: u64,
     pub files_failed: u64,
     pub bytes_failed: u64,
+    /// Files the task's filters left out.
+    #[serde(default)]
+    pub files_excluded: u64,
+    /// Sync: destination files deleted because the source does not have them.
+    /// In a dry run, `files_copied`/`bytes_copied`/`files_deleted` count what would change.
+    #[serde(default)]
+    pub files_deleted: u64,
     /// Times a file was scheduled again after a transient error.
     pub files_retried: u64,
     /// Highest copy speed seen so far (over a sliding window), bytes per second.
@@ -308,6 +401,8 @@ impl TaskInfo {
             files_copied: 0,
             bytes_copied: 0,
             files_skipped: 0,
+            files_excluded: 0,
+            files_deleted: 0,
             bytes_skipped: 0,
             files_failed: 0,
             bytes_failed: 0,
@@ -345,6 +440,19 @@ pub struct Report {
     pub avg_bytes_per_sec: f64,
     pub clients: Vec<ClientShare>,
     pub failures: Vec<FileFailure>,
+    /// A dry run's findings: what would be copied and deleted (paged like `failures`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
+}
+
+/// A change a dry run found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// `copy` or `delete`.
+    pub action: String,
+    pub path: String,
+    pub size: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,10 @@
 //! NATS subjects, human units and the error kinds callers branch on.
 
 pub mod api;
+pub mod checksum;
 pub mod endpoint;
+pub mod filter;
+pub mod s3mp;
 pub mod subjects;
 pub mod units;
 pub mod wire;

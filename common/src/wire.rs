@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::filter::Filter;
 use crate::{Endpoint, WIRE_VERSION};
 
 /// One unit of work on the jobs work queue. Carries everything a worker needs.
@@ -24,6 +25,11 @@ pub struct Job {
     /// How to decide that a file already at the destination needs no copy.
     #[serde(default)]
     pub compare: crate::api::Compare,
+    #[serde(default)]
+    pub verify: crate::api::Verify,
+    /// Find out what would change, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
     /// This client's share of the task's speed limit when the job was published (bytes/s);
     /// `Limit` control messages update it while the task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,9 +55,35 @@ pub enum JobKind {
         page_entries: u32,
         /// ...and at most about this many bytes of JSON.
         page_bytes: u64,
+        /// Which files are copied; the others are counted as excluded.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+        /// Also delete what the destination has in this directory and the source has not.
+        #[serde(default)]
+        sync: bool,
     },
     /// Copy a batch of files from source to destination.
     Copy { files: Vec<FileEntry> },
+    /// Start a multipart upload of one large file (or skip it when already there); the server
+    /// then publishes one Part job per part and, when all are in, a Complete job.
+    Upload { file: FileEntry, part_size: u64 },
+    /// Copy one byte range of a large file into its upload.
+    Part {
+        file: FileEntry,
+        upload_id: String,
+        /// 1-based.
+        number: u32,
+        offset: u64,
+        len: u64,
+    },
+    /// Assemble the uploaded parts into the destination file.
+    Complete {
+        file: FileEntry,
+        upload_id: String,
+        parts: Vec<PartDone>,
+    },
+    /// Abort an upload (cancelled task or failed file): no part is left behind.
+    Abort { path: String, upload_id: String },
 }
 
 impl JobKind {
@@ -59,8 +91,24 @@ impl JobKind {
         match self {
             JobKind::List { .. } => "list",
             JobKind::Copy { .. } => "copy",
+            JobKind::Upload { .. } => "upload",
+            JobKind::Part { .. } => "part",
+            JobKind::Complete { .. } => "complete",
+            JobKind::Abort { .. } => "abort",
         }
     }
+}
+
+/// An uploaded part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartDone {
+    pub number: u32,
+    /// The store's tag of the part (S3 ETag; empty on file systems).
+    pub etag: String,
+    /// MD5 of the source bytes of the part, when verifying checksums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
 }
 
 /// A file found by a listing.
@@ -107,6 +155,12 @@ pub enum ResultBody {
     ListPage {
         files: Vec<FileEntry>,
         dirs: Vec<String>,
+        /// Files left out by the task's filters.
+        #[serde(default)]
+        excluded: u64,
+        /// Sync: destination files deleted (in a dry run: that would be deleted).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deleted: Vec<FileEntry>,
     },
     /// Outcome of a Copy job: what was copied and what failed, per file.
     Copy {
@@ -123,7 +177,16 @@ pub enum ResultBody {
         retry: Vec<FileFailure>,
         #[serde(default)]
         retry_after_ms: u64,
+        /// Dry run: files that would be copied (nothing was).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        would_copy: Vec<FileEntry>,
     },
+    /// An Upload job started the upload of its file.
+    Begun { upload_id: String },
+    /// A Part job uploaded its part of `bytes` bytes.
+    Part { part: PartDone, bytes: u64 },
+    /// An Abort job aborted its upload.
+    Aborted,
     /// The whole job failed permanently (or ran out of attempts).
     Failed { reason: String },
 }
@@ -137,6 +200,9 @@ pub struct FileFailure {
     /// Attempts made on this file.
     #[serde(default)]
     pub attempts: u32,
+    /// Kept so a retried copy still gets the source's modification time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ms: Option<i64>,
 }
 
 /// Heartbeat of a client on core NATS; its first one registers the client.
@@ -249,6 +315,8 @@ mod tests {
             max_attempts: 3,
             speed_share: None,
             compare: Default::default(),
+            verify: Default::default(),
+            dry_run: false,
             kind: JobKind::Copy {
                 files: vec![FileEntry {
                     path: "x y#%?.txt".into(),

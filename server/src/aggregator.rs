@@ -167,20 +167,38 @@ pub async fn apply(
     let Some(task) = store::load_task_tx(tx, task_id).await? else {
         return Ok(Applied::Duplicate);
     };
-    if task.info.state == TaskState::Cancelled {
+    // A cancelled task's only live jobs are the aborts of its open uploads.
+    if task.info.state == TaskState::Cancelled && job.kind != "abort" {
         return Ok(Applied::Duplicate);
     }
+    let job_body = || -> Result<Job, ApiError> {
+        serde_json::from_str(&job.payload)
+            .map_err(|e| ApiError::internal(format!("corrupt job {}: {e}", r.job)))
+    };
+    let dry_run = task.info.options.dry_run;
     let now = now_ms();
     let mut delta = TaskDelta::default();
     let finished_state = if r.last { Some(job_state::DONE) } else { None };
     match &r.body {
-        ResultBody::ListPage { files, dirs } => {
+        ResultBody::ListPage {
+            files,
+            dirs,
+            excluded,
+            deleted,
+        } => {
             let expected = job.pages_applied;
             if (r.seq as i64) < expected {
                 return Ok(Applied::Duplicate);
             }
             if r.seq as i64 > expected {
                 return Ok(Applied::Defer);
+            }
+            delta.files_excluded = *excluded as i64;
+            delta.files_deleted = deleted.len() as i64;
+            if dry_run {
+                for f in deleted {
+                    store::record_change(tx, task_id, "delete", &f.path, f.size).await?;
+                }
             }
             delta.files_found = files.len() as i64;
             delta.bytes_found = files.iter().map(|f| f.size as i64).sum();
@@ -206,17 +224,38 @@ pub async fn apply(
             failures,
             retry,
             retry_after_ms,
+            would_copy,
         } => {
+            for f in would_copy {
+                store::record_change(tx, task_id, "copy", &f.path, f.size).await?;
+            }
+            if job.kind == "complete" {
+                // The worker aborts an upload it could not complete correctly itself.
+                let JobKind::Complete { upload_id, .. } = job_body()?.kind else {
+                    return Err(ApiError::internal(format!(
+                        "job {} is no complete job",
+                        r.job
+                    )));
+                };
+                let state = if *files_copied == 1 {
+                    store::upload_state::DONE
+                } else {
+                    store::upload_state::ABORTED
+                };
+                store::set_upload_state(tx, task_id, &upload_id, state).await?;
+            }
             delta.files_copied = *files_copied as i64;
             delta.bytes_copied = *bytes_copied as i64;
             delta.files_skipped = *files_skipped as i64;
             delta.bytes_skipped = *bytes_skipped as i64;
-            effects.copied.push((
-                task_id.to_string(),
-                task.info.started_ms.unwrap_or(now),
-                *bytes_copied,
-                *files_copied,
-            ));
+            if !dry_run {
+                effects.copied.push((
+                    task_id.to_string(),
+                    task.info.started_ms.unwrap_or(now),
+                    *bytes_copied,
+                    *files_copied,
+                ));
+            }
             record_failures(tx, task_id, seq, failures, &mut delta).await?;
             if !retry.is_empty() {
                 // Only the files that failed transiently run again, after their backoff.
@@ -225,7 +264,7 @@ pub async fn apply(
                     .map(|f| FileEntry {
                         path: f.path.clone(),
                         size: f.size,
-                        mtime_ms: None,
+                        mtime_ms: f.mtime_ms,
                     })
                     .collect();
                 let kinds = planner::pack_copies(entries, &task.info.options);
@@ -240,21 +279,96 @@ pub async fn apply(
                 debug!(job = %r.job, files = retry.len(), reason = %retry[0].reason, "files scheduled again");
             }
         }
+        ResultBody::Begun { upload_id } => {
+            let JobKind::Upload { file, part_size } = job_body()?.kind else {
+                return Err(ApiError::internal(format!(
+                    "job {} is no upload job",
+                    r.job
+                )));
+            };
+            let parts = planner::part_jobs(&file, upload_id, part_size);
+            let n = parts.len() as i64;
+            if store::insert_upload(tx, task_id, upload_id, &file, n, r.attempt as i64).await? {
+                delta.jobs_total = n;
+                let first = task.info.jobs_total as i64;
+                store::insert_jobs(tx, &task, first, parts, Schedule::NOW).await?;
+                debug!(job = %r.job, path = %file.path, parts = n, "upload begun");
+            }
+        }
+        ResultBody::Part { part, bytes } => {
+            let JobKind::Part { upload_id, .. } = job_body()?.kind else {
+                return Err(ApiError::internal(format!("job {} is no part job", r.job)));
+            };
+            delta.bytes_copied = *bytes as i64;
+            effects.copied.push((
+                task_id.to_string(),
+                task.info.started_ms.unwrap_or(now),
+                *bytes,
+                0,
+            ));
+            let up = store::load_upload(tx, task_id, &upload_id).await?;
+            if let Some(up) = up.filter(|u| u.state == store::upload_state::ACTIVE) {
+                let done = store::record_part(tx, task_id, &upload_id, part).await?;
+                if done >= up.parts_total {
+                    let parts = store::upload_parts(tx, task_id, &upload_id).await?;
+                    store::set_upload_state(
+                        tx,
+                        task_id,
+                        &upload_id,
+                        store::upload_state::COMPLETING,
+                    )
+                    .await?;
+                    let complete = JobKind::Complete {
+                        file: up.file,
+                        upload_id,
+                        parts,
+                    };
+                    let schedule = Schedule {
+                        attempt: up.attempt as u32,
+                        not_before_ms: 0,
+                    };
+                    delta.jobs_total = 1;
+                    let first = task.info.jobs_total as i64;
+                    store::insert_jobs(tx, &task, first, vec![complete], schedule).await?;
+                }
+            }
+        }
+        ResultBody::Aborted => {
+            if let JobKind::Abort { upload_id, .. } = job_body()?.kind {
+                store::set_upload_state(tx, task_id, &upload_id, store::upload_state::ABORTED)
+                    .await?;
+            }
+        }
         ResultBody::Failed { reason } => {
-            let job_body: Job = serde_json::from_str(&job.payload)
-                .map_err(|e| ApiError::internal(format!("corrupt job {}: {e}", r.job)))?;
-            match job_body.kind {
+            match job_body()?.kind {
                 JobKind::Copy { files } => {
                     let failures: Vec<FileFailure> = files
                         .into_iter()
-                        .map(|f| FileFailure {
-                            path: f.path,
-                            size: f.size,
-                            reason: reason.clone(),
-                            attempts: r.attempt,
-                        })
+                        .map(|f| failure(&f, reason.clone(), r.attempt))
                         .collect();
                     record_failures(tx, task_id, seq, &failures, &mut delta).await?;
+                }
+                JobKind::Upload { file, .. } => {
+                    let f = failure(&file, reason.clone(), r.attempt);
+                    record_failures(tx, task_id, seq, &[f], &mut delta).await?;
+                }
+                JobKind::Part {
+                    file,
+                    upload_id,
+                    number,
+                    ..
+                } => {
+                    let f = failure(&file, format!("part {number}: {reason}"), r.attempt);
+                    fail_upload(tx, &task, &upload_id, f, seq, &mut delta).await?;
+                }
+                JobKind::Complete {
+                    file, upload_id, ..
+                } => {
+                    let f = failure(&file, reason.clone(), r.attempt);
+                    fail_upload(tx, &task, &upload_id, f, seq, &mut delta).await?;
+                }
+                JobKind::Abort { path, upload_id } => {
+                    warn!(job = %r.job, %path, %upload_id, %reason, "aborting an upload failed: its parts may be left on the store");
                 }
                 JobKind::List { dir, .. } => {
                     let f = FileFailure {
@@ -262,6 +376,7 @@ pub async fn apply(
                         size: 0,
                         reason: format!("listing failed: {reason}"),
                         attempts: r.attempt,
+                        mtime_ms: None,
                     };
                     store::record_failure(tx, task_id, "dir", &f, seq).await?;
                     delta.dirs_failed = 1;
@@ -307,10 +422,18 @@ pub async fn apply(
                     ..Default::default()
                 },
             ),
-            ResultBody::ListPage { .. } => ("ok", ResultCounts::default()),
+            ResultBody::Part { bytes, .. } => (
+                "ok",
+                ResultCounts {
+                    bytes: *bytes,
+                    ..Default::default()
+                },
+            ),
+            ResultBody::ListPage { .. } | ResultBody::Begun { .. } | ResultBody::Aborted => {
+                ("ok", ResultCounts::default())
+            }
         };
-        let kind = if job.kind == "list" { "list" } else { "copy" };
-        effects.jobs.push((kind, outcome, counts));
+        effects.jobs.push((kind_label(&job.kind), outcome, counts));
     }
     if let Some(state) = finished_state {
         let state = if matches!(r.body, ResultBody::Failed { .. }) {
@@ -329,6 +452,56 @@ pub async fn apply(
             .push((task.info.tenant.clone(), task_id.to_string(), state));
     }
     Ok(Applied::Yes)
+}
+
+/// The label of a job kind in metrics.
+pub fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "list" => "list",
+        "upload" => "upload",
+        "part" => "part",
+        "complete" => "complete",
+        "abort" => "abort",
+        _ => "copy",
+    }
+}
+
+fn failure(f: &FileEntry, reason: String, attempts: u32) -> FileFailure {
+    FileFailure {
+        path: f.path.clone(),
+        size: f.size,
+        reason,
+        attempts,
+        mtime_ms: f.mtime_ms,
+    }
+}
+
+/// A large file failed: record it once and abort its upload, so no part is left behind.
+async fn fail_upload(
+    tx: &mut Tx<'_>,
+    task: &store::TaskRow,
+    upload_id: &str,
+    f: FileFailure,
+    seq: i64,
+    delta: &mut TaskDelta,
+) -> Result<(), ApiError> {
+    let id = &task.info.id;
+    let Some(up) = store::load_upload(tx, id, upload_id).await? else {
+        return Ok(());
+    };
+    if up.state != store::upload_state::ACTIVE && up.state != store::upload_state::COMPLETING {
+        return Ok(());
+    }
+    record_failures(tx, id, seq, &[f], delta).await?;
+    store::set_upload_state(tx, id, upload_id, store::upload_state::ABORTING).await?;
+    let abort = JobKind::Abort {
+        path: up.file.path,
+        upload_id: upload_id.to_string(),
+    };
+    // Counted in the task's jobs: it finishes once the parts are gone.
+    let first = task.info.jobs_total as i64 + delta.jobs_total;
+    delta.jobs_total += 1;
+    store::insert_jobs(tx, task, first, vec![abort], Schedule::NOW).await
 }
 
 async fn record_failures(

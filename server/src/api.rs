@@ -351,6 +351,16 @@ impl Api {
                     req.failures_offset as i64,
                 )
                 .await?,
+            changes: store
+                .changes(
+                    &req.id,
+                    req.failures_limit as i64,
+                    req.failures_offset as i64,
+                )
+                .await?
+                .into_iter()
+                .map(|(action, path, size)| btp_common::api::Change { action, path, size })
+                .collect(),
             task,
             duration_ms,
             avg_bytes_per_sec: avg.round(),

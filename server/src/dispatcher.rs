@@ -51,15 +51,18 @@ async fn dispatch_once(
         let _guard = lock.lock().await;
         // Re-read under the lock: a pause may have happened since the list was taken.
         let row = store.task(&task).await?;
-        if row.info.state != btp_common::api::TaskState::Running {
-            continue;
-        }
+        use btp_common::api::TaskState;
+        let only_aborts = match row.info.state {
+            TaskState::Running => false,
+            TaskState::Cancelled => true,
+            _ => continue,
+        };
         let room = window - store.inflight_jobs(&task).await?;
         if room <= 0 {
             continue;
         }
         let jobs = store
-            .pending_jobs(&task, room, btp_common::now_ms())
+            .pending_jobs(&task, room, btp_common::now_ms(), only_aborts)
             .await?;
         if jobs.is_empty() {
             continue;
@@ -67,7 +70,7 @@ async fn dispatch_once(
         let subject = subjects::jobs(&tenant, &task);
         let mut acks = Vec::with_capacity(jobs.len());
         for (seq, payload, kind) in &jobs {
-            let kind = if kind == "list" { "list" } else { "copy" };
+            let kind = crate::aggregator::kind_label(kind);
             metrics::counter!(crate::telemetry::JOBS_PUBLISHED, "kind" => kind).increment(1);
             let msg = PublishMessage::build()
                 .payload(payload.clone().into_bytes().into())

@@ -5,12 +5,20 @@ use btp_common::api::TaskOptions;
 use btp_common::wire::{FileEntry, JobKind};
 
 /// Packs files into Copy batches of at most `batch_files` files and about `batch_bytes` bytes;
-/// a file larger than `batch_bytes` gets a batch of its own. Order is kept.
+/// a file larger than `batch_bytes` gets a batch of its own, a file of at least
+/// `multipart_threshold` bytes an Upload job (its parts become jobs of their own). Order is kept.
 pub fn pack_copies(files: Vec<FileEntry>, opts: &TaskOptions) -> Vec<JobKind> {
     let mut jobs = Vec::new();
     let mut batch: Vec<FileEntry> = Vec::new();
     let mut batch_bytes = 0u64;
     for f in files {
+        if f.size >= opts.multipart_threshold {
+            jobs.push(JobKind::Upload {
+                part_size: opts.part_size_for(f.size),
+                file: f,
+            });
+            continue;
+        }
         let full = batch.len() as u32 >= opts.batch_files
             || (!batch.is_empty() && batch_bytes.saturating_add(f.size) > opts.batch_bytes);
         if full {
@@ -34,7 +42,26 @@ pub fn list_job(dir: String, opts: &TaskOptions) -> JobKind {
         dir,
         page_entries: opts.list_page_entries,
         page_bytes: opts.list_page_bytes,
+        filter: opts.filter.clone(),
+        sync: opts.mode == btp_common::api::Mode::Sync,
     }
+}
+
+/// The Part jobs of an upload: `part_size` ranges, the last one shorter.
+pub fn part_jobs(file: &FileEntry, upload_id: &str, part_size: u64) -> Vec<JobKind> {
+    let n = file.size.div_ceil(part_size).max(1);
+    (0..n)
+        .map(|i| {
+            let offset = i * part_size;
+            JobKind::Part {
+                file: file.clone(),
+                upload_id: upload_id.to_string(),
+                number: i as u32 + 1,
+                offset,
+                len: part_size.min(file.size - offset),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -89,6 +116,40 @@ mod tests {
             sizes(&pack_copies(files, &opts)),
             vec![vec![4, 4], vec![4], vec![50], vec![0]]
         );
+    }
+
+    #[test]
+    fn large_files_become_uploads_cut_into_parts() {
+        let opts = TaskOptions {
+            multipart_threshold: 100,
+            part_size: 40,
+            ..Default::default()
+        };
+        let jobs = pack_copies(vec![file("a", 10), file("big", 100)], &opts);
+        assert_eq!(jobs.len(), 2);
+        let JobKind::Upload { file: f, part_size } = &jobs[0] else {
+            panic!("not an upload: {:?}", jobs[0]);
+        };
+        assert!(matches!(&jobs[1], JobKind::Copy { files } if files.len() == 1));
+        // The part size never goes below S3's 5 MiB minimum.
+        assert_eq!(*part_size, btp_common::api::MIN_PART_SIZE);
+        let parts = part_jobs(f, "u1", 40);
+        let ranges: Vec<(u32, u64, u64)> = parts
+            .iter()
+            .map(|p| match p {
+                JobKind::Part {
+                    number,
+                    offset,
+                    len,
+                    ..
+                } => (*number, *offset, *len),
+                _ => panic!("not a part"),
+            })
+            .collect();
+        assert_eq!(ranges, vec![(1, 0, 40), (2, 40, 40), (3, 80, 20)]);
+        // Huge files get larger parts: never more than 9,000 of them.
+        let huge = 5u64 << 40;
+        assert!(huge.div_ceil(opts.part_size_for(huge)) <= 9_000);
     }
 
     #[test]

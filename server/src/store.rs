@@ -187,12 +187,17 @@ impl Store {
 
     /// Ids and tenants of running tasks, for the dispatcher.
     pub async fn running_tasks(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
-        let rows =
-            sqlx::query("SELECT id, tenant, epoch FROM tasks WHERE state = $1 ORDER BY created_ms")
-                .bind(TaskState::Running.as_str())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map_sqlx)?;
+        // Cancelled tasks too while aborts of their uploads wait.
+        let rows = sqlx::query(
+            "SELECT id, tenant, epoch FROM tasks WHERE state = $1 OR (state = $2 AND id IN \
+             (SELECT task_id FROM jobs WHERE kind = 'abort' AND state = $3)) ORDER BY created_ms",
+        )
+        .bind(TaskState::Running.as_str())
+        .bind(TaskState::Cancelled.as_str())
+        .bind(job_state::PENDING)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -255,6 +260,33 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;
+        // Open multipart uploads are aborted by jobs of their own, which still run.
+        let open = open_uploads(&mut tx, id).await?;
+        if !open.is_empty() {
+            let task = load_task_tx(&mut tx, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("unknown task id '{id}'")))?;
+            let mut aborts = Vec::with_capacity(open.len());
+            for (upload_id, path) in open {
+                set_upload_state(&mut tx, id, &upload_id, upload_state::ABORTING).await?;
+                aborts.push(JobKind::Abort { path, upload_id });
+            }
+            let n = aborts.len() as i64;
+            insert_jobs(
+                &mut tx,
+                &task,
+                task.info.jobs_total as i64,
+                aborts,
+                Schedule::NOW,
+            )
+            .await?;
+            sqlx::query("UPDATE tasks SET jobs_total = jobs_total + $1 WHERE id = $2")
+                .bind(n)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+        }
         tx.commit().await.map_err(map_sqlx)
     }
 
@@ -366,15 +398,21 @@ impl Store {
         task: &str,
         limit: i64,
         now: i64,
+        only_aborts: bool,
     ) -> Result<Vec<(i64, String, String)>, ApiError> {
+        // Aborts and completions first (they free the store and finish files), then listings
+        // (they find work), then copies and parts.
         let rows = sqlx::query(
             "SELECT seq, payload, kind FROM jobs WHERE task_id = $1 AND state = $2 AND not_before_ms <= $4 \
-             ORDER BY CASE kind WHEN 'list' THEN 0 ELSE 1 END, seq LIMIT $3",
+             AND ($5 = 0 OR kind = 'abort') \
+             ORDER BY CASE kind WHEN 'abort' THEN 0 WHEN 'complete' THEN 1 WHEN 'list' THEN 2 ELSE 3 END, \
+             seq LIMIT $3",
         )
         .bind(task)
         .bind(job_state::PENDING)
         .bind(limit)
         .bind(now)
+        .bind(only_aborts as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
@@ -418,7 +456,7 @@ impl Store {
                 format!("task {id} cannot be deleted: it is {state} (cancel it first)"),
             ));
         }
-        for table in ["failures", "jobs"] {
+        for table in ["failures", "jobs", "uploads", "upload_parts", "changes"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE task_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)
@@ -504,6 +542,7 @@ impl Store {
                 size: r.get::<i64, _>(1) as u64,
                 reason: r.get(2),
                 attempts: r.get::<i64, _>(3) as u32,
+                mtime_ms: None,
             })
             .collect())
     }
@@ -592,7 +631,7 @@ const TASK_COLUMNS: &str =
     "id, tenant, state, src, dst, options, created_ms, started_ms, finished_ms, \
     files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
     lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch, peak_bps, \
-    files_skipped, bytes_skipped";
+    files_skipped, bytes_skipped, files_excluded, files_deleted";
 
 fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
@@ -617,6 +656,8 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
         bytes_copied: n(12),
         files_skipped: n(22),
         bytes_skipped: n(23),
+        files_excluded: n(24),
+        files_deleted: n(25),
         files_failed: n(13),
         bytes_failed: n(14),
         listing_done: n(15) > 0 && n(15) == n(16),
@@ -665,7 +706,10 @@ pub async fn insert_jobs(
                 files.len() as i64,
                 files.iter().map(|f| f.size as i64).sum(),
             ),
-            JobKind::List { .. } => (0, 0),
+            // The bytes are counted by the parts.
+            JobKind::Upload { .. } => (1, 0),
+            JobKind::Part { len, .. } => (0, *len as i64),
+            _ => (0, 0),
         };
         let job = Job {
             v: btp_common::WIRE_VERSION,
@@ -678,6 +722,8 @@ pub async fn insert_jobs(
             max_attempts: task.info.options.max_attempts,
             speed_share: task.info.options.speed_limit,
             compare: task.info.options.compare,
+            verify: task.info.options.verify,
+            dry_run: task.info.options.dry_run,
             kind,
         };
         sqlx::query(
@@ -756,6 +802,8 @@ pub struct TaskDelta {
     pub files_retried: i64,
     pub files_skipped: i64,
     pub bytes_skipped: i64,
+    pub files_excluded: i64,
+    pub files_deleted: i64,
 }
 
 pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Result<(), ApiError> {
@@ -766,7 +814,8 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
          lists_total = lists_total + $8, lists_done = lists_done + $9, \
          jobs_total = jobs_total + $10, jobs_done = jobs_done + $11, \
          files_retried = files_retried + $13, files_skipped = files_skipped + $14, \
-         bytes_skipped = bytes_skipped + $15 WHERE id = $12",
+         bytes_skipped = bytes_skipped + $15, files_excluded = files_excluded + $16, \
+         files_deleted = files_deleted + $17 WHERE id = $12",
     )
     .bind(d.files_found)
     .bind(d.bytes_found)
@@ -783,6 +832,8 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
     .bind(d.files_retried)
     .bind(d.files_skipped)
     .bind(d.bytes_skipped)
+    .bind(d.files_excluded)
+    .bind(d.files_deleted)
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;
@@ -954,4 +1005,221 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, ApiError> {
     serde_json::from_str(s).map_err(|e| ApiError::internal(format!("corrupt stored value: {e}")))
+}
+
+/// States of a multipart upload (see the `uploads` table).
+pub mod upload_state {
+    pub const ACTIVE: &str = "active";
+    pub const COMPLETING: &str = "completing";
+    pub const DONE: &str = "done";
+    pub const ABORTING: &str = "aborting";
+    pub const ABORTED: &str = "aborted";
+}
+
+/// A multipart upload of one large file.
+#[derive(Debug, Clone)]
+pub struct UploadRow {
+    pub upload_id: String,
+    pub file: btp_common::wire::FileEntry,
+    pub parts_total: i64,
+    pub parts_done: i64,
+    pub state: String,
+    pub attempt: i64,
+}
+
+/// Records an upload begun by an Upload job; false when it was recorded before.
+pub async fn insert_upload(
+    tx: &mut Tx<'_>,
+    task: &str,
+    upload_id: &str,
+    file: &btp_common::wire::FileEntry,
+    parts_total: i64,
+    attempt: i64,
+) -> Result<bool, ApiError> {
+    let r = sqlx::query(
+        "INSERT INTO uploads (task_id, upload_id, file, parts_total, state, attempt) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, upload_id) DO NOTHING",
+    )
+    .bind(task)
+    .bind(upload_id)
+    .bind(to_json(file))
+    .bind(parts_total)
+    .bind(upload_state::ACTIVE)
+    .bind(attempt)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn load_upload(
+    tx: &mut Tx<'_>,
+    task: &str,
+    upload_id: &str,
+) -> Result<Option<UploadRow>, ApiError> {
+    let row = sqlx::query(
+        "SELECT upload_id, file, parts_total, parts_done, state, attempt FROM uploads \
+         WHERE task_id = $1 AND upload_id = $2",
+    )
+    .bind(task)
+    .bind(upload_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    row.map(|r| {
+        Ok(UploadRow {
+            upload_id: r.get(0),
+            file: from_json(&r.get::<String, _>(1))?,
+            parts_total: r.get(2),
+            parts_done: r.get(3),
+            state: r.get(4),
+            attempt: r.get(5),
+        })
+    })
+    .transpose()
+}
+
+/// Records an uploaded part once; returns the upload's parts done after it.
+pub async fn record_part(
+    tx: &mut Tx<'_>,
+    task: &str,
+    upload_id: &str,
+    part: &btp_common::wire::PartDone,
+) -> Result<i64, ApiError> {
+    let r = sqlx::query(
+        "INSERT INTO upload_parts (task_id, upload_id, number, etag, md5) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (task_id, upload_id, number) DO NOTHING",
+    )
+    .bind(task)
+    .bind(upload_id)
+    .bind(part.number as i64)
+    .bind(&part.etag)
+    .bind(part.md5.clone())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    if r.rows_affected() == 1 {
+        sqlx::query(
+            "UPDATE uploads SET parts_done = parts_done + 1 WHERE task_id = $1 AND upload_id = $2",
+        )
+        .bind(task)
+        .bind(upload_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    }
+    sqlx::query_scalar("SELECT parts_done FROM uploads WHERE task_id = $1 AND upload_id = $2")
+        .bind(task)
+        .bind(upload_id)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_sqlx)
+}
+
+/// The parts of an upload, in order.
+pub async fn upload_parts(
+    tx: &mut Tx<'_>,
+    task: &str,
+    upload_id: &str,
+) -> Result<Vec<btp_common::wire::PartDone>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT number, etag, md5 FROM upload_parts WHERE task_id = $1 AND upload_id = $2 \
+         ORDER BY number",
+    )
+    .bind(task)
+    .bind(upload_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(rows
+        .iter()
+        .map(|r| btp_common::wire::PartDone {
+            number: r.get::<i64, _>(0) as u32,
+            etag: r.get(1),
+            md5: r.get(2),
+        })
+        .collect())
+}
+
+pub async fn set_upload_state(
+    tx: &mut Tx<'_>,
+    task: &str,
+    upload_id: &str,
+    state: &str,
+) -> Result<(), ApiError> {
+    sqlx::query("UPDATE uploads SET state = $1 WHERE task_id = $2 AND upload_id = $3")
+        .bind(state)
+        .bind(task)
+        .bind(upload_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
+/// Uploads of a task still open on the store (their parts would be orphaned): (id, path).
+pub async fn open_uploads(tx: &mut Tx<'_>, task: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT upload_id, file FROM uploads WHERE task_id = $1 AND state IN ($2, $3) \
+         ORDER BY upload_id",
+    )
+    .bind(task)
+    .bind(upload_state::ACTIVE)
+    .bind(upload_state::COMPLETING)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    rows.iter()
+        .map(|r| {
+            let f: btp_common::wire::FileEntry = from_json(&r.get::<String, _>(1))?;
+            Ok((r.get(0), f.path))
+        })
+        .collect()
+}
+
+/// Records what a dry run found would change (`copy` or `delete`).
+pub async fn record_change(
+    tx: &mut Tx<'_>,
+    task: &str,
+    action: &str,
+    path: &str,
+    size: u64,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO changes (task_id, action, path, size) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (task_id, action, path) DO NOTHING",
+    )
+    .bind(task)
+    .bind(action)
+    .bind(path)
+    .bind(size as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(())
+}
+
+impl Store {
+    /// What a dry run found would change, by path: (action, path, size).
+    pub async fn changes(
+        &self,
+        task: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<(String, String, u64)>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT action, path, size FROM changes WHERE task_id = $1 \
+             ORDER BY path, action LIMIT $2 OFFSET $3",
+        )
+        .bind(task)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as u64))
+            .collect())
+    }
 }

@@ -118,6 +118,7 @@ fn files(n: usize, size: u64) -> Vec<FileEntry> {
 
 fn copy_ok(n: u64, bytes: u64) -> ResultBody {
     ResultBody::Copy {
+        would_copy: vec![],
         files_copied: n,
         bytes_copied: bytes,
         files_skipped: 0,
@@ -149,6 +150,8 @@ on_every_backend!(
             0,
             false,
             ResultBody::ListPage {
+                excluded: 0,
+                deleted: vec![],
                 files: files(6, 10),
                 dirs: vec![],
             },
@@ -159,6 +162,8 @@ on_every_backend!(
             1,
             true,
             ResultBody::ListPage {
+                excluded: 0,
+                deleted: vec![],
                 files: files(2, 5),
                 dirs: vec!["sub/".into()],
             },
@@ -184,6 +189,8 @@ on_every_backend!(
             0,
             true,
             ResultBody::ListPage {
+                excluded: 0,
+                deleted: vec![],
                 files: vec![],
                 dirs: vec![],
             },
@@ -218,18 +225,22 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
             0,
             true,
             ResultBody::ListPage {
+                excluded: 0,
+                deleted: vec![],
                 files: files(3, 7),
                 dirs: vec![],
             },
         );
         apply_one(&store, &page).await;
         let failure = |p: &str| FileFailure {
+            mtime_ms: None,
             path: p.into(),
             size: 7,
             reason: "permission denied".into(),
             attempts: 1,
         };
         let body = ResultBody::Copy {
+            would_copy: vec![],
             files_copied: 1,
             files_skipped: 0,
             bytes_skipped: 0,
@@ -256,7 +267,7 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
             (t.state, t.files_failed, t.jobs_total),
             (TaskState::Running, 0, 3)
         );
-        let pending = store.pending_jobs("t2", 10, i64::MAX).await.unwrap();
+        let pending = store.pending_jobs("t2", 10, i64::MAX, false).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert!(
             pending[0].1.contains("f001")
@@ -285,6 +296,8 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
                 0,
                 true,
                 ResultBody::ListPage {
+                    excluded: 0,
+                    deleted: vec![],
                     files: files(2, 3),
                     dirs: vec![],
                 },
@@ -292,12 +305,14 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
         )
         .await;
         let retry = vec![FileFailure {
+            mtime_ms: None,
             path: "f001".into(),
             size: 3,
             reason: "timeout".into(),
             attempts: 1,
         }];
         let body = ResultBody::Copy {
+            would_copy: vec![],
             files_copied: 1,
             files_skipped: 0,
             bytes_skipped: 0,
@@ -314,10 +329,17 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
         );
         let now = btp_common::now_ms();
         assert!(
-            store.pending_jobs("t3", 10, now).await.unwrap().is_empty(),
+            store
+                .pending_jobs("t3", 10, now, false)
+                .await
+                .unwrap()
+                .is_empty(),
             "waits out its backoff"
         );
-        let later = store.pending_jobs("t3", 10, now + 120_000).await.unwrap();
+        let later = store
+            .pending_jobs("t3", 10, now + 120_000, false)
+            .await
+            .unwrap();
         assert_eq!(later.len(), 1);
         assert!(later[0].1.contains(r#""attempt":2"#), "{}", later[0].1);
     })
@@ -373,6 +395,8 @@ on_every_backend!(illegal_transitions_are_refused_with_a_reason, |store| {
             0,
             true,
             ResultBody::ListPage {
+                excluded: 0,
+                deleted: vec![],
                 files: files(1, 1),
                 dirs: vec![],
             },
@@ -399,7 +423,10 @@ on_every_backend!(pause_requeues_published_jobs, |store| Box::pin(
         let epoch = store.task("t5").await.unwrap().epoch;
         store.pause_task("t5").await.unwrap();
         assert_eq!(store.inflight_jobs("t5").await.unwrap(), 0);
-        assert_eq!(store.pending_jobs("t5", 10, 0).await.unwrap().len(), 1);
+        assert_eq!(
+            store.pending_jobs("t5", 10, 0, false).await.unwrap().len(),
+            1
+        );
         assert_eq!(store.task("t5").await.unwrap().epoch, epoch + 1);
         assert!(store.running_tasks().await.unwrap().is_empty());
     }

@@ -1,0 +1,387 @@
+//! Large files in parts: an Upload job starts a multipart upload (S3) or a sparse temporary file
+//! beside the destination (file systems); Part jobs, on any worker of any client, each copy one
+//! byte range into it; the Complete job assembles and verifies the file; an Abort job removes
+//! what a cancelled or failed file left. Nothing appears under the final name before Complete.
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures::{SinkExt, TryStreamExt};
+use opendal::Operator;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use btp_common::api::Verify;
+use btp_common::checksum::{self, Md5Stream};
+use btp_common::s3mp::{PartTag, S3Multipart};
+use btp_common::wire::{FileEntry, FileFailure, Job, PartDone, ResultBody};
+use btp_common::Endpoint;
+
+use crate::errors::JobError;
+use crate::exec::{self, JobContext, COPY_CHUNK};
+
+/// The temporary file parts of `path` go to on a file system destination.
+fn temp_path(root: &str, path: &str, upload_id: &str) -> PathBuf {
+    let full = std::path::Path::new(root).join(path);
+    let name = full
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    full.with_file_name(format!(".{name}.btp-{upload_id}"))
+}
+
+fn multipart(dst: &Endpoint) -> Result<S3Multipart, JobError> {
+    S3Multipart::new(dst).ok_or_else(|| JobError::Permanent(format!("{dst} takes no uploads")))
+}
+
+/// Starts the upload of a large file, or reports it skipped (already there) or, in a dry
+/// run, as a file that would be copied.
+pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result<(), JobError> {
+    let src = job.src.source_operator()?;
+    let dst = job.dst.operator()?;
+    if exec::already_there(job, &src, &dst, file).await? {
+        return ctx.sink.send(job, 0, true, exec::skipped_body(file)).await;
+    }
+    if job.dry_run {
+        return ctx
+            .sink
+            .send(job, 0, true, exec::would_copy_body(file))
+            .await;
+    }
+    let upload_id = match &job.dst {
+        Endpoint::Fs { root } => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let temp = temp_path(root, &file.path, &id);
+            if let Some(parent) = temp.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            let f = tokio::fs::File::create(&temp).await?;
+            f.set_len(file.size).await?;
+            id
+        }
+        Endpoint::S3 { .. } => {
+            let ct = exec::content_type(&src, &job.src, &file.path).await;
+            multipart(&job.dst)?
+                .create(&file.path, ct.as_deref())
+                .await?
+        }
+    };
+    debug!(job = %job.id, path = %file.path, %upload_id, "upload begun");
+    let body = ResultBody::Begun { upload_id };
+    ctx.sink.send(job, 0, true, body).await
+}
+
+/// Copies bytes `offset..offset + len` of the file into part `number` of the upload.
+pub async fn part(
+    job: &Job,
+    file: &FileEntry,
+    upload_id: &str,
+    number: u32,
+    offset: u64,
+    len: u64,
+    ctx: &JobContext<'_>,
+) -> Result<(), JobError> {
+    let src = job.src.source_operator()?;
+    let reader = src.reader_with(&file.path).chunk(COPY_CHUNK).await?;
+    let mut stream = reader.into_stream(offset..offset + len).await?;
+    let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
+    let etag = match &job.dst {
+        Endpoint::S3 { .. } => {
+            let mp = multipart(&job.dst)?;
+            let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+            let feed = async {
+                let mut n = 0u64;
+                while let Some(chunk) = stream.try_next().await? {
+                    exec::pace(&chunk, ctx, md5.as_mut()).await?;
+                    n += chunk.len() as u64;
+                    for piece in chunk {
+                        if tx.send(Ok(piece)).await.is_err() {
+                            return Ok(None); // the upload ended early: its error tells why
+                        }
+                    }
+                }
+                drop(tx);
+                Ok::<_, JobError>(Some(n))
+            };
+            let body = reqwest::Body::wrap_stream(rx);
+            let (fed, uploaded) = futures::join!(
+                feed,
+                mp.upload_part(&file.path, upload_id, number, len, body)
+            );
+            let n = match fed {
+                Ok(n) => n,
+                Err(e) => return Err(e),
+            };
+            let etag = uploaded?;
+            if n.is_some_and(|n| n != len) {
+                return Err(source_changed(file, len, n.unwrap_or(0)));
+            }
+            etag
+        }
+        Endpoint::Fs { root } => {
+            let temp = temp_path(root, &file.path, upload_id);
+            let mut out = match tokio::fs::OpenOptions::new().write(true).open(&temp).await {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(JobError::Permanent(format!(
+                        "upload {upload_id} of {} no longer exists",
+                        file.path
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            out.seek(SeekFrom::Start(offset)).await?;
+            let mut n = 0u64;
+            while let Some(chunk) = stream.try_next().await? {
+                exec::pace(&chunk, ctx, md5.as_mut()).await?;
+                n += chunk.len() as u64;
+                for piece in chunk {
+                    out.write_all(&piece).await?;
+                }
+            }
+            if n != len {
+                return Err(source_changed(file, len, n));
+            }
+            out.sync_data().await?;
+            String::new()
+        }
+    };
+    let md5 = md5.map(Md5Stream::finish);
+    if let Some(want) = &md5 {
+        let got = match &job.dst {
+            Endpoint::S3 { .. } => etag.clone(),
+            Endpoint::Fs { root } => {
+                md5_of_file_range(&temp_path(root, &file.path, upload_id), offset, len).await?
+            }
+        };
+        if &got != want {
+            return Err(JobError::Transient(format!(
+                "part {number} of {}: the destination holds other bytes than were sent (md5 {want}, stored {got})",
+                file.path
+            )));
+        }
+    }
+    info!(task = %job.task, path = %file.path, part = number, bytes = len, client = %ctx.sink.client, "part copied");
+    let body = ResultBody::Part {
+        part: PartDone { number, etag, md5 },
+        bytes: len,
+    };
+    ctx.sink.send(job, 0, true, body).await
+}
+
+fn source_changed(file: &FileEntry, want: u64, got: u64) -> JobError {
+    JobError::Transient(format!(
+        "source {} changed during copy: expected {want} bytes of a part, read {got}",
+        file.path
+    ))
+}
+
+async fn md5_of_file_range(
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+) -> Result<String, JobError> {
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(SeekFrom::Start(offset)).await?;
+    let mut left = len;
+    let mut h = Md5Stream::default();
+    let mut buf = vec![0u8; COPY_CHUNK.min(len.max(1) as usize)];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = f.read(&mut buf[..want]).await?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finish())
+}
+
+/// Assembles the parts into the destination file and verifies it.
+pub async fn complete(
+    job: &Job,
+    file: &FileEntry,
+    upload_id: &str,
+    parts: &[PartDone],
+    ctx: &JobContext<'_>,
+) -> Result<(), JobError> {
+    let src = job.src.source_operator()?;
+    let dst = job.dst.operator()?;
+    // The parts were read at different times: the source must not have changed meanwhile.
+    let now = src.stat(&file.path).await?;
+    if now.content_length() != file.size
+        || (file.mtime_ms.is_some() && exec::mtime_ms(&now) != file.mtime_ms)
+    {
+        abort_upload(&job.dst, &file.path, upload_id).await?;
+        let e = JobError::Transient(format!("source {} changed during copy", file.path));
+        return report(job, file, ctx, Err(e)).await;
+    }
+    let outcome = match &job.dst {
+        Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts).await,
+        Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
+    };
+    if outcome.is_ok() {
+        exec::keep_mtime(&job.dst, file);
+    }
+    report(job, file, ctx, outcome).await
+}
+
+/// Sends the result of a Complete job: the file copied, to be retried, or failed.
+async fn report(
+    job: &Job,
+    file: &FileEntry,
+    ctx: &JobContext<'_>,
+    outcome: Result<(), JobError>,
+) -> Result<(), JobError> {
+    let (mut failures, mut retry) = (Vec::new(), Vec::new());
+    match outcome {
+        Ok(()) => {}
+        Err(JobError::Cancelled) => return Err(JobError::Cancelled),
+        Err(e) => {
+            let f = FileFailure {
+                path: file.path.clone(),
+                size: file.size,
+                reason: e.to_string(),
+                attempts: ctx.attempt,
+                mtime_ms: file.mtime_ms,
+            };
+            if e.is_transient() && !ctx.last_attempt {
+                warn!(job = %job.id, path = %file.path, error = %e, "the file will be copied again");
+                retry.push(f);
+            } else {
+                warn!(job = %job.id, path = %file.path, error = %e, "file failed");
+                failures.push(f);
+            }
+        }
+    }
+    let copied = failures.is_empty() && retry.is_empty();
+    let body = ResultBody::Copy {
+        files_copied: copied as u64,
+        // The bytes were counted part by part.
+        bytes_copied: 0,
+        files_skipped: 0,
+        bytes_skipped: 0,
+        failures,
+        retry,
+        retry_after_ms: ctx.retry_after.as_millis() as u64,
+        would_copy: Vec::new(),
+    };
+    ctx.sink.send(job, 0, true, body).await
+}
+
+async fn complete_s3(
+    job: &Job,
+    dst: &Operator,
+    file: &FileEntry,
+    upload_id: &str,
+    parts: &[PartDone],
+) -> Result<(), JobError> {
+    let mp = multipart(&job.dst)?;
+    let tags: Vec<PartTag> = parts
+        .iter()
+        .map(|p| PartTag {
+            number: p.number,
+            etag: p.etag.clone(),
+        })
+        .collect();
+    let etag = match mp.complete(&file.path, upload_id, &tags).await {
+        Ok(e) => Some(e),
+        // Completed before, and the result of that run was lost: check what is there.
+        Err(e) if e.is_no_such_upload() => None,
+        Err(e) if e.is_transient() => return Err(e.into()),
+        Err(e) => {
+            abort_upload(&job.dst, &file.path, upload_id).await?;
+            return Err(e.into());
+        }
+    };
+    let meta = dst.stat(&file.path).await?;
+    if meta.content_length() != file.size {
+        return Err(JobError::Permanent(format!(
+            "{} has {} bytes at the destination, expected {}",
+            file.path,
+            meta.content_length(),
+            file.size
+        )));
+    }
+    if job.verify == Verify::Checksum {
+        let md5s: Option<Vec<String>> = parts.iter().map(|p| p.md5.clone()).collect();
+        let want = md5s.and_then(|m| checksum::multipart_etag(&m));
+        let got = etag.unwrap_or_else(|| {
+            meta.etag()
+                .map(btp_common::s3mp::unquote)
+                .unwrap_or_default()
+        });
+        if want.as_deref() != Some(got.as_str()) {
+            let _ = dst.delete(&file.path).await;
+            return Err(JobError::Transient(format!(
+                "checksum mismatch: {} was stored with ETag {got}, its source parts give {}",
+                file.path,
+                want.unwrap_or_else(|| "nothing".into())
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn complete_fs(
+    root: &str,
+    dst: &Operator,
+    file: &FileEntry,
+    upload_id: &str,
+) -> Result<(), JobError> {
+    let temp = temp_path(root, &file.path, upload_id);
+    let target = std::path::Path::new(root).join(&file.path);
+    match tokio::fs::metadata(&temp).await {
+        Ok(m) if m.len() == file.size => {
+            tokio::fs::File::open(&temp).await?.sync_all().await?;
+            tokio::fs::rename(&temp, &target).await?;
+            Ok(())
+        }
+        Ok(m) => Err(JobError::Permanent(format!(
+            "{} has {} bytes in its upload, expected {}",
+            file.path,
+            m.len(),
+            file.size
+        ))),
+        // Renamed before, and the result of that run was lost.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let meta = dst.stat(&file.path).await?;
+            if meta.content_length() == file.size {
+                Ok(())
+            } else {
+                Err(JobError::Permanent(format!(
+                    "upload {upload_id} of {} is gone",
+                    file.path
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes an upload and its parts. Gone already is fine.
+pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result<(), JobError> {
+    match dst {
+        Endpoint::S3 { .. } => Ok(multipart(dst)?.abort(path, upload_id).await?),
+        Endpoint::Fs { root } => {
+            match tokio::fs::remove_file(temp_path(root, path, upload_id)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+pub async fn abort(
+    job: &Job,
+    path: &str,
+    upload_id: &str,
+    ctx: &JobContext<'_>,
+) -> Result<(), JobError> {
+    abort_upload(&job.dst, path, upload_id).await?;
+    info!(task = %job.task, %path, %upload_id, "upload aborted");
+    ctx.sink.send(job, 0, true, ResultBody::Aborted).await
+}
