@@ -53,7 +53,7 @@ enum Command {
         command: TaskCommand,
     },
     /// One-shot copy: a temporary standalone cluster for one task; exits 0 only if every file was copied.
-    Copy(CopyArgs),
+    Copy(Box<CopyArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -155,7 +155,7 @@ pub struct ClientOpts {
 #[derive(Subcommand)]
 pub enum TaskCommand {
     /// Create a task (and start it with --start).
-    Create(task::CreateArgs),
+    Create(Box<task::CreateArgs>),
     /// Start a created task.
     Start(IdArgs),
     /// Show a task.
@@ -350,6 +350,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ServerCommand::Health(o),
         } => task::health(&url, o).await,
         Command::Task { command } => task::dispatch(&url, command).await,
-        Command::Copy(a) => run::copy(a).await,
+        Command::Copy(a) => run::copy(*a).await,
     }
 }

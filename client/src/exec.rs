@@ -13,8 +13,25 @@ use btp_common::Endpoint;
 
 use crate::errors::JobError;
 
-/// Bytes read from the source per request while copying.
+/// Bytes read from a file system per request while copying.
 pub const COPY_CHUNK: usize = 4 << 20;
+
+/// A stream of a file's bytes in `range`. Files are read in `COPY_CHUNK` pieces; objects in one
+/// streaming GET per range (a request per chunk would cost a round trip each, and some
+/// S3-compatible servers copy the whole object for every ranged read).
+pub(crate) async fn read_stream(
+    ep: &Endpoint,
+    op: &Operator,
+    path: &str,
+    range: impl std::ops::RangeBounds<u64>,
+) -> Result<opendal::BufferStream, JobError> {
+    let reader = if ep.is_local() {
+        op.reader_with(path).chunk(COPY_CHUNK).await?
+    } else {
+        op.reader_with(path).await?
+    };
+    Ok(reader.into_stream(range).await?)
+}
 
 /// Where a job sends its results (one per List page, one per Copy): the results stream.
 pub struct ResultSink {
@@ -351,12 +368,7 @@ pub(crate) async fn content_md5(
             }
         }
     }
-    let mut stream = op
-        .reader_with(path)
-        .chunk(COPY_CHUNK)
-        .await?
-        .into_stream(..)
-        .await?;
+    let mut stream = read_stream(ep, op, path, ..).await?;
     let mut h = btp_common::checksum::Md5Stream::default();
     while let Some(chunk) = stream.try_next().await? {
         h.update(&chunk.to_bytes());
@@ -635,8 +647,7 @@ async fn copy_file(
         )
         .into());
     }
-    let reader = src.reader_with(&f.path).chunk(COPY_CHUNK).await?;
-    let mut stream = reader.into_stream(..).await?;
+    let mut stream = read_stream(&job.src, src, &f.path, ..).await?;
     if faults
         .write_errors
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)

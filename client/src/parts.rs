@@ -83,8 +83,7 @@ pub async fn part(
     ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
     let src = job.src.source_operator()?;
-    let reader = src.reader_with(&file.path).chunk(COPY_CHUNK).await?;
-    let mut stream = reader.into_stream(offset..offset + len).await?;
+    let mut stream = exec::read_stream(&job.src, &src, &file.path, offset..offset + len).await?;
     let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
     let etag = match &job.dst {
         Endpoint::S3 { .. } => {

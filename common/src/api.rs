@@ -252,9 +252,9 @@ impl TaskOptions {
                 "part_size must be at least 5MiB (the smallest part S3 accepts)",
             ));
         }
-        if self.multipart_threshold < self.part_size {
+        if self.multipart_threshold == 0 {
             return Err(ApiError::invalid(
-                "multipart_threshold must be at least part_size",
+                "multipart_threshold must be greater than zero",
             ));
         }
         self.filter.validate().map_err(ApiError::invalid)?;

@@ -59,13 +59,11 @@ fn check_glob(p: &str) -> Result<(), &'static str> {
     while let Some(c) = chars.next() {
         if c == '[' {
             let mut closed = false;
-            let mut n = 0;
-            for c in chars.by_ref() {
+            for (n, c) in chars.by_ref().enumerate() {
                 if c == ']' && n > 0 {
                     closed = true;
                     break;
                 }
-                n += 1;
             }
             if !closed {
                 return Err("unclosed '['");
