@@ -83,6 +83,28 @@ ensure_prometheus() {
 }
 
 # moto's S3 server (PyPI): the S3-compatible endpoint of the object-storage tests.
+# pip install into the user's Python, also where the system Python is externally managed.
+pip_install() {
+    if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+        log "installing pip"
+        apt_install python3-pip || return 1
+    fi
+    local pip
+    pip=$(command -v pip3 || command -v pip)
+    "$pip" install -q "$@" 2>/dev/null || "$pip" install -q --break-system-packages "$@"
+    hash -r
+}
+
+# wsgidav: the WebDAV server of the second-backend tests.
+ensure_wsgidav() {
+    if command -v wsgidav >/dev/null 2>&1; then
+        return 0
+    fi
+    log "installing wsgidav (WebDAV server for the tests)"
+    pip_install wsgidav cheroot
+    command -v wsgidav >/dev/null 2>&1
+}
+
 ensure_moto() {
     if command -v moto_server >/dev/null 2>&1; then
         return 0

@@ -657,6 +657,32 @@ async fn copy_file(
             .set_temporary();
         return Err(e.into());
     }
+    if let Some(dav) = btp_common::webdav::WebdavClient::new(&job.dst) {
+        if f.size >= SMALL_FILE {
+            // OpenDAL's WebDAV writer would hold the whole file: stream it instead.
+            let mut md5 =
+                (job.verify == Verify::Checksum).then(btp_common::checksum::Md5Stream::default);
+            let sent = crate::parts::upload_stream(vec![stream], ctx, md5.as_mut(), |body| {
+                dav.put(&f.path, f.size, body)
+            })
+            .await;
+            let result = match sent {
+                Ok((n, ())) if n == f.size => verify(job, dst, f, md5.map(|h| h.finish())).await,
+                Ok((n, ())) => Err(JobError::Transient(format!(
+                    "source changed during copy: listed {} bytes, read {n}",
+                    f.size
+                ))),
+                Err(e) => Err(e),
+            };
+            return match result {
+                Ok(()) => Ok(f.size),
+                Err(e) => {
+                    let _ = dst.delete(&f.path).await;
+                    Err(e)
+                }
+            };
+        }
+    }
     let mut writer = if ctx.multipart {
         // Object stores: files above the multipart threshold are Upload jobs; smaller ones
         // still go up in parts when large, sized so no file needs more than 9,000 parts.

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use btp_common::api::Verify;
 use btp_common::checksum::{self, Md5Stream};
 use btp_common::s3mp::{PartTag, S3Multipart};
+use btp_common::webdav::WebdavClient;
 use btp_common::wire::{FileEntry, FileFailure, Job, PartDone, ResultBody};
 use btp_common::Endpoint;
 
@@ -60,6 +61,13 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
             f.set_len(file.size).await?;
             id
         }
+        Endpoint::Webdav { .. } => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            webdav(&job.dst)?
+                .mkdirs(&staging_dir(&file.path, &id))
+                .await?;
+            id
+        }
         Endpoint::S3 { .. } => {
             let ct = exec::content_type(&src, &job.src, &file.path).await;
             multipart(&job.dst)?
@@ -88,35 +96,26 @@ pub async fn part(
     let etag = match &job.dst {
         Endpoint::S3 { .. } => {
             let mp = multipart(&job.dst)?;
-            let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
-            let feed = async {
-                let mut n = 0u64;
-                while let Some(chunk) = stream.try_next().await? {
-                    exec::pace(&chunk, ctx, md5.as_mut()).await?;
-                    n += chunk.len() as u64;
-                    for piece in chunk {
-                        if tx.send(Ok(piece)).await.is_err() {
-                            return Ok(None); // the upload ended early: its error tells why
-                        }
-                    }
-                }
-                drop(tx);
-                Ok::<_, JobError>(Some(n))
-            };
-            let body = reqwest::Body::wrap_stream(rx);
-            let (fed, uploaded) = futures::join!(
-                feed,
+            let (n, etag) = upload_stream(vec![stream], ctx, md5.as_mut(), |body| {
                 mp.upload_part(&file.path, upload_id, number, len, body)
-            );
-            let n = match fed {
-                Ok(n) => n,
-                Err(e) => return Err(e),
-            };
-            let etag = uploaded?;
-            if n.is_some_and(|n| n != len) {
-                return Err(source_changed(file, len, n.unwrap_or(0)));
+            })
+            .await?;
+            if n != len {
+                return Err(source_changed(file, len, n));
             }
             etag
+        }
+        Endpoint::Webdav { .. } => {
+            let dav = webdav(&job.dst)?;
+            let part = staged_part(&file.path, upload_id, number);
+            let (n, ()) = upload_stream(vec![stream], ctx, md5.as_mut(), |body| {
+                dav.put(&part, len, body)
+            })
+            .await?;
+            if n != len {
+                return Err(source_changed(file, len, n));
+            }
+            String::new()
         }
         Endpoint::Fs { root } => {
             let temp = temp_path(root, &file.path, upload_id);
@@ -150,6 +149,11 @@ pub async fn part(
     if let Some(want) = &md5 {
         let got = match &job.dst {
             Endpoint::S3 { .. } => etag.clone(),
+            Endpoint::Webdav { .. } => {
+                let part = staged_part(&file.path, upload_id, number);
+                let dst = job.dst.operator()?;
+                exec::content_md5(&job.dst, &dst, &part, None).await?
+            }
             Endpoint::Fs { root } => {
                 md5_of_file_range(&temp_path(root, &file.path, upload_id), offset, len).await?
             }
@@ -167,6 +171,59 @@ pub async fn part(
         bytes: len,
     };
     ctx.sink.send(job, 0, true, body).await
+}
+
+/// Streams `streams`, one after the other, into the request `upload` makes of the body: paced
+/// (cancel, speed limits, metrics) and hashed on the way. Returns the bytes sent and what the
+/// upload answered. An upload that ends early wins: its error says why.
+pub(crate) async fn upload_stream<T, E, F>(
+    streams: Vec<opendal::BufferStream>,
+    ctx: &JobContext<'_>,
+    mut md5: Option<&mut Md5Stream>,
+    upload: impl FnOnce(reqwest::Body) -> F,
+) -> Result<(u64, T), JobError>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    JobError: From<E>,
+{
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let feed = async {
+        let mut n = 0u64;
+        for mut stream in streams {
+            while let Some(chunk) = stream.try_next().await? {
+                exec::pace(&chunk, ctx, md5.as_deref_mut()).await?;
+                n += chunk.len() as u64;
+                for piece in chunk {
+                    if tx.send(Ok(piece)).await.is_err() {
+                        return Ok(n);
+                    }
+                }
+            }
+        }
+        drop(tx);
+        Ok::<_, JobError>(n)
+    };
+    let (fed, uploaded) = futures::join!(feed, upload(reqwest::Body::wrap_stream(rx)));
+    let n = fed?;
+    Ok((n, uploaded?))
+}
+
+fn webdav(dst: &Endpoint) -> Result<WebdavClient, JobError> {
+    WebdavClient::new(dst)
+        .ok_or_else(|| JobError::Permanent(format!("{dst} is no WebDAV endpoint")))
+}
+
+/// Where the parts of `path` are staged on a WebDAV destination (a hidden directory beside it).
+fn staging_dir(path: &str, upload_id: &str) -> String {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((d, n)) => (format!("{d}/"), n),
+        None => (String::new(), path),
+    };
+    format!("{dir}.{name}.btp-{upload_id}/")
+}
+
+fn staged_part(path: &str, upload_id: &str, number: u32) -> String {
+    format!("{}{number:05}", staging_dir(path, upload_id))
 }
 
 fn source_changed(file: &FileEntry, want: u64, got: u64) -> JobError {
@@ -219,6 +276,7 @@ pub async fn complete(
     }
     let outcome = match &job.dst {
         Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts).await,
+        Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
         Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
     };
     if outcome.is_ok() {
@@ -324,6 +382,76 @@ async fn complete_s3(
     Ok(())
 }
 
+/// Concatenates the staged parts into the file in one streaming PUT, verifies it, and removes
+/// the staging directory.
+async fn complete_webdav(
+    job: &Job,
+    dst: &Operator,
+    file: &FileEntry,
+    upload_id: &str,
+    parts: &[PartDone],
+    ctx: &JobContext<'_>,
+) -> Result<(), JobError> {
+    let staging = staging_dir(&file.path, upload_id);
+    if !dst.exists(&staging).await? {
+        // Completed before, and the result of that run was lost.
+        let meta = dst.stat(&file.path).await?;
+        return if meta.content_length() == file.size {
+            Ok(())
+        } else {
+            Err(JobError::Permanent(format!(
+                "upload {upload_id} of {} is gone",
+                file.path
+            )))
+        };
+    }
+    let mut streams = Vec::with_capacity(parts.len());
+    for p in parts {
+        let part = staged_part(&file.path, upload_id, p.number);
+        streams.push(exec::read_stream(&job.dst, dst, &part, ..).await?);
+    }
+    let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
+    let dav = webdav(&job.dst)?;
+    // Assembling is not a transfer from the source: it is not counted against speed limits.
+    let unpaced = JobContext {
+        limiter: None,
+        task_limiter: None,
+        ..*ctx
+    };
+    let (n, ()) = upload_stream(streams, &unpaced, md5.as_mut(), |body| {
+        dav.put(&file.path, file.size, body)
+    })
+    .await?;
+    if n != file.size {
+        return Err(JobError::Transient(format!(
+            "{}: assembled {n} bytes from its parts, expected {}",
+            file.path, file.size
+        )));
+    }
+    let meta = dst.stat(&file.path).await?;
+    if meta.content_length() != file.size {
+        let _ = dst.delete(&file.path).await;
+        return Err(JobError::Transient(format!(
+            "{} has {} bytes at the destination, expected {}",
+            file.path,
+            meta.content_length(),
+            file.size
+        )));
+    }
+    if let Some(want) = md5.map(Md5Stream::finish) {
+        let got = exec::content_md5(&job.dst, dst, &file.path, None).await?;
+        if got != want {
+            let _ = dst.delete(&file.path).await;
+            return Err(JobError::Transient(format!(
+                "checksum mismatch: {} reads back as md5 {got}, its parts gave {want}",
+                file.path
+            )));
+        }
+    }
+    dst.delete_with(&staging).recursive(true).await?;
+    Ok(())
+}
+
 async fn complete_fs(
     root: &str,
     dst: &Operator,
@@ -364,6 +492,13 @@ async fn complete_fs(
 pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result<(), JobError> {
     match dst {
         Endpoint::S3 { .. } => Ok(multipart(dst)?.abort(path, upload_id).await?),
+        Endpoint::Webdav { .. } => {
+            let op = dst.operator()?;
+            Ok(op
+                .delete_with(&staging_dir(path, upload_id))
+                .recursive(true)
+                .await?)
+        }
         Endpoint::Fs { root } => {
             match tokio::fs::remove_file(temp_path(root, path, upload_id)).await {
                 Ok(()) => Ok(()),

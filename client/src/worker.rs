@@ -317,7 +317,7 @@ async fn run_job(
         last_attempt,
         attempt,
         retry_after,
-        multipart: !job.dst.is_local(),
+        multipart: matches!(job.dst, btp_common::Endpoint::S3 { .. }),
         limiter: limiter.as_deref(),
         task_limiter: task_limiter.as_deref(),
     };

@@ -11,11 +11,14 @@ use opendal::Operator;
 use serde::{Deserialize, Serialize};
 
 /// Schemes this build understands.
-pub const SUPPORTED_SCHEMES: &str = "fs, s3";
+pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs";
 
 /// Options an `s3://` endpoint takes (`--src-opt` / `--dst-opt KEY=VALUE`).
 pub const S3_OPTIONS: &str =
     "endpoint, region, access_key_id, secret_access_key, session_token, virtual_host";
+
+/// Options a `webdav://` endpoint takes.
+pub const WEBDAV_OPTIONS: &str = "username, password";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
@@ -40,6 +43,17 @@ pub enum Endpoint {
         session_token: Option<Secret>,
         #[serde(default)]
         virtual_host: bool,
+    },
+    /// A directory of a WebDAV server: `webdav://host:port/path` (http) or `webdavs://` (https).
+    Webdav {
+        /// `http(s)://host[:port]`.
+        endpoint: String,
+        /// Absolute path on the server, without a trailing `/` (`/` for the top).
+        root: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<Secret>,
     },
 }
 
@@ -70,6 +84,8 @@ pub enum EndpointError {
         scheme: &'static str,
         known: &'static str,
     },
+    #[error("'{url}' names no host (use webdav://host:port/path)")]
+    NoHost { url: String },
     #[error("option '{key}' must be true or false")]
     NotABool { key: String },
 }
@@ -91,6 +107,11 @@ impl Endpoint {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             return parse_s3(url, rest, options);
+        }
+        for (prefix, http) in [("webdav://", "http"), ("webdavs://", "https")] {
+            if let Some(rest) = url.strip_prefix(prefix) {
+                return parse_webdav(url, http, rest, options);
+            }
         }
         if let Some(key) = options.keys().next() {
             return Err(EndpointError::UnknownOption {
@@ -164,6 +185,25 @@ impl Endpoint {
                 }
                 Operator::new(b)
             }
+            Endpoint::Webdav {
+                endpoint,
+                root,
+                username,
+                password,
+            } => {
+                static HTTP: std::sync::Once = std::sync::Once::new();
+                HTTP.call_once(opendal::install_default);
+                let mut b = opendal::services::Webdav::default()
+                    .endpoint(endpoint)
+                    .root(root);
+                if let Some(u) = username {
+                    b = b.username(u);
+                }
+                if let Some(p) = password {
+                    b = b.password(&p.0);
+                }
+                Operator::new(b)
+            }
         }
     }
 
@@ -196,7 +236,7 @@ impl Endpoint {
     /// (Object stores are checked by [`Endpoint::check_remote`].)
     pub fn check_source(&self) -> Result<(), String> {
         match self {
-            Endpoint::S3 { .. } => Ok(()),
+            Endpoint::S3 { .. } | Endpoint::Webdav { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("source {self} is not a directory")),
@@ -211,7 +251,7 @@ impl Endpoint {
     /// Checks that this endpoint can be a task's destination: a directory or nothing yet.
     pub fn check_destination(&self) -> Result<(), String> {
         match self {
-            Endpoint::S3 { .. } => Ok(()),
+            Endpoint::S3 { .. } | Endpoint::Webdav { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("destination {self} exists and is not a directory")),
@@ -242,7 +282,7 @@ impl Endpoint {
     pub fn local_root(&self) -> Option<&str> {
         match self {
             Endpoint::Fs { root } => Some(root),
-            Endpoint::S3 { .. } => None,
+            Endpoint::S3 { .. } | Endpoint::Webdav { .. } => None,
         }
     }
 
@@ -270,6 +310,18 @@ impl Endpoint {
                     && e1 == e2
                     && Path::new(&format!("/{p1}")).starts_with(Path::new(&format!("/{p2}")))
             }
+            (
+                Endpoint::Webdav {
+                    endpoint: e1,
+                    root: r1,
+                    ..
+                },
+                Endpoint::Webdav {
+                    endpoint: e2,
+                    root: r2,
+                    ..
+                },
+            ) => e1 == e2 && Path::new(r1).starts_with(Path::new(r2)),
             _ => false,
         }
     }
@@ -280,10 +332,18 @@ impl Endpoint {
             return Ok(());
         }
         let op = self.operator().map_err(|e| format!("{role} {self}: {e}"))?;
-        let mut lister = op
-            .lister_with("/")
-            .await
-            .map_err(|e| remote_error(role, self, e))?;
+        let mut lister = match op.lister_with("/").await {
+            Ok(l) => l,
+            // A WebDAV destination directory is created by the first write.
+            Err(e)
+                if e.kind() == opendal::ErrorKind::NotFound
+                    && matches!(self, Endpoint::Webdav { .. })
+                    && role == "destination" =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(remote_error(role, self, e)),
+        };
         use futures::TryStreamExt;
         lister
             .try_next()
@@ -295,6 +355,9 @@ impl Endpoint {
 
 fn remote_error(role: &str, e: &Endpoint, err: opendal::Error) -> String {
     let text = err.to_string();
+    if matches!(e, Endpoint::Webdav { .. }) && err.kind() == opendal::ErrorKind::NotFound {
+        return format!("{role} {e} does not exist");
+    }
     if text.contains("NoSuchBucket") || text.contains("status: 404") {
         return format!("{role} {e} does not exist (no such bucket)");
     }
@@ -379,6 +442,41 @@ fn parse_s3(
     Ok(ep)
 }
 
+fn parse_webdav(
+    url: &str,
+    http: &str,
+    rest: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<Endpoint, EndpointError> {
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if host.is_empty() {
+        return Err(EndpointError::NoHost {
+            url: url.to_string(),
+        });
+    }
+    let root = normalize(Path::new(&format!("/{path}")));
+    let (mut username, mut password) = (None, None);
+    for (k, v) in options {
+        match k.as_str() {
+            "username" => username = Some(v.clone()),
+            "password" => password = Some(Secret(v.clone())),
+            _ => {
+                return Err(EndpointError::UnknownOption {
+                    key: k.clone(),
+                    scheme: "webdav",
+                    known: WEBDAV_OPTIONS,
+                })
+            }
+        }
+    }
+    Ok(Endpoint::Webdav {
+        endpoint: format!("{http}://{host}"),
+        root,
+        username,
+        password,
+    })
+}
+
 fn looks_like_scheme(s: &str) -> bool {
     s.len() > 1
         && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -407,6 +505,18 @@ impl fmt::Display for Endpoint {
             Endpoint::Fs { root } => write!(f, "fs://{root}"),
             Endpoint::S3 { bucket, prefix, .. } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             Endpoint::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+            Endpoint::Webdav { endpoint, root, .. } => {
+                let (scheme, host) = match endpoint.split_once("://") {
+                    Some(("https", h)) => ("webdavs", h),
+                    Some((_, h)) => ("webdav", h),
+                    None => ("webdav", endpoint.as_str()),
+                };
+                write!(
+                    f,
+                    "{scheme}://{host}{}",
+                    if root == "/" { "" } else { root }
+                )
+            }
         }
     }
 }
@@ -509,6 +619,29 @@ mod tests {
         assert!(fs("/a/b").is_within(&fs("/a/b")));
         assert!(!fs("/a/bc").is_within(&fs("/a/b")));
         assert!(!fs("/a").is_within(&fs("/a/b")));
+    }
+
+    #[test]
+    fn webdav_urls_parse_and_print_without_the_password() {
+        let opts = [("username", "u"), ("password", "pw-secret")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let e = Endpoint::parse_with("webdav://127.0.0.1:8080/dav/data/", &opts).unwrap();
+        assert_eq!(e.to_string(), "webdav://127.0.0.1:8080/dav/data");
+        assert!(!format!("{e:?}").contains("pw-secret"));
+        let Endpoint::Webdav { endpoint, root, .. } = &e else {
+            panic!("not webdav: {e:?}");
+        };
+        assert_eq!(
+            (endpoint.as_str(), root.as_str()),
+            ("http://127.0.0.1:8080", "/dav/data")
+        );
+        assert!(Endpoint::parse("webdav:///x").is_err());
+        assert_eq!(
+            Endpoint::parse("webdavs://h/").unwrap().to_string(),
+            "webdavs://h"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod filter;
 pub mod s3mp;
 pub mod subjects;
 pub mod units;
+pub mod webdav;
 pub mod wire;
 
 pub use endpoint::Endpoint;
