@@ -41,7 +41,7 @@ pub struct CreateArgs {
 #[derive(Args, Clone, Default)]
 pub struct EndpointOpts {
     /// An option of the source endpoint, KEY=VALUE (S3: endpoint, region, access_key_id,
-    /// secret_access_key, session_token, virtual_host); repeatable.
+    /// secret_access_key, session_token, virtual_host; WebDAV: username, password); repeatable.
     #[arg(long = "src-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub src_opts: Vec<(String, String)>,
     /// An option of the destination endpoint, KEY=VALUE; repeatable.
