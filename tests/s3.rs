@@ -8,50 +8,16 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
 
 const SECRET: &str = "s3cr3t-never-printed";
 
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts moto's S3 server on a free port, or None (skip) when it is not installed outside CI.
-fn start_moto(dir: &std::path::Path) -> Option<(Moto, u16)> {
-    if Command::new("moto_server")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        if std::env::var_os("CI").is_some() {
-            panic!("moto_server is required under CI (pip install 'moto[server]')");
-        }
-        eprintln!("moto_server not installed: skipping");
-        return None;
-    }
-    let port = btp_nats::launcher::free_port().unwrap();
-    let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let moto = Moto(child);
-    wait_for("moto to listen", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    Some((moto, port))
+fn start_moto(dir: &std::path::Path) -> Option<(Service, u16)> {
+    let args = ["-H", "127.0.0.1", "-p", "{port}"];
+    start_service("moto_server", &args, dir, "pip install 'moto[server]'")
 }
 
 /// A plain PUT to moto (which takes unsigned requests for new buckets and objects).
@@ -102,29 +68,6 @@ fn opts(port: u16, side: &str) -> Vec<String> {
     .into_iter()
     .flat_map(|o| [format!("--{side}-opt"), o])
     .collect()
-}
-
-/// Clients whose log shows a part of `path` copied.
-fn clients_that_copied_parts(
-    dir: &std::path::Path,
-    path: &str,
-) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let p = entry.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("client-") || !name.ends_with(".log") {
-            continue;
-        }
-        let log = std::fs::read_to_string(&p).unwrap();
-        if log
-            .lines()
-            .any(|l| l.contains("part copied") && l.contains(path))
-        {
-            out.insert(name);
-        }
-    }
-    out
 }
 
 #[test]
@@ -318,7 +261,7 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
     assert!(!listed.contains(SECRET));
     for entry in std::fs::read_dir(tmp.path()).unwrap() {
         let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "log") && !p.ends_with("moto.log") {
+        if p.extension().is_some_and(|e| e == "log") && !p.ends_with("moto_server.log") {
             assert!(
                 !std::fs::read_to_string(&p).unwrap().contains(SECRET),
                 "{} shows the secret",

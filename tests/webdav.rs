@@ -5,75 +5,24 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
 
-struct Dav(Child);
-
-impl Drop for Dav {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts wsgidav over `root` on a free port, or None (skip) when it is not installed outside CI.
-fn start_wsgidav(dir: &std::path::Path, root: &std::path::Path) -> Option<(Dav, u16)> {
-    if Command::new("wsgidav")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        if std::env::var_os("CI").is_some() {
-            panic!("wsgidav is required under CI (pip install wsgidav cheroot)");
-        }
-        eprintln!("wsgidav not installed: skipping");
-        return None;
-    }
+fn start_wsgidav(dir: &std::path::Path, root: &std::path::Path) -> Option<(Service, u16)> {
     std::fs::create_dir_all(root).unwrap();
-    let port = btp_nats::launcher::free_port().unwrap();
-    let log = std::fs::File::create(dir.join("wsgidav.log")).unwrap();
-    let child = Command::new("wsgidav")
-        .args([
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--auth=anonymous",
-            "-q",
-        ])
-        .arg(format!("--root={}", root.display()))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let dav = Dav(child);
-    wait_for("wsgidav to listen", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    Some((dav, port))
-}
-
-/// Clients whose log shows a part of `path` copied.
-fn clients_that_copied_parts(dir: &std::path::Path, path: &str) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("client-") && name.ends_with(".log")
-        })
-        .filter(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .any(|l| l.contains("part copied") && l.contains(path))
-        })
-        .count()
+    let root = format!("--root={}", root.display());
+    let args = [
+        "-H",
+        "127.0.0.1",
+        "-p",
+        "{port}",
+        "--auth=anonymous",
+        "-q",
+        &root,
+    ];
+    start_service("wsgidav", &args, dir, "pip install wsgidav cheroot")
 }
 
 #[test]
@@ -116,10 +65,11 @@ fn files_move_between_a_file_system_and_webdav_byte_for_byte() {
     assert_eq!(up["task"]["bytes_copied"], tree.bytes);
     assert_eq!(up["task"]["dst"], url.as_str());
     assert_same_tree(&src, &on_server);
+    let clients = clients_that_copied_parts(tmp.path(), "big file.bin");
     assert_eq!(
-        clients_that_copied_parts(tmp.path(), "big file.bin"),
+        clients.len(),
         2,
-        "the large file's parts ran on both clients"
+        "parts of the large file ran on {clients:?}"
     );
 
     // WebDAV -> fs

@@ -468,3 +468,71 @@ pub fn assert_complete(report: &serde_json::Value, tree: &TreeStats, src: &Path,
     assert_eq!(t["files_failed"], 0);
     assert_same_tree(src, dst);
 }
+
+/// A storage server a test started (moto, wsgidav); killed when dropped.
+pub struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program` with `args` (`{port}` replaced by a free port) and waits until it listens;
+/// None (the test is skipped) when the program is not installed, except under CI.
+pub fn start_service(
+    program: &str,
+    args: &[&str],
+    dir: &Path,
+    install: &str,
+) -> Option<(Service, u16)> {
+    let installed = Command::new(program)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !installed {
+        if std::env::var_os("CI").is_some() {
+            panic!("{program} is required under CI ({install})");
+        }
+        eprintln!("{program} not installed: skipping");
+        return None;
+    }
+    let port = btp_nats::launcher::free_port().unwrap();
+    let log = std::fs::File::create(dir.join(format!("{program}.log"))).unwrap();
+    let child = Command::new(program)
+        .args(args.iter().map(|a| a.replace("{port}", &port.to_string())))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let service = Service(child);
+    wait_for(
+        &format!("{program} to listen"),
+        Duration::from_secs(60),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
+    Some((service, port))
+}
+
+/// Clients (by log file) whose log shows a part of `path` copied.
+pub fn clients_that_copied_parts(dir: &Path, path: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("client-") || !name.ends_with(".log") {
+            continue;
+        }
+        let log = std::fs::read_to_string(&p).unwrap();
+        if log
+            .lines()
+            .any(|l| l.contains("part copied") && l.contains(path))
+        {
+            out.insert(name);
+        }
+    }
+    out
+}
