@@ -1,7 +1,8 @@
 //! The second remote backend, WebDAV, end to end against a real WebDAV server (wsgidav, started
-//! here on a free port over a temporary directory): fs -> WebDAV and WebDAV -> fs of a tree with
-//! a large file whose parts run on both clients, checksum verified; a re-run copies nothing, a
-//! touched file is copied again, sync deletes, a file corrupted behind the tool's back is caught.
+//! here on a free port over a temporary directory): fs -> WebDAV, WebDAV -> fs and WebDAV ->
+//! WebDAV of a tree with a large file whose parts run on both clients, checksum verified; a
+//! re-run copies nothing, a touched file is copied again, sync deletes, a file corrupted behind
+//! the tool's back is caught.
 
 mod support;
 
@@ -77,6 +78,13 @@ fn files_move_between_a_file_system_and_webdav_byte_for_byte() {
     let down = run(&url, back.to_str().unwrap(), &checksum);
     assert_eq!(down["task"]["state"], "completed", "{down}");
     assert_same_tree(&src, &back);
+
+    // WebDAV -> WebDAV, into another directory of the server.
+    let other = format!("webdav://127.0.0.1:{port}/copy");
+    let across = run(&url, &other, &checksum);
+    assert_eq!(across["task"]["state"], "completed", "{across}");
+    assert_eq!(across["task"]["files_copied"], tree.files);
+    assert_same_tree(&src, &served.join("copy"));
 
     // Unchanged: nothing is sent again; a touched file, and only it, is.
     let again = run(s, &url, &[]);

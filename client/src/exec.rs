@@ -699,11 +699,23 @@ async fn copy_file(
     };
     let mut md5 = (job.verify == Verify::Checksum).then(btp_common::checksum::Md5Stream::default);
     let mut written = 0u64;
+    // OpenDAL's WebDAV writer takes one write per file: gather the (small) file first.
+    let one_shot = matches!(job.dst, Endpoint::Webdav { .. });
+    let mut gathered: Vec<bytes::Bytes> = Vec::new();
     let result: Result<(), JobError> = async {
         while let Some(chunk) = stream.try_next().await? {
             pace(&chunk, ctx, md5.as_mut()).await?;
             written += chunk.len() as u64;
-            writer.write(chunk).await?;
+            if one_shot {
+                gathered.extend(chunk);
+            } else {
+                writer.write(chunk).await?;
+            }
+        }
+        if one_shot {
+            writer
+                .write(opendal::Buffer::from(std::mem::take(&mut gathered)))
+                .await?;
         }
         if written != f.size {
             return Err(JobError::Transient(format!(
