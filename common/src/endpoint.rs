@@ -555,7 +555,7 @@ mod tests {
         let e = Endpoint::parse("gopher://x/y").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3)"
+            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs)"
         );
         assert!(matches!(
             Endpoint::parse("ftp:/x"),
