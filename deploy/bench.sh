@@ -8,7 +8,9 @@
 #   SMALL_FILES   files of data set (a) (default 20000), SMALL_SIZE bytes each (default 4096)
 #   BIG_FILES     files of data set (b) (default 8), BIG_MIB MiB each (default 256)
 #   RUNS          runs per tool and data set (default 3); WORKERS concurrency (default 8)
-#   SCALE_FILES   empty files for the scale run (default 0: skipped; the issue's figure is 1000000)
+#   S3_SMALL_FILES, S3_BIG_FILES  data sets (d) and (e), fs -> S3 on a local moto server
+#                 (defaults 2000 and 2; S3_SMALL_FILES=0 skips both)
+#   SCALE_FILES   empty files for the scale run (default 0: skipped; the figure to run is 1000000)
 #   LIMIT_MIB     speed limit of the limit-accuracy run in MiB/s (default 40; 0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +24,15 @@ BIG_MIB=${BIG_MIB:-256}
 RUNS=${RUNS:-3}
 WORKERS=${WORKERS:-8}
 SCALE_FILES=${SCALE_FILES:-0}
+S3_SMALL_FILES=${S3_SMALL_FILES:-2000}
+S3_BIG_FILES=${S3_BIG_FILES:-2}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 
 ensure_rust
 ensure_nats_server
 command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
 [ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
+[ "$S3_SMALL_FILES" -eq 0 ] || ensure_moto
 
 log "building btp (release)"
 cargo build --release --locked --bin btp
@@ -64,6 +69,13 @@ gen_small "$BENCH_DIR/small" "$SMALL_FILES" "$SMALL_SIZE"
 gen_big "$BENCH_DIR/big" "$BIG_FILES" "$BIG_MIB"
 gen_small "$BENCH_DIR/mix/small" $(( SMALL_FILES / 2 )) "$SMALL_SIZE"
 gen_big "$BENCH_DIR/mix/big" $(( BIG_FILES / 2 > 0 ? BIG_FILES / 2 : 1 )) "$BIG_MIB"
+if [ "$S3_SMALL_FILES" -gt 0 ]; then
+    gen_small "$BENCH_DIR/s3small" "$S3_SMALL_FILES" "$SMALL_SIZE"
+    mkdir -p "$BENCH_DIR/s3big"
+    for i in $(seq 1 "$S3_BIG_FILES"); do
+        [ -f "$BENCH_DIR/big/big-$i.bin" ] && ln "$BENCH_DIR/big/big-$i.bin" "$BENCH_DIR/s3big/"
+    done
+fi
 
 now() { date +%s.%N; }
 
@@ -111,9 +123,12 @@ cluster_stop() {
 }
 
 # One cluster run: prints "seconds server_rss client_rss" (duration from the task's report).
+# Arguments after SRC and DST go to `task create`.
 cluster_run() {
     local src=$1 dst=$2 id state
-    id=$("$BTP" task create --src "$src" --dst "$dst" --start -o json | sed -n 's/^  "id": "\(.*\)",$/\1/p')
+    shift 2
+    id=$("$BTP" task create --src "$src" --dst "$dst" --start -o json "$@" | sed -n 's/^  "id": "\(.*\)",$/\1/p')
+    echo "$id" > "$BENCH_DIR/last-task"
     while :; do
         state=$("$BTP" task get "$id" -o json | sed -n 's/^  "state": "\(.*\)",$/\1/p')
         case $state in completed) break ;; failed|cancelled) echo "task $id $state" >&2; return 1 ;; esac
@@ -126,22 +141,56 @@ cluster_run() {
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-bench_set() { # name
-    local name=$1 src=$BENCH_DIR/$1 dst=$BENCH_DIR/dst files bytes
+# The S3 side: a moto server on a free port, a bucket, and rclone configured through its
+# environment (remote `btps3:`).
+s3_start() {
+    S3_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    moto_server -H 127.0.0.1 -p "$S3_PORT" > "$BENCH_DIR/moto.log" 2>&1 &
+    MOTO_PID=$!
+    for _ in $(seq 1 200); do (echo > "/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.05; done
+    # rclone's S3 client refuses to start with a CA bundle in the environment; the server is plain http.
+    unset AWS_CA_BUNDLE
+    export RCLONE_CONFIG_BTPS3_TYPE=s3 RCLONE_CONFIG_BTPS3_PROVIDER=Other RCLONE_CONFIG_BTPS3_REGION=us-east-1 \
+        RCLONE_CONFIG_BTPS3_ENDPOINT="http://127.0.0.1:$S3_PORT" RCLONE_CONFIG_BTPS3_ACCESS_KEY_ID=bench \
+        RCLONE_CONFIG_BTPS3_SECRET_ACCESS_KEY=bench-secret
+    S3_OPTS=(--dst-opt "endpoint=http://127.0.0.1:$S3_PORT" --dst-opt region=us-east-1
+        --dst-opt access_key_id=bench --dst-opt secret_access_key=bench-secret)
+    rclone mkdir btps3:bench 2> /dev/null
+}
+
+s3_stop() { kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true; }
+
+bench_set() { # name kind (fs: to a directory, with cp; s3: to the moto bucket)
+    local name=$1 kind=$2 src=$BENCH_DIR/$1 dst files bytes tools=(cp rclone btp-copy btp-cluster)
     files=$(find "$src" -type f | wc -l)
     bytes=$(du -sb --apparent-size "$src" | cut -f1)
-    for tool in cp rclone btp-copy btp-cluster; do
+    [ "$kind" = s3 ] && tools=(rclone btp-copy btp-cluster)
+    for tool in "${tools[@]}"; do
         local times=() rss=0 rss2=0 line
         [ "$tool" = btp-cluster ] && cluster_start
         for run in $(seq 1 "$RUNS"); do
-            rm -rf "$dst"; sync
-            case $tool in
-                cp) line=$(timed cp -r "$src" "$dst") ;;
-                rclone) line=$(timed rclone copy --transfers "$WORKERS" --checkers "$WORKERS" "$src" "$dst") ;;
-                btp-copy) line=$(timed "$BTP" copy "$src" "$dst" --workers "$WORKERS") ;;
-                btp-cluster) line=$(cluster_run "$src" "$dst") ;;
-            esac
-            diff -rq "$src" "$dst" > /dev/null || { log "$tool: destination differs from $src"; exit 1; }
+            if [ "$kind" = s3 ]; then
+                dst="bench/$name-$tool-$run"
+                case $tool in
+                    rclone) line=$(timed rclone copy --transfers "$WORKERS" --checkers "$WORKERS" "$src" "btps3:$dst") ;;
+                    btp-copy) line=$(timed "$BTP" copy "$src" "s3://$dst" "${S3_OPTS[@]}" --workers "$WORKERS") ;;
+                    btp-cluster) line=$(cluster_run "$src" "s3://$dst" "${S3_OPTS[@]}") ;;
+                esac
+                # Every object there with the source's size (and MD5 where the ETag is one).
+                rclone check --one-way -q "$src" "btps3:$dst" 2> "$BENCH_DIR/check.err" \
+                    || { cat "$BENCH_DIR/check.err" >&2; log "$tool: bucket differs from $src"; exit 1; }
+                rclone purge "btps3:$dst" 2> /dev/null
+            else
+                dst=$BENCH_DIR/dst
+                rm -rf "$dst"; sync
+                case $tool in
+                    cp) line=$(timed cp -r "$src" "$dst") ;;
+                    rclone) line=$(timed rclone copy --transfers "$WORKERS" --checkers "$WORKERS" "$src" "$dst") ;;
+                    btp-copy) line=$(timed "$BTP" copy "$src" "$dst" --workers "$WORKERS") ;;
+                    btp-cluster) line=$(cluster_run "$src" "$dst") ;;
+                esac
+                diff -rq "$src" "$dst" > /dev/null || { log "$tool: destination differs from $src"; exit 1; }
+            fi
             set -- $line
             times+=("$1")
             [ "${2:-0}" -gt "$rss" ] && rss=$2
@@ -153,10 +202,17 @@ bench_set() { # name
         med=$(printf '%s\n' "${times[@]}" | median)
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tool" "$med" "$files" "$bytes" "$rss" "$rss2" >> "$RESULTS"
     done
-    rm -rf "$dst"
+    rm -rf "$BENCH_DIR/dst"
 }
 
-for set in small big mix; do bench_set "$set"; done
+export RCLONE_CONFIG=/dev/null
+for set in small big mix; do bench_set "$set" fs; done
+if [ "$S3_SMALL_FILES" -gt 0 ]; then
+    s3_start
+    trap s3_stop EXIT
+    for set in s3small s3big; do bench_set "$set" s3; done
+    s3_stop
+fi
 
 # Speed-limit accuracy: two large files through the two-client cluster at LIMIT_MIB MiB/s.
 LIMIT_MIB=${LIMIT_MIB:-40}
@@ -184,9 +240,15 @@ if [ "$SCALE_FILES" -gt 0 ]; then
     gen_small "$BENCH_DIR/scale" "$SCALE_FILES" 0
     cluster_start
     line=$(cluster_run "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst")
+    # How the store does with the task's rows in it: a task get and a report, and its size.
+    id=$(cat "$BENCH_DIR/last-task")
+    get=$(timed "$BTP" task get "$id")
+    report=$(timed "$BTP" task report "$id")
+    db=$(du -sm "$BENCH_DIR/cluster/server" | cut -f1)
     cluster_stop
     set -- $line
-    SCALE="| $SCALE_FILES empty files, cluster of 2 clients | $(printf '%.1f' "$1") s | $(printf '%.0f' "$(echo "$SCALE_FILES / $1" | bc -l)") files/s | server $(( $2 / 1024 )) MiB | client $(( $3 / 1024 )) MiB |"
+    SCALE="| $SCALE_FILES empty files, cluster of 2 clients | $(printf '%.1f' "$1") s | $(printf '%.0f' "$(echo "$SCALE_FILES / $1" | bc -l)") files/s | server $(( $2 / 1024 )) MiB | client $(( $3 / 1024 )) MiB | $(printf '%.0f' "$(echo "${get%% *} * 1000" | bc -l)") ms / $(printf '%.0f' "$(echo "${report%% *} * 1000" | bc -l)") ms | $db MiB |"
+    log "scale: $SCALE"
     rm -rf "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst"
 fi
 
@@ -220,14 +282,24 @@ for name, tools in by.items():
         vs_rc = f"{rc[0] / sec:.2f}x" if rc else "-"
         vs_cp = f"{cp[0] / sec:.2f}x" if cp else "-"
         mem = f"server {rss // 1024} MiB, client {rss2 // 1024} MiB" if tool == "btp-cluster" else f"{rss // 1024} MiB"
-        label = {"small": f"(a) {files} small files", "big": f"(b) {files} large files", "mix": f"(c) mix, {files} files"}[name]
+        label = {"small": f"(a) {files} small files", "big": f"(b) {files} large files", "mix": f"(c) mix, {files} files",
+                 "s3small": f"(d) fs -> S3, {files} small files", "s3big": f"(e) fs -> S3, {files} large files"}[name]
         lines.append(f"| {label} | {tool} | {sec:.2f} s | {mibs:.1f} | {fps:.0f} | {vs_rc} | {vs_cp} | {mem} |")
 lines += ["", "Ratios are speed ratios (time of the other tool / time of this one): above 1 is faster.", ""]
+if "s3small" in by or "s3big" in by:
+    lines += ["Data sets (d) and (e) are copied from the file system into a bucket of a local moto S3 server "
+              "(`moto_server`, Python): that server does most of the work, so these rows compare how many "
+              "requests and how much waiting each tool needs rather than raw bandwidth. Each copy is checked with "
+              "`rclone check --one-way` (sizes, and MD5 where the ETag is one) and the prefix purged.", ""]
 if limit:
     lines += ["## Speed limit", "", "Rate over the whole task (start to end, from the report), against the limit.", "",
               "| run | time | rate | rate / limit |", "| --- | --- | --- | --- |", limit, ""]
 if scale:
-    lines += ["## Scale", "", "| run | time | rate | peak RSS | |", "| --- | --- | --- | --- | --- |", scale, ""]
+    lines += ["## Scale", "", "Peak RSS of the server and of the larger client; the time of `btp task get` and "
+              "`btp task report` (CLI start included) once the task is done, and the size of the server's data "
+              "directory (SQLite store).", "",
+              "| run | time | rate | server peak RSS | client peak RSS | get / report | store |",
+              "| --- | --- | --- | --- | --- | --- | --- |", scale, ""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY

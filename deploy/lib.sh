@@ -82,7 +82,6 @@ ensure_prometheus() {
     apt_install --no-install-recommends prometheus
 }
 
-# moto's S3 server (PyPI): the S3-compatible endpoint of the object-storage tests.
 # pip install into the user's Python, also where the system Python is externally managed.
 pip_install() {
     if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
@@ -105,18 +104,12 @@ ensure_wsgidav() {
     command -v wsgidav >/dev/null 2>&1
 }
 
+# moto's S3 server (PyPI): the S3-compatible endpoint of the object-storage tests.
 ensure_moto() {
     if command -v moto_server >/dev/null 2>&1; then
         return 0
     fi
-    if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
-        log "installing pip"
-        apt_install python3-pip || return 1
-    fi
     log "installing moto (S3 server for the tests)"
-    local pip
-    pip=$(command -v pip3 || command -v pip)
-    "$pip" install -q 'moto[server]' 2>/dev/null || "$pip" install -q --break-system-packages 'moto[server]'
-    command -v moto_server >/dev/null 2>&1 || hash -r
+    pip_install 'moto[server]'
     command -v moto_server >/dev/null 2>&1
 }

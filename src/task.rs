@@ -322,7 +322,8 @@ pub async fn watch(api: &ApiClient, id: &str) -> anyhow::Result<TaskInfo> {
         )
         .expect("valid template"),
     );
-    let mut ticker = tokio::time::interval(Duration::from_millis(300));
+    // Frequent enough that a short copy ends when its task does.
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
     loop {
         ticker.tick().await;
         let t: TaskInfo = call(api, verbs::TASK_GET, &TaskRef { id: id.to_string() }).await?;

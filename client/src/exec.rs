@@ -147,6 +147,8 @@ async fn list(
     let mut lister = src
         .lister_with(if dir.is_empty() { "/" } else { dir })
         .await?;
+    let dst_index = destination_index(job, dir).await?;
+    let (mut skipped, mut bytes_skipped) = (0u64, 0u64);
     let mut seq = 0u32;
     let (mut files, mut dirs) = (Vec::new(), Vec::new());
     let mut bytes = 0u64;
@@ -182,14 +184,26 @@ async fn list(
                 excluded += 1;
             }
             EntryMode::FILE => {
-                let f = FileEntry {
+                let mut f = FileEntry {
                     path: path.to_string(),
                     size,
                     mtime_ms: mtime
                         .map(std::time::SystemTime::from)
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map(|d| d.as_millis() as i64),
+                    stale: false,
                 };
+                if let Some(index) = &dst_index {
+                    match index.get(path) {
+                        Some(&(dst_size, dst_ms)) if is_up_to_date(&f, dst_size, dst_ms) => {
+                            skipped += 1;
+                            bytes_skipped += size;
+                            metrics::counter!(crate::telemetry::FILES_SKIPPED).increment(1);
+                            continue;
+                        }
+                        _ => f.stale = true,
+                    }
+                }
                 bytes += f.wire_len();
                 files.push(f);
             }
@@ -208,6 +222,8 @@ async fn list(
                 dirs: std::mem::take(&mut dirs),
                 excluded: std::mem::take(&mut excluded),
                 deleted: Vec::new(),
+                skipped: std::mem::take(&mut skipped),
+                bytes_skipped: std::mem::take(&mut bytes_skipped),
             };
             ctx.sink.send(job, seq, false, body).await?;
             seq += 1;
@@ -253,6 +269,7 @@ async fn list(
                 path: path.to_string(),
                 size,
                 mtime_ms: None,
+                stale: false,
             });
             if deleted.len() >= page_entries {
                 let body = ResultBody::ListPage {
@@ -260,6 +277,8 @@ async fn list(
                     dirs: std::mem::take(&mut dirs),
                     excluded: std::mem::take(&mut excluded),
                     deleted: std::mem::take(&mut deleted),
+                    skipped: std::mem::take(&mut skipped),
+                    bytes_skipped: std::mem::take(&mut bytes_skipped),
                 };
                 ctx.sink.send(job, seq, false, body).await?;
                 seq += 1;
@@ -272,8 +291,50 @@ async fn list(
         dirs,
         excluded,
         deleted,
+        skipped,
+        bytes_skipped,
     };
     ctx.sink.send(job, seq, true, body).await
+}
+
+/// Destination directories of at most this many files are listed once by the List job and
+/// compared in memory; larger ones are checked file by file, so memory stays bounded.
+const DST_INDEX_MAX: usize = 50_000;
+
+/// Size and modification time of the files of one destination directory.
+type DstIndex = std::collections::HashMap<String, (u64, Option<i64>)>;
+
+/// The files of the destination directory `dir`, when the task compares by size and time and
+/// the destination is remote: one listing request per page instead of a request per file.
+/// None: files are checked one by one.
+async fn destination_index(job: &Job, dir: &str) -> Result<Option<DstIndex>, JobError> {
+    if job.compare != Compare::SizeMtime || job.dst.is_local() {
+        return Ok(None);
+    }
+    let dst = job.dst.operator()?;
+    let mut lister = match dst
+        .lister_with(if dir.is_empty() { "/" } else { dir })
+        .await
+    {
+        Ok(l) => l,
+        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Some(DstIndex::new())),
+        Err(e) => return Err(e.into()),
+    };
+    let mut index = DstIndex::new();
+    while let Some(entry) = lister.try_next().await? {
+        let meta = entry.metadata();
+        if meta.mode() != EntryMode::FILE {
+            continue;
+        }
+        if index.len() >= DST_INDEX_MAX {
+            return Ok(None);
+        }
+        index.insert(
+            entry.path().to_string(),
+            (meta.content_length(), mtime_ms(meta)),
+        );
+    }
+    Ok(Some(index))
 }
 
 /// A temporary file of an upload in progress (see `parts`): never a sync deletion.
@@ -329,7 +390,8 @@ pub(crate) async fn already_there(
     f: &FileEntry,
 ) -> Result<bool, JobError> {
     Ok(match job.compare {
-        Compare::SizeMtime => up_to_date(dst, f).await,
+        // A file the listing found stale needs no second look.
+        Compare::SizeMtime => !f.stale && up_to_date(dst, f).await,
         Compare::None => false,
         Compare::Checksum => {
             let Ok(meta) = dst.stat(&f.path).await else {
@@ -479,8 +541,22 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     let (small, large): (Vec<&FileEntry>, Vec<&FileEntry>) =
         files.iter().partition(|f| f.size < SMALL_FILE);
     let mut outcomes = Vec::with_capacity(files.len());
-    let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut queue = small.into_iter();
+    if let Some(roots) = crate::local::roots(job) {
+        // Both ends local: small files in a few blocking calls instead of ten hops each.
+        let local = crate::local::copy_small(job, roots, queue.by_ref().collect(), ctx).await;
+        outcomes.extend(local.into_iter().map(|(f, o)| {
+            (
+                f,
+                match o {
+                    Ok(crate::local::Local::Copied(n)) => FileOutcome::Copied(n),
+                    Ok(crate::local::Local::Skipped) => FileOutcome::Skipped,
+                    Err(e) => FileOutcome::Failed(e),
+                },
+            )
+        }));
+    }
+    let mut in_flight = futures::stream::FuturesUnordered::new();
     loop {
         while in_flight.len() < SMALL_FILES_IN_FLIGHT {
             let Some(f) = queue.next() else { break };
@@ -568,16 +644,14 @@ async fn up_to_date(dst: &Operator, f: &FileEntry) -> bool {
     let Ok(meta) = dst.stat(&f.path).await else {
         return false;
     };
-    if !meta.is_file() || meta.content_length() != f.size {
-        return false;
-    }
-    match (f.mtime_ms, meta.last_modified()) {
-        (Some(src_ms), Some(dst_time)) => {
-            let dst_ms = std::time::SystemTime::from(dst_time)
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            // Object stores keep whole seconds: compare at that precision.
+    meta.is_file() && is_up_to_date(f, meta.content_length(), mtime_ms(&meta))
+}
+
+/// The comparison by size and time: the destination has the listed size and is not older than
+/// the source. Object stores keep whole seconds: compared at that precision.
+pub(crate) fn is_up_to_date(f: &FileEntry, dst_size: u64, dst_ms: Option<i64>) -> bool {
+    match (f.mtime_ms, dst_ms) {
+        (Some(src_ms), Some(dst_ms)) if dst_size == f.size => {
             dst_ms.div_euclid(1000) >= src_ms.div_euclid(1000)
         }
         _ => false,
@@ -624,6 +698,33 @@ fn faults() -> &'static Faults {
     })
 }
 
+/// The fault injected for a copy of `path`, if any: an unreadable source, or one of the first N
+/// writes failing.
+pub(crate) fn injected_fault(path: &str) -> Result<(), JobError> {
+    let faults = faults();
+    if faults
+        .unreadable
+        .as_deref()
+        .is_some_and(|t| path.contains(t))
+    {
+        return Err(opendal::Error::new(
+            opendal::ErrorKind::PermissionDenied,
+            "injected read fault",
+        )
+        .into());
+    }
+    if faults
+        .write_errors
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "injected write fault")
+            .set_temporary();
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// Streams one file; returns the bytes written. The destination is only closed (made complete)
 /// when every byte arrived and the size matches the listing; otherwise the partial file is
 /// removed, so nothing incomplete is left under the final name. Then the copy is verified: its
@@ -635,28 +736,8 @@ async fn copy_file(
     f: &FileEntry,
     ctx: &JobContext<'_>,
 ) -> Result<u64, JobError> {
-    let faults = faults();
-    if faults
-        .unreadable
-        .as_deref()
-        .is_some_and(|t| f.path.contains(t))
-    {
-        return Err(opendal::Error::new(
-            opendal::ErrorKind::PermissionDenied,
-            "injected read fault",
-        )
-        .into());
-    }
+    injected_fault(&f.path)?;
     let mut stream = read_stream(&job.src, src, &f.path, ..).await?;
-    if faults
-        .write_errors
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
-        > 0
-    {
-        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "injected write fault")
-            .set_temporary();
-        return Err(e.into());
-    }
     if let Some(dav) = btp_common::webdav::WebdavClient::new(&job.dst) {
         if f.size >= SMALL_FILE {
             // OpenDAL's WebDAV writer would hold the whole file: stream it instead.
@@ -726,10 +807,8 @@ async fn copy_file(
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            writer.close().await?;
-        }
+    let stored = match result {
+        Ok(()) => writer.close().await?,
         Err(e) => {
             if writer.abort().await.is_err() {
                 // Backends without abort (fs without a temp dir) wrote in place: remove it.
@@ -738,13 +817,47 @@ async fn copy_file(
             }
             return Err(e);
         }
-    }
-    if let Err(e) = verify(job, dst, f, md5.map(|h| h.finish())).await {
+    };
+    if let Err(e) = verify_put(job, dst, f, md5.map(|h| h.finish()), &stored).await {
         // Nothing wrong stays under the final name.
         let _ = dst.delete(&f.path).await;
         return Err(e);
     }
     Ok(written)
+}
+
+/// Checks a file written by one writer: on S3 from what the write returned, without another
+/// request where that suffices. S3 takes a PUT (or a completed multipart upload) only whole,
+/// with the length the request declared, so the size stands; the ETag a plain PUT returns is
+/// the MD5 of the bytes stored. Elsewhere, or with a multipart ETag, as [`verify`].
+async fn verify_put(
+    job: &Job,
+    dst: &Operator,
+    f: &FileEntry,
+    md5: Option<String>,
+    stored: &opendal::Metadata,
+) -> Result<(), JobError> {
+    if !matches!(job.dst, Endpoint::S3 { .. }) {
+        return verify(job, dst, f, md5).await;
+    }
+    let Some(want) = md5 else { return Ok(()) };
+    match stored.etag().map(btp_common::s3mp::unquote) {
+        Some(etag) if btp_common::checksum::is_plain_md5(&etag) => {
+            let got = etag.to_ascii_lowercase();
+            if got != want {
+                return Err(md5_mismatch(&got, &want));
+            }
+            Ok(())
+        }
+        _ => verify(job, dst, f, Some(want)).await,
+    }
+}
+
+/// The error of a copy whose bytes differ from the source's.
+pub(crate) fn md5_mismatch(got: &str, want: &str) -> JobError {
+    JobError::Transient(format!(
+        "checksum mismatch: the destination has md5 {got}, the source bytes {want}"
+    ))
 }
 
 /// Checks a written file: its size, and its MD5 when `md5` (of the source bytes) is given.
@@ -765,9 +878,7 @@ async fn verify(
     if let Some(want) = md5 {
         let got = content_md5(&job.dst, dst, &f.path, Some(&meta)).await?;
         if got != want {
-            return Err(JobError::Transient(format!(
-                "checksum mismatch: the destination has md5 {got}, the source bytes {want}"
-            )));
+            return Err(md5_mismatch(&got, &want));
         }
     }
     Ok(())

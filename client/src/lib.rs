@@ -5,6 +5,7 @@ pub mod agent;
 pub mod errors;
 pub mod exec;
 pub mod limiter;
+mod local;
 pub mod parts;
 pub mod telemetry;
 pub mod worker;

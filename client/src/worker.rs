@@ -187,6 +187,8 @@ pub async fn run(
     let limiter = cfg.max_speed.map(|r| Arc::new(RateLimiter::new(r)));
     'pull: loop {
         let first = tokio::select! {
+            // A stop wins over a free worker: no new pull once stopping.
+            biased;
             _ = cancel.cancelled() => break 'pull,
             _ = tokens.draining.cancelled() => break 'pull,
             p = sem.clone().acquire_owned() => p?,
@@ -198,7 +200,8 @@ pub async fn run(
         let batch = consumer
             .batch()
             .max_messages(permits.len())
-            .expires(Duration::from_secs(1))
+            // Short pulls: a stopping client waits for at most one to end.
+            .expires(Duration::from_millis(500))
             .messages()
             .await;
         let mut batch = match batch {

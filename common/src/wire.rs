@@ -120,6 +120,10 @@ pub struct FileEntry {
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ms: Option<i64>,
+    /// The List job compared this file with a listing of the destination and found no
+    /// up-to-date copy there: the copy needs no look at the destination first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 impl FileEntry {
@@ -161,6 +165,11 @@ pub enum ResultBody {
         /// Sync: destination files deleted (in a dry run: that would be deleted).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         deleted: Vec<FileEntry>,
+        /// Files the destination's listing showed up to date: skipped without a Copy job.
+        #[serde(default)]
+        skipped: u64,
+        #[serde(default)]
+        bytes_skipped: u64,
     },
     /// Outcome of a Copy job: what was copied and what failed, per file.
     Copy {
@@ -322,6 +331,7 @@ mod tests {
                     path: "x y#%?.txt".into(),
                     size: 3,
                     mtime_ms: None,
+                    stale: false,
                 }],
             },
         };

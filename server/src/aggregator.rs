@@ -185,6 +185,8 @@ pub async fn apply(
             dirs,
             excluded,
             deleted,
+            skipped,
+            bytes_skipped,
         } => {
             let expected = job.pages_applied;
             if (r.seq as i64) < expected {
@@ -200,8 +202,12 @@ pub async fn apply(
                     store::record_change(tx, task_id, "delete", &f.path, f.size).await?;
                 }
             }
-            delta.files_found = files.len() as i64;
-            delta.bytes_found = files.iter().map(|f| f.size as i64).sum();
+            // Files the listing found up to date are found and skipped at once.
+            delta.files_skipped = *skipped as i64;
+            delta.bytes_skipped = *bytes_skipped as i64;
+            delta.files_found = files.len() as i64 + delta.files_skipped;
+            delta.bytes_found =
+                files.iter().map(|f| f.size as i64).sum::<i64>() + delta.bytes_skipped;
             let mut kinds = planner::pack_copies(files.clone(), &task.info.options);
             delta.lists_total = dirs.len() as i64;
             kinds.extend(
@@ -265,6 +271,7 @@ pub async fn apply(
                         path: f.path.clone(),
                         size: f.size,
                         mtime_ms: f.mtime_ms,
+                        stale: false,
                     })
                     .collect();
                 let kinds = planner::pack_copies(entries, &task.info.options);

@@ -73,6 +73,7 @@ mod tests {
             path: path.into(),
             size,
             mtime_ms: None,
+            stale: false,
         }
     }
 

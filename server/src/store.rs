@@ -320,6 +320,7 @@ impl Store {
                     path: r.get(1),
                     size: r.get::<i64, _>(2) as u64,
                     mtime_ms: None,
+                    stale: false,
                 });
             }
         }

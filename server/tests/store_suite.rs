@@ -112,6 +112,7 @@ fn files(n: usize, size: u64) -> Vec<FileEntry> {
             path: format!("f{i:03}"),
             size,
             mtime_ms: None,
+            stale: false,
         })
         .collect()
 }
@@ -152,6 +153,8 @@ on_every_backend!(
             ResultBody::ListPage {
                 excluded: 0,
                 deleted: vec![],
+                skipped: 0,
+                bytes_skipped: 0,
                 files: files(6, 10),
                 dirs: vec![],
             },
@@ -164,6 +167,8 @@ on_every_backend!(
             ResultBody::ListPage {
                 excluded: 0,
                 deleted: vec![],
+                skipped: 0,
+                bytes_skipped: 0,
                 files: files(2, 5),
                 dirs: vec!["sub/".into()],
             },
@@ -191,6 +196,8 @@ on_every_backend!(
             ResultBody::ListPage {
                 excluded: 0,
                 deleted: vec![],
+                skipped: 0,
+                bytes_skipped: 0,
                 files: vec![],
                 dirs: vec![],
             },
@@ -227,6 +234,8 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
             ResultBody::ListPage {
                 excluded: 0,
                 deleted: vec![],
+                skipped: 0,
+                bytes_skipped: 0,
                 files: files(3, 7),
                 dirs: vec![],
             },
@@ -298,6 +307,8 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
                 ResultBody::ListPage {
                     excluded: 0,
                     deleted: vec![],
+                    skipped: 0,
+                    bytes_skipped: 0,
                     files: files(2, 3),
                     dirs: vec![],
                 },
@@ -397,6 +408,8 @@ on_every_backend!(illegal_transitions_are_refused_with_a_reason, |store| {
             ResultBody::ListPage {
                 excluded: 0,
                 deleted: vec![],
+                skipped: 0,
+                bytes_skipped: 0,
                 files: files(1, 1),
                 dirs: vec![],
             },

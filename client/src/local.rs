@@ -1,0 +1,321 @@
+//! Small files between two local file systems. Through OpenDAL's fs service a small file costs
+//! about ten hops to the blocking thread pool (stat, open, read, create the parent, open, write,
+//! close, stat again); here the same system calls run in one blocking call per file: compare,
+//! read, write with the source's modification time, check the size (and with `--verify
+//! checksum` the bytes read back). Memory is the file's size, below `exec::SMALL_FILE`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use btp_common::api::{Compare, Verify};
+use btp_common::wire::{FileEntry, Job};
+
+use crate::errors::JobError;
+use crate::exec::{JobContext, SMALL_FILE};
+
+/// What happened to a file.
+pub(crate) enum Local {
+    Copied(u64),
+    Skipped,
+}
+
+/// The roots of a job whose small files take this path: both ends local, real copies, and a
+/// comparison that needs no hashing of the destination.
+pub(crate) fn roots(job: &Job) -> Option<(&str, &str)> {
+    if job.dry_run || job.compare == Compare::Checksum {
+        return None;
+    }
+    Some((job.src.local_root()?, job.dst.local_root()?))
+}
+
+/// Small files of one job go to the blocking pool in groups of at most this many files...
+const GROUP_FILES: usize = 32;
+/// ...and about this many bytes,
+const GROUP_BYTES: u64 = 4 << 20;
+/// with this many groups of a job in flight (each group's files one after another).
+const GROUPS_IN_FLIGHT: usize = 4;
+
+/// Copies `files` (each smaller than `SMALL_FILE`) from `src_root` to `dst_root`, skipping those
+/// the destination already has; one outcome per file, in no particular order. A copy that fails
+/// leaves nothing under the final name.
+pub(crate) async fn copy_small<'f>(
+    job: &Job,
+    (src_root, dst_root): (&str, &str),
+    files: Vec<&'f FileEntry>,
+    ctx: &JobContext<'_>,
+) -> Vec<(&'f FileEntry, Result<Local, JobError>)> {
+    use futures::StreamExt;
+    let mut groups: Vec<Vec<&'f FileEntry>> = Vec::new();
+    let mut bytes = 0u64;
+    for f in files {
+        debug_assert!(f.size < SMALL_FILE);
+        match groups.last_mut() {
+            Some(g) if g.len() < GROUP_FILES && bytes + f.size <= GROUP_BYTES => {
+                bytes += f.size;
+                g.push(f);
+            }
+            _ => {
+                bytes = f.size;
+                groups.push(vec![f]);
+            }
+        }
+    }
+    let setting = Setting {
+        src: PathBuf::from(src_root),
+        dst: PathBuf::from(dst_root),
+        compare: job.compare == Compare::SizeMtime,
+        check_bytes: job.verify == Verify::Checksum,
+    };
+    let mut groups = groups.into_iter();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut out = Vec::new();
+    loop {
+        while in_flight.len() < GROUPS_IN_FLIGHT {
+            let Some(g) = groups.next() else { break };
+            in_flight.push(run_group(&setting, g, ctx));
+        }
+        match in_flight.next().await {
+            Some(done) => out.extend(done),
+            None => return out,
+        }
+    }
+}
+
+/// One group's files, one after another in one blocking call; then the speed limits and the
+/// byte counter for what was copied.
+async fn run_group<'f>(
+    setting: &Setting,
+    group: Vec<&'f FileEntry>,
+    ctx: &JobContext<'_>,
+) -> Vec<(&'f FileEntry, Result<Local, JobError>)> {
+    let owned: Vec<(String, u64, Option<i64>)> = group
+        .iter()
+        .map(|f| (f.path.clone(), f.size, f.mtime_ms))
+        .collect();
+    let (s, cancel) = (setting.clone(), ctx.cancel.clone());
+    let outcomes = tokio::task::spawn_blocking(move || {
+        owned
+            .iter()
+            .map(|(rel, size, mtime_ms)| {
+                if cancel.is_cancelled() {
+                    return Err(JobError::Cancelled);
+                }
+                s.one(rel, *size, *mtime_ms)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let e = format!("copy stopped: {e}");
+        group
+            .iter()
+            .map(|_| Err(JobError::Transient(e.clone())))
+            .collect()
+    });
+    let copied: u64 = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(Local::Copied(n)) => *n,
+            _ => 0,
+        })
+        .sum();
+    if copied > 0 {
+        for l in [ctx.task_limiter, ctx.limiter].into_iter().flatten() {
+            l.acquire(copied).await;
+        }
+        metrics::counter!(crate::telemetry::BYTES_COPIED).increment(copied);
+    }
+    group.into_iter().zip(outcomes).collect()
+}
+
+/// What every file of a job shares.
+#[derive(Clone)]
+struct Setting {
+    src: PathBuf,
+    dst: PathBuf,
+    compare: bool,
+    check_bytes: bool,
+}
+
+impl Setting {
+    fn one(&self, rel: &str, size: u64, mtime_ms: Option<i64>) -> Result<Local, JobError> {
+        let file = Paths {
+            rel: rel.to_string(),
+            src: self.src.join(rel),
+            dst: self.dst.join(rel),
+        };
+        if self.compare && up_to_date(&file.dst, size, mtime_ms) {
+            return Ok(Local::Skipped);
+        }
+        crate::exec::injected_fault(rel)?;
+        copy_blocking(&file, size, mtime_ms, self.check_bytes)
+    }
+}
+
+struct Paths {
+    rel: String,
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+/// True when `dst` has the listed size and is not older than the source.
+fn up_to_date(dst: &Path, size: u64, mtime_ms: Option<i64>) -> bool {
+    let Ok(meta) = std::fs::metadata(dst) else {
+        return false;
+    };
+    let dst_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64);
+    let listed = FileEntry {
+        path: String::new(),
+        size,
+        mtime_ms,
+        stale: false,
+    };
+    meta.is_file() && crate::exec::is_up_to_date(&listed, meta.len(), dst_ms)
+}
+
+fn copy_blocking(
+    p: &Paths,
+    size: u64,
+    mtime_ms: Option<i64>,
+    check_bytes: bool,
+) -> Result<Local, JobError> {
+    let mut data = Vec::with_capacity(size as usize + 1);
+    std::fs::File::open(&p.src)
+        .and_then(|mut s| s.read_to_end(&mut data))
+        .map_err(|e| io_error("read", &p.rel, e))?;
+    if data.len() as u64 != size {
+        return Err(JobError::Transient(format!(
+            "source changed during copy: listed {size} bytes, read {}",
+            data.len()
+        )));
+    }
+    let written = write_checked(p, &data, mtime_ms, check_bytes);
+    if written.is_err() {
+        // Nothing partial or wrong stays under the final name.
+        let _ = std::fs::remove_file(&p.dst);
+    }
+    written
+}
+
+/// Writes `data` to the destination and checks what landed there.
+fn write_checked(
+    p: &Paths,
+    data: &[u8],
+    mtime_ms: Option<i64>,
+    check_bytes: bool,
+) -> Result<Local, JobError> {
+    let size = data.len() as u64;
+    let mut out = match std::fs::File::create(&p.dst) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = p.dst.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_error("create", &p.rel, e))?;
+            }
+            std::fs::File::create(&p.dst)
+        }
+        other => other,
+    }
+    .map_err(|e| io_error("create", &p.rel, e))?;
+    out.write_all(data)
+        .map_err(|e| io_error("write", &p.rel, e))?;
+    if let Some(ms) = mtime_ms {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        // Best effort, as for every copy: a failure only costs a re-copy on the next run.
+        let _ = out.set_modified(time);
+    }
+    let written = out
+        .metadata()
+        .map_err(|e| io_error("stat", &p.rel, e))?
+        .len();
+    drop(out);
+    if written != size {
+        return Err(JobError::Transient(format!(
+            "size mismatch: {written} bytes at the destination, {size} read from the source"
+        )));
+    }
+    if check_bytes {
+        let back = std::fs::read(&p.dst).map_err(|e| io_error("read back", &p.rel, e))?;
+        if back != data {
+            return Err(crate::exec::md5_mismatch(&md5_hex(&back), &md5_hex(data)));
+        }
+    }
+    Ok(Local::Copied(size))
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    let mut h = btp_common::checksum::Md5Stream::default();
+    h.update(data);
+    h.finish()
+}
+
+/// One line naming the kind, the operation and the file; permanent for what retrying cannot fix.
+fn io_error(op: &str, path: &str, e: std::io::Error) -> JobError {
+    use std::io::ErrorKind as K;
+    let kind = match e.kind() {
+        K::NotFound => "not found".to_string(),
+        K::PermissionDenied => "permission denied".to_string(),
+        other => other.to_string().to_lowercase(),
+    };
+    let text = format!("{kind}: {op} {path}: {e}");
+    match e.kind() {
+        K::NotFound | K::PermissionDenied | K::InvalidInput => JobError::Permanent(text),
+        _ => JobError::Transient(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(dir: &Path) -> Paths {
+        Paths {
+            rel: "a/b/f.bin".into(),
+            src: dir.join("src/a/b/f.bin"),
+            dst: dir.join("dst/a/b/f.bin"),
+        }
+    }
+
+    #[test]
+    fn copies_into_missing_directories_keeps_mtime_and_then_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        std::fs::create_dir_all(p.src.parent().unwrap()).unwrap();
+        std::fs::write(&p.src, b"hello world").unwrap();
+        let mtime = 1_600_000_000_123;
+        assert!(!up_to_date(&p.dst, 11, Some(mtime)));
+        assert!(matches!(
+            copy_blocking(&p, 11, Some(mtime), true),
+            Ok(Local::Copied(11))
+        ));
+        assert_eq!(std::fs::read(&p.dst).unwrap(), b"hello world");
+        assert!(up_to_date(&p.dst, 11, Some(mtime)));
+        assert!(!up_to_date(&p.dst, 11, Some(mtime + 1000)), "newer source");
+        assert!(!up_to_date(&p.dst, 12, Some(mtime)), "other size");
+    }
+
+    #[test]
+    fn a_source_of_another_size_or_a_missing_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        std::fs::create_dir_all(p.src.parent().unwrap()).unwrap();
+        std::fs::write(&p.src, b"grown since listed").unwrap();
+        let e = copy_blocking(&p, 5, None, false).err().unwrap();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("source changed"), "{e}");
+        assert!(!p.dst.exists(), "nothing left under the final name");
+        // A vanished source is permanent, and an earlier copy at the destination stays.
+        std::fs::remove_file(&p.src).unwrap();
+        std::fs::create_dir_all(p.dst.parent().unwrap()).unwrap();
+        std::fs::write(&p.dst, b"older").unwrap();
+        let e = copy_blocking(&p, 5, None, false).err().unwrap();
+        assert!(!e.is_transient(), "{e}");
+        assert!(
+            e.to_string().starts_with("not found: read a/b/f.bin"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&p.dst).unwrap(), b"older");
+    }
+}
