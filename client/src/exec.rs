@@ -140,38 +140,25 @@ async fn list(
     ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
     let (page_entries, page_bytes) = (opts.page_entries, opts.page_bytes);
-    let src = job.src.source_operator()?;
     // Sync: every name of this source directory, to find what the destination has extra.
     let mut names = std::collections::HashSet::new();
     let mut excluded = 0u64;
-    let mut lister = src
-        .lister_with(if dir.is_empty() { "/" } else { dir })
-        .await?;
+    let mut lister = Entries::open(&job.src, dir).await?;
     let dst_index = destination_index(job, dir).await?;
     let (mut skipped, mut bytes_skipped) = (0u64, 0u64);
     let mut seq = 0u32;
     let (mut files, mut dirs) = (Vec::new(), Vec::new());
     let mut bytes = 0u64;
     let mut total = 0usize;
-    while let Some(entry) = lister.try_next().await? {
+    while let Some(entry) = lister.next().await? {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
         }
-        let path = entry.path();
+        let path = entry.path.as_str();
         if path == dir || path == "/" || path.is_empty() {
             continue;
         }
-        let meta = entry.metadata();
-        let (mode, size, mtime) = match meta.mode() {
-            EntryMode::Unknown => match src.stat(path).await {
-                Ok(m) => (m.mode(), m.content_length(), m.last_modified()),
-                Err(e) => {
-                    warn!(path, error = %e, "skipping an entry that cannot be inspected");
-                    continue;
-                }
-            },
-            m => (m, meta.content_length(), meta.last_modified()),
-        };
+        let (mode, size) = (entry.mode, entry.size);
         if opts.sync {
             names.insert(path.trim_end_matches('/').to_string());
         }
@@ -187,10 +174,7 @@ async fn list(
                 let mut f = FileEntry {
                     path: path.to_string(),
                     size,
-                    mtime_ms: mtime
-                        .map(std::time::SystemTime::from)
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_millis() as i64),
+                    mtime_ms: entry.mtime_ms,
                     stale: false,
                 };
                 if let Some(index) = &dst_index {
@@ -295,6 +279,55 @@ async fn list(
         bytes_skipped,
     };
     ctx.sink.send(job, seq, true, body).await
+}
+
+/// The entries of a source directory: read in batches for file systems, through OpenDAL's
+/// lister (with a stat for entries it cannot tell) for the rest.
+enum Entries {
+    Local(crate::local::LocalLister),
+    Dal(Operator, opendal::Lister),
+}
+
+impl Entries {
+    async fn open(src: &Endpoint, dir: &str) -> Result<Self, JobError> {
+        if let Some(root) = src.local_root() {
+            // The same check as OpenDAL's source operator: a missing root is an error.
+            src.source_operator()?;
+            return Ok(Entries::Local(
+                crate::local::LocalLister::open(root, dir).await?,
+            ));
+        }
+        let op = src.source_operator()?;
+        let lister = op
+            .lister_with(if dir.is_empty() { "/" } else { dir })
+            .await?;
+        Ok(Entries::Dal(op, lister))
+    }
+
+    async fn next(&mut self) -> Result<Option<crate::local::Listed>, JobError> {
+        let (op, lister) = match self {
+            Entries::Local(l) => return l.next().await,
+            Entries::Dal(op, lister) => (op, lister),
+        };
+        while let Some(entry) = lister.try_next().await? {
+            let meta = entry.metadata();
+            let path = entry.path();
+            let listed = |m: &opendal::Metadata| crate::local::Listed {
+                path: path.to_string(),
+                mode: m.mode(),
+                size: m.content_length(),
+                mtime_ms: mtime_ms(m),
+            };
+            if meta.mode() != EntryMode::Unknown {
+                return Ok(Some(listed(meta)));
+            }
+            match op.stat(path).await {
+                Ok(m) => return Ok(Some(listed(&m))),
+                Err(e) => warn!(path, error = %e, "skipping an entry that cannot be inspected"),
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Destination directories of at most this many files are listed once by the List job and
