@@ -4,6 +4,7 @@
 mod output;
 mod run;
 mod task;
+mod tenant;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ struct Cli {
     /// Log filter (error, warn, info, debug, or a tracing directive).
     #[arg(long, global = true, env = "BTP_LOG")]
     log: Option<String>,
+    /// API token, for a server run with --admin-token-file (a tenant's token, or the admin's).
+    #[arg(long, global = true, env = "BTP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +58,16 @@ enum Command {
     },
     /// One-shot copy: a temporary standalone cluster for one task; exits 0 only if every file was copied.
     Copy(Box<CopyArgs>),
+    /// Tenants of a server run with --admin-token-file (admin token).
+    Tenant {
+        #[command(subcommand)]
+        command: tenant::TenantCommand,
+    },
+    /// API tokens of tenants (admin token).
+    Token {
+        #[command(subcommand)]
+        command: tenant::TokenCommand,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -93,6 +107,10 @@ pub struct ServerRunArgs {
     /// Most in-flight jobs per task.
     #[arg(long, env = "BTP_WINDOW", default_value_t = 512)]
     pub window: i64,
+    /// Require API tokens: this file holds the admin token (created, mode 0600, when missing).
+    /// Tenants and their tokens are then managed with `btp tenant` and `btp token`.
+    #[arg(long, env = "BTP_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub queue: QueueOpts,
 }
@@ -130,6 +148,9 @@ pub struct ClientRunArgs {
     /// Client id (default: host name and a random suffix).
     #[arg(long, env = "BTP_CLIENT_ID")]
     pub id: Option<String>,
+    /// The tenant whose jobs this client runs.
+    #[arg(long, env = "BTP_TENANT", default_value = btp_common::DEFAULT_TENANT)]
+    pub tenant: String,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465).
     #[arg(long, env = "BTP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -337,6 +358,9 @@ fn one_line(e: &anyhow::Error) -> String {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let url = cli.nats_url;
+    if let Some(t) = cli.token {
+        btp_nats::api_client::set_token(t);
+    }
     match cli.command {
         Command::Standalone(a) => run::standalone(a).await,
         Command::Server {
@@ -351,5 +375,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => task::health(&url, o).await,
         Command::Task { command } => task::dispatch(&url, command).await,
         Command::Copy(a) => run::copy(*a).await,
+        Command::Tenant { command } => tenant::tenant(&url, command).await,
+        Command::Token { command } => tenant::token(&url, command).await,
     }
 }

@@ -76,11 +76,16 @@ pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
         Some(u) => u,
         None => sqlite_url(&a.data_dir)?,
     };
+    let admin_hash = match &a.admin_token_file {
+        Some(path) => Some(btp_server::api::token_hash(&admin_token(path)?)),
+        None => None,
+    };
     let cfg = ServerConfig {
         nats_url: url.to_string(),
         database_url,
         window: a.window.max(1),
         consumer: consumer_settings(&a.queue),
+        admin_hash,
     };
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -93,9 +98,33 @@ pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The admin token in `path`; a new one is written there (mode 0600) when the file is missing.
+fn admin_token(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => anyhow::bail!("admin token file {} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("read admin token file {}: {e}", path.display()),
+    }
+    let token = btp_server::api::new_token();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create admin token file {}", path.display()))?;
+    writeln!(f, "{token}").with_context(|| format!("write {}", path.display()))?;
+    info!(path = %path.display(), "admin token created");
+    Ok(token)
+}
+
 pub async fn client(url: &str, a: ClientRunArgs) -> anyhow::Result<ExitCode> {
     install_metrics(a.metrics_addr)?;
-    let cfg = client_config(url, a.id, &a.client);
+    btp_common::api::check_tenant_name(&a.tenant)?;
+    let mut cfg = client_config(url, a.id, &a.client);
+    cfg.tenant = a.tenant;
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
@@ -132,6 +161,7 @@ impl Cluster {
             database_url,
             window: 512,
             consumer: consumer_settings(&client.queue),
+            admin_hash: None,
         };
         // The server creates the streams and the consumer before the client looks for them.
         let server = tokio::spawn(btp_server::run(cfg, server_cancel.clone()));

@@ -170,7 +170,7 @@ pub fn create_request(
     })
 }
 
-async fn call<Req: Serialize, Resp: DeserializeOwned>(
+pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
     api: &ApiClient,
     verb: &str,
     req: &Req,
@@ -179,7 +179,7 @@ async fn call<Req: Serialize, Resp: DeserializeOwned>(
 }
 
 /// Prints as JSON or with the human printer (`csv` falls back to it where no CSV form exists).
-fn print<T: Serialize>(out: Output, v: &T, table: impl FnOnce(&T)) {
+pub(crate) fn print<T: Serialize>(out: Output, v: &T, table: impl FnOnce(&T)) {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(v).expect("serializable")),
         Output::Table | Output::Csv => table(v),

@@ -21,7 +21,16 @@ pub mod verbs {
     pub const CLIENT_GET: &str = "client.get";
     pub const CLIENT_DRAIN: &str = "client.drain";
     pub const SERVER_HEALTH: &str = "server.health";
+    pub const TENANT_CREATE: &str = "tenant.create";
+    pub const TENANT_LIST: &str = "tenant.list";
+    pub const TENANT_DELETE: &str = "tenant.delete";
+    pub const TOKEN_CREATE: &str = "token.create";
+    pub const TOKEN_LIST: &str = "token.list";
+    pub const TOKEN_DELETE: &str = "token.delete";
 }
+
+/// NATS header carrying the API token of a request.
+pub const TOKEN_HEADER: &str = "Btp-Token";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +44,10 @@ pub enum ErrorCode {
     /// Something the server depends on failed; retrying later may succeed.
     Unavailable,
     Internal,
+    /// The request carries no token, or one that is unknown or deleted.
+    Unauthenticated,
+    /// The token is valid but may not do this (tenant tokens cannot manage tenants).
+    PermissionDenied,
 }
 
 /// Longest error message sent back.
@@ -553,4 +566,97 @@ pub struct SetTask {
 #[serde(deny_unknown_fields)]
 pub struct ClientRef {
     pub id: String,
+}
+
+/// `tenant.create`: a tenant of a multi-tenant server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+}
+
+/// `tenant.delete`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRef {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TenantInfo {
+    pub name: String,
+    pub created_ms: i64,
+    /// Live API tokens of the tenant.
+    pub tokens: u64,
+    /// Tasks of the tenant (any state).
+    pub tasks: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TenantList {
+    pub tenants: Vec<TenantInfo>,
+}
+
+/// `token.create`: a new API token for a tenant (`label` says what it is for).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub tenant: String,
+    #[serde(default)]
+    pub label: String,
+}
+
+/// A token's record; the secret itself is only in [`TokenCreated`], once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub tenant: String,
+    pub label: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The token: shown once, stored only as a hash.
+    pub token: String,
+}
+
+/// `token.list`: the tokens of one tenant, or of all with no tenant.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListTokens {
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `token.delete`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRef {
+    pub id: String,
+}
+
+/// Checks a tenant name: it becomes part of NATS subjects and consumer names, so 1 to 32
+/// lowercase letters, digits, `-` and `_`, starting with a letter.
+pub fn check_tenant_name(name: &str) -> Result<(), ApiError> {
+    let ok = (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "invalid tenant name '{}': use 1 to 32 lowercase letters, digits, '-' or '_', starting with a letter",
+            name.chars().take(40).collect::<String>()
+        )))
+    }
 }

@@ -12,6 +12,15 @@ pub struct ApiClient {
     nats: async_nats::Client,
     url: String,
     timeout: Duration,
+    token: Option<String>,
+}
+
+/// The API token every [`ApiClient`] of this process sends (the CLI's `--token`).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the API token of this process's API calls; the first call wins.
+pub fn set_token(token: String) {
+    let _ = TOKEN.set(token);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +40,7 @@ impl ApiClient {
             nats,
             url: url.to_string(),
             timeout: Duration::from_secs(30),
+            token: TOKEN.get().cloned(),
         })
     }
 
@@ -40,9 +50,14 @@ impl ApiClient {
         req: &Req,
     ) -> Result<Resp, CallError> {
         let body = serde_json::to_vec(req).map_err(|e| CallError::Transport(e.to_string()))?;
-        let request = async_nats::Request::new()
+        let mut request = async_nats::Request::new()
             .payload(body.into())
             .timeout(Some(self.timeout));
+        if let Some(t) = &self.token {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(btp_common::api::TOKEN_HEADER, t.as_str());
+            request = request.headers(headers);
+        }
         let reply = self
             .nats
             .send_request(subjects::api(verb), request)

@@ -3,9 +3,10 @@
 //! One implementation of each operation; the CLI uses nothing else.
 
 use btp_common::api::{
-    verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateTask, Empty, ErrorCode,
-    Health, ListTasks, Report, ReportRequest, SetTask, TaskInfo, TaskList, TaskRef, TaskState,
-    MAX_PAGE,
+    verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateTask, CreateTenant,
+    CreateToken, Empty, ErrorCode, Health, ListTasks, ListTokens, Report, ReportRequest, SetTask,
+    TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated, TokenInfo,
+    TokenList, TokenRef, MAX_PAGE,
 };
 use btp_common::wire::{Control, ControlAction};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
@@ -24,6 +25,48 @@ const MAX_REQUEST: usize = 64 << 10;
 #[derive(Clone)]
 pub struct Api {
     pub ctx: Shared,
+    /// SHA-256 (hex) of the admin token. When set, every request but `server.health` needs a
+    /// token: the admin's, or one of a tenant's (`token.create`). When unset, every request
+    /// acts as the admin of the single default tenant.
+    pub admin_hash: Option<String>,
+    /// Settings of the jobs consumer created for each new tenant.
+    pub consumer: btp_nats::topology::ConsumerSettings,
+}
+
+/// Who sent a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Whose tasks and clients the request sees and changes.
+    pub tenant: String,
+    /// May manage tenants and tokens.
+    pub admin: bool,
+}
+
+impl Caller {
+    pub fn admin() -> Self {
+        Caller {
+            tenant: DEFAULT_TENANT.to_string(),
+            admin: true,
+        }
+    }
+}
+
+/// SHA-256 of a token, hex: what the store keeps.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new API token: `btp_` and 64 random hex digits (two v4 UUIDs, 244 random bits).
+pub fn new_token() -> String {
+    format!(
+        "btp_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 pub async fn serve(
@@ -51,7 +94,12 @@ pub async fn serve(
                 .strip_prefix("btp.api.v1.")
                 .unwrap_or("")
                 .to_string();
-            let body = api.handle(&verb, &msg.payload).await;
+            let token = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(btp_common::api::TOKEN_HEADER))
+                .map(|v| v.as_str().to_string());
+            let body = api.handle_as(&verb, &msg.payload, token.as_deref()).await;
             if let Err(e) = nats.publish(reply, body.into()).await {
                 warn!(error = %e, verb, "sending an API reply failed");
             }
@@ -83,13 +131,131 @@ fn precondition(message: String) -> ApiError {
 }
 
 impl Api {
-    /// Handles one request; never panics on any input.
+    /// Handles one request as the admin (what a server without tokens does for everyone).
     pub async fn handle(&self, verb: &str, payload: &[u8]) -> Vec<u8> {
+        self.serve_as(&Caller::admin(), verb, payload).await
+    }
+
+    /// Handles one request carrying `token`; never panics on any input.
+    pub async fn handle_as(&self, verb: &str, payload: &[u8], token: Option<&str>) -> Vec<u8> {
+        if verb == verbs::SERVER_HEALTH {
+            return encode(self.health(decode_req(payload)).await);
+        }
+        match self.authenticate(token).await {
+            Ok(caller) => self.serve_as(&caller, verb, payload).await,
+            Err(e) => {
+                metrics::counter!(crate::telemetry::API_REFUSED).increment(1);
+                encode::<()>(Err(e))
+            }
+        }
+    }
+
+    /// The caller a token stands for.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, ApiError> {
+        let Some(admin) = &self.admin_hash else {
+            return Ok(Caller::admin());
+        };
+        let token = token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "this server requires an API token: pass --token or set BTP_TOKEN",
+                )
+            })?;
+        let hash = token_hash(token);
+        if &hash == admin {
+            return Ok(Caller::admin());
+        }
+        match self.ctx.store.token_tenant(&hash).await? {
+            Some(tenant) => Ok(Caller {
+                tenant,
+                admin: false,
+            }),
+            None => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the API token is not valid (unknown or deleted)",
+            )),
+        }
+    }
+
+    /// Answers a request of an authenticated caller: tasks and clients of other tenants do not
+    /// exist for it, and only the admin manages tenants and tokens.
+    async fn serve_as(&self, caller: &Caller, verb: &str, payload: &[u8]) -> Vec<u8> {
+        if let Err(e) = self.check_scope(caller, verb, payload).await {
+            return encode::<()>(Err(e));
+        }
+        let tenant = caller.tenant.as_str();
         match verb {
-            verbs::TASK_CREATE => encode(self.create(decode_req(payload)).await),
+            verbs::TASK_CREATE => encode(self.create(decode_req(payload), tenant).await),
+            verbs::TASK_LIST => encode(self.list(decode_req(payload), tenant).await),
+            verbs::CLIENT_LIST => encode(self.clients(decode_req(payload), tenant).await),
+            verbs::CLIENT_GET => encode(self.client(decode_req(payload), tenant).await),
+            verbs::CLIENT_DRAIN => encode(self.drain(decode_req(payload), tenant).await),
+            verbs::TENANT_CREATE => encode(self.create_tenant(decode_req(payload)).await),
+            verbs::TENANT_LIST => encode(self.tenants(decode_req(payload)).await),
+            verbs::TENANT_DELETE => encode(self.delete_tenant(decode_req(payload)).await),
+            verbs::TOKEN_CREATE => encode(self.create_token(decode_req(payload)).await),
+            verbs::TOKEN_LIST => encode(self.tokens(decode_req(payload)).await),
+            verbs::TOKEN_DELETE => encode(self.delete_token(decode_req(payload)).await),
+            _ => self.handle_task(verb, payload).await,
+        }
+    }
+
+    /// Admin verbs need the admin; verbs naming a task need the caller's own task (another
+    /// tenant's task is answered as unknown, like a task that does not exist).
+    async fn check_scope(
+        &self,
+        caller: &Caller,
+        verb: &str,
+        payload: &[u8],
+    ) -> Result<(), ApiError> {
+        if verb.starts_with("tenant.") || verb.starts_with("token.") {
+            if !caller.admin {
+                return Err(ApiError::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "{verb} needs the admin token; this token belongs to tenant '{}'",
+                        caller.tenant
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        let names_task = matches!(
+            verb,
+            verbs::TASK_START
+                | verbs::TASK_GET
+                | verbs::TASK_REPORT
+                | verbs::TASK_PAUSE
+                | verbs::TASK_RESUME
+                | verbs::TASK_CANCEL
+                | verbs::TASK_RETRY
+                | verbs::TASK_DELETE
+                | verbs::TASK_SET
+        );
+        if !names_task {
+            return Ok(());
+        }
+        let id = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string));
+        let Some(id) = id else {
+            return Ok(()); // The operation itself refuses the malformed request.
+        };
+        match self.ctx.store.task(&id).await {
+            Ok(t) if t.info.tenant != caller.tenant => {
+                Err(ApiError::not_found(format!("unknown task id '{id}'")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn handle_task(&self, verb: &str, payload: &[u8]) -> Vec<u8> {
+        match verb {
             verbs::TASK_START => encode(self.start(decode_req(payload)).await),
             verbs::TASK_GET => encode(self.get(decode_req(payload)).await),
-            verbs::TASK_LIST => encode(self.list(decode_req(payload)).await),
             verbs::TASK_REPORT => encode(self.report(decode_req(payload)).await),
             verbs::TASK_PAUSE => encode(self.pause(decode_req(payload)).await),
             verbs::TASK_RESUME => encode(self.resume(decode_req(payload)).await),
@@ -97,9 +263,6 @@ impl Api {
             verbs::TASK_RETRY => encode(self.retry(decode_req(payload)).await),
             verbs::TASK_DELETE => encode(self.delete(decode_req(payload)).await),
             verbs::TASK_SET => encode(self.set(decode_req(payload)).await),
-            verbs::CLIENT_LIST => encode(self.clients(decode_req(payload)).await),
-            verbs::CLIENT_GET => encode(self.client(decode_req(payload)).await),
-            verbs::CLIENT_DRAIN => encode(self.drain(decode_req(payload)).await),
             verbs::SERVER_HEALTH => encode(self.health(decode_req(payload)).await),
             other => encode::<()>(Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -138,7 +301,11 @@ impl Api {
         crate::events::publish(&self.ctx.nats, &t.tenant, &t.id, t.state).await;
     }
 
-    async fn create(&self, req: Result<CreateTask, ApiError>) -> Result<TaskInfo, ApiError> {
+    async fn create(
+        &self,
+        req: Result<CreateTask, ApiError>,
+        tenant: &str,
+    ) -> Result<TaskInfo, ApiError> {
         let req = req?;
         let src = Endpoint::parse_with(&req.src, &req.src_options)
             .map_err(|e| ApiError::invalid(format!("source: {e}")))?;
@@ -173,7 +340,7 @@ impl Api {
         let id = new_task_id();
         let info = TaskInfo::new(
             id.clone(),
-            DEFAULT_TENANT.to_string(),
+            tenant.to_string(),
             src.to_string(),
             dst.to_string(),
             req.options,
@@ -314,13 +481,17 @@ impl Api {
         self.task_info(&req?.id).await
     }
 
-    async fn list(&self, req: Result<ListTasks, ApiError>) -> Result<TaskList, ApiError> {
+    async fn list(
+        &self,
+        req: Result<ListTasks, ApiError>,
+        tenant: &str,
+    ) -> Result<TaskList, ApiError> {
         let req = req?;
         check_page(req.limit, req.offset)?;
         let mut tasks = self
             .ctx
             .store
-            .tasks(req.state, req.limit as i64, req.offset as i64)
+            .tasks(tenant, req.state, req.limit as i64, req.offset as i64)
             .await?;
         for t in &mut tasks {
             self.add_live(t);
@@ -367,25 +538,40 @@ impl Api {
         })
     }
 
-    async fn clients(&self, req: Result<Empty, ApiError>) -> Result<ClientList, ApiError> {
+    /// The clients serving `tenant`.
+    async fn clients(
+        &self,
+        req: Result<Empty, ApiError>,
+        tenant: &str,
+    ) -> Result<ClientList, ApiError> {
         req?;
-        Ok(ClientList {
-            clients: self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?,
-        })
+        let mut clients = self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?;
+        clients.retain(|c| c.tenant == tenant);
+        Ok(ClientList { clients })
     }
 
-    async fn client(&self, req: Result<ClientRef, ApiError>) -> Result<ClientInfo, ApiError> {
+    async fn client(
+        &self,
+        req: Result<ClientRef, ApiError>,
+        tenant: &str,
+    ) -> Result<ClientInfo, ApiError> {
         let id = req?.id;
         let all = self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?;
         all.into_iter()
-            .find(|c| c.id == id)
+            .find(|c| c.id == id && c.tenant == tenant)
             .ok_or_else(|| ApiError::not_found(format!("unknown client id '{id}'")))
     }
 
     /// Asks a client to take no new jobs; its in-flight jobs finish.
-    async fn drain(&self, req: Result<ClientRef, ApiError>) -> Result<ClientInfo, ApiError> {
+    async fn drain(
+        &self,
+        req: Result<ClientRef, ApiError>,
+        tenant: &str,
+    ) -> Result<ClientInfo, ApiError> {
         let id = req?.id;
-        let mut c = self.client(Ok(ClientRef { id: id.clone() })).await?;
+        let mut c = self
+            .client(Ok(ClientRef { id: id.clone() }), tenant)
+            .await?;
         if !c.online {
             return Err(precondition(format!(
                 "client {id} cannot be drained: it is offline"
@@ -415,6 +601,89 @@ impl Api {
             clients_online: clients.iter().filter(|c| c.online).count() as u64,
             tasks_running: running.len() as u64,
         })
+    }
+}
+
+impl Api {
+    async fn create_tenant(
+        &self,
+        req: Result<CreateTenant, ApiError>,
+    ) -> Result<btp_common::api::TenantInfo, ApiError> {
+        let name = req?.name;
+        btp_common::api::check_tenant_name(&name)?;
+        if name == DEFAULT_TENANT {
+            return Err(precondition(format!("tenant '{name}' always exists")));
+        }
+        // The tenant's work queue first: a tenant is only recorded once its clients can pull.
+        btp_nats::topology::jobs_consumer(&self.ctx.js, &name, &self.consumer)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("{e:#}")))?;
+        let now = now_ms();
+        self.ctx.store.create_tenant(&name, now).await?;
+        info!(tenant = %name, "tenant created");
+        Ok(btp_common::api::TenantInfo {
+            name,
+            created_ms: now,
+            tokens: 0,
+            tasks: 0,
+        })
+    }
+
+    async fn tenants(&self, req: Result<Empty, ApiError>) -> Result<TenantList, ApiError> {
+        req?;
+        Ok(TenantList {
+            tenants: self.ctx.store.tenants().await?,
+        })
+    }
+
+    async fn delete_tenant(&self, req: Result<TenantRef, ApiError>) -> Result<TenantRef, ApiError> {
+        let name = req?.name;
+        self.ctx.store.delete_tenant(&name).await?;
+        info!(tenant = %name, "tenant deleted with its tokens");
+        Ok(TenantRef { name })
+    }
+
+    async fn create_token(
+        &self,
+        req: Result<CreateToken, ApiError>,
+    ) -> Result<TokenCreated, ApiError> {
+        let req = req?;
+        if req.label.len() > 200 {
+            return Err(ApiError::invalid("label: at most 200 bytes"));
+        }
+        if !self.ctx.store.tenant_exists(&req.tenant).await? {
+            return Err(ApiError::not_found(format!(
+                "unknown tenant '{}' (create it with `btp tenant create`)",
+                req.tenant.chars().take(40).collect::<String>()
+            )));
+        }
+        let token = new_token();
+        let info = TokenInfo {
+            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            tenant: req.tenant,
+            label: req.label,
+            created_ms: now_ms(),
+        };
+        self.ctx
+            .store
+            .insert_token(&info, &token_hash(&token))
+            .await?;
+        info!(tenant = %info.tenant, token_id = %info.id, "API token created");
+        Ok(TokenCreated { info, token })
+    }
+
+    async fn tokens(&self, req: Result<ListTokens, ApiError>) -> Result<TokenList, ApiError> {
+        let req = req?;
+        Ok(TokenList {
+            tokens: self.ctx.store.tokens(req.tenant.as_deref()).await?,
+        })
+    }
+
+    async fn delete_token(&self, req: Result<TokenRef, ApiError>) -> Result<TokenRef, ApiError> {
+        let id = req?.id;
+        self.ctx.store.delete_token(&id).await?;
+        info!(token_id = %id, "API token deleted");
+        Ok(TokenRef { id })
     }
 }
 

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     /// Most published-but-unfinished jobs per task.
     pub window: i64,
     pub consumer: btp_nats::topology::ConsumerSettings,
+    /// SHA-256 (hex) of the admin token; None: no tokens, one default tenant.
+    pub admin_hash: Option<String>,
 }
 
 /// What the server's parts share.
@@ -53,7 +55,15 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     let js = async_nats::jetstream::new(nats.clone());
     btp_nats::topology::ensure_streams(&js).await?;
     btp_nats::topology::jobs_consumer(&js, btp_common::DEFAULT_TENANT, &cfg.consumer).await?;
-    info!(nats = %cfg.nats_url, database = store.backend(), "server started");
+    for t in store.tenants().await? {
+        btp_nats::topology::jobs_consumer(&js, &t.name, &cfg.consumer).await?;
+    }
+    info!(
+        nats = %cfg.nats_url,
+        database = store.backend(),
+        tokens = cfg.admin_hash.is_some(),
+        "server started"
+    );
     let ctx = Shared {
         store,
         nats: nats.clone(),
@@ -68,7 +78,11 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     let mut parts = tokio::task::JoinSet::new();
     parts.spawn(api::serve(
         nats.clone(),
-        api::Api { ctx: ctx.clone() },
+        api::Api {
+            ctx: ctx.clone(),
+            admin_hash: cfg.admin_hash.clone(),
+            consumer: cfg.consumer.clone(),
+        },
         cancel.clone(),
     ));
     parts.spawn(agents::run(

@@ -164,25 +164,175 @@ impl Store {
     }
 
     /// Tasks, newest first, optionally only those in `state`; paged with `limit` and `offset`.
+    /// Tasks of `tenant`, newest first.
     pub async fn tasks(
         &self,
+        tenant: &str,
         state: Option<TaskState>,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<TaskInfo>, ApiError> {
         let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE ($1 = '' OR state = $1) \
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant = $4 AND ($1 = '' OR state = $1) \
              ORDER BY created_ms DESC, id LIMIT $2 OFFSET $3"
         ))
         .bind(state.map(|s| s.as_str()).unwrap_or(""))
         .bind(limit)
         .bind(offset)
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
         rows.iter()
             .map(|r| task_from_row(r).map(|t| t.info))
             .collect()
+    }
+
+    // ---- tenants and API tokens ----
+
+    pub async fn create_tenant(&self, name: &str, now: i64) -> Result<(), ApiError> {
+        let done = sqlx::query(
+            "INSERT INTO tenants (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::new(
+                btp_common::api::ErrorCode::FailedPrecondition,
+                format!("tenant '{name}' already exists"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<btp_common::api::TenantInfo>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT name, created_ms, \
+             (SELECT COUNT(*) FROM api_tokens k WHERE k.tenant = t.name), \
+             (SELECT COUNT(*) FROM tasks s WHERE s.tenant = t.name) \
+             FROM tenants t ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| btp_common::api::TenantInfo {
+                name: r.get(0),
+                created_ms: r.get(1),
+                tokens: r.get::<i64, _>(2) as u64,
+                tasks: r.get::<i64, _>(3) as u64,
+            })
+            .collect())
+    }
+
+    pub async fn tenant_exists(&self, name: &str) -> Result<bool, ApiError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(n > 0)
+    }
+
+    /// Deletes a tenant and its tokens; refused while it has running or paused tasks.
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE tenant = $1 AND (state = $2 OR state = $3)",
+        )
+        .bind(name)
+        .bind(TaskState::Running.as_str())
+        .bind(TaskState::Paused.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if busy > 0 {
+            return Err(ApiError::new(
+                btp_common::api::ErrorCode::FailedPrecondition,
+                format!("tenant '{name}' cannot be deleted: it has {busy} running or paused tasks (cancel them first)"),
+            ));
+        }
+        let gone = sqlx::query("DELETE FROM tenants WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        if gone.rows_affected() == 0 {
+            return Err(ApiError::not_found(format!("unknown tenant '{name}'")));
+        }
+        sqlx::query("DELETE FROM api_tokens WHERE tenant = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    pub async fn insert_token(
+        &self,
+        info: &btp_common::api::TokenInfo,
+        hash: &str,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, tenant, hash, label, created_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&info.id)
+        .bind(&info.tenant)
+        .bind(hash)
+        .bind(&info.label)
+        .bind(info.created_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    /// The tenant whose token hashes to `hash`, if any.
+    pub async fn token_tenant(&self, hash: &str) -> Result<Option<String>, ApiError> {
+        sqlx::query_scalar("SELECT tenant FROM api_tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)
+    }
+
+    pub async fn tokens(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<btp_common::api::TokenInfo>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, label, created_ms FROM api_tokens WHERE ($1 = '' OR tenant = $1) \
+             ORDER BY tenant, created_ms, id",
+        )
+        .bind(tenant.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| btp_common::api::TokenInfo {
+                id: r.get(0),
+                tenant: r.get(1),
+                label: r.get(2),
+                created_ms: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn delete_token(&self, id: &str) -> Result<(), ApiError> {
+        let gone = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        if gone.rows_affected() == 0 {
+            return Err(ApiError::not_found(format!("unknown token id '{id}'")));
+        }
+        Ok(())
     }
 
     /// Ids and tenants of running tasks, for the dispatcher.

@@ -22,6 +22,7 @@ pub const FILES_SKIPPED: &str = "btp_server_files_skipped_total";
 pub const JOBS: &str = "btp_server_jobs_total";
 pub const JOBS_PUBLISHED: &str = "btp_server_jobs_published_total";
 pub const RESULTS: &str = "btp_server_results_total";
+pub const API_REFUSED: &str = "btp_server_api_unauthenticated_total";
 pub const JOBS_PENDING: &str = "btp_server_jobs_pending";
 pub const TASK_SPEED_BYTES: &str = "btp_server_task_speed_bytes_per_second";
 pub const TASK_SPEED_FILES: &str = "btp_server_task_speed_files_per_second";
@@ -59,6 +60,10 @@ pub fn describe() {
         "Finished jobs by kind and outcome (ok, skipped, retried, failed)."
     );
     describe_counter!(JOBS_PUBLISHED, "Jobs published to the work queue, by kind.");
+    describe_counter!(
+        API_REFUSED,
+        "API requests refused for a missing, unknown or deleted token."
+    );
     describe_counter!(
         RESULTS,
         "Results received, by outcome (applied, duplicate, deferred, malformed)."

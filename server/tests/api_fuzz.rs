@@ -161,6 +161,8 @@ async fn no_request_panics_the_server_or_stores_anything_unanswered() {
             live: Arc::default(),
             wake_allocator: Arc::default(),
         },
+        admin_hash: None,
+        consumer: Default::default(),
     };
     let cases: usize = std::env::var("BTP_FUZZ_CASES")
         .ok()
@@ -195,7 +197,7 @@ async fn no_request_panics_the_server_or_stores_anything_unanswered() {
             }
         }
     }
-    let stored = store.tasks(None, 10_000, 0).await.unwrap().len();
+    let stored = store.tasks("default", None, 10_000, 0).await.unwrap().len();
     assert_eq!(stored, created, "only answered creates store tasks");
     assert!(
         errors > cases / 2,

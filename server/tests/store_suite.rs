@@ -453,10 +453,10 @@ on_every_backend!(tasks_are_listed_by_state_and_paged, |store| Box::pin(
                 store.start_task(&t, 1).await.unwrap();
             }
         }
-        assert_eq!(store.tasks(None, 100, 0).await.unwrap().len(), 5);
+        assert_eq!(store.tasks("default", None, 100, 0).await.unwrap().len(), 5);
         assert_eq!(
             store
-                .tasks(Some(TaskState::Running), 100, 0)
+                .tasks("default", Some(TaskState::Running), 100, 0)
                 .await
                 .unwrap()
                 .len(),
@@ -464,14 +464,14 @@ on_every_backend!(tasks_are_listed_by_state_and_paged, |store| Box::pin(
         );
         assert_eq!(
             store
-                .tasks(Some(TaskState::Created), 100, 0)
+                .tasks("default", Some(TaskState::Created), 100, 0)
                 .await
                 .unwrap()
                 .len(),
             2
         );
-        let p1 = store.tasks(None, 2, 0).await.unwrap();
-        let p3 = store.tasks(None, 2, 4).await.unwrap();
+        let p1 = store.tasks("default", None, 2, 0).await.unwrap();
+        let p3 = store.tasks("default", None, 2, 4).await.unwrap();
         assert_eq!((p1.len(), p3.len()), (2, 1));
     }
 ));

@@ -23,6 +23,17 @@ pub fn btp(nats_url: &str, args: &[&str]) -> Output {
         .expect("run btp")
 }
 
+/// Runs `btp` with an API token (`BTP_TOKEN`).
+pub fn btp_as(nats_url: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(btp_bin())
+        .args(args)
+        .env("BTP_NATS_URL", nats_url)
+        .env("BTP_TOKEN", token)
+        .env_remove("BTP_LOG")
+        .output()
+        .expect("run btp")
+}
+
 /// Runs `btp ... --output json` and parses stdout, panicking with stderr on failure.
 pub fn btp_json(nats_url: &str, args: &[&str]) -> serde_json::Value {
     let mut all: Vec<&str> = args.to_vec();
@@ -382,7 +393,10 @@ impl Cluster {
         ));
         let url = self.url.clone();
         wait_for("server", Duration::from_secs(30), || {
-            btp(&url, &["task", "list"]).status.success().then_some(())
+            btp(&url, &["server", "health"])
+                .status
+                .success()
+                .then_some(())
         });
     }
 

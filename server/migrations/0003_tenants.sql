@@ -1,0 +1,17 @@
+-- Tenants of a multi-tenant server and their API tokens (only a SHA-256 hash of each is kept).
+
+CREATE TABLE tenants (
+    name        TEXT PRIMARY KEY,
+    created_ms  BIGINT NOT NULL
+);
+
+CREATE TABLE api_tokens (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    label       TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL
+);
+
+CREATE INDEX api_tokens_tenant ON api_tokens (tenant);
+CREATE INDEX tasks_tenant ON tasks (tenant, created_ms);
