@@ -30,6 +30,10 @@ struct Cli {
     /// Log filter (error, warn, info, debug, or a tracing directive).
     #[arg(long, global = true, env = "BTP_LOG")]
     log: Option<String>,
+    /// NATS user of this process: a file with the user and the password on two lines (written
+    /// by `btp nats config`).
+    #[arg(long, global = true, env = "BTP_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
     /// API token, for a server run with --admin-token-file (a tenant's token, or the admin's).
     #[arg(long, global = true, env = "BTP_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -68,6 +72,34 @@ enum Command {
         #[command(subcommand)]
         command: tenant::TokenCommand,
     },
+    /// NATS setup of a multi-tenant cluster.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NatsCommand {
+    /// Write a nats-server configuration with a user for the server and one per tenant, each
+    /// tenant allowed only its own subjects, and their credentials files (all mode 0600).
+    Config(NatsConfigArgs),
+}
+
+#[derive(Args)]
+struct NatsConfigArgs {
+    /// A tenant (repeatable). Run again with more tenants: existing passwords are kept.
+    #[arg(long = "tenant", required = true)]
+    tenants: Vec<String>,
+    /// Directory for nats-server.conf, server.creds and tenant-NAME.creds.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Address nats-server listens on.
+    #[arg(long, default_value = "0.0.0.0:4222")]
+    listen: String,
+    /// JetStream store directory.
+    #[arg(long, default_value = "/var/lib/nats/jetstream")]
+    store_dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -361,6 +393,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(t) = cli.token {
         btp_nats::api_client::set_token(t);
     }
+    if let Some(path) = &cli.nats_creds {
+        btp_nats::set_credentials(btp_nats::auth::Credentials::read(path)?);
+    }
     match cli.command {
         Command::Standalone(a) => run::standalone(a).await,
         Command::Server {
@@ -377,5 +412,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Copy(a) => run::copy(*a).await,
         Command::Tenant { command } => tenant::tenant(&url, command).await,
         Command::Token { command } => tenant::token(&url, command).await,
+        Command::Nats {
+            command: NatsCommand::Config(a),
+        } => {
+            let path = btp_nats::auth::write_config(&btp_nats::auth::ConfigSpec {
+                dir: &a.dir,
+                listen: &a.listen,
+                store_dir: &a.store_dir,
+                tenants: &a.tenants,
+            })?;
+            println!("wrote {}", path.display());
+            println!(
+                "server: --nats-creds {}",
+                a.dir.join("server.creds").display()
+            );
+            for t in &a.tenants {
+                let user = btp_nats::auth::tenant_user(t);
+                println!(
+                    "tenant {t}: --tenant {t} --nats-creds {}",
+                    a.dir.join(format!("{user}.creds")).display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

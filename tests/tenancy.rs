@@ -4,7 +4,10 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use support::*;
@@ -179,6 +182,254 @@ fn tokens_authenticate_every_request_and_scope_it_to_one_tenant() {
     assert!(e.contains("not valid"), "{e}");
     let tenants = json_as(&url, &admin, &["tenant", "list"]);
     assert_eq!(tenants["tenants"].as_array().unwrap().len(), 1);
+}
+
+/// `btp` with extra environment (NATS credentials, token).
+fn btp_env(url: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(btp_bin())
+        .args(args)
+        .env("BTP_NATS_URL", url)
+        .envs(env.iter().copied())
+        .env_remove("BTP_LOG")
+        .output()
+        .expect("run btp")
+}
+
+fn json_env(url: &str, env: &[(&str, &str)], args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = btp_env(url, env, &all);
+    assert!(
+        out.status.success(),
+        "btp {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+/// A NATS connection speaking the protocol itself, to see exactly what the server answers.
+struct Raw {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Raw {
+    /// Connects as `user`; returns the connection and what the server said to CONNECT.
+    fn connect(port: u16, user: &str, password: &str) -> (Raw, String) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut raw = Raw {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        let mut info = String::new();
+        raw.reader.read_line(&mut info).unwrap();
+        assert!(info.starts_with("INFO"), "{info}");
+        let connect = serde_json::json!({"verbose": true, "pedantic": false, "user": user,
+            "pass": password, "protocol": 1, "lang": "test", "version": "0"});
+        let answer = raw.exchange(&format!("CONNECT {connect}\r\n"));
+        (raw, answer)
+    }
+
+    /// Sends `cmd` and a PING; returns every line before the PONG (or before the server hung up).
+    fn exchange(&mut self, cmd: &str) -> String {
+        self.writer
+            .write_all(format!("{cmd}PING\r\n").as_bytes())
+            .unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.trim() == "PONG" => break,
+                Ok(_) => lines.push(line.trim().to_string()),
+            }
+        }
+        lines.join(" | ")
+    }
+}
+
+#[test]
+fn a_tenants_nats_user_reaches_only_its_own_subjects() {
+    let tmp = test_dir();
+    let port = btp_nats::launcher::free_port().unwrap();
+    let conf = tmp.path().join("nats-conf");
+    let listen = format!("127.0.0.1:{port}");
+    let store = tmp.path().join("js");
+    let out = btp(
+        "nats://unused",
+        &[
+            "nats",
+            "config",
+            "--tenant",
+            "acme",
+            "--tenant",
+            "globex",
+            "--dir",
+            path(&conf),
+            "--listen",
+            &listen,
+            "--store-dir",
+            path(&store),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nats = Command::new(btp_nats::launcher::find_binary().unwrap())
+        .args(["-c", path(&conf.join("nats-server.conf"))])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("nats.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _nats = KillOnDrop(nats);
+    wait_for("nats-server", Duration::from_secs(15), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let url = format!("nats://{listen}");
+    let creds = |user: &str| {
+        btp_nats::auth::Credentials::read(&conf.join(format!("{user}.creds"))).unwrap()
+    };
+    let acme = creds("tenant-acme");
+
+    // The server refuses a wrong password, and every subject of another tenant.
+    let (_, answer) = Raw::connect(port, "tenant-acme", "wrong");
+    assert!(answer.contains("Authorization Violation"), "{answer}");
+    let (mut conn, answer) = Raw::connect(port, &acme.user, &acme.password);
+    assert_eq!(answer, "+OK");
+    for denied in [
+        "SUB btp.jobs.globex.> 1\r\n",
+        "SUB btp.jobs.acme.> 2\r\n",
+        "SUB btp.control.globex 3\r\n",
+        "SUB _INBOX.tenant-globex.> 4\r\n",
+        "SUB btp.results.acme.> 5\r\n",
+        "PUB btp.results.globex.t1 2\r\nhi\r\n",
+        "PUB btp.jobs.globex.t1 2\r\nhi\r\n",
+        "PUB $JS.API.CONSUMER.MSG.NEXT.BTP_JOBS.workers-globex 2\r\n{}\r\n",
+        "PUB $JS.ACK.BTP_JOBS.workers-globex.1.1.1.1.1.0 2\r\n+A\r\n",
+    ] {
+        let answer = conn.exchange(denied);
+        assert!(
+            answer.contains("Permissions Violation"),
+            "{denied:?}: {answer}"
+        );
+    }
+    for allowed in [
+        "SUB btp.control.acme 6\r\n",
+        "SUB _INBOX.tenant-acme.> 7\r\n",
+        "PUB btp.results.acme.t1 2\r\nhi\r\n",
+    ] {
+        assert_eq!(conn.exchange(allowed), "+OK", "{allowed:?}");
+    }
+
+    // The server and acme's client work with just those permissions.
+    let server_creds = conf.join("server.creds");
+    let admin_file = tmp.path().join("admin.token");
+    let server_env = [("BTP_NATS_CREDS", path(&server_creds))];
+    let _server = Proc::spawn_env(
+        "server",
+        &url,
+        &[
+            "server",
+            "run",
+            "--data-dir",
+            path(&tmp.path().join("server")),
+            "--admin-token-file",
+            path(&admin_file),
+        ],
+        tmp.path(),
+        &server_env,
+    );
+    wait_for("server", Duration::from_secs(30), || {
+        btp_env(&url, &server_env, &["server", "health"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let admin = std::fs::read_to_string(&admin_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let admin_env = [
+        ("BTP_NATS_CREDS", path(&server_creds)),
+        ("BTP_TOKEN", admin.as_str()),
+    ];
+    json_env(&url, &admin_env, &["tenant", "create", "acme"]);
+    let t = json_env(&url, &admin_env, &["token", "create", "--tenant", "acme"]);
+    let token = t["token"].as_str().unwrap().to_string();
+    let acme_creds = conf.join("tenant-acme.creds");
+    let acme_env = [
+        ("BTP_NATS_CREDS", path(&acme_creds)),
+        ("BTP_TOKEN", token.as_str()),
+    ];
+    let _client = Proc::spawn_env(
+        "client-acme",
+        &url,
+        &[
+            "client",
+            "run",
+            "--id",
+            "client-acme",
+            "--tenant",
+            "acme",
+            "--workers",
+            "2",
+        ],
+        tmp.path(),
+        &acme_env,
+    );
+    wait_for("acme's client online", Duration::from_secs(30), || {
+        let l = json_env(&url, &acme_env, &["client", "list"]);
+        (l["clients"].as_array().unwrap().len() == 1).then_some(())
+    });
+    let src = tmp.path().join("src");
+    let tree = gen_tree(&src, 30, 0);
+    let dst = tmp.path().join("dst");
+    let t = json_env(
+        &url,
+        &acme_env,
+        &[
+            "task",
+            "create",
+            "--src",
+            path(&src),
+            "--dst",
+            path(&dst),
+            "--start",
+        ],
+    );
+    let id = t["id"].as_str().unwrap().to_string();
+    let done = wait_for("acme's task", Duration::from_secs(60), || {
+        let t = json_env(&url, &acme_env, &["task", "get", &id]);
+        (t["state"] != "running").then_some(t)
+    });
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["files_copied"], tree.files);
+    assert_same_tree(&src, &dst);
+    // No password or token in any log of the run.
+    let secrets = [acme.password.as_str(), token.as_str(), admin.as_str()];
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "log") {
+            let log = std::fs::read_to_string(&p).unwrap();
+            for s in secrets {
+                assert!(!log.contains(s), "{} shows a secret", p.display());
+            }
+        }
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn path(p: &Path) -> &str {
