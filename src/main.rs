@@ -143,6 +143,10 @@ pub struct ServerRunArgs {
     /// Tenants and their tokens are then managed with `btp tenant` and `btp token`.
     #[arg(long, env = "BTP_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Seal endpoint secrets in the store with the key in this file (64 hex digits; created,
+    /// mode 0600, when missing). Keep it: stored tasks cannot be run without it.
+    #[arg(long, env = "BTP_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub queue: QueueOpts,
 }

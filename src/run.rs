@@ -76,6 +76,9 @@ pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
         Some(u) => u,
         None => sqlite_url(&a.data_dir)?,
     };
+    if let Some(path) = &a.secret_key_file {
+        btp_server::seal::install(btp_server::seal::Sealer::from_file(path)?);
+    }
     let admin_hash = match &a.admin_token_file {
         Some(path) => Some(btp_server::api::token_hash(&admin_token(path)?)),
         None => None,

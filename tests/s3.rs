@@ -87,7 +87,8 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
     // Object stores hold no empty directories.
     std::fs::remove_dir(src.join("empty-dir")).unwrap();
 
-    let mut c = Cluster::start(tmp.path(), &[]);
+    let key = tmp.path().join("secret.key");
+    let mut c = Cluster::start(tmp.path(), &["--secret-key-file", key.to_str().unwrap()]);
     c.add_client(&["--workers", "4"]);
     c.add_client(&["--workers", "4"]);
     let run = |src: &str, dst: &str, extra: Vec<String>| -> serde_json::Value {
@@ -255,7 +256,26 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
         before
     );
 
-    // The secret never shows: not in the API answers, not in the logs.
+    // The secret never shows: not in the API answers, not in the logs, not in the store (sealed
+    // with the server's key).
+    let mut stored = 0;
+    for entry in std::fs::read_dir(tmp.path().join("server")).unwrap() {
+        let p = entry.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        stored += bytes.len();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the secret in the clear",
+            p.display()
+        );
+    }
+    assert!(stored > 0, "the store was found");
+    for report in [&up, &across, &down] {
+        assert!(
+            !report.to_string().contains(SECRET),
+            "a report shows the secret"
+        );
+    }
     let listed =
         String::from_utf8(btp(&c.url, &["task", "list", "--output", "json"]).stdout).unwrap();
     assert!(!listed.contains(SECRET));

@@ -8,6 +8,7 @@ pub mod api;
 pub mod dispatcher;
 pub mod events;
 pub mod planner;
+pub mod seal;
 pub mod speed;
 pub mod store;
 pub mod telemetry;

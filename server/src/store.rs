@@ -143,8 +143,8 @@ impl Store {
         .bind(&info.id)
         .bind(&info.tenant)
         .bind(info.state.as_str())
-        .bind(to_json(src))
-        .bind(to_json(dst))
+        .bind(crate::seal::seal(to_json(src)))
+        .bind(crate::seal::seal(to_json(dst)))
         .bind(to_json(&info.options))
         .bind(info.created_ms)
         .execute(&self.pool)
@@ -567,10 +567,9 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
+        rows.iter()
+            .map(|r| Ok((r.get(0), crate::seal::open(r.get(1))?, r.get(2))))
+            .collect()
     }
 
     pub async fn mark_published(&self, task: &str, seqs: &[i64]) -> Result<(), ApiError> {
@@ -786,8 +785,8 @@ const TASK_COLUMNS: &str =
 
 fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
-    let src: Endpoint = from_json(&r.get::<String, _>(3))?;
-    let dst: Endpoint = from_json(&r.get::<String, _>(4))?;
+    let src: Endpoint = from_json(&crate::seal::open(r.get::<String, _>(3))?)?;
+    let dst: Endpoint = from_json(&crate::seal::open(r.get::<String, _>(4))?)?;
     let options: TaskOptions = from_json(&r.get::<String, _>(5))?;
     let n = |i: usize| r.get::<i64, _>(i) as u64;
     let info = TaskInfo {
@@ -885,7 +884,7 @@ pub async fn insert_jobs(
         .bind(seq)
         .bind(job.kind.name())
         .bind(job_state::PENDING)
-        .bind(to_json(&job))
+        .bind(crate::seal::seal(to_json(&job)))
         .bind(files)
         .bind(bytes)
         .bind(schedule.not_before_ms)
@@ -928,12 +927,15 @@ pub async fn load_job_tx(
     .fetch_optional(&mut **tx)
     .await
     .map_err(map_sqlx)?;
-    Ok(row.map(|r| JobRow {
-        kind: r.get(0),
-        state: r.get(1),
-        pages_applied: r.get(2),
-        payload: r.get(3),
-    }))
+    row.map(|r| {
+        Ok(JobRow {
+            kind: r.get(0),
+            state: r.get(1),
+            pages_applied: r.get(2),
+            payload: crate::seal::open(r.get(3))?,
+        })
+    })
+    .transpose()
 }
 
 /// Adds to a task's counters. Every argument is a delta.
