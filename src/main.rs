@@ -184,9 +184,10 @@ pub struct ClientRunArgs {
     /// Client id (default: host name and a random suffix).
     #[arg(long, env = "BTP_CLIENT_ID")]
     pub id: Option<String>,
-    /// The tenant whose jobs this client runs.
-    #[arg(long, env = "BTP_TENANT", default_value = btp_common::DEFAULT_TENANT)]
-    pub tenant: String,
+    /// The tenant whose jobs this client runs; repeat it for a client shared by several
+    /// tenants (their queues are pulled in turn).
+    #[arg(long = "tenant", env = "BTP_TENANT", value_delimiter = ',', default_value = btp_common::DEFAULT_TENANT)]
+    pub tenants: Vec<String>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465).
     #[arg(long, env = "BTP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

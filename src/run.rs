@@ -125,9 +125,11 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
 
 pub async fn client(url: &str, a: ClientRunArgs) -> anyhow::Result<ExitCode> {
     install_metrics(a.metrics_addr)?;
-    btp_common::api::check_tenant_name(&a.tenant)?;
+    for t in &a.tenants {
+        btp_common::api::check_tenant_name(t)?;
+    }
     let mut cfg = client_config(url, a.id, &a.client);
-    cfg.tenant = a.tenant;
+    cfg.tenants = a.tenants;
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {

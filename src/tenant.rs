@@ -16,12 +16,26 @@ use crate::OutputOpts;
 
 #[derive(Subcommand)]
 pub enum TenantCommand {
-    /// Create a tenant (its work queue is created at once).
-    Create(TenantArgs),
+    /// Create a tenant (its work queue is created at once), with optional quotas.
+    Create(TenantCreateArgs),
     /// List tenants with their token and task counts.
     List(OutputOpts),
     /// Delete a tenant and its tokens (refused while it has running or paused tasks).
     Delete(TenantArgs),
+}
+
+#[derive(Args)]
+pub struct TenantCreateArgs {
+    /// Tenant name: lowercase letters, digits, '-' and '_'.
+    pub name: String,
+    /// Most tasks running or paused at once; starting one more is refused.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tasks: Option<u32>,
+    /// Speed limit shared by all the tenant's running tasks, e.g. 200MiB/s.
+    #[arg(long, value_parser = btp_common::units::parse_rate)]
+    pub speed_limit: Option<u64>,
+    #[command(flatten)]
+    pub output: OutputOpts,
 }
 
 #[derive(Args)]
@@ -74,8 +88,12 @@ pub async fn tenant(url: &str, cmd: TenantCommand) -> anyhow::Result<ExitCode> {
     let api = ApiClient::connect(url).await?;
     match cmd {
         TenantCommand::Create(a) => {
-            let t: btp_common::api::TenantInfo =
-                call(&api, verbs::TENANT_CREATE, &CreateTenant { name: a.name }).await?;
+            let req = CreateTenant {
+                name: a.name,
+                max_running_tasks: a.max_tasks,
+                speed_limit: a.speed_limit,
+            };
+            let t: btp_common::api::TenantInfo = call(&api, verbs::TENANT_CREATE, &req).await?;
             print(a.output.output, &t, |t| {
                 println!("created tenant {}", t.name)
             });
@@ -83,12 +101,18 @@ pub async fn tenant(url: &str, cmd: TenantCommand) -> anyhow::Result<ExitCode> {
         TenantCommand::List(o) => {
             let l: TenantList = call(&api, verbs::TENANT_LIST, &Empty {}).await?;
             print(o.output, &l, |l| {
-                let mut rows = vec![vec!["TENANT".into(), "TOKENS".into(), "TASKS".into()]];
-                rows.extend(
-                    l.tenants
-                        .iter()
-                        .map(|t| vec![t.name.clone(), t.tokens.to_string(), t.tasks.to_string()]),
-                );
+                let mut rows = vec![["TENANT", "TOKENS", "TASKS", "MAX RUNNING", "SPEED LIMIT"]
+                    .map(String::from)
+                    .to_vec()];
+                rows.extend(l.tenants.iter().map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.tokens.to_string(),
+                        t.tasks.to_string(),
+                        t.max_running_tasks.map_or("-".into(), |n| n.to_string()),
+                        t.speed_limit.map_or("-".into(), |r| format!("{r} B/s")),
+                    ]
+                }));
                 output::table(&rows);
             });
         }

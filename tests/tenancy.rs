@@ -435,3 +435,195 @@ impl Drop for KillOnDrop {
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A cluster with tokens required, its admin token, and tenants created with `extra` flags.
+fn tenant_cluster(dir: &Path, tenants: &[(&str, &[&str])]) -> (Cluster, String, Vec<String>) {
+    let admin_file = dir.join("admin.token");
+    let c = Cluster::start(dir, &["--admin-token-file", admin_file.to_str().unwrap()]);
+    let admin = std::fs::read_to_string(&admin_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut tokens = Vec::new();
+    for (name, extra) in tenants {
+        let mut args = vec!["tenant", "create", name];
+        args.extend_from_slice(extra);
+        json_as(&c.url, &admin, &args);
+        let t = json_as(&c.url, &admin, &["token", "create", "--tenant", name]);
+        tokens.push(t["token"].as_str().unwrap().to_string());
+    }
+    (c, admin, tokens)
+}
+
+/// Creates and starts a task with `token`; returns its id.
+fn start_as(url: &str, token: &str, src: &Path, dst: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "task",
+        "create",
+        "--src",
+        path(src),
+        "--dst",
+        path(dst),
+        "--start",
+    ];
+    args.extend_from_slice(extra);
+    json_as(url, token, &args)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn finished_as(url: &str, token: &str, id: &str, timeout: Duration) -> serde_json::Value {
+    wait_for(&format!("task {id}"), timeout, || {
+        let t = json_as(url, token, &["task", "get", id]);
+        (t["state"] != "running").then_some(t)
+    });
+    json_as(url, token, &["task", "report", id])
+}
+
+#[test]
+fn a_small_task_of_one_tenant_is_not_starved_by_a_large_task_of_another() {
+    let tmp = test_dir();
+    let (c, _, tokens) = tenant_cluster(
+        tmp.path(),
+        &[("big", &["--max-tasks", "1"]), ("small", &[])],
+    );
+    let (big, small) = (&tokens[0], &tokens[1]);
+    // Two clients shared by both tenants.
+    let mut clients = Vec::new();
+    for id in ["shared-1", "shared-2"] {
+        clients.push(Proc::spawn_env(
+            id,
+            &c.url,
+            &[
+                "client",
+                "run",
+                "--id",
+                id,
+                "--tenant",
+                "big",
+                "--tenant",
+                "small",
+                "--workers",
+                "2",
+            ],
+            tmp.path(),
+            &[],
+        ));
+    }
+    wait_for("shared clients online", Duration::from_secs(30), || {
+        let l = json_as(&c.url, small, &["client", "list"]);
+        let online = l["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["online"] == true)
+            .count();
+        (online == 2).then_some(())
+    });
+    // One job per file, so the large task is a deep queue of jobs.
+    let one = ["--batch-files", "1"];
+    let small_src = tmp.path().join("small-src");
+    let small_tree = gen_tree(&small_src, 200, 0);
+
+    // The small task alone.
+    let id = start_as(&c.url, small, &small_src, &tmp.path().join("alone"), &one);
+    let alone = finished_as(&c.url, small, &id, Duration::from_secs(120));
+    assert_eq!(alone["task"]["state"], "completed");
+    let alone_ms = alone["duration_ms"].as_u64().unwrap();
+
+    // The large task first, then the small one while it runs.
+    let big_src = tmp.path().join("big-src");
+    let big_tree = gen_tree(&big_src, 20_000, 0);
+    let big_dst = tmp.path().join("big-dst");
+    let big_id = start_as(&c.url, big, &big_src, &big_dst, &one);
+    wait_for("the large task under way", Duration::from_secs(60), || {
+        let t = json_as(&c.url, big, &["task", "get", &big_id]);
+        (t["files_copied"].as_u64().unwrap() >= 500).then_some(())
+    });
+    // Its tenant's quota: one running task.
+    let e = refused(
+        &c.url,
+        Some(big),
+        &[
+            "task",
+            "create",
+            "--src",
+            path(&small_src),
+            "--dst",
+            path(&tmp.path().join("x")),
+            "--start",
+        ],
+    );
+    assert!(e.contains("quota"), "{e}");
+    let listed = json_as(&c.url, big, &["task", "list"]);
+    assert_eq!(
+        listed["tasks"].as_array().unwrap().len(),
+        1,
+        "the refused task was not created"
+    );
+
+    let small_dst = tmp.path().join("small-dst");
+    let id = start_as(&c.url, small, &small_src, &small_dst, &one);
+    let together = finished_as(&c.url, small, &id, Duration::from_secs(120));
+    assert_eq!(together["task"]["state"], "completed");
+    assert_eq!(together["task"]["files_copied"], small_tree.files);
+    let together_ms = together["duration_ms"].as_u64().unwrap();
+    let big_now = json_as(&c.url, big, &["task", "get", &big_id]);
+    assert_eq!(
+        big_now["state"], "running",
+        "the large task was still running meanwhile"
+    );
+    // The bound: at most three times the time alone, plus 3 s of slack for a loaded machine.
+    // A client that served the large tenant's queue first would take the whole large task.
+    assert!(
+        together_ms <= 3 * alone_ms + 3000,
+        "small task: {together_ms} ms beside the large one, {alone_ms} ms alone"
+    );
+    eprintln!("small task: {alone_ms} ms alone, {together_ms} ms beside the large task");
+    assert_same_tree(&small_src, &small_dst);
+
+    let big_done = finished_as(&c.url, big, &big_id, Duration::from_secs(600));
+    assert_eq!(big_done["task"]["files_copied"], big_tree.files);
+    assert_same_tree(&big_src, &big_dst);
+}
+
+#[test]
+fn a_tenants_speed_quota_holds_over_its_tasks() {
+    let tmp = test_dir();
+    let (c, _, tokens) = tenant_cluster(tmp.path(), &[("slow", &["--speed-limit", "8MiB/s"])]);
+    let token = &tokens[0];
+    let _client = Proc::spawn_env(
+        "client-slow",
+        &c.url,
+        &[
+            "client",
+            "run",
+            "--id",
+            "client-slow",
+            "--tenant",
+            "slow",
+            "--workers",
+            "4",
+        ],
+        tmp.path(),
+        &[],
+    );
+    wait_for("client online", Duration::from_secs(30), || {
+        let l = json_as(&c.url, token, &["client", "list"]);
+        (l["clients"].as_array().unwrap().len() == 1).then_some(())
+    });
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..4 {
+        std::fs::write(src.join(format!("f{i}.bin")), vec![i as u8; 6 << 20]).unwrap();
+    }
+    let id = start_as(&c.url, token, &src, &tmp.path().join("dst"), &[]);
+    let r = finished_as(&c.url, token, &id, Duration::from_secs(120));
+    assert_eq!(r["task"]["state"], "completed");
+    let secs = r["duration_ms"].as_u64().unwrap() as f64 / 1000.0;
+    let rate = (24 << 20) as f64 / secs / (1 << 20) as f64;
+    // 24 MiB at 8 MiB/s: not faster than the quota allows (a first burst aside).
+    assert!(rate <= 8.0 * 1.3, "{rate:.1} MiB/s over {secs:.1} s");
+    assert_same_tree(&src, &tmp.path().join("dst"));
+}

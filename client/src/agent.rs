@@ -52,7 +52,7 @@ async fn send(
         v: btp_common::WIRE_VERSION,
         id: cfg.id.clone(),
         host: cfg.host.clone(),
-        tenant: cfg.tenant.clone(),
+        tenant: cfg.tenants[0].clone(),
         workers: cfg.workers as u32,
         busy: stats.busy.load(Ordering::Relaxed) as u32,
         started_ms,
@@ -60,9 +60,14 @@ async fn send(
         online,
         draining: stats.draining.load(Ordering::Relaxed),
         tasks: tokens.active_tasks(Duration::from_secs(5)),
+        tenants: if cfg.tenants.len() > 1 {
+            cfg.tenants.clone()
+        } else {
+            Vec::new()
+        },
     };
     nats.publish(
-        subjects::heartbeat(&cfg.tenant),
+        subjects::heartbeat(&cfg.tenants[0]),
         serde_json::to_vec(&hb)?.into(),
     )
     .await?;

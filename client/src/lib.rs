@@ -21,7 +21,9 @@ pub struct ClientConfig {
     pub nats_url: String,
     pub id: String,
     pub host: String,
-    pub tenant: String,
+    /// The tenants whose jobs this client runs (at least one); their work queues are pulled in
+    /// turn, so one tenant's backlog does not hold another's jobs back.
+    pub tenants: Vec<String>,
     pub workers: usize,
     pub ack_wait: Duration,
     pub retry_backoff: Duration,
@@ -40,7 +42,7 @@ impl ClientConfig {
             nats_url: nats_url.to_string(),
             id: format!("{host}-{suffix}"),
             host,
-            tenant: btp_common::DEFAULT_TENANT.to_string(),
+            tenants: vec![btp_common::DEFAULT_TENANT.to_string()],
             workers,
             ack_wait: Duration::from_secs(30),
             retry_backoff: Duration::from_secs(1),
@@ -70,7 +72,10 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
         ack_wait: cfg.ack_wait,
         ..Default::default()
     };
-    let consumer = btp_nats::topology::jobs_consumer(&js, &cfg.tenant, &settings).await?;
+    let mut consumers = Vec::with_capacity(cfg.tenants.len());
+    for tenant in &cfg.tenants {
+        consumers.push(btp_nats::topology::jobs_consumer(&js, tenant, &settings).await?);
+    }
     let stats = Arc::new(worker::Stats::default());
     info!(client = %cfg.id, workers = cfg.workers, nats = %cfg.nats_url, "client started");
 
@@ -87,16 +92,24 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
         btp_common::now_ms(),
         hb_cancel.clone(),
     ));
-    let control = tokio::spawn(worker::control(
-        nats.clone(),
-        cfg.tenant.clone(),
-        tokens.clone(),
-        cfg.id.clone(),
-        hb_cancel.clone(),
-    ));
-    let result = worker::run(cfg.clone(), js, consumer, stats, tokens, cancel).await;
+    let controls: Vec<_> = cfg
+        .tenants
+        .iter()
+        .map(|tenant| {
+            tokio::spawn(worker::control(
+                nats.clone(),
+                tenant.clone(),
+                tokens.clone(),
+                cfg.id.clone(),
+                hb_cancel.clone(),
+            ))
+        })
+        .collect();
+    let result = worker::run(cfg.clone(), js, consumers, stats, tokens, cancel).await;
     hb_cancel.cancel();
-    let _ = control.await;
+    for c in controls {
+        let _ = c.await;
+    }
     let _ = hb.await;
     info!(client = %cfg.id, "client stopped");
     result

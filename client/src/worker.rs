@@ -176,7 +176,7 @@ pub struct Stats {
 pub async fn run(
     cfg: Arc<ClientConfig>,
     js: jetstream::Context,
-    consumer: PullConsumer,
+    consumers: Vec<PullConsumer>,
     stats: Arc<Stats>,
     tokens: Arc<TaskTokens>,
     cancel: CancellationToken,
@@ -185,6 +185,7 @@ pub async fn run(
     let sem = Arc::new(Semaphore::new(workers));
     // Jobs keep running through a stop request until they finish or the grace period ends.
     let limiter = cfg.max_speed.map(|r| Arc::new(RateLimiter::new(r)));
+    let (mut next, mut idle) = (0usize, 0usize);
     'pull: loop {
         let first = tokio::select! {
             // A stop wins over a free worker: no new pull once stopping.
@@ -197,13 +198,28 @@ pub async fn run(
         while let Ok(p) = sem.clone().try_acquire_owned() {
             permits.push(p);
         }
-        let batch = consumer
-            .batch()
-            .max_messages(permits.len())
-            // Short pulls: a stopping client waits for at most one to end.
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await;
+        // The tenants' queues in turn, starting after the one served last: a quick look at each
+        // (no waiting) until one has jobs; once all looked empty, a waiting pull on the next.
+        let consumer = &consumers[next % consumers.len()];
+        next = next.wrapping_add(1);
+        let batch = if consumers.len() == 1 || idle >= consumers.len() {
+            idle = 0;
+            // Short pulls: a stopping client waits for at most one to end; a shared client
+            // waits less on one queue while another may fill.
+            let wait = if consumers.len() == 1 { 500 } else { 100 };
+            consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(Duration::from_millis(wait))
+                .messages()
+                .await
+        } else {
+            consumer
+                .fetch()
+                .max_messages(permits.len())
+                .messages()
+                .await
+        };
         let mut batch = match batch {
             Ok(b) => b,
             Err(e) => {
@@ -214,7 +230,9 @@ pub async fn run(
                 }
             }
         };
+        let mut received = 0usize;
         while let Some(msg) = batch.next().await {
+            received += 1;
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
@@ -249,6 +267,7 @@ pub async fn run(
                 drop(permit);
             });
         }
+        idle = if received == 0 { idle + 1 } else { 0 };
     }
     let all = workers as u32;
     if !cancel.is_cancelled() {

@@ -573,6 +573,12 @@ pub struct ClientRef {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     pub name: String,
+    /// Most tasks of the tenant running (or paused) at once; starting one more is refused.
+    #[serde(default)]
+    pub max_running_tasks: Option<u32>,
+    /// Bytes per second shared by all running tasks of the tenant.
+    #[serde(default)]
+    pub speed_limit: Option<u64>,
 }
 
 /// `tenant.delete`.
@@ -586,6 +592,10 @@ pub struct TenantRef {
 pub struct TenantInfo {
     pub name: String,
     pub created_ms: i64,
+    #[serde(default)]
+    pub max_running_tasks: Option<u32>,
+    #[serde(default)]
+    pub speed_limit: Option<u64>,
     /// Live API tokens of the tenant.
     pub tokens: u64,
     /// Tasks of the tenant (any state).

@@ -233,6 +233,9 @@ pub struct Heartbeat {
     /// Tasks this client ran jobs of in the last seconds (for the speed-limit allocator).
     #[serde(default)]
     pub tasks: Vec<String>,
+    /// Every tenant a shared client serves (`tenant` is the first of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
 }
 
 /// A control message from the server to all clients of a tenant, on core NATS.

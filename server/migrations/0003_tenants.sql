@@ -1,8 +1,11 @@
 -- Tenants of a multi-tenant server and their API tokens (only a SHA-256 hash of each is kept).
 
+-- Quotas: most running tasks at once, and a speed limit shared by all running tasks (NULL: none).
 CREATE TABLE tenants (
-    name        TEXT PRIMARY KEY,
-    created_ms  BIGINT NOT NULL
+    name               TEXT PRIMARY KEY,
+    created_ms         BIGINT NOT NULL,
+    max_running_tasks  BIGINT,
+    speed_limit        BIGINT
 );
 
 CREATE TABLE api_tokens (

@@ -30,12 +30,34 @@ pub async fn run(ctx: Shared, cancel: CancellationToken) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // Tenants' speed quotas, shared equally by each tenant's running tasks.
+        let quotas: HashMap<String, u64> = match ctx.store.tenants().await {
+            Ok(t) => t
+                .into_iter()
+                .filter_map(|t| Some((t.name, t.speed_limit?)))
+                .collect(),
+            Err(e) => {
+                debug!(error = %e, "allocator cannot read tenants");
+                continue;
+            }
+        };
+        let mut per_tenant: HashMap<String, u64> = HashMap::new();
+        for (_, tenant, _) in &running {
+            *per_tenant.entry(tenant.clone()).or_default() += 1;
+        }
         let mut still = HashMap::new();
         for (id, tenant, _) in running {
             let Ok(task) = ctx.store.task(&id).await else {
                 continue;
             };
-            let share = task.info.options.speed_limit.map(|limit| {
+            let quota = quotas
+                .get(&tenant)
+                .map(|q| (q / per_tenant[&tenant].max(1)).max(1));
+            let limit = match (task.info.options.speed_limit, quota) {
+                (Some(own), Some(q)) => Some(own.min(q)),
+                (own, q) => own.or(q),
+            };
+            let share = limit.map(|limit| {
                 let n = ctx.live.clients_on(&tenant, &id).max(1);
                 (limit / n as u64).max(1)
             });

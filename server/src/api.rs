@@ -337,6 +337,10 @@ impl Api {
                 }
             }
         }
+        if req.start {
+            // Nothing is created when the start would be refused.
+            self.check_quota(tenant).await?;
+        }
         let id = new_task_id();
         let info = TaskInfo::new(
             id.clone(),
@@ -365,6 +369,17 @@ impl Api {
                 task.info.state.as_str()
             )));
         }
+        let quota = self.check_quota(&task.info.tenant).await?;
+        let own = task.info.options.speed_limit;
+        let task = match quota {
+            // The tenant's speed quota caps the task from its first job on; the allocator then
+            // shares it among the tenant's running tasks.
+            Some(q) if own.is_none_or(|o| o > q) => {
+                self.ctx.store.set_speed_limit(&req.id, Some(q)).await?;
+                self.ctx.store.task(&req.id).await?
+            }
+            _ => task,
+        };
         self.ctx.store.start_task(&task, now_ms()).await?;
         self.ctx.wake_dispatcher.notify_one();
         info!(task = %req.id, "task started");
@@ -546,7 +561,7 @@ impl Api {
     ) -> Result<ClientList, ApiError> {
         req?;
         let mut clients = self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?;
-        clients.retain(|c| c.tenant == tenant);
+        clients.retain(|c| serves(c, tenant));
         Ok(ClientList { clients })
     }
 
@@ -558,7 +573,7 @@ impl Api {
         let id = req?.id;
         let all = self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?;
         all.into_iter()
-            .find(|c| c.id == id && c.tenant == tenant)
+            .find(|c| c.id == id && serves(c, tenant))
             .ok_or_else(|| ApiError::not_found(format!("unknown client id '{id}'")))
     }
 
@@ -605,12 +620,42 @@ impl Api {
 }
 
 impl Api {
+    /// Refuses a start beyond the tenant's quota of running tasks; returns its speed quota.
+    async fn check_quota(&self, tenant: &str) -> Result<Option<u64>, ApiError> {
+        let Some(t) = self
+            .ctx
+            .store
+            .tenants()
+            .await?
+            .into_iter()
+            .find(|t| t.name == tenant)
+        else {
+            return Ok(None);
+        };
+        if let Some(max) = t.max_running_tasks {
+            let live = self.ctx.store.live_tasks_of(tenant).await?;
+            if live >= max as i64 {
+                return Err(precondition(format!(
+                    "tenant '{tenant}' already runs {live} tasks, its quota: finish, cancel or delete one first"
+                )));
+            }
+        }
+        Ok(t.speed_limit)
+    }
+
     async fn create_tenant(
         &self,
         req: Result<CreateTenant, ApiError>,
     ) -> Result<btp_common::api::TenantInfo, ApiError> {
-        let name = req?.name;
+        let req = req?;
+        let name = req.name;
         btp_common::api::check_tenant_name(&name)?;
+        if req.max_running_tasks == Some(0) {
+            return Err(ApiError::invalid("max_running_tasks must be at least 1"));
+        }
+        if req.speed_limit == Some(0) {
+            return Err(ApiError::invalid("speed_limit must be above 0"));
+        }
         if name == DEFAULT_TENANT {
             return Err(precondition(format!("tenant '{name}' always exists")));
         }
@@ -618,15 +663,17 @@ impl Api {
         btp_nats::topology::jobs_consumer(&self.ctx.js, &name, &self.consumer)
             .await
             .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("{e:#}")))?;
-        let now = now_ms();
-        self.ctx.store.create_tenant(&name, now).await?;
-        info!(tenant = %name, "tenant created");
-        Ok(btp_common::api::TenantInfo {
+        let t = btp_common::api::TenantInfo {
             name,
-            created_ms: now,
+            created_ms: now_ms(),
+            max_running_tasks: req.max_running_tasks,
+            speed_limit: req.speed_limit,
             tokens: 0,
             tasks: 0,
-        })
+        };
+        self.ctx.store.create_tenant(&t).await?;
+        info!(tenant = %t.name, max_running_tasks = ?t.max_running_tasks, speed_limit = ?t.speed_limit, "tenant created");
+        Ok(t)
     }
 
     async fn tenants(&self, req: Result<Empty, ApiError>) -> Result<TenantList, ApiError> {
@@ -685,6 +732,11 @@ impl Api {
         info!(token_id = %id, "API token deleted");
         Ok(TokenRef { id })
     }
+}
+
+/// True when the client runs `tenant`'s jobs (a shared client lists its tenants with commas).
+fn serves(c: &ClientInfo, tenant: &str) -> bool {
+    c.tenant.split(',').any(|t| t == tenant)
 }
 
 fn check_page(limit: u32, offset: u64) -> Result<(), ApiError> {

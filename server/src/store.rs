@@ -190,12 +190,16 @@ impl Store {
 
     // ---- tenants and API tokens ----
 
-    pub async fn create_tenant(&self, name: &str, now: i64) -> Result<(), ApiError> {
+    pub async fn create_tenant(&self, t: &btp_common::api::TenantInfo) -> Result<(), ApiError> {
+        let name = &t.name;
         let done = sqlx::query(
-            "INSERT INTO tenants (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO tenants (name, created_ms, max_running_tasks, speed_limit) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
-        .bind(now)
+        .bind(t.created_ms)
+        .bind(t.max_running_tasks.map(i64::from))
+        .bind(t.speed_limit.map(|s| s as i64))
         .execute(&self.pool)
         .await
         .map_err(map_sqlx)?;
@@ -212,7 +216,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT name, created_ms, \
              (SELECT COUNT(*) FROM api_tokens k WHERE k.tenant = t.name), \
-             (SELECT COUNT(*) FROM tasks s WHERE s.tenant = t.name) \
+             (SELECT COUNT(*) FROM tasks s WHERE s.tenant = t.name), \
+             max_running_tasks, speed_limit \
              FROM tenants t ORDER BY name",
         )
         .fetch_all(&self.pool)
@@ -225,8 +230,23 @@ impl Store {
                 created_ms: r.get(1),
                 tokens: r.get::<i64, _>(2) as u64,
                 tasks: r.get::<i64, _>(3) as u64,
+                max_running_tasks: r.get::<Option<i64>, _>(4).map(|n| n as u32),
+                speed_limit: r.get::<Option<i64>, _>(5).map(|n| n as u64),
             })
             .collect())
+    }
+
+    /// Tasks of `tenant` running or paused now.
+    pub async fn live_tasks_of(&self, tenant: &str) -> Result<i64, ApiError> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE tenant = $1 AND (state = $2 OR state = $3)",
+        )
+        .bind(tenant)
+        .bind(TaskState::Running.as_str())
+        .bind(TaskState::Paused.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_sqlx)
     }
 
     pub async fn tenant_exists(&self, name: &str) -> Result<bool, ApiError> {
@@ -727,7 +747,12 @@ impl Store {
              jobs_done = $6, started_ms = $7, last_seen_ms = $8, online = $9, draining = $10",
         )
         .bind(&hb.id)
-        .bind(&hb.tenant)
+        // A shared client's tenants, comma-separated (names cannot hold commas).
+        .bind(if hb.tenants.is_empty() {
+            hb.tenant.clone()
+        } else {
+            hb.tenants.join(",")
+        })
         .bind(&hb.host)
         .bind(hb.workers as i64)
         .bind(hb.busy as i64)

@@ -490,6 +490,7 @@ on_every_backend!(agents_register_and_go_offline, |store| Box::pin(
             online: true,
             draining: false,
             tasks: vec![],
+            tenants: vec![],
         };
         store.upsert_agent(&hb, 1_000).await.unwrap();
         let a = store.agents(2_000, 5_000).await.unwrap();
