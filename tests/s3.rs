@@ -88,9 +88,20 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
     std::fs::remove_dir(src.join("empty-dir")).unwrap();
 
     let key = tmp.path().join("secret.key");
-    let mut c = Cluster::start(tmp.path(), &["--secret-key-file", key.to_str().unwrap()]);
-    c.add_client(&["--workers", "4"]);
-    c.add_client(&["--workers", "4"]);
+    let metrics: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", btp_nats::launcher::free_port().unwrap()))
+        .collect();
+    let mut c = Cluster::start(
+        tmp.path(),
+        &[
+            "--secret-key-file",
+            key.to_str().unwrap(),
+            "--metrics-addr",
+            &metrics[0],
+        ],
+    );
+    c.add_client(&["--workers", "4", "--metrics-addr", &metrics[1]]);
+    c.add_client(&["--workers", "4", "--metrics-addr", &metrics[2]]);
     let run = |src: &str, dst: &str, extra: Vec<String>| -> serde_json::Value {
         let mut args: Vec<String> = ["task", "create", "--src", src, "--dst", dst, "--start"]
             .map(String::from)
@@ -275,6 +286,11 @@ fn files_move_between_a_file_system_and_s3_buckets_byte_for_byte() {
             !report.to_string().contains(SECRET),
             "a report shows the secret"
         );
+    }
+    for addr in &metrics {
+        let m = http_get(addr, "/metrics");
+        assert!(m.contains("btp_"), "metrics of {addr}");
+        assert!(!m.contains(SECRET), "the metrics of {addr} show the secret");
     }
     let listed =
         String::from_utf8(btp(&c.url, &["task", "list", "--output", "json"]).stdout).unwrap();

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -71,19 +71,6 @@ fn a_task_speed_limit_holds_across_two_clients_and_can_be_raised_while_it_runs()
 }
 
 /// GET `path` from `addr` with plain HTTP/1.0.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    let (head, body) = body.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}"
-    );
-    body.to_string()
-}
-
 fn promtool() -> Option<&'static str> {
     let found = std::process::Command::new("promtool")
         .arg("--version")

@@ -483,6 +483,20 @@ pub fn assert_complete(report: &serde_json::Value, tree: &TreeStats, src: &Path,
     assert_same_tree(src, dst);
 }
 
+/// The body of an HTTP GET of `path` on `addr` (metrics endpoints), asserting a 200.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let (head, body) = body.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    body.to_string()
+}
+
 /// A storage server a test started (moto, wsgidav); killed when dropped.
 pub struct Service(Child);
 
