@@ -14,15 +14,38 @@ use support::*;
 
 /// `btp ... --output json` with a token; panics with stderr on failure.
 fn json_as(url: &str, token: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.extend(["--output", "json"]);
-    let out = btp_as(url, token, &all);
-    assert!(
-        out.status.success(),
-        "btp {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    json_env(url, &[("BTP_TOKEN", token)], args)
+}
+
+/// Waits until `n` clients are online for the caller of `env`.
+fn wait_clients(url: &str, env: &[(&str, &str)], n: usize) {
+    wait_for(
+        &format!("{n} clients online"),
+        Duration::from_secs(30),
+        || {
+            let l = json_env(url, env, &["client", "list"]);
+            let online = l["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["online"] == true)
+                .count();
+            (online == n).then_some(())
+        },
     );
-    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+/// Copies a generated tree of `files` files as the caller of `env`; returns the task's report
+/// after checking it completed and the copy is identical.
+fn copy_tree(url: &str, env: &[(&str, &str)], dir: &Path, files: usize) -> serde_json::Value {
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    let tree = gen_tree(&src, files, 0);
+    let id = start_env(url, env, &src, &dst, &[]);
+    let r = finished_env(url, env, &id, Duration::from_secs(60));
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    assert_eq!(r["task"]["files_copied"], tree.files);
+    assert_same_tree(&src, &dst);
+    r
 }
 
 /// The one error line of a refused command (and that it exited non-zero).
@@ -119,35 +142,11 @@ fn tokens_authenticate_every_request_and_scope_it_to_one_tenant() {
         tmp.path(),
         &[],
     );
-    wait_for("acme's client online", Duration::from_secs(30), || {
-        let l = json_as(&url, &acme, &["client", "list"]);
-        (l["clients"].as_array().unwrap().len() == 1).then_some(())
-    });
-    let src = tmp.path().join("src");
-    let tree = gen_tree(&src, 40, 0);
-    let dst = tmp.path().join("dst");
-    let t = json_as(
-        &url,
-        &acme,
-        &[
-            "task",
-            "create",
-            "--src",
-            path(&src),
-            "--dst",
-            path(&dst),
-            "--start",
-        ],
-    );
-    let id = t["id"].as_str().unwrap().to_string();
-    assert_eq!(t["tenant"], "acme");
-    let done = wait_for("acme's task", Duration::from_secs(60), || {
-        let t = json_as(&url, &acme, &["task", "get", &id]);
-        (t["state"] != "running").then_some(t)
-    });
-    assert_eq!(done["state"], "completed");
-    assert_eq!(done["files_copied"], tree.files);
-    assert_same_tree(&src, &dst);
+    let acme_env = [("BTP_TOKEN", acme.as_str())];
+    wait_clients(&url, &acme_env, 1);
+    let r = copy_tree(&url, &acme_env, tmp.path(), 40);
+    assert_eq!(r["task"]["tenant"], "acme");
+    let id = r["task"]["id"].as_str().unwrap().to_string();
 
     // globex sees neither the task nor the client, and cannot change them.
     for args in [
@@ -382,34 +381,8 @@ fn a_tenants_nats_user_reaches_only_its_own_subjects() {
         tmp.path(),
         &acme_env,
     );
-    wait_for("acme's client online", Duration::from_secs(30), || {
-        let l = json_env(&url, &acme_env, &["client", "list"]);
-        (l["clients"].as_array().unwrap().len() == 1).then_some(())
-    });
-    let src = tmp.path().join("src");
-    let tree = gen_tree(&src, 30, 0);
-    let dst = tmp.path().join("dst");
-    let t = json_env(
-        &url,
-        &acme_env,
-        &[
-            "task",
-            "create",
-            "--src",
-            path(&src),
-            "--dst",
-            path(&dst),
-            "--start",
-        ],
-    );
-    let id = t["id"].as_str().unwrap().to_string();
-    let done = wait_for("acme's task", Duration::from_secs(60), || {
-        let t = json_env(&url, &acme_env, &["task", "get", &id]);
-        (t["state"] != "running").then_some(t)
-    });
-    assert_eq!(done["state"], "completed", "{done}");
-    assert_eq!(done["files_copied"], tree.files);
-    assert_same_tree(&src, &dst);
+    wait_clients(&url, &acme_env, 1);
+    copy_tree(&url, &acme_env, tmp.path(), 30);
     // No password or token in any log of the run.
     let secrets = [acme.password.as_str(), token.as_str(), admin.as_str()];
     for entry in std::fs::read_dir(tmp.path()).unwrap() {
@@ -455,8 +428,8 @@ fn tenant_cluster(dir: &Path, tenants: &[(&str, &[&str])]) -> (Cluster, String, 
     (c, admin, tokens)
 }
 
-/// Creates and starts a task with `token`; returns its id.
-fn start_as(url: &str, token: &str, src: &Path, dst: &Path, extra: &[&str]) -> String {
+/// Creates and starts a task as the caller of `env`; returns its id.
+fn start_env(url: &str, env: &[(&str, &str)], src: &Path, dst: &Path, extra: &[&str]) -> String {
     let mut args = vec![
         "task",
         "create",
@@ -467,18 +440,27 @@ fn start_as(url: &str, token: &str, src: &Path, dst: &Path, extra: &[&str]) -> S
         "--start",
     ];
     args.extend_from_slice(extra);
-    json_as(url, token, &args)["id"]
+    json_env(url, env, &args)["id"]
         .as_str()
         .unwrap()
         .to_string()
 }
 
-fn finished_as(url: &str, token: &str, id: &str, timeout: Duration) -> serde_json::Value {
+/// Waits until the task ends; returns its report.
+fn finished_env(url: &str, env: &[(&str, &str)], id: &str, timeout: Duration) -> serde_json::Value {
     wait_for(&format!("task {id}"), timeout, || {
-        let t = json_as(url, token, &["task", "get", id]);
+        let t = json_env(url, env, &["task", "get", id]);
         (t["state"] != "running").then_some(t)
     });
-    json_as(url, token, &["task", "report", id])
+    json_env(url, env, &["task", "report", id])
+}
+
+fn start_as(url: &str, token: &str, src: &Path, dst: &Path, extra: &[&str]) -> String {
+    start_env(url, &[("BTP_TOKEN", token)], src, dst, extra)
+}
+
+fn finished_as(url: &str, token: &str, id: &str, timeout: Duration) -> serde_json::Value {
+    finished_env(url, &[("BTP_TOKEN", token)], id, timeout)
 }
 
 #[test]
@@ -511,16 +493,7 @@ fn a_small_task_of_one_tenant_is_not_starved_by_a_large_task_of_another() {
             &[],
         ));
     }
-    wait_for("shared clients online", Duration::from_secs(30), || {
-        let l = json_as(&c.url, small, &["client", "list"]);
-        let online = l["clients"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["online"] == true)
-            .count();
-        (online == 2).then_some(())
-    });
+    wait_clients(&c.url, &[("BTP_TOKEN", small.as_str())], 2);
     // One job per file, so the large task is a deep queue of jobs.
     let one = ["--batch-files", "1"];
     let small_src = tmp.path().join("small-src");
@@ -609,10 +582,7 @@ fn a_tenants_speed_quota_holds_over_its_tasks() {
         tmp.path(),
         &[],
     );
-    wait_for("client online", Duration::from_secs(30), || {
-        let l = json_as(&c.url, token, &["client", "list"]);
-        (l["clients"].as_array().unwrap().len() == 1).then_some(())
-    });
+    wait_clients(&c.url, &[("BTP_TOKEN", token.as_str())], 1);
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..4 {

@@ -545,20 +545,26 @@ pub(crate) fn mtime_ms(m: &opendal::Metadata) -> Option<i64> {
         .map(|d| d.as_millis() as i64)
 }
 
+/// After `n` bytes went by without passing through here: stop when cancelled, wait for the
+/// speed limits, count.
+pub(crate) async fn pace_bytes(n: u64, ctx: &JobContext<'_>) -> Result<(), JobError> {
+    if ctx.cancel.is_cancelled() {
+        return Err(JobError::Cancelled);
+    }
+    for l in [ctx.task_limiter, ctx.limiter].into_iter().flatten() {
+        l.acquire(n).await;
+    }
+    metrics::counter!(crate::telemetry::BYTES_COPIED).increment(n);
+    Ok(())
+}
+
 /// Before each chunk: stop when cancelled, wait for the speed limits, count, hash.
 pub(crate) async fn pace(
     chunk: &opendal::Buffer,
     ctx: &JobContext<'_>,
     md5: Option<&mut btp_common::checksum::Md5Stream>,
 ) -> Result<(), JobError> {
-    if ctx.cancel.is_cancelled() {
-        return Err(JobError::Cancelled);
-    }
-    let n = chunk.len() as u64;
-    for l in [ctx.task_limiter, ctx.limiter].into_iter().flatten() {
-        l.acquire(n).await;
-    }
-    metrics::counter!(crate::telemetry::BYTES_COPIED).increment(n);
+    pace_bytes(chunk.len() as u64, ctx).await?;
     if let Some(h) = md5 {
         for piece in chunk.clone() {
             h.update(&piece);

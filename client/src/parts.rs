@@ -81,6 +81,14 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
 }
 
 /// Copies bytes `offset..offset + len` of the file into part `number` of the upload.
+/// The error of a part whose upload was completed or aborted meanwhile.
+fn gone(upload_id: &str, file: &FileEntry) -> JobError {
+    JobError::Permanent(format!(
+        "upload {upload_id} of {} no longer exists",
+        file.path
+    ))
+}
+
 pub async fn part(
     job: &Job,
     file: &FileEntry,
@@ -117,15 +125,49 @@ pub async fn part(
             }
             String::new()
         }
+        Endpoint::Fs { root } if job.src.local_root().is_some() && md5.is_none() => {
+            // Between two local files the kernel copies the range (no bytes through here), in
+            // chunks so that limits and cancellation still apply.
+            let temp = temp_path(root, &file.path, upload_id);
+            if !temp.exists() {
+                return Err(gone(upload_id, file));
+            }
+            let src_path =
+                std::path::Path::new(job.src.local_root().unwrap_or_default()).join(&file.path);
+            let mut n = 0u64;
+            while n < len {
+                if ctx.cancel.is_cancelled() {
+                    return Err(JobError::Cancelled);
+                }
+                let chunk = (len - n).min(crate::local::RANGE_CHUNK);
+                let (s, d, at) = (src_path.clone(), temp.clone(), offset + n);
+                let copied = tokio::task::spawn_blocking(move || {
+                    crate::local::copy_range(&s, &d, at, chunk)
+                })
+                .await
+                .map_err(|e| JobError::Transient(format!("part copy stopped: {e}")))??;
+                exec::pace_bytes(copied, ctx).await?;
+                n += copied;
+                if copied < chunk {
+                    break;
+                }
+            }
+            if n != len {
+                return Err(source_changed(file, len, n));
+            }
+            let out = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&temp)
+                .await?;
+            out.sync_data().await?;
+            String::new()
+        }
         Endpoint::Fs { root } => {
             let temp = temp_path(root, &file.path, upload_id);
             let mut out = match tokio::fs::OpenOptions::new().write(true).open(&temp).await {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(JobError::Permanent(format!(
-                        "upload {upload_id} of {} no longer exists",
-                        file.path
-                    )))
+                    return Err(gone(upload_id, file))
                 }
                 Err(e) => return Err(e.into()),
             };
