@@ -143,6 +143,9 @@ pub struct ServerRunArgs {
     /// Tenants and their tokens are then managed with `btp tenant` and `btp token`.
     #[arg(long, env = "BTP_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Serve the API as JSON over HTTP here too (POST /api/v1/<verb>, `Authorization: Bearer`).
+    #[arg(long, env = "BTP_HTTP_ADDR")]
+    pub http_addr: Option<std::net::SocketAddr>,
     /// Seal endpoint secrets in the store with the key in this file (64 hex digits; created,
     /// mode 0600, when missing). Keep it: stored tasks cannot be run without it.
     #[arg(long, env = "BTP_SECRET_KEY_FILE")]

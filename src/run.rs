@@ -89,6 +89,7 @@ pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
         window: a.window.max(1),
         consumer: consumer_settings(&a.queue),
         admin_hash,
+        http_addr: a.http_addr,
     };
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -167,6 +168,7 @@ impl Cluster {
             window: 512,
             consumer: consumer_settings(&client.queue),
             admin_hash: None,
+            http_addr: None,
         };
         // The server creates the streams and the consumer before the client looks for them.
         let server = tokio::spawn(btp_server::run(cfg, server_cancel.clone()));

@@ -597,3 +597,96 @@ fn a_tenants_speed_quota_holds_over_its_tasks() {
     assert!(rate <= 8.0 * 1.3, "{rate:.1} MiB/s over {secs:.1} s");
     assert_same_tree(&src, &tmp.path().join("dst"));
 }
+
+#[test]
+fn the_http_gateway_answers_like_the_nats_api_with_the_same_tokens() {
+    let tmp = test_dir();
+    let addr = format!("127.0.0.1:{}", btp_nats::launcher::free_port().unwrap());
+    let admin_file = tmp.path().join("admin.token");
+    let c = Cluster::start(
+        tmp.path(),
+        &[
+            "--admin-token-file",
+            path(&admin_file),
+            "--http-addr",
+            &addr,
+        ],
+    );
+    let admin = std::fs::read_to_string(&admin_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let post = |verb: &str, token: Option<&str>, body: &str| {
+        let (status, body) = http_post(&addr, &format!("/api/v1/{verb}"), token, body);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON answer");
+        (status, v)
+    };
+    let (status, v) = post("server.health", None, "{}");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"]["api"], "v1");
+    // The same refusals as over NATS, with matching statuses.
+    let (status, v) = post("task.list", None, "{}");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (status, _) = post("task.list", Some("btp_wrong"), "{}");
+    assert_eq!(status, 401);
+    let (status, v) = post("tenant.create", Some(&admin), r#"{"name": "acme"}"#);
+    assert_eq!(status, 200, "{v}");
+    let (_, v) = post("token.create", Some(&admin), r#"{"tenant": "acme"}"#);
+    let acme = v["ok"]["token"].as_str().unwrap().to_string();
+    let (status, v) = post("tenant.list", Some(&acme), "{}");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("permission_denied"))
+    );
+    let (status, v) = post("task.get", Some(&acme), r#"{"id": "nope"}"#);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, v) = post("task.list", Some(&acme), r#"{"limit": "many"}"#);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let (status, _) = post("no.such.verb", Some(&acme), "{}");
+    assert_eq!(status, 404);
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(100 << 10));
+    let (status, _) = post("task.list", Some(&acme), &big);
+    assert_eq!(status, 413);
+    let (status, v) = http_post(&addr, "/elsewhere", None, "");
+    assert_eq!(status, 404, "{v}");
+
+    // A task created over HTTP is the one the CLI sees over NATS.
+    let src = tmp.path().join("src");
+    gen_tree(&src, 5, 0);
+    let body = serde_json::json!({"src": path(&src), "dst": path(&tmp.path().join("dst"))});
+    let (status, v) = post("task.create", Some(&acme), &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    let id = v["ok"]["id"].as_str().unwrap();
+    let t = json_as(&c.url, &acme, &["task", "get", id]);
+    assert_eq!(
+        (t["tenant"].as_str(), t["state"].as_str()),
+        (Some("acme"), Some("created"))
+    );
+    // A taken address fails the server's start with one line.
+    let out = btp(
+        &c.url,
+        &[
+            "server",
+            "run",
+            "--data-dir",
+            path(&tmp.path().join("second")),
+            "--http-addr",
+            &addr,
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot serve the HTTP API on {addr}")),
+        "{err}"
+    );
+}

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod api;
 pub mod dispatcher;
 pub mod events;
+pub mod http;
 pub mod planner;
 pub mod seal;
 pub mod speed;
@@ -31,6 +32,8 @@ pub struct ServerConfig {
     pub consumer: btp_nats::topology::ConsumerSettings,
     /// SHA-256 (hex) of the admin token; None: no tokens, one default tenant.
     pub admin_hash: Option<String>,
+    /// Serve the JSON HTTP gateway of the API here.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// What the server's parts share.
@@ -51,6 +54,11 @@ pub struct Shared {
 
 /// Runs the server until `cancel` fires or a part fails.
 pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    // A taken address fails the start, before anything else runs.
+    let http = match cfg.http_addr {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
     let store = Store::open(&cfg.database_url).await?;
     let nats = btp_nats::connect(&cfg.nats_url, "btp-server").await?;
     let js = async_nats::jetstream::new(nats.clone());
@@ -77,15 +85,15 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     };
 
     let mut parts = tokio::task::JoinSet::new();
-    parts.spawn(api::serve(
-        nats.clone(),
-        api::Api {
-            ctx: ctx.clone(),
-            admin_hash: cfg.admin_hash.clone(),
-            consumer: cfg.consumer.clone(),
-        },
-        cancel.clone(),
-    ));
+    let api = api::Api {
+        ctx: ctx.clone(),
+        admin_hash: cfg.admin_hash.clone(),
+        consumer: cfg.consumer.clone(),
+    };
+    if let Some(listener) = http {
+        parts.spawn(http::serve(listener, api.clone(), cancel.clone()));
+    }
+    parts.spawn(api::serve(nats.clone(), api, cancel.clone()));
     parts.spawn(agents::run(
         nats.clone(),
         ctx.store.clone(),

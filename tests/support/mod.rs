@@ -497,6 +497,25 @@ pub fn http_get(addr: &str, path: &str) -> String {
     body.to_string()
 }
 
+/// An HTTP POST of `body` to `path` on `addr` (with a bearer token); the status and the body.
+pub fn http_post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
 /// A storage server a test started (moto, wsgidav); killed when dropped.
 pub struct Service(Child);
 
