@@ -104,8 +104,6 @@ pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
 
 /// The admin token in `path`; a new one is written there (mode 0600) when the file is missing.
 fn admin_token(path: &Path) -> anyhow::Result<String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => anyhow::bail!("admin token file {} is empty", path.display()),
@@ -113,13 +111,8 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
         Err(e) => anyhow::bail!("read admin token file {}: {e}", path.display()),
     }
     let token = btp_server::api::new_token();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    btp_common::create_private(path, &format!("{token}\n"))
         .with_context(|| format!("create admin token file {}", path.display()))?;
-    writeln!(f, "{token}").with_context(|| format!("write {}", path.display()))?;
     info!(path = %path.display(), "admin token created");
     Ok(token)
 }

@@ -17,6 +17,21 @@ fn json_as(url: &str, token: &str, args: &[&str]) -> serde_json::Value {
     json_env(url, &[("BTP_TOKEN", token)], args)
 }
 
+/// A client of tenant acme (2 workers) with extra environment.
+fn acme_client(url: &str, dir: &Path, env: &[(&str, &str)]) -> Proc {
+    let args = [
+        "client",
+        "run",
+        "--id",
+        "client-acme",
+        "--tenant",
+        "acme",
+        "--workers",
+        "2",
+    ];
+    Proc::spawn_env("client-acme", url, &args, dir, env)
+}
+
 /// Waits until `n` clients are online for the caller of `env`.
 fn wait_clients(url: &str, env: &[(&str, &str)], n: usize) {
     wait_for(
@@ -126,22 +141,7 @@ fn tokens_authenticate_every_request_and_scope_it_to_one_tenant() {
     assert!(e.contains("needs the admin token"), "{e}");
 
     // acme's client runs acme's task.
-    let _client = Proc::spawn_env(
-        "client-acme",
-        &url,
-        &[
-            "client",
-            "run",
-            "--id",
-            "client-acme",
-            "--tenant",
-            "acme",
-            "--workers",
-            "2",
-        ],
-        tmp.path(),
-        &[],
-    );
+    let _client = acme_client(&url, tmp.path(), &[]);
     let acme_env = [("BTP_TOKEN", acme.as_str())];
     wait_clients(&url, &acme_env, 1);
     let r = copy_tree(&url, &acme_env, tmp.path(), 40);
@@ -365,22 +365,7 @@ fn a_tenants_nats_user_reaches_only_its_own_subjects() {
         ("BTP_NATS_CREDS", path(&acme_creds)),
         ("BTP_TOKEN", token.as_str()),
     ];
-    let _client = Proc::spawn_env(
-        "client-acme",
-        &url,
-        &[
-            "client",
-            "run",
-            "--id",
-            "client-acme",
-            "--tenant",
-            "acme",
-            "--workers",
-            "2",
-        ],
-        tmp.path(),
-        &acme_env,
-    );
+    let _client = acme_client(&url, tmp.path(), &acme_env);
     wait_clients(&url, &acme_env, 1);
     copy_tree(&url, &acme_env, tmp.path(), 30);
     // No password or token in any log of the run.

@@ -51,8 +51,6 @@ impl Sealer {
     /// The key in `path` (64 hex digits); a new random one is written there (mode 0600) when
     /// the file is missing.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let key = unhex(text.trim())
@@ -67,15 +65,8 @@ impl Sealer {
                 SystemRandom::new()
                     .fill(&mut key)
                     .map_err(|_| anyhow::anyhow!("no random numbers for a new key"))?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
+                btp_common::create_private(path, &format!("{}\n", hex(&key)))
                     .with_context(|| format!("create secret key file {}", path.display()))?;
-                writeln!(f, "{}", hex(&key))
-                    .and_then(|_| f.sync_all())
-                    .with_context(|| format!("write {}", path.display()))?;
                 Ok(Sealer::new(&key))
             }
             Err(e) => bail!("read secret key file {}: {e}", path.display()),
