@@ -1,6 +1,7 @@
 //! `btp`: the BeyondTP command line. Argument parsing and dispatch only; the work is done by the
 //! server, client and nats crates.
 
+mod endpoint;
 mod output;
 mod run;
 mod task;
@@ -71,6 +72,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: tenant::TokenCommand,
+    },
+    /// Named sources and destinations with their credentials (`--src NAME:/path`).
+    Endpoint {
+        #[command(subcommand)]
+        command: endpoint::EndpointCommand,
     },
     /// NATS setup of a multi-tenant cluster.
     Nats {
@@ -420,6 +426,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Copy(a) => run::copy(*a).await,
         Command::Tenant { command } => tenant::tenant(&url, command).await,
         Command::Token { command } => tenant::token(&url, command).await,
+        Command::Endpoint { command } => endpoint::endpoint(&url, command).await,
         Command::Nats {
             command: NatsCommand::Config(a),
         } => {

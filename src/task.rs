@@ -49,7 +49,7 @@ pub struct EndpointOpts {
     pub dst_opts: Vec<(String, String)>,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| {
         format!(
             "expected KEY=VALUE, got '{}'",

@@ -675,3 +675,133 @@ fn the_http_gateway_answers_like_the_nats_api_with_the_same_tokens() {
         "{err}"
     );
 }
+
+#[test]
+fn named_endpoints_keep_their_secrets_and_belong_to_one_tenant() {
+    let tmp = test_dir();
+    let (c, _, tokens) = tenant_cluster(tmp.path(), &[("acme", &[]), ("globex", &[])]);
+    let (url, acme, globex) = (c.url.clone(), &tokens[0], &tokens[1]);
+    let _client = acme_client(&url, tmp.path(), &[]);
+    wait_clients(&url, &[("BTP_TOKEN", acme.as_str())], 1);
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    gen_tree(&data.join("in"), 20, 0);
+    json_as(&url, acme, &["endpoint", "create", "data", path(&data)]);
+    json_as(&url, acme, &["endpoint", "create", "out", path(&out)]);
+    // Credentials go in and never come back out.
+    let secret = "S3CR3T-never-shown";
+    let e = json_as(
+        &url,
+        acme,
+        &[
+            "endpoint",
+            "create",
+            "archive",
+            "s3://bucket/prefix",
+            "--opt",
+            "access_key_id=AK",
+            "--opt",
+            &format!("secret_access_key={secret}"),
+        ],
+    );
+    assert_eq!(e["url"], "s3://bucket/prefix");
+    assert_eq!(
+        e["option_keys"],
+        serde_json::json!(["access_key_id", "secret_access_key"])
+    );
+    let listed = json_as(&url, acme, &["endpoint", "list"]);
+    assert_eq!(listed["endpoints"].as_array().unwrap().len(), 3);
+    assert!(!listed.to_string().contains(secret));
+    let table =
+        String::from_utf8_lossy(&btp_as(&url, acme, &["endpoint", "list"]).stdout).to_string();
+    assert!(
+        table.contains("archive") && !table.contains(secret),
+        "{table}"
+    );
+
+    // A task on named endpoints.
+    let t = json_as(
+        &url,
+        acme,
+        &[
+            "task",
+            "create",
+            "--src",
+            "data:/in",
+            "--dst",
+            "out:/copy",
+            "--start",
+        ],
+    );
+    assert_eq!(t["src"], format!("fs://{}/in", path(&data)));
+    let id = t["id"].as_str().unwrap().to_string();
+    let r = finished_as(&url, acme, &id, Duration::from_secs(60));
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    assert_same_tree(&data.join("in"), &out.join("copy"));
+
+    // Clear refusals, and nothing created.
+    for (args, want) in [
+        (
+            vec!["task", "create", "--src", "nope:/x", "--dst", "out:/y"],
+            "unknown endpoint 'nope'",
+        ),
+        (
+            vec![
+                "task",
+                "create",
+                "--src",
+                "data:/in",
+                "--dst",
+                "out:/y",
+                "--src-opt",
+                "region=x",
+            ],
+            "options go with the endpoint 'data'",
+        ),
+        (
+            vec!["task", "create", "--src", "data:/../etc", "--dst", "out:/y"],
+            "'..' is not allowed",
+        ),
+        (
+            vec!["endpoint", "create", "data", "/tmp"],
+            "endpoint 'data' already exists",
+        ),
+        (
+            vec!["endpoint", "create", "bad", "gopher://x/y"],
+            "unsupported endpoint scheme 'gopher'",
+        ),
+        (
+            vec!["endpoint", "create", "Bad Name", "/tmp"],
+            "invalid endpoint name",
+        ),
+    ] {
+        let e = refused(&url, Some(acme), &args);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    assert_eq!(
+        json_as(&url, acme, &["task", "list"])["tasks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Another tenant has none of them.
+    let l = json_as(&url, globex, &["endpoint", "list"]);
+    assert_eq!(l["endpoints"].as_array().unwrap().len(), 0);
+    let e = refused(
+        &url,
+        Some(globex),
+        &["task", "create", "--src", "data:/in", "--dst", "/tmp/x"],
+    );
+    assert!(e.contains("unknown endpoint 'data'"), "{e}");
+    let e = refused(&url, Some(globex), &["endpoint", "delete", "data"]);
+    assert!(e.contains("unknown endpoint 'data'"), "{e}");
+    // Deleted: gone for new tasks.
+    json_as(&url, acme, &["endpoint", "delete", "data"]);
+    let e = refused(
+        &url,
+        Some(acme),
+        &["task", "create", "--src", "data:/in", "--dst", "out:/z"],
+    );
+    assert!(e.contains("unknown endpoint 'data'"), "{e}");
+}

@@ -27,6 +27,9 @@ pub mod verbs {
     pub const TOKEN_CREATE: &str = "token.create";
     pub const TOKEN_LIST: &str = "token.list";
     pub const TOKEN_DELETE: &str = "token.delete";
+    pub const ENDPOINT_CREATE: &str = "endpoint.create";
+    pub const ENDPOINT_LIST: &str = "endpoint.list";
+    pub const ENDPOINT_DELETE: &str = "endpoint.delete";
 }
 
 /// NATS header carrying the API token of a request.
@@ -669,4 +672,68 @@ pub fn check_tenant_name(name: &str) -> Result<(), ApiError> {
             name.chars().take(40).collect::<String>()
         )))
     }
+}
+
+/// `endpoint.create`: a named source or destination of the caller's tenant, with its options
+/// (credentials included), referenced by tasks as `NAME:/path`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// A named endpoint as the API shows it: the URL without credentials and which options are set,
+/// never their values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    pub name: String,
+    pub tenant: String,
+    pub url: String,
+    pub option_keys: Vec<String>,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointList {
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// `endpoint.delete`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRef {
+    pub name: String,
+}
+
+/// A reference to a named endpoint: `NAME:/path` (or `NAME:`), as opposed to a URL
+/// (`scheme://...`) or an absolute path. Returns the name and the path below the endpoint.
+pub fn named_endpoint(s: &str) -> Option<(&str, &str)> {
+    if s.contains("://") {
+        return None;
+    }
+    let (name, path) = s.split_once(':')?;
+    let ok = (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    (ok && (path.is_empty() || path.starts_with('/'))).then_some((name, path))
+}
+
+/// The URL of `base` with `path` below it; refuses `..` segments.
+pub fn join_url(base: &str, path: &str) -> Result<String, ApiError> {
+    if path.split('/').any(|seg| seg == "..") {
+        return Err(ApiError::invalid(format!(
+            "'{}' leaves its endpoint: '..' is not allowed",
+            path.chars().take(100).collect::<String>()
+        )));
+    }
+    let sub = path.trim_matches('/');
+    if sub.is_empty() {
+        return Ok(base.to_string());
+    }
+    Ok(format!("{}/{sub}", base.trim_end_matches('/')))
 }

@@ -18,3 +18,14 @@ CREATE TABLE api_tokens (
 
 CREATE INDEX api_tokens_tenant ON api_tokens (tenant);
 CREATE INDEX tasks_tenant ON tasks (tenant, created_ms);
+
+-- Named endpoints of a tenant (`NAME:/path` in tasks); the options (credentials) as JSON, sealed
+-- with the server's key when it has one.
+CREATE TABLE endpoints (
+    tenant      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    options     TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    PRIMARY KEY (tenant, name)
+);

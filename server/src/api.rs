@@ -3,10 +3,10 @@
 //! One implementation of each operation; the CLI uses nothing else.
 
 use btp_common::api::{
-    verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateTask, CreateTenant,
-    CreateToken, Empty, ErrorCode, Health, ListTasks, ListTokens, Report, ReportRequest, SetTask,
-    TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated, TokenInfo,
-    TokenList, TokenRef, MAX_PAGE,
+    verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateEndpoint, CreateTask,
+    CreateTenant, CreateToken, Empty, EndpointInfo, EndpointList, EndpointRef, ErrorCode, Health,
+    ListTasks, ListTokens, Report, ReportRequest, SetTask, TaskInfo, TaskList, TaskRef, TaskState,
+    TenantList, TenantRef, TokenCreated, TokenInfo, TokenList, TokenRef, MAX_PAGE,
 };
 use btp_common::wire::{Control, ControlAction};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
@@ -193,6 +193,13 @@ impl Api {
             verbs::CLIENT_LIST => encode(self.clients(decode_req(payload), tenant).await),
             verbs::CLIENT_GET => encode(self.client(decode_req(payload), tenant).await),
             verbs::CLIENT_DRAIN => encode(self.drain(decode_req(payload), tenant).await),
+            verbs::ENDPOINT_CREATE => {
+                encode(self.create_endpoint(decode_req(payload), tenant).await)
+            }
+            verbs::ENDPOINT_LIST => encode(self.endpoints(decode_req(payload), tenant).await),
+            verbs::ENDPOINT_DELETE => {
+                encode(self.delete_endpoint(decode_req(payload), tenant).await)
+            }
             verbs::TENANT_CREATE => encode(self.create_tenant(decode_req(payload)).await),
             verbs::TENANT_LIST => encode(self.tenants(decode_req(payload)).await),
             verbs::TENANT_DELETE => encode(self.delete_tenant(decode_req(payload)).await),
@@ -307,10 +314,12 @@ impl Api {
         tenant: &str,
     ) -> Result<TaskInfo, ApiError> {
         let req = req?;
-        let src = Endpoint::parse_with(&req.src, &req.src_options)
-            .map_err(|e| ApiError::invalid(format!("source: {e}")))?;
-        let dst = Endpoint::parse_with(&req.dst, &req.dst_options)
-            .map_err(|e| ApiError::invalid(format!("destination: {e}")))?;
+        let src = self
+            .endpoint_of(tenant, &req.src, &req.src_options, "source")
+            .await?;
+        let dst = self
+            .endpoint_of(tenant, &req.dst, &req.dst_options, "destination")
+            .await?;
         req.options.validate()?;
         if dst.is_within(&src) {
             return Err(ApiError::invalid(format!(
@@ -620,6 +629,107 @@ impl Api {
 }
 
 impl Api {
+    /// The endpoint a task names: a URL with its options, or `NAME:/path` below one of the
+    /// tenant's named endpoints (whose options it uses).
+    async fn endpoint_of(
+        &self,
+        tenant: &str,
+        given: &str,
+        options: &std::collections::BTreeMap<String, String>,
+        role: &str,
+    ) -> Result<Endpoint, ApiError> {
+        let invalid = |e: String| ApiError::invalid(format!("{role}: {e}"));
+        let Some((name, path)) = btp_common::api::named_endpoint(given) else {
+            return Endpoint::parse_with(given, options).map_err(|e| invalid(e.to_string()));
+        };
+        if !options.is_empty() {
+            return Err(invalid(format!(
+                "options go with the endpoint '{name}', not with the task"
+            )));
+        }
+        let Some((_, url, stored, _)) = self
+            .ctx
+            .store
+            .endpoints(tenant, Some(name))
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Err(invalid(format!(
+                "unknown endpoint '{name}' (see `btp endpoint list`)"
+            )));
+        };
+        let url = btp_common::api::join_url(&url, path).map_err(|e| invalid(e.message))?;
+        Endpoint::parse_with(&url, &stored).map_err(|e| invalid(e.to_string()))
+    }
+
+    async fn create_endpoint(
+        &self,
+        req: Result<CreateEndpoint, ApiError>,
+        tenant: &str,
+    ) -> Result<EndpointInfo, ApiError> {
+        let req = req?;
+        btp_common::api::check_tenant_name(&req.name)
+            .map_err(|_| ApiError::invalid(format!(
+                "invalid endpoint name '{}': use 1 to 32 lowercase letters, digits, '-' or '_', starting with a letter",
+                req.name.chars().take(40).collect::<String>()
+            )))?;
+        let ep = Endpoint::parse_with(&req.url, &req.options)
+            .map_err(|e| ApiError::invalid(format!("endpoint {}: {e}", req.name)))?;
+        if btp_common::api::named_endpoint(&req.url).is_some() {
+            return Err(ApiError::invalid(
+                "an endpoint is a URL (fs://, s3://, webdav://) or an absolute path, not another endpoint",
+            ));
+        }
+        let now = now_ms();
+        self.ctx
+            .store
+            .create_endpoint(tenant, &req.name, &req.url, &req.options, now)
+            .await?;
+        info!(tenant, endpoint = %req.name, url = %ep, "endpoint created");
+        Ok(EndpointInfo {
+            name: req.name,
+            tenant: tenant.to_string(),
+            url: ep.to_string(),
+            option_keys: req.options.keys().cloned().collect(),
+            created_ms: now,
+        })
+    }
+
+    async fn endpoints(
+        &self,
+        req: Result<Empty, ApiError>,
+        tenant: &str,
+    ) -> Result<EndpointList, ApiError> {
+        req?;
+        let rows = self.ctx.store.endpoints(tenant, None).await?;
+        Ok(EndpointList {
+            endpoints: rows
+                .into_iter()
+                .map(|(name, url, options, created_ms)| EndpointInfo {
+                    url: Endpoint::parse_with(&url, &options)
+                        .map(|e| e.to_string())
+                        .unwrap_or(url),
+                    name,
+                    tenant: tenant.to_string(),
+                    option_keys: options.into_keys().collect(),
+                    created_ms,
+                })
+                .collect(),
+        })
+    }
+
+    async fn delete_endpoint(
+        &self,
+        req: Result<EndpointRef, ApiError>,
+        tenant: &str,
+    ) -> Result<EndpointRef, ApiError> {
+        let name = req?.name;
+        self.ctx.store.delete_endpoint(tenant, &name).await?;
+        info!(tenant, endpoint = %name, "endpoint deleted");
+        Ok(EndpointRef { name })
+    }
+
     /// Refuses a start beyond the tenant's quota of running tasks; returns its speed quota.
     async fn check_quota(&self, tenant: &str) -> Result<Option<u64>, ApiError> {
         let Some(t) = self

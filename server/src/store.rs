@@ -355,6 +355,84 @@ impl Store {
         Ok(())
     }
 
+    // ---- named endpoints ----
+
+    /// Records a named endpoint; its options (credentials) are stored sealed when the server
+    /// has a key.
+    pub async fn create_endpoint(
+        &self,
+        tenant: &str,
+        name: &str,
+        url: &str,
+        options: &std::collections::BTreeMap<String, String>,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let done = sqlx::query(
+            "INSERT INTO endpoints (tenant, name, url, options, created_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant, name) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(url)
+        .bind(crate::seal::seal(to_json(options)))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::new(
+                btp_common::api::ErrorCode::FailedPrecondition,
+                format!("endpoint '{name}' already exists (delete it first)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The tenant's endpoints: name, URL, options and creation time, by name.
+    #[allow(clippy::type_complexity)]
+    pub async fn endpoints(
+        &self,
+        tenant: &str,
+        name: Option<&str>,
+    ) -> Result<
+        Vec<(
+            String,
+            String,
+            std::collections::BTreeMap<String, String>,
+            i64,
+        )>,
+        ApiError,
+    > {
+        let rows = sqlx::query(
+            "SELECT name, url, options, created_ms FROM endpoints WHERE tenant = $1 \
+             AND ($2 = '' OR name = $2) ORDER BY name",
+        )
+        .bind(tenant)
+        .bind(name.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|r| {
+                let options = from_json(&crate::seal::open(r.get(2))?)?;
+                Ok((r.get(0), r.get(1), options, r.get(3)))
+            })
+            .collect()
+    }
+
+    pub async fn delete_endpoint(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
+        let gone = sqlx::query("DELETE FROM endpoints WHERE tenant = $1 AND name = $2")
+            .bind(tenant)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        if gone.rows_affected() == 0 {
+            return Err(ApiError::not_found(format!("unknown endpoint '{name}'")));
+        }
+        Ok(())
+    }
+
     /// Ids and tenants of running tasks, for the dispatcher.
     pub async fn running_tasks(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
         // Cancelled tasks too while aborts of their uploads wait.
