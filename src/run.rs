@@ -145,10 +145,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `quick_stop`: the cluster only lives for one task (the one-shot copy), so its client
+    /// stops without waiting for a pending pull.
     pub async fn start(
         data_dir: &Path,
         nats_port: Option<u16>,
         client: &ClientOpts,
+        quick_stop: bool,
     ) -> anyhow::Result<Self> {
         let database_url = sqlite_url(data_dir)?;
         let nats = btp_nats::NatsServer::start(&data_dir.join("nats"), nats_port)?;
@@ -166,10 +169,9 @@ impl Cluster {
         // The server creates the streams and the consumer before the client looks for them.
         let server = tokio::spawn(btp_server::run(cfg, server_cancel.clone()));
         wait_for_server(&url).await?;
-        let client = tokio::spawn(btp_client::run(
-            client_config(&url, None, client),
-            client_cancel.clone(),
-        ));
+        let mut client_cfg = client_config(&url, None, client);
+        client_cfg.quick_stop = quick_stop;
+        let client = tokio::spawn(btp_client::run(client_cfg, client_cancel.clone()));
         Ok(Self {
             nats,
             server_cancel,
@@ -216,7 +218,7 @@ async fn wait_for_server(url: &str) -> anyhow::Result<()> {
 
 pub async fn standalone(a: StandaloneArgs) -> anyhow::Result<ExitCode> {
     install_metrics(a.metrics_addr)?;
-    let cluster = Cluster::start(&a.data_dir, a.nats_port, &a.client).await?;
+    let cluster = Cluster::start(&a.data_dir, a.nats_port, &a.client, false).await?;
     println!("BeyondTP standalone is running.");
     println!("NATS URL: {}", cluster.url());
     println!(
@@ -236,7 +238,7 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
         .prefix("btp-copy-")
         .tempdir()
         .context("create a temporary data dir")?;
-    let cluster = Cluster::start(tmp.path(), None, &a.client).await?;
+    let cluster = Cluster::start(tmp.path(), None, &a.client, true).await?;
     let result = crate::task::run_to_end(&cluster.url(), req, a.output.output).await;
     // A signal during the copy stops everything too; in-flight jobs are handed back.
     cluster.stop().await?;

@@ -32,6 +32,10 @@ pub struct ClientConfig {
     pub drain_grace: Duration,
     /// Client-wide cap on bytes copied per second, shared by all workers.
     pub max_speed: Option<u64>,
+    /// On stop, abandon a pull that is still waiting instead of letting it expire (up to
+    /// 500 ms). A job delivered to it meanwhile waits for the ack wait before it is delivered
+    /// again, so only a client whose work is known to be done (the one-shot copy) sets it.
+    pub quick_stop: bool,
 }
 
 impl ClientConfig {
@@ -48,6 +52,7 @@ impl ClientConfig {
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
             drain_grace: Duration::from_secs(30),
+            quick_stop: false,
             max_speed: None,
         }
     }

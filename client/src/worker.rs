@@ -231,7 +231,17 @@ pub async fn run(
             }
         };
         let mut received = 0usize;
-        while let Some(msg) = batch.next().await {
+        loop {
+            let next = if cfg.quick_stop {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
+                    m = batch.next() => m,
+                }
+            } else {
+                batch.next().await
+            };
+            let Some(msg) = next else { break };
             received += 1;
             let msg = match msg {
                 Ok(m) => m,

@@ -89,7 +89,10 @@ pub async fn results_consumer(js: &jetstream::Context) -> anyhow::Result<consume
             consumer::pull::Config {
                 durable_name: Some(subjects::RESULTS_CONSUMER.to_string()),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(60),
+                // Results a killed server had pulled but not acknowledged come back to its
+                // successor after this; a batch commits in milliseconds, and a result applied
+                // twice is recognized and ignored, so short is safe.
+                ack_wait: Duration::from_secs(10),
                 max_ack_pending: 20_000,
                 ..Default::default()
             },
