@@ -31,10 +31,10 @@ pub async fn run(ctx: Shared, cancel: CancellationToken) -> anyhow::Result<()> {
             }
         };
         // Tenants' speed quotas, shared equally by each tenant's running tasks.
-        let quotas: HashMap<String, u64> = match ctx.store.tenants().await {
-            Ok(t) => t
+        let quotas: HashMap<String, u64> = match ctx.store.tenant_quotas().await {
+            Ok(q) => q
                 .into_iter()
-                .filter_map(|t| Some((t.name, t.speed_limit?)))
+                .filter_map(|(name, (_, speed))| Some((name, speed?)))
                 .collect(),
             Err(e) => {
                 debug!(error = %e, "allocator cannot read tenants");

@@ -126,10 +126,6 @@ fn encode<T: Serialize>(r: Result<T, ApiError>) -> Vec<u8> {
     serde_json::to_vec(&ApiResponse::from(r)).expect("serializing a response cannot fail")
 }
 
-fn precondition(message: String) -> ApiError {
-    ApiError::new(ErrorCode::FailedPrecondition, message)
-}
-
 impl Api {
     /// Handles one request as the admin (what a server without tokens does for everyone).
     pub async fn handle(&self, verb: &str, payload: &[u8]) -> Vec<u8> {
@@ -372,7 +368,7 @@ impl Api {
         let req = req?;
         let task = self.ctx.store.task(&req.id).await?;
         if task.info.state != TaskState::Created {
-            return Err(precondition(format!(
+            return Err(ApiError::precondition(format!(
                 "task {} cannot be started: it is {}",
                 req.id,
                 task.info.state.as_str()
@@ -597,7 +593,7 @@ impl Api {
             .client(Ok(ClientRef { id: id.clone() }), tenant)
             .await?;
         if !c.online {
-            return Err(precondition(format!(
+            return Err(ApiError::precondition(format!(
                 "client {id} cannot be drained: it is offline"
             )));
         }
@@ -732,25 +728,19 @@ impl Api {
 
     /// Refuses a start beyond the tenant's quota of running tasks; returns its speed quota.
     async fn check_quota(&self, tenant: &str) -> Result<Option<u64>, ApiError> {
-        let Some(t) = self
-            .ctx
-            .store
-            .tenants()
-            .await?
-            .into_iter()
-            .find(|t| t.name == tenant)
+        let Some((max_running, speed)) = self.ctx.store.tenant_quotas().await?.remove(tenant)
         else {
             return Ok(None);
         };
-        if let Some(max) = t.max_running_tasks {
+        if let Some(max) = max_running {
             let live = self.ctx.store.live_tasks_of(tenant).await?;
             if live >= max as i64 {
-                return Err(precondition(format!(
+                return Err(ApiError::precondition(format!(
                     "tenant '{tenant}' already runs {live} tasks, its quota: finish, cancel or delete one first"
                 )));
             }
         }
-        Ok(t.speed_limit)
+        Ok(speed)
     }
 
     async fn create_tenant(
@@ -767,7 +757,9 @@ impl Api {
             return Err(ApiError::invalid("speed_limit must be above 0"));
         }
         if name == DEFAULT_TENANT {
-            return Err(precondition(format!("tenant '{name}' always exists")));
+            return Err(ApiError::precondition(format!(
+                "tenant '{name}' always exists"
+            )));
         }
         // The tenant's work queue first: a tenant is only recorded once its clients can pull.
         btp_nats::topology::jobs_consumer(&self.ctx.js, &name, &self.consumer)

@@ -204,10 +204,9 @@ impl Store {
         .await
         .map_err(map_sqlx)?;
         if done.rows_affected() == 0 {
-            return Err(ApiError::new(
-                btp_common::api::ErrorCode::FailedPrecondition,
-                format!("tenant '{name}' already exists"),
-            ));
+            return Err(ApiError::precondition(format!(
+                "tenant '{name}' already exists"
+            )));
         }
         Ok(())
     }
@@ -249,6 +248,32 @@ impl Store {
         .map_err(map_sqlx)
     }
 
+    /// Quotas of the tenants that have one: name, most running tasks, speed limit. Cheap enough
+    /// for every start and every second of the allocator (no counting).
+    pub async fn tenant_quotas(
+        &self,
+    ) -> Result<std::collections::HashMap<String, (Option<u32>, Option<u64>)>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT name, max_running_tasks, speed_limit FROM tenants \
+             WHERE max_running_tasks IS NOT NULL OR speed_limit IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    (
+                        r.get::<Option<i64>, _>(1).map(|n| n as u32),
+                        r.get::<Option<i64>, _>(2).map(|n| n as u64),
+                    ),
+                )
+            })
+            .collect())
+    }
+
     pub async fn tenant_exists(&self, name: &str) -> Result<bool, ApiError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE name = $1")
             .bind(name)
@@ -271,9 +296,7 @@ impl Store {
         .await
         .map_err(map_sqlx)?;
         if busy > 0 {
-            return Err(ApiError::new(
-                btp_common::api::ErrorCode::FailedPrecondition,
-                format!("tenant '{name}' cannot be deleted: it has {busy} running or paused tasks (cancel them first)"),
+            return Err(ApiError::precondition(format!("tenant '{name}' cannot be deleted: it has {busy} running or paused tasks (cancel them first)"),
             ));
         }
         let gone = sqlx::query("DELETE FROM tenants WHERE name = $1")
@@ -380,10 +403,9 @@ impl Store {
         .await
         .map_err(map_sqlx)?;
         if done.rows_affected() == 0 {
-            return Err(ApiError::new(
-                btp_common::api::ErrorCode::FailedPrecondition,
-                format!("endpoint '{name}' already exists (delete it first)"),
-            ));
+            return Err(ApiError::precondition(format!(
+                "endpoint '{name}' already exists (delete it first)"
+            )));
         }
         Ok(())
     }
@@ -552,10 +574,9 @@ impl Store {
                 .await
                 .map_err(map_sqlx)?;
         if rows.is_empty() {
-            return Err(ApiError::new(
-                btp_common::api::ErrorCode::FailedPrecondition,
-                format!("task {id} has no failed files to retry"),
-            ));
+            return Err(ApiError::precondition(format!(
+                "task {id} has no failed files to retry"
+            )));
         }
         let mut files = Vec::new();
         let mut dirs = Vec::new();
@@ -616,10 +637,10 @@ impl Store {
         .await
         .map_err(map_sqlx)?;
         if updated.rows_affected() != 1 {
-            return Err(ApiError::new(
-                btp_common::api::ErrorCode::FailedPrecondition,
-                format!("task {} is not in state created", task.info.id),
-            ));
+            return Err(ApiError::precondition(format!(
+                "task {} is not in state created",
+                task.info.id
+            )));
         }
         let root = crate::planner::list_job(String::new(), &task.info.options);
         insert_jobs(&mut tx, task, 0, vec![root], Schedule::NOW).await?;
@@ -699,10 +720,9 @@ impl Store {
             .map_err(map_sqlx)?;
         let state = state.ok_or_else(|| ApiError::not_found(format!("unknown task id '{id}'")))?;
         if state == TaskState::Running.as_str() || state == TaskState::Paused.as_str() {
-            return Err(ApiError::new(
-                btp_common::api::ErrorCode::FailedPrecondition,
-                format!("task {id} cannot be deleted: it is {state} (cancel it first)"),
-            ));
+            return Err(ApiError::precondition(format!(
+                "task {id} cannot be deleted: it is {state} (cancel it first)"
+            )));
         }
         for table in ["failures", "jobs", "uploads", "upload_parts", "changes"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE task_id = $1"))
@@ -735,13 +755,10 @@ impl Store {
             .await?
             .ok_or_else(|| ApiError::not_found(format!("unknown task id '{id}'")))?;
         if task.info.state.is_finished() {
-            return Err(ApiError::new(
-                btp_common::api::ErrorCode::FailedPrecondition,
-                format!(
-                    "task {id} cannot be changed: it is {}",
-                    task.info.state.as_str()
-                ),
-            ));
+            return Err(ApiError::precondition(format!(
+                "task {id} cannot be changed: it is {}",
+                task.info.state.as_str()
+            )));
         }
         let mut options = task.info.options;
         options.speed_limit = limit;
@@ -1216,10 +1233,9 @@ async fn transition(
         .map_err(map_sqlx)?;
     let state = state.ok_or_else(|| ApiError::not_found(format!("unknown task id '{id}'")))?;
     if !from.iter().any(|s| s.as_str() == state) {
-        return Err(ApiError::new(
-            btp_common::api::ErrorCode::FailedPrecondition,
-            format!("task {id} cannot be {verb}: it is {state}"),
-        ));
+        return Err(ApiError::precondition(format!(
+            "task {id} cannot be {verb}: it is {state}"
+        )));
     }
     sqlx::query("UPDATE tasks SET state = $1 WHERE id = $2")
         .bind(to.as_str())
