@@ -119,8 +119,25 @@ pub struct StandaloneArgs {
     /// Serve Prometheus metrics of the server and the client on this address.
     #[arg(long, env = "BTP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the web console and the HTTP API on this address, or `off`. Standalone has no
+    /// tokens: keep it on localhost (the default) unless the network is trusted.
+    #[arg(long, env = "BTP_HTTP_ADDR", default_value = "127.0.0.1:8470", value_parser = parse_http_addr)]
+    pub http_addr: HttpAddr,
     #[command(flatten)]
     pub client: ClientOpts,
+}
+
+/// An address to serve HTTP on, or none (`off`).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    if s == "off" {
+        return Ok(HttpAddr(None));
+    }
+    s.parse().map(|a| HttpAddr(Some(a))).map_err(|_| {
+        format!("invalid address '{s}': expected IP:PORT such as 127.0.0.1:8470, or off")
+    })
 }
 
 #[derive(Subcommand)]

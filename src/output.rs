@@ -221,18 +221,8 @@ pub fn client_list(l: &ClientList) {
     table(&rows);
 }
 
-/// One CSV field, quoted when it needs to be.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 fn csv_row(fields: &[String]) {
-    let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-    println!("{}", line.join(","));
+    print!("{}", btp_common::csv::line(fields));
 }
 
 /// The report's totals as one CSV row under a header.

@@ -151,8 +151,14 @@ impl Cluster {
         data_dir: &Path,
         nats_port: Option<u16>,
         client: &ClientOpts,
+        http_addr: Option<std::net::SocketAddr>,
         quick_stop: bool,
     ) -> anyhow::Result<Self> {
+        if let Some(addr) = http_addr {
+            // Refused before anything starts (the server binds it again just after).
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot serve the console on {addr}: {e} (choose another with --http-addr, or off)"))?;
+        }
         let database_url = sqlite_url(data_dir)?;
         let nats = btp_nats::NatsServer::start(&data_dir.join("nats"), nats_port)?;
         let url = nats.url();
@@ -164,7 +170,7 @@ impl Cluster {
             window: 512,
             consumer: consumer_settings(&client.queue),
             admin_hash: None,
-            http_addr: None,
+            http_addr,
         };
         // The server creates the streams and the consumer before the client looks for them.
         let server = tokio::spawn(btp_server::run(cfg, server_cancel.clone()));
@@ -218,9 +224,17 @@ async fn wait_for_server(url: &str) -> anyhow::Result<()> {
 
 pub async fn standalone(a: StandaloneArgs) -> anyhow::Result<ExitCode> {
     install_metrics(a.metrics_addr)?;
-    let cluster = Cluster::start(&a.data_dir, a.nats_port, &a.client, false).await?;
+    let cluster = Cluster::start(&a.data_dir, a.nats_port, &a.client, a.http_addr.0, false).await?;
     println!("BeyondTP standalone is running.");
     println!("NATS URL: {}", cluster.url());
+    if let Some(addr) = a.http_addr.0 {
+        let note = if addr.ip().is_loopback() {
+            "this machine only; standalone asks for no token"
+        } else {
+            "WARNING: reachable from the network, and standalone asks for no token"
+        };
+        println!("Console: http://{addr}/ ({note})");
+    }
     println!(
         "Use it with other commands: export BTP_NATS_URL={}",
         cluster.url()
@@ -238,7 +252,7 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
         .prefix("btp-copy-")
         .tempdir()
         .context("create a temporary data dir")?;
-    let cluster = Cluster::start(tmp.path(), None, &a.client, true).await?;
+    let cluster = Cluster::start(tmp.path(), None, &a.client, None, true).await?;
     let result = crate::task::run_to_end(&cluster.url(), req, a.output.output).await;
     // A signal during the copy stops everything too; in-flight jobs are handed back.
     cluster.stop().await?;

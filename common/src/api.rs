@@ -17,6 +17,7 @@ pub mod verbs {
     pub const TASK_RETRY: &str = "task.retry";
     pub const TASK_DELETE: &str = "task.delete";
     pub const TASK_SET: &str = "task.set";
+    pub const TASK_FILES: &str = "task.files";
     pub const CLIENT_LIST: &str = "client.list";
     pub const CLIENT_GET: &str = "client.get";
     pub const CLIENT_DRAIN: &str = "client.drain";
@@ -199,7 +200,9 @@ pub struct TaskOptions {
     pub list_page_bytes: u64,
     /// Attempts per file before a transient error counts as a failure.
     pub max_attempts: u32,
-    /// Most bytes per second for the whole task, over all clients (None: unlimited).
+    /// Most bytes per second for the whole task, over all clients (None: unlimited); requests
+    /// may give it as text (`"50MiB/s"`).
+    #[serde(deserialize_with = "crate::units::de_rate")]
     pub speed_limit: Option<u64>,
     /// Incremental copy: when a file already at the destination is skipped.
     pub compare: Compare,
@@ -489,6 +492,9 @@ pub struct ClientInfo {
     pub started_ms: i64,
     pub last_seen_ms: i64,
     pub online: bool,
+    /// Bytes per second this client copied over the last seconds.
+    #[serde(default)]
+    pub bytes_per_sec: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -558,13 +564,46 @@ pub struct ReportRequest {
     pub failures_offset: u64,
 }
 
+/// `task.files`: the files a task copied (or found up to date at the destination), one page,
+/// in the order of their jobs. Failed files are in the report's `failures`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesRequest {
+    pub id: String,
+    /// The `next` of the previous page; absent for the first.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// About this many files: a page holds whole jobs, so it may hold up to one job more.
+    #[serde(default = "default_files_limit")]
+    pub limit: u32,
+}
+
+fn default_files_limit() -> u32 {
+    1000
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneFile {
+    pub path: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileList {
+    pub files: Vec<DoneFile>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
 /// `task.set`: changes a task's settings while it exists (the speed limit takes effect within
 /// seconds on a running task).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetTask {
     pub id: String,
-    /// Bytes per second; `null` removes the limit.
+    /// Bytes per second (or text such as `"50MiB/s"`); `null` removes the limit.
+    #[serde(deserialize_with = "crate::units::de_rate")]
     pub speed_limit: Option<u64>,
 }
 

@@ -14,7 +14,10 @@ pub struct Filter {
     pub include: Vec<String>,
     /// Files matching any of these are not copied.
     pub exclude: Vec<String>,
+    /// Bytes, or text such as `"1KiB"` in requests.
+    #[serde(deserialize_with = "crate::units::de_size")]
     pub min_size: Option<u64>,
+    #[serde(deserialize_with = "crate::units::de_size")]
     pub max_size: Option<u64>,
 }
 

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod checksum;
+pub mod csv;
 pub mod endpoint;
 pub mod filter;
 pub mod s3mp;

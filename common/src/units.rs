@@ -53,6 +53,38 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// A number, or text for a person to write (`50MiB/s`, `64MiB`).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+/// Serde: an optional rate given as bytes per second or as text such as `50MiB/s`, checked
+/// by [`parse_rate`] (so the API and the console say what the command line says).
+pub fn de_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_with(d, |t| {
+        parse_rate(t).map_err(|e| format!("speed_limit: {e}"))
+    })
+}
+
+/// Serde: an optional size given as bytes or as text such as `64MiB`, checked by [`parse_size`].
+pub fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_with(d, parse_size)
+}
+
+fn de_with<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    parse: impl Fn(&str) -> Result<u64, String>,
+) -> Result<Option<u64>, D::Error> {
+    match <Option<NumberOrText> as serde::Deserialize>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumberOrText::Number(n)) => Ok(Some(n)),
+        Some(NumberOrText::Text(t)) => parse(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// Bytes shown with binary units: `1.5 MiB`.
 pub struct Bytes(pub u64);
 

@@ -29,8 +29,8 @@ pub enum Applied {
 /// What a committed batch did, for the parts outside the database: live speed and events.
 #[derive(Default)]
 pub struct Effects {
-    /// (task, started_ms, bytes, files) copied.
-    pub copied: Vec<(String, i64, u64, u64)>,
+    /// (task, started_ms, bytes, files, client) copied.
+    pub copied: Vec<(String, i64, u64, u64, String)>,
     /// (tenant, task, state) of tasks that finished.
     pub finished: Vec<(String, String, TaskState)>,
     /// Finished jobs for the metrics: kind, outcome and what they counted.
@@ -103,8 +103,9 @@ pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Resul
 async fn after_commit(ctx: &crate::Shared, effects: Effects) {
     let now = now_ms();
     let mut touched = std::collections::BTreeSet::new();
-    for (task, started_ms, bytes, files) in effects.copied {
+    for (task, started_ms, bytes, files, client) in effects.copied {
         ctx.speed.record(&task, now, bytes, files);
+        ctx.client_speed.record(&client, now, bytes, files);
         touched.insert((task, started_ms));
     }
     for (task, started_ms) in touched {
@@ -260,6 +261,7 @@ pub async fn apply(
                     task.info.started_ms.unwrap_or(now),
                     *bytes_copied,
                     *files_copied,
+                    r.client.clone(),
                 ));
             }
             record_failures(tx, task_id, seq, failures, &mut delta).await?;
@@ -312,6 +314,7 @@ pub async fn apply(
                 task.info.started_ms.unwrap_or(now),
                 *bytes,
                 0,
+                r.client.clone(),
             ));
             let up = store::load_upload(tx, task_id, &upload_id).await?;
             if let Some(up) = up.filter(|u| u.state == store::upload_state::ACTIVE) {
@@ -448,7 +451,18 @@ pub async fn apply(
         } else {
             state
         };
-        store::finish_job(tx, task_id, seq, state, &r.client, r.attempt, now).await?;
+        let kept = kept_payload(&job.kind, &job.payload, &r.body, dry_run)?;
+        store::finish_job(
+            tx,
+            task_id,
+            seq,
+            state,
+            &r.client,
+            r.attempt,
+            now,
+            kept.as_deref(),
+        )
+        .await?;
         delta.jobs_done = 1;
     }
     store::apply_task_delta(tx, task_id, &delta).await?;
@@ -524,4 +538,46 @@ async fn record_failures(
         delta.bytes_failed += f.size as i64;
     }
     Ok(())
+}
+
+/// What a finished job keeps of its payload: a Copy job its files less those that failed or run
+/// again (they are reported by the failures table or by their retry job), an Upload job its
+/// file; every other job nothing. `None` keeps the payload unchanged.
+fn kept_payload(
+    kind: &str,
+    payload: &str,
+    body: &ResultBody,
+    dry_run: bool,
+) -> Result<Option<String>, ApiError> {
+    let cleared = Some(String::new());
+    if dry_run {
+        return Ok(cleared);
+    }
+    match (kind, body) {
+        ("upload", ResultBody::Begun { .. }) => Ok(None),
+        (
+            "copy",
+            ResultBody::Copy {
+                failures, retry, ..
+            },
+        ) => {
+            if failures.is_empty() && retry.is_empty() {
+                return Ok(None);
+            }
+            let mut job: Job = serde_json::from_str(payload)
+                .map_err(|e| ApiError::internal(format!("corrupt copy job: {e}")))?;
+            if let JobKind::Copy { files } = &mut job.kind {
+                let out: std::collections::HashSet<&str> = failures
+                    .iter()
+                    .chain(retry.iter())
+                    .map(|f| f.path.as_str())
+                    .collect();
+                files.retain(|f| !out.contains(f.path.as_str()));
+            }
+            Ok(Some(serde_json::to_string(&job).map_err(|e| {
+                ApiError::internal(format!("encoding a job: {e}"))
+            })?))
+        }
+        _ => Ok(cleared),
+    }
 }

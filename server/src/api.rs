@@ -4,11 +4,12 @@
 
 use btp_common::api::{
     verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateEndpoint, CreateTask,
-    CreateTenant, CreateToken, Empty, EndpointInfo, EndpointList, EndpointRef, ErrorCode, Health,
-    ListTasks, ListTokens, Report, ReportRequest, SetTask, TaskInfo, TaskList, TaskRef, TaskState,
-    TenantList, TenantRef, TokenCreated, TokenInfo, TokenList, TokenRef, MAX_PAGE,
+    CreateTenant, CreateToken, DoneFile, Empty, EndpointInfo, EndpointList, EndpointRef, ErrorCode,
+    FileList, FilesRequest, Health, ListTasks, ListTokens, Report, ReportRequest, SetTask,
+    TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated, TokenInfo,
+    TokenList, TokenRef, MAX_PAGE,
 };
-use btp_common::wire::{Control, ControlAction};
+use btp_common::wire::{Control, ControlAction, JobKind};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -119,7 +120,17 @@ fn decode_req<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
     } else {
         payload
     };
-    serde_json::from_slice(payload).map_err(|e| ApiError::invalid(format!("invalid request: {e}")))
+    serde_json::from_slice(payload).map_err(|e| {
+        // A value's own message (a bad rate) needs no position in a one-line request.
+        let mut msg = e.to_string();
+        if e.is_data() {
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            if let Some(cut) = msg.strip_suffix(&at) {
+                msg = cut.to_string();
+            }
+        }
+        ApiError::invalid(format!("invalid request: {msg}"))
+    })
 }
 
 fn encode<T: Serialize>(r: Result<T, ApiError>) -> Vec<u8> {
@@ -237,6 +248,7 @@ impl Api {
                 | verbs::TASK_RETRY
                 | verbs::TASK_DELETE
                 | verbs::TASK_SET
+                | verbs::TASK_FILES
         );
         if !names_task {
             return Ok(());
@@ -266,6 +278,7 @@ impl Api {
             verbs::TASK_RETRY => encode(self.retry(decode_req(payload)).await),
             verbs::TASK_DELETE => encode(self.delete(decode_req(payload)).await),
             verbs::TASK_SET => encode(self.set(decode_req(payload)).await),
+            verbs::TASK_FILES => encode(self.files(decode_req(payload)).await),
             verbs::SERVER_HEALTH => encode(self.health(decode_req(payload)).await),
             other => encode::<()>(Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -519,6 +532,56 @@ impl Api {
         Ok(TaskList { tasks })
     }
 
+    async fn files(&self, req: Result<FilesRequest, ApiError>) -> Result<FileList, ApiError> {
+        /// Jobs read per query.
+        const JOBS: i64 = 16;
+        let req = req?;
+        check_page(req.limit, 0)?;
+        let store = &self.ctx.store;
+        store.task(&req.id).await?;
+        let mut after = match req.after {
+            Some(a) => i64::try_from(a).map_err(|_| ApiError::invalid("after is too large"))?,
+            None => -1,
+        };
+        let mut files = Vec::new();
+        loop {
+            let jobs = store.done_file_jobs(&req.id, after, JOBS).await?;
+            let full = jobs.len() as i64 == JOBS;
+            for (seq, payload) in jobs {
+                after = seq;
+                let job: btp_common::wire::Job = serde_json::from_str(&payload).map_err(|e| {
+                    ApiError::internal(format!("corrupt job {seq} of task {}: {e}", req.id))
+                })?;
+                match job.kind {
+                    JobKind::Copy { files: batch } => {
+                        files.extend(batch.into_iter().map(|f| DoneFile {
+                            path: f.path,
+                            size: f.size,
+                        }))
+                    }
+                    JobKind::Upload { file, .. } => {
+                        if !store.has_failure(&req.id, &file.path).await? {
+                            files.push(DoneFile {
+                                path: file.path,
+                                size: file.size,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !full {
+                return Ok(FileList { files, next: None });
+            }
+            if files.len() >= req.limit as usize {
+                return Ok(FileList {
+                    files,
+                    next: Some(after as u64),
+                });
+            }
+        }
+    }
+
     async fn report(&self, req: Result<ReportRequest, ApiError>) -> Result<Report, ApiError> {
         let req = req?;
         check_page(req.failures_limit, req.failures_offset)?;
@@ -565,9 +628,20 @@ impl Api {
         tenant: &str,
     ) -> Result<ClientList, ApiError> {
         req?;
-        let mut clients = self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?;
+        Ok(ClientList {
+            clients: self.clients_of(tenant).await?,
+        })
+    }
+
+    /// The clients serving `tenant`, with their live speed.
+    async fn clients_of(&self, tenant: &str) -> Result<Vec<ClientInfo>, ApiError> {
+        let now = now_ms();
+        let mut clients = self.ctx.store.agents(now, OFFLINE_AFTER_MS).await?;
         clients.retain(|c| serves(c, tenant));
-        Ok(ClientList { clients })
+        for c in &mut clients {
+            c.bytes_per_sec = self.ctx.client_speed.speed(&c.id, now, 0).bytes_per_sec as u64;
+        }
+        Ok(clients)
     }
 
     async fn client(
@@ -576,9 +650,10 @@ impl Api {
         tenant: &str,
     ) -> Result<ClientInfo, ApiError> {
         let id = req?.id;
-        let all = self.ctx.store.agents(now_ms(), OFFLINE_AFTER_MS).await?;
-        all.into_iter()
-            .find(|c| c.id == id && serves(c, tenant))
+        self.clients_of(tenant)
+            .await?
+            .into_iter()
+            .find(|c| c.id == id)
             .ok_or_else(|| ApiError::not_found(format!("unknown client id '{id}'")))
     }
 

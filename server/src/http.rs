@@ -1,13 +1,20 @@
-//! The JSON HTTP gateway: `POST /api/v1/<verb>` runs the same handler as the NATS request
-//! `btp.api.v1.<verb>` (one implementation of each operation, two transports), with the token in
-//! `Authorization: Bearer <token>`. The answer is the same `{"ok": ...}` or `{"error": ...}`
-//! body, with an HTTP status that matches the error code.
+//! The web console and the JSON HTTP gateway. `POST /api/v1/<verb>` runs the same handler as
+//! the NATS request `btp.api.v1.<verb>` (one implementation of each operation, two transports),
+//! with the token in `Authorization: Bearer <token>`. The answer is the same `{"ok": ...}` or
+//! `{"error": ...}` body, with an HTTP status that matches the error code.
+//! `POST /api/v1/task.report.csv` streams a task's per-file report as CSV, page by page
+//! through the same handlers. `GET /` serves the console, embedded in the binary.
 
 use std::net::SocketAddr;
 
-use btp_common::api::{ApiError, ApiResponse, ErrorCode};
+use btp_common::api::{
+    verbs, ApiError, ApiResponse, ErrorCode, FileList, FilesRequest, Report, ReportRequest,
+    TaskInfo, TaskRef,
+};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -60,16 +67,46 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot serve the HTTP API on {addr}: {e}"))
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// The console's files: (path, content type, content).
+const CONSOLE: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../console/index.html"),
+    ),
+    (
+        "/console.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/console.js"),
+    ),
+    (
+        "/console.css",
+        "text/css; charset=utf-8",
+        include_str!("../console/console.css"),
+    ),
+];
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .header("cache-control", "no-store")
-        .body(Full::new(Bytes::from(body)))
+        .header("x-content-type-options", "nosniff")
+        .header(
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        )
+        .body(Full::new(body.into()).boxed_unsync())
         .expect("a valid response")
 }
 
-fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    full(status, "application/json", body)
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<Body> {
     let body = ApiResponse::<()>::Error(ApiError::new(code, message));
     json(
         status,
@@ -94,8 +131,14 @@ pub fn status_of(body: &[u8]) -> StatusCode {
     }
 }
 
-async fn answer(api: &Api, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn answer(api: &Api, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        let path = if path == "/index.html" { "/" } else { &path };
+        if let Some((_, content_type, body)) = CONSOLE.iter().find(|(p, _, _)| *p == path) {
+            return full(StatusCode::OK, content_type, *body);
+        }
+    }
     let Some(verb) = path.strip_prefix("/api/v1/").map(str::to_string) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -130,8 +173,148 @@ async fn answer(api: &Api, req: Request<Incoming>, peer: SocketAddr) -> Response
         }
     };
     debug!(%peer, verb, "HTTP API request");
+    if verb == REPORT_CSV {
+        return report_csv(api, &body, token).await;
+    }
     let out = api.handle_as(&verb, &body, token.as_deref()).await;
     json(status_of(&out), out)
+}
+
+/// The per-file report of a task as CSV: one row per file copied (or already up to date),
+/// then one per failed file, streamed a page at a time.
+const REPORT_CSV: &str = "task.report.csv";
+
+/// Rows of one page of the CSV report.
+const CSV_PAGE: u32 = 2000;
+
+/// Calls `verb` as the caller and decodes its answer.
+async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    api: &Api,
+    verb: &str,
+    req: &Req,
+    token: Option<&str>,
+) -> Result<Resp, ApiError> {
+    let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(e.to_string()))?;
+    let out = api.handle_as(verb, &body, token).await;
+    match serde_json::from_slice::<ApiResponse<Resp>>(&out) {
+        Ok(ApiResponse::Ok(v)) => Ok(v),
+        Ok(ApiResponse::Error(e)) => Err(e),
+        Err(e) => Err(ApiError::internal(format!("decoding {verb}: {e}"))),
+    }
+}
+
+/// Where the CSV stream is.
+enum CsvAt {
+    Files(Option<u64>),
+    Failures(u64),
+    End,
+}
+
+async fn report_csv(api: &Api, body: &[u8], token: Option<String>) -> Response<Body> {
+    let id = match serde_json::from_slice::<TaskRef>(body) {
+        Ok(r) => r.id,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidArgument,
+                format!("invalid request: {e}"),
+            )
+        }
+    };
+    // The first call checks the token and the task before the 200 goes out.
+    let task: TaskInfo = match call(
+        api,
+        verbs::TASK_GET,
+        &TaskRef { id: id.clone() },
+        token.as_deref(),
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let out = serde_json::to_vec(&ApiResponse::<()>::Error(e)).unwrap_or_default();
+            return json(status_of(&out), out);
+        }
+    };
+    let header = btp_common::csv::line(&["path", "size", "status", "attempts", "reason"]);
+    let api = api.clone();
+    let rows = futures::stream::once(async move { Bytes::from(header) }).chain(
+        futures::stream::unfold(CsvAt::Files(None), move |at| {
+            let (api, id, token) = (api.clone(), id.clone(), token.clone());
+            async move {
+                let (text, next) = csv_page(&api, &id, token.as_deref(), at).await;
+                text.map(|t| (Bytes::from(t), next))
+            }
+        }),
+    );
+    let body = StreamBody::new(rows.map(|b| Ok(hyper::body::Frame::data(b))));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/csv; charset=utf-8")
+        .header(
+            "content-disposition",
+            format!("attachment; filename=\"btp-report-{}.csv\"", task.id),
+        )
+        .header("cache-control", "no-store")
+        .body(body.boxed_unsync())
+        .expect("a valid response")
+}
+
+/// One page of CSV rows and where the next starts; `None` at the end. An error ends the
+/// stream with a line saying so, so a cut report cannot pass for a whole one.
+async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Option<String>, CsvAt) {
+    let id = id.to_string();
+    match at {
+        CsvAt::End => (None, CsvAt::End),
+        CsvAt::Files(after) => {
+            let req = FilesRequest {
+                id,
+                after,
+                limit: CSV_PAGE,
+            };
+            match call::<_, FileList>(api, verbs::TASK_FILES, &req, token).await {
+                Ok(page) => {
+                    let mut text = String::new();
+                    for f in &page.files {
+                        let size = f.size.to_string();
+                        text.push_str(&btp_common::csv::line(&[&f.path, &size, "done", "", ""]));
+                    }
+                    let next = match page.next {
+                        Some(n) => CsvAt::Files(Some(n)),
+                        None => CsvAt::Failures(0),
+                    };
+                    (Some(text), next)
+                }
+                Err(e) => (Some(cut_line(&e)), CsvAt::End),
+            }
+        }
+        CsvAt::Failures(offset) => {
+            let req = ReportRequest {
+                id,
+                failures_limit: CSV_PAGE,
+                failures_offset: offset,
+            };
+            match call::<_, Report>(api, verbs::TASK_REPORT, &req, token).await {
+                Ok(r) if r.failures.is_empty() => (None, CsvAt::End),
+                Ok(r) => {
+                    let mut text = String::new();
+                    for f in &r.failures {
+                        let (size, attempts) = (f.size.to_string(), f.attempts.to_string());
+                        text.push_str(&btp_common::csv::line(&[
+                            &f.path, &size, "failed", &attempts, &f.reason,
+                        ]));
+                    }
+                    let next = offset + r.failures.len() as u64;
+                    (Some(text), CsvAt::Failures(next))
+                }
+                Err(e) => (Some(cut_line(&e)), CsvAt::End),
+            }
+        }
+    }
+}
+
+fn cut_line(e: &ApiError) -> String {
+    btp_common::csv::line(&["#error", "", "", "", &e.message])
 }
 
 /// A path as it may be quoted in an error (bounded).

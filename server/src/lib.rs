@@ -46,6 +46,8 @@ pub struct Shared {
     pub wake_dispatcher: Arc<Notify>,
     pub dispatch_lock: dispatcher::DispatchLock,
     pub speed: Arc<speed::SpeedTracker>,
+    /// Live speed of each client (keyed by client id).
+    pub client_speed: Arc<speed::SpeedTracker>,
     /// Latest heartbeats, for the speed-limit allocator.
     pub live: Arc<agents::Live>,
     /// Wakes the allocator when a limit changed.
@@ -80,6 +82,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         wake_dispatcher: Arc::new(Notify::new()),
         dispatch_lock: dispatcher::DispatchLock::default(),
         speed: Arc::default(),
+        client_speed: Arc::default(),
         live: Arc::default(),
         wake_allocator: Arc::new(Notify::new()),
     };

@@ -812,6 +812,38 @@ impl Store {
             .collect())
     }
 
+    /// Done Copy and Upload jobs of a task after job `after_seq`, in order, at most `limit`:
+    /// `(seq, payload)`, the payload holding the files the job copied (or found up to date).
+    pub async fn done_file_jobs(
+        &self,
+        task: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT seq, payload FROM jobs WHERE task_id = $1 AND seq > $2 AND state = 'done' \
+             AND kind IN ('copy', 'upload') AND payload <> '' ORDER BY seq LIMIT $3",
+        )
+        .bind(task)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// True when `path` is among the task's failed files.
+    pub async fn has_failure(&self, task: &str, path: &str) -> Result<bool, ApiError> {
+        let row = sqlx::query("SELECT 1 FROM failures WHERE task_id = $1 AND path = $2")
+            .bind(task)
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(row.is_some())
+    }
+
     pub async fn client_shares(&self, task: &str) -> Result<Vec<ClientShare>, ApiError> {
         let rows = sqlx::query(
             "SELECT client, COUNT(*), CAST(SUM(files) AS BIGINT), CAST(SUM(bytes) AS BIGINT) FROM jobs \
@@ -891,6 +923,7 @@ impl Store {
                     last_seen_ms,
                     online: flagged == 1 && now - last_seen_ms < online_within_ms,
                     draining: r.get::<i64, _>(9) == 1,
+                    bytes_per_sec: 0, // live, added by the API
                 }
             })
             .collect())
@@ -1130,6 +1163,9 @@ pub async fn set_pages_applied(
 }
 
 /// Marks a job finished (done or failed) by `client`; its payload is no longer needed.
+/// Marks a job finished. `payload` is what stays of its body: `Some("")` drops it, `None` keeps
+/// it (a done Copy or Upload job keeps its files: they are the per-file report).
+#[allow(clippy::too_many_arguments)]
 pub async fn finish_job(
     tx: &mut Tx<'_>,
     task: &str,
@@ -1138,10 +1174,11 @@ pub async fn finish_job(
     client: &str,
     attempts: u32,
     now: i64,
+    payload: Option<&str>,
 ) -> Result<(), ApiError> {
     sqlx::query(
-        "UPDATE jobs SET state = $1, client = $2, attempts = $3, finished_ms = $4, payload = '' \
-         WHERE task_id = $5 AND seq = $6",
+        "UPDATE jobs SET state = $1, client = $2, attempts = $3, finished_ms = $4, \
+         payload = COALESCE($7, payload) WHERE task_id = $5 AND seq = $6",
     )
     .bind(state)
     .bind(client)
@@ -1149,6 +1186,7 @@ pub async fn finish_job(
     .bind(now)
     .bind(task)
     .bind(seq)
+    .bind(payload)
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;

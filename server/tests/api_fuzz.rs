@@ -166,6 +166,7 @@ async fn no_request_panics_the_server_or_stores_anything_unanswered() {
             wake_dispatcher: Arc::default(),
             dispatch_lock: Default::default(),
             speed: Arc::default(),
+            client_speed: Arc::default(),
             live: Arc::default(),
             wake_allocator: Arc::default(),
         },
