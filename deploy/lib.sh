@@ -113,3 +113,19 @@ ensure_moto() {
     pip_install 'moto[server]'
     command -v moto_server >/dev/null 2>&1
 }
+
+# Headless Chromium (Debian's package) and playwright-core for the console's browser test.
+ensure_browser() {
+    if ! command -v chromium >/dev/null 2>&1; then
+        log "installing chromium (browser test of the console)"
+        apt_install chromium || return 1
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        log "installing nodejs and npm (browser test of the console)"
+        apt_install nodejs npm || return 1
+    fi
+    if [ ! -d tests/browser/node_modules/playwright-core ]; then
+        log "installing playwright-core (npm ci in tests/browser)"
+        (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || return 1
+    fi
+}

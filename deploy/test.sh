@@ -2,7 +2,8 @@
 # Runs every test of BeyondTP: installs what is missing (nats-server, PostgreSQL), checks fmt and
 # clippy, builds once, then runs the whole workspace's tests (cargo nextest when available,
 # cargo test otherwise): unit tests, the store suite on SQLite and PostgreSQL, the request fuzz
-# test (BTP_FUZZ_CASES, default 20000) and the end-to-end and fault tests with real processes.
+# test (BTP_FUZZ_CASES, default 20000) and the end-to-end and fault tests with real processes;
+# then the web console's test in headless Chromium (screenshots in target/browser-artifacts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -12,6 +13,8 @@ ensure_nats_server
 ensure_moto || { [ -z "${CI:-}" ] || exit 1; log "moto unavailable: S3 tests are skipped"; }
 ensure_wsgidav || { [ -z "${CI:-}" ] || exit 1; log "wsgidav unavailable: WebDAV tests are skipped"; }
 ensure_prometheus || { [ -z "${CI:-}" ] || exit 1; log "prometheus unavailable: metrics checks are skipped"; }
+browser=1
+ensure_browser || { [ -z "${CI:-}" ] || exit 1; browser=0; log "chromium or npm unavailable: the console's browser test is skipped"; }
 if ! ensure_postgres; then
     if [ -n "${CI:-}" ]; then
         log "PostgreSQL is required under CI"
@@ -37,4 +40,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     log "building and running tests (cargo test)"
     cargo test --workspace --locked --no-fail-fast
+fi
+
+if [ "$browser" -eq 1 ]; then
+    log "browser test of the web console (headless chromium)"
+    cargo build --locked --bin btp
+    BTP="${CARGO_TARGET_DIR:-$PWD/target}/debug/btp" \
+        BTP_ARTIFACTS="${CARGO_TARGET_DIR:-$PWD/target}/browser-artifacts" \
+        node tests/browser/console.test.mjs
 fi

@@ -560,7 +560,9 @@ impl Api {
                         }))
                     }
                     JobKind::Upload { file, .. } => {
-                        if !store.has_failure(&req.id, &file.path).await? {
+                        // A large file whose upload failed later is in the failures instead.
+                        let failed = store.has_failure(&req.id, &file.path).await?;
+                        if !failed {
                             files.push(DoneFile {
                                 path: file.path,
                                 size: file.size,
