@@ -248,6 +248,9 @@ pub enum TaskCommand {
     List(ListArgs),
     /// Print a task's report (--failed: only the failed files, with reasons).
     Report(ReportArgs),
+    /// List every file a task copied or found up to date (`--output csv`: path,size; `json`:
+    /// one object per line). Failed files are in `report --failed`.
+    Files(IdArgs),
     /// Stop publishing a running task's jobs; in-flight jobs finish.
     Pause(IdArgs),
     /// Resume a paused task where it stopped.

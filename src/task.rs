@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use btp_common::api::{
-    verbs, ClientInfo, ClientList, ClientRef, CreateTask, Empty, Health, ListTasks, Report,
-    ReportRequest, SetTask, TaskInfo, TaskList, TaskOptions, TaskRef, TaskState,
+    verbs, ClientInfo, ClientList, ClientRef, CreateTask, Empty, FileList, FilesRequest, Health,
+    ListTasks, Report, ReportRequest, SetTask, TaskInfo, TaskList, TaskOptions, TaskRef, TaskState,
 };
 use btp_common::units::parse_size;
 use btp_nats::ApiClient;
@@ -240,6 +240,7 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 (false, o) => print(o, &r, output::report),
             }
         }
+        TaskCommand::Files(a) => files(&api, a).await?,
         TaskCommand::Pause(a) => change(&api, verbs::TASK_PAUSE, a).await?,
         TaskCommand::Resume(a) => change(&api, verbs::TASK_RESUME, a).await?,
         TaskCommand::Cancel(a) => change(&api, verbs::TASK_CANCEL, a).await?,
@@ -252,6 +253,41 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a task's done files page by page, so a task of millions of files needs no more memory
+/// than a page.
+async fn files(api: &ApiClient, a: IdArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let out = a.output.output;
+    if matches!(out, Output::Csv) {
+        print!("{}", btp_common::csv::line(&["path", "size"]));
+    }
+    let mut after = None;
+    loop {
+        let req = FilesRequest {
+            id: a.id.clone(),
+            after,
+            limit: 5000,
+        };
+        let page: FileList = call(api, verbs::TASK_FILES, &req).await?;
+        let mut stdout = std::io::stdout().lock();
+        for f in &page.files {
+            match out {
+                Output::Json => writeln!(stdout, "{}", serde_json::to_string(f)?)?,
+                Output::Csv => write!(
+                    stdout,
+                    "{}",
+                    btp_common::csv::line(&[f.path.as_str(), &f.size.to_string()])
+                )?,
+                Output::Table => writeln!(stdout, "{:>14}  {}", f.size, f.path)?,
+            }
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// A state change (pause, resume, cancel, retry): prints the task as it is afterwards.

@@ -57,6 +57,8 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
     );
 
     assert_same_tree(&src, &dst);
+    // Every file once in the per-file report, the multipart one included.
+    assert_eq!(task_files(&url, &id), tree_files(&src));
     let report = btp_json(&url, &["task", "report", &id]);
     let task = &report["task"];
     assert_eq!(task["files_found"], tree.files);

@@ -35,6 +35,8 @@ fn survives(fault: impl FnOnce(&mut Cluster)) {
     fault(&mut c);
     wait_task(&c.url, &id, Duration::from_secs(300));
     assert_complete(&c.report(&id), &tree, &src, &dst);
+    // Redelivered jobs count once in the per-file report too.
+    assert_eq!(task_files(&c.url, &id), tree_files(&src));
 }
 
 fn sigkill(p: Proc) {

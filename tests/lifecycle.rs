@@ -43,6 +43,8 @@ fn transient_write_errors_are_retried_and_the_report_shows_the_retries() {
         report["task"]["files_retried"], 30,
         "every injected write fault was retried once"
     );
+    // The per-file report lists each file once, retried ones included.
+    assert_eq!(task_files(&c.url, &id), tree_files(&src));
 }
 
 #[test]
@@ -71,6 +73,13 @@ fn an_unreadable_file_fails_at_once_the_rest_completes_and_retry_copies_it_later
         "{failed:?}"
     );
     assert!(!dst.join("nested/secret file.txt").exists());
+    let mut done = tree_files(&src);
+    done.remove("nested/secret file.txt");
+    assert_eq!(
+        task_files(&c.url, &id),
+        done,
+        "the failed file is not listed as done"
+    );
     let text = String::from_utf8_lossy(&btp(&c.url, &["task", "report", &id, "--failed"]).stdout)
         .to_string();
     assert!(
@@ -91,6 +100,7 @@ fn an_unreadable_file_fails_at_once_the_rest_completes_and_retry_copies_it_later
         report["task"]["jobs_total"].as_u64().unwrap(),
         before["task"]["jobs_total"].as_u64().unwrap() + 1
     );
+    assert_eq!(task_files(&c.url, &id), tree_files(&src));
     let out = btp(&c.url, &["task", "retry", &id]);
     assert!(!out.status.success());
     assert!(error_line(&out).contains("has no failed files to retry"));

@@ -656,6 +656,29 @@ fn the_http_gateway_answers_like_the_nats_api_with_the_same_tokens() {
         (t["tenant"].as_str(), t["state"].as_str()),
         (Some("acme"), Some("created"))
     );
+    // The console is served to anyone (it holds no data); its CSV report needs the token of
+    // the task's tenant like every other call.
+    let page = http_get(&addr, "/");
+    assert!(page.contains("<title>BeyondTP</title>") && page.contains("/console.js"));
+    assert!(http_get(&addr, "/console.js").contains("/api/v1/"));
+    let csv = |token: Option<&str>| {
+        http_post(
+            &addr,
+            "/api/v1/task.report.csv",
+            token,
+            &format!(r#"{{"id": "{id}"}}"#),
+        )
+    };
+    assert_eq!(csv(None).0, 401);
+    post("tenant.create", Some(&admin), r#"{"name": "globex"}"#);
+    let (_, v) = post("token.create", Some(&admin), r#"{"tenant": "globex"}"#);
+    let other = v["ok"]["token"].as_str().unwrap().to_string();
+    assert_eq!(csv(Some(&other)).0, 404, "another tenant's report");
+    assert_eq!(
+        csv(Some(&acme)),
+        (200, "path,size,status,attempts,reason\n".to_string()),
+        "a task not started has no files yet"
+    );
     // A taken address fails the server's start with one line.
     let out = btp(
         &c.url,

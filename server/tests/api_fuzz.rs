@@ -20,6 +20,7 @@ const VERBS: &[&str] = &[
     verbs::TASK_RETRY,
     verbs::TASK_DELETE,
     verbs::TASK_SET,
+    verbs::TASK_FILES,
     verbs::CLIENT_LIST,
     verbs::CLIENT_GET,
     verbs::CLIENT_DRAIN,
@@ -70,6 +71,8 @@ fn value(rng: &mut Rng, depth: usize) -> String {
         "list_page_entries",
         "list_page_bytes",
         "failures_limit",
+        "after",
+        "speed_limit",
         "x",
     ];
     match rng.below(if depth > 6 { 6 } else { 9 }) {
@@ -123,6 +126,8 @@ fn request(rng: &mut Rng, src: &str) -> Vec<u8> {
         r#"{"id":"0123456789ab"}"#.to_string(),
         r#"{"state":"running","limit":5,"offset":0}"#.to_string(),
         r#"{"id":"x","failures_limit":10}"#.to_string(),
+        r#"{"id":"x","after":3,"limit":10}"#.to_string(),
+        r#"{"id":"x","speed_limit":"50MiB/s"}"#.to_string(),
     ];
     match rng.below(4) {
         0 => value(rng, 0).into_bytes(),

@@ -265,6 +265,31 @@ pub fn walk(root: &Path) -> BTreeMap<PathBuf, Option<u64>> {
     out
 }
 
+/// The files of a tree as `path -> size`, `/`-separated as the per-file report has them.
+pub fn tree_files(root: &Path) -> BTreeMap<String, u64> {
+    walk(root)
+        .into_iter()
+        .filter_map(|(p, size)| Some((p.to_string_lossy().into_owned(), size?)))
+        .collect()
+}
+
+/// `btp task files ID`: the per-file report, asserting no file is listed twice.
+pub fn task_files(nats_url: &str, id: &str) -> BTreeMap<String, u64> {
+    let out = btp(nats_url, &["task", "files", id, "--output", "json"]);
+    assert!(out.status.success(), "{}", error_line(&out));
+    let mut files = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let f: serde_json::Value = serde_json::from_str(line).unwrap();
+        let path = f["path"].as_str().unwrap().to_string();
+        let size = f["size"].as_u64().unwrap();
+        assert!(
+            files.insert(path.clone(), size).is_none(),
+            "{path} is listed twice"
+        );
+    }
+    files
+}
+
 pub fn stats(root: &Path) -> TreeStats {
     let mut s = TreeStats::default();
     for v in walk(root).values() {
