@@ -42,6 +42,7 @@ for _ in $(seq 1 100); do
 done
 [ -n "$URL" ] || { log "standalone did not start"; cat "$DEMO/standalone.log" >&2; exit 1; }
 export BTP_NATS_URL="$URL"
+sed -n 's/^Console: /web console (while the demo runs): /p' "$DEMO/standalone.out" >&2
 
 log "migrating $SRC -> $DST"
 ID=$("$BTP" task create --src "$SRC" --dst "$DST" --start --output json | sed -n 's/^  "id": "\(.*\)",$/\1/p')
