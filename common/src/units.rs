@@ -138,6 +138,33 @@ mod tests {
     }
 
     #[test]
+    fn requests_take_rates_and_sizes_as_numbers_or_text_with_the_cli_messages() {
+        use crate::api::TaskOptions;
+        let o: TaskOptions = serde_json::from_str(
+            r#"{"speed_limit": "50MiB/s", "filter": {"min_size": "1KiB", "max_size": 4096}}"#,
+        )
+        .unwrap();
+        assert_eq!(o.speed_limit, Some(50 << 20));
+        assert_eq!(
+            (o.filter.min_size, o.filter.max_size),
+            (Some(1024), Some(4096))
+        );
+        let o: TaskOptions = serde_json::from_str(r#"{"speed_limit": null}"#).unwrap();
+        assert_eq!(o.speed_limit, None);
+        assert_eq!(TaskOptions::default().speed_limit, None);
+        let e = serde_json::from_str::<TaskOptions>(r#"{"speed_limit": "fast"}"#).unwrap_err();
+        let cli = parse_rate("fast").unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!("speed_limit: {cli}")),
+            "{e}"
+        );
+        assert!(serde_json::from_str::<TaskOptions>(r#"{"speed_limit": -1}"#).is_err());
+        let e =
+            serde_json::from_str::<TaskOptions>(r#"{"filter": {"min_size": "1XB"}}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown unit"), "{e}");
+    }
+
+    #[test]
     fn rates_need_per_second_and_a_positive_value() {
         assert_eq!(parse_rate("50MiB/s").unwrap(), 50 << 20);
         assert!(parse_rate("50MiB").unwrap_err().contains("per second"));

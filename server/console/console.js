@@ -78,6 +78,28 @@ function percent(t) {
 }
 const bar = (p, big) => `<div class="bar${big ? ' big' : ''}"><span style="width:${p}%"></span></div>`;
 
+/** Shows `message` in an error line, or hides it when empty. */
+function say(el, message) {
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+/** Clicks on the `attr` buttons of `table`: confirm, run, show a refusal in #action-error, refresh. */
+function onButton(table, attr, question, run, refresh) {
+  table.addEventListener('click', async (e) => {
+    const b = e.target.closest(`button[${attr}]`);
+    const value = b?.getAttribute(attr);
+    if (!b || !confirm(question(value))) return;
+    try {
+      await run(value);
+      say($('#action-error'), '');
+    } catch (err) {
+      say($('#action-error'), err.message);
+    }
+    await refresh();
+  });
+}
+
 // ---- navigation -------------------------------------------------------------------------------
 
 function every(ms, fn) {
@@ -91,8 +113,7 @@ function every(ms, fn) {
     } catch (err) {
       const e = $('#live-error');
       if (gen === generation && e && err.code !== 'unauthenticated') {
-        e.textContent = `Refresh failed: ${err.message}`;
-        e.hidden = false;
+        say(e, `Refresh failed: ${err.message}`);
       }
     }
     if (gen === generation) timer = setTimeout(tick, ms);
@@ -169,11 +190,10 @@ async function act(button, out, after) {
   button.disabled = true;
   try {
     await api(`task.${verb}`, { id });
-    out.hidden = true;
+    say(out, '');
     if (verb === 'delete' && location.hash.startsWith('#/task/')) location.hash = '#/tasks';
   } catch (e) {
-    out.textContent = `${verb} ${id}: ${e.message}`;
-    out.hidden = false;
+    say(out, `${verb} ${id}: ${e.message}`);
   }
   await after();
 }
@@ -255,8 +275,7 @@ async function tasksView() {
       const t = await api('task.create', createRequest(form));
       location.hash = `#/task/${encodeURIComponent(t.id)}`;
     } catch (err) {
-      out.textContent = err.message;
-      out.hidden = false;
+      say(out, err.message);
     } finally {
       button.disabled = false;
     }
@@ -387,11 +406,10 @@ async function taskView(id) {
     const out = $('#limit-error');
     try {
       await api('task.set', { id, speed_limit: text || null });
-      out.hidden = true;
+      say(out, '');
       await refresh();
     } catch (err) {
-      out.textContent = err.message;
-      out.hidden = false;
+      say(out, err.message);
     }
   });
   const report = async (kind) => {
@@ -411,10 +429,9 @@ async function taskView(id) {
       a.click();
       a.remove();
       setTimeout(() => URL.revokeObjectURL(a.href), 60000);
-      out.hidden = true;
+      say(out, '');
     } catch (err) {
-      out.textContent = `report: ${err.message}`;
-      out.hidden = false;
+      say(out, `report: ${err.message}`);
     }
   };
   $('#csv').addEventListener('click', () => report('csv'));
@@ -444,19 +461,8 @@ async function clientsView() {
         <td>${status === 'online' ? `<button data-drain="${esc(c.id)}">Drain</button>` : ''}</td></tr>`;
     }).join('') || '<tr><td colspan="10" class="muted">No client has registered.</td></tr>';
   };
-  $('#clients').addEventListener('click', async (e) => {
-    const b = e.target.closest('button[data-drain]');
-    if (!b || !confirm(`Drain client ${b.dataset.drain}? It takes no new jobs.`)) return;
-    const out = $('#action-error');
-    try {
-      await api('client.drain', { id: b.dataset.drain });
-      out.hidden = true;
-    } catch (err) {
-      out.textContent = err.message;
-      out.hidden = false;
-    }
-    await refresh();
-  });
+  onButton($('#clients'), 'data-drain', (id) => `Drain client ${id}? It takes no new jobs.`,
+    (id) => api('client.drain', { id }), refresh);
   await every(2000, refresh);
 }
 
@@ -509,26 +515,14 @@ async function endpointsView() {
       await api('endpoint.create', { name: String(f.get('name')).trim(), url: String(f.get('url')).trim(), options: opts });
       form.reset();
       $('#option-rows').innerHTML = optionRow();
-      out.hidden = true;
+      say(out, '');
     } catch (err) {
-      out.textContent = err.message;
-      out.hidden = false;
+      say(out, err.message);
     }
     await refresh();
   });
-  $('#endpoints').addEventListener('click', async (e) => {
-    const b = e.target.closest('button[data-delete]');
-    if (!b || !confirm(`Delete endpoint ${b.dataset.delete}?`)) return;
-    const out = $('#action-error');
-    try {
-      await api('endpoint.delete', { name: b.dataset.delete });
-      out.hidden = true;
-    } catch (err) {
-      out.textContent = err.message;
-      out.hidden = false;
-    }
-    await refresh();
-  });
+  onButton($('#endpoints'), 'data-delete', (name) => `Delete endpoint ${name}?`,
+    (name) => api('endpoint.delete', { name }), refresh);
   await every(5000, refresh);
 }
 

@@ -129,6 +129,7 @@ const launch = () => chromium.launch({ executablePath: CHROMIUM, args: ['--no-sa
 const browserA = await launch();
 const browserB = await launch();
 let failed = false;
+const extra = []; // processes of the secured server
 try {
   const a = await browserA.newPage();
   a.setDefaultTimeout(TIMEOUT);
@@ -279,6 +280,40 @@ try {
     await a.screenshot({ path: path.join(ARTIFACTS, '07-1000-tasks.png') });
   });
 
+  await step('a server with tokens makes the console ask for one, and refuses a wrong one', async () => {
+    const natsPort = await freePort();
+    const httpPort = await freePort();
+    const dir = path.join(tmp, 'secured');
+    fs.mkdirSync(dir);
+    const nats = ['/usr/sbin/nats-server', '/usr/bin/nats-server'].find((p) => fs.existsSync(p)) || 'nats-server';
+    extra.push(spawn(nats, ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', path.join(dir, 'nats')], { stdio: 'ignore' }));
+    const tokenFile = path.join(dir, 'admin.token');
+    extra.push(spawn(BTP, ['server', 'run', '--nats-url', `nats://127.0.0.1:${natsPort}`, '--data-dir', dir,
+      '--admin-token-file', tokenFile, '--http-addr', `127.0.0.1:${httpPort}`], { stdio: 'ignore' }));
+    const secured = `http://127.0.0.1:${httpPort}`;
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const up = await fetch(`${secured}/api/v1/server.health`, { method: 'POST', body: '{}' }).then((r) => r.ok, () => false);
+      if (up && fs.existsSync(tokenFile)) break;
+      assert.ok(Date.now() < deadline, 'the server with tokens did not start');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const c = await browserB.newPage();
+    c.setDefaultTimeout(TIMEOUT);
+    await c.goto(secured);
+    await c.locator('#token-form').waitFor();
+    await c.fill('#token-form [name=token]', 'btp_not-a-token');
+    await c.click('#token-form button');
+    await c.locator('#token-form', { hasText: 'the API token is not valid' }).waitFor();
+    assert.equal(await c.locator('#tasks').count(), 0, 'a wrong token showed the tasks');
+    await c.screenshot({ path: path.join(ARTIFACTS, '08-token-refused.png') });
+    await c.fill('#token-form [name=token]', fs.readFileSync(tokenFile, 'utf8').trim());
+    await c.click('#token-form button');
+    await c.locator('#tasks tbody tr').first().waitFor();
+    assert.match(await c.locator('#server').innerText(), /client\(s\) online/);
+    await c.close();
+  });
+
   await step('no page or log showed the endpoint secret', async () => {
     for (const p of [a, b]) assert.ok(!(await p.content()).includes(SECRET));
     assert.ok(!logs().includes(SECRET), 'the secret is in the standalone output');
@@ -295,6 +330,7 @@ try {
 } finally {
   await browserA.close();
   await browserB.close();
+  for (const p of extra) p.kill('SIGTERM');
   child.kill('SIGTERM');
   await new Promise((r) => child.once('exit', r));
   fs.rmSync(tmp, { recursive: true, force: true });
