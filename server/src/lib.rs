@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use store::Store;
 
@@ -58,7 +58,12 @@ pub struct Shared {
 pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     // A taken address fails the start, before anything else runs.
     let http = match cfg.http_addr {
-        Some(addr) => Some(http::bind(addr).await?),
+        Some(addr) => {
+            if !addr.ip().is_loopback() && cfg.admin_hash.is_none() {
+                warn!(%addr, "the console and the HTTP API are reachable from the network without a token: set --admin-token-file");
+            }
+            Some(http::bind(addr).await?)
+        }
         None => None,
     };
     let store = Store::open(&cfg.database_url).await?;
