@@ -109,6 +109,14 @@ pub struct PlanOpts {
     /// Leave out files larger than this, e.g. 10GiB.
     #[arg(long)]
     pub max_size: Option<String>,
+    /// Symbolic links: `copy` keeps them as links where the destination can hold them (file
+    /// systems) and reports them skipped elsewhere; `follow` copies what they point to (a loop
+    /// is a failure); `skip` reports them skipped.
+    #[arg(long, default_value = "copy", value_parser = ["copy", "follow", "skip"])]
+    pub links: String,
+    /// With `--mode sync`: also delete destination files the filters leave out.
+    #[arg(long)]
+    pub delete_excluded: bool,
 }
 
 /// Turns a local path argument into an absolute one; URLs are passed on as they are.
@@ -164,6 +172,8 @@ pub fn create_request(
             mode: btp_common::api::Mode::parse(&plan.mode).unwrap_or_default(),
             dry_run: plan.dry_run,
             filter,
+            links: btp_common::api::Links::parse(&plan.links).unwrap_or_default(),
+            delete_excluded: plan.delete_excluded,
             ..TaskOptions::default()
         },
         start,
@@ -261,7 +271,10 @@ async fn files(api: &ApiClient, a: IdArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let out = a.output.output;
     if matches!(out, Output::Csv) {
-        print!("{}", btp_common::csv::line(&["path", "size"]));
+        print!(
+            "{}",
+            btp_common::csv::line(&["path", "size", "outcome", "reason"])
+        );
     }
     let mut after = None;
     loop {
@@ -278,9 +291,24 @@ async fn files(api: &ApiClient, a: IdArgs) -> anyhow::Result<()> {
                 Output::Csv => write!(
                     stdout,
                     "{}",
-                    btp_common::csv::line(&[f.path.as_str(), &f.size.to_string()])
+                    btp_common::csv::line(&[
+                        f.path.as_str(),
+                        &f.size.to_string(),
+                        f.outcome.as_str(),
+                        &f.reason
+                    ])
                 )?,
-                Output::Table => writeln!(stdout, "{:>14}  {}", f.size, f.path)?,
+                Output::Table if f.reason.is_empty() => {
+                    writeln!(stdout, "{:<8}  {:>14}  {}", f.outcome.as_str(), f.size, f.path)?
+                }
+                Output::Table => writeln!(
+                    stdout,
+                    "{:<8}  {:>14}  {}  ({})",
+                    f.outcome.as_str(),
+                    f.size,
+                    f.path,
+                    f.reason
+                )?,
             }
         }
         match page.next {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use btp_common::api::{Compare, Verify};
-use btp_common::wire::{FileEntry, FileFailure, Job, JobKind, JobResult, ResultBody};
+use btp_common::wire::{FileEntry, FileFailure, Job, JobKind, JobResult, Noted, Outcome, ResultBody};
 use btp_common::Endpoint;
 
 use crate::errors::JobError;
@@ -99,12 +99,16 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
             page_bytes,
             filter,
             sync,
+            delete_excluded,
+            links,
         } => {
             let opts = ListOpts {
                 page_entries: *page_entries as usize,
                 page_bytes: *page_bytes,
                 filter,
                 sync: *sync,
+                delete_excluded: *delete_excluded,
+                links: *links,
             };
             list(job, dir, &opts, ctx).await
         }
@@ -123,6 +127,11 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
             parts,
         } => crate::parts::complete(job, file, upload_id, parts, ctx).await,
         JobKind::Abort { path, upload_id } => crate::parts::abort(job, path, upload_id, ctx).await,
+        JobKind::Delete {
+            files,
+            filter,
+            delete_excluded,
+        } => crate::prune::delete(job, files, filter, *delete_excluded, ctx).await,
     }
 }
 
@@ -131,25 +140,91 @@ struct ListOpts<'a> {
     page_bytes: u64,
     filter: &'a btp_common::filter::Filter,
     sync: bool,
+    delete_excluded: bool,
+    links: btp_common::api::Links,
 }
 
+/// Room a reason takes in a page, at most (reasons are cut to this length).
+const REASON_MAX: usize = 240;
+
+/// One page of a listing being filled.
+#[derive(Default)]
+struct Page {
+    files: Vec<FileEntry>,
+    dirs: Vec<String>,
+    noted: Vec<Noted>,
+    extra: Vec<FileEntry>,
+    /// Entries in the page, whatever became of them, and their weight in bytes.
+    entries: usize,
+    bytes: u64,
+}
+
+impl Page {
+    fn add(&mut self, path: &str, reason: bool) {
+        self.entries += 1;
+        self.bytes += path.len() as u64 + 48 + if reason { REASON_MAX as u64 } else { 0 };
+    }
+
+    fn full(&self, opts: &ListOpts<'_>) -> bool {
+        self.entries >= opts.page_entries || self.bytes >= opts.page_bytes
+    }
+
+    fn note(&mut self, path: &str, size: u64, outcome: Outcome, reason: String) {
+        let mut reason = reason;
+        if reason.len() > REASON_MAX {
+            let mut cut = REASON_MAX;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        self.noted.push(Noted {
+            path: path.trim_end_matches('/').to_string(),
+            size,
+            outcome,
+            reason,
+        });
+    }
+
+    fn take(&mut self) -> ResultBody {
+        let page = std::mem::take(self);
+        ResultBody::ListPage {
+            files: page.files,
+            dirs: page.dirs,
+            excluded: 0,
+            deleted: Vec::new(),
+            skipped: 0,
+            bytes_skipped: 0,
+            noted: page.noted,
+            extra: page.extra,
+        }
+    }
+}
+
+/// Lists one directory of the source. Pages are cut by the entries listed, whatever becomes of
+/// each (copied, up to date, excluded, failed), so a List job that runs again over the same
+/// directory sends the same pages, and the server, which applies each page number once, can
+/// never lose a file to a redelivery. Every entry is in exactly one page: as a file to copy, a
+/// directory to list, or noted with its outcome and reason.
 async fn list(
     job: &Job,
     dir: &str,
     opts: &ListOpts<'_>,
     ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
-    let (page_entries, page_bytes) = (opts.page_entries, opts.page_bytes);
     // Sync: every name of this source directory, to find what the destination has extra.
     let mut names = std::collections::HashSet::new();
-    let mut excluded = 0u64;
-    let mut lister = Entries::open(&job.src, dir).await?;
+    let policy = crate::local::LinkPolicy {
+        links: opts.links,
+        dst_holds_links: job.dst.is_local(),
+    };
+    let mut lister = Entries::open(&job.src, dir, policy).await?;
     let dst_index = destination_index(job, dir).await?;
-    let (mut skipped, mut bytes_skipped) = (0u64, 0u64);
     let mut seq = 0u32;
-    let (mut files, mut dirs) = (Vec::new(), Vec::new());
-    let mut bytes = 0u64;
+    let mut page = Page::default();
     let mut total = 0usize;
+    // Sync deletes nothing in a directory with an entry that could not be looked at.
+    let mut clean = true;
     while let Some(entry) = lister.next().await? {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
@@ -158,68 +233,63 @@ async fn list(
         if path == dir || path == "/" || path.is_empty() {
             continue;
         }
-        let (mode, size) = (entry.mode, entry.size);
+        total += 1;
         if opts.sync {
             names.insert(path.trim_end_matches('/').to_string());
         }
-        match mode {
-            EntryMode::DIR => {
-                bytes += path.len() as u64 + 8;
-                dirs.push(path.to_string());
-            }
-            EntryMode::FILE if !opts.filter.accepts(path, size) => {
-                excluded += 1;
-            }
-            EntryMode::FILE => {
-                let mut f = FileEntry {
-                    path: path.to_string(),
-                    size,
-                    mtime_ms: entry.mtime_ms,
-                    stale: false,
-                };
-                if let Some(index) = &dst_index {
-                    match index.get(path) {
-                        Some(&(dst_size, dst_ms)) if is_up_to_date(&f, dst_size, dst_ms) => {
-                            skipped += 1;
-                            bytes_skipped += size;
+        let checked = btp_common::paths::check_relative(path)
+            .map_err(|e| format!("name cannot be a destination path: {e}"));
+        page.add(path, entry.problem.is_some() || checked.is_err());
+        let size = entry.size;
+        if let Some((outcome, reason)) = entry.problem {
+            clean &= outcome != Outcome::Failed;
+            page.note(path, size, outcome, reason);
+        } else if let Err(reason) = checked {
+            clean = false;
+            page.note(path, size, Outcome::Failed, reason);
+        } else {
+            match entry.mode {
+                EntryMode::DIR => page.dirs.push(path.to_string()),
+                EntryMode::FILE if !opts.filter.accepts(path, size) => {
+                    page.note(path, size, Outcome::Excluded, String::new());
+                }
+                EntryMode::FILE => {
+                    let mut f = FileEntry::new(path, size, entry.mtime_ms);
+                    f.link = entry.link;
+                    let index = dst_index.as_ref().filter(|_| f.link.is_none());
+                    match index.map(|index| index.get(path)) {
+                        Some(Some(&(dst_size, dst_ms))) if is_up_to_date(&f, dst_size, dst_ms) => {
                             metrics::counter!(crate::telemetry::FILES_SKIPPED).increment(1);
-                            continue;
+                            page.note(path, size, Outcome::Skipped, String::new());
                         }
-                        _ => f.stale = true,
+                        Some(_) => {
+                            f.stale = true;
+                            page.files.push(f);
+                        }
+                        None => page.files.push(f),
                     }
                 }
-                bytes += f.wire_len();
-                files.push(f);
-            }
-            EntryMode::Unknown => {
-                warn!(
-                    path,
-                    "skipping an entry that is neither a file nor a directory"
-                );
-                continue;
+                EntryMode::Unknown => {
+                    clean = false;
+                    page.note(
+                        path,
+                        size,
+                        Outcome::Failed,
+                        "neither a file nor a directory: it cannot be copied".into(),
+                    );
+                }
             }
         }
-        total += 1;
-        if files.len() + dirs.len() >= page_entries || bytes >= page_bytes {
-            let body = ResultBody::ListPage {
-                files: std::mem::take(&mut files),
-                dirs: std::mem::take(&mut dirs),
-                excluded: std::mem::take(&mut excluded),
-                deleted: Vec::new(),
-                skipped: std::mem::take(&mut skipped),
-                bytes_skipped: std::mem::take(&mut bytes_skipped),
-            };
-            ctx.sink.send(job, seq, false, body).await?;
+        if page.full(opts) {
+            ctx.sink.send(job, seq, false, page.take()).await?;
             seq += 1;
-            bytes = 0;
         }
     }
     if total == 0 && !dir.is_empty() && job.dst.is_local() && !job.dry_run {
         // An empty directory is part of the tree too.
         job.dst.operator()?.create_dir(dir).await?;
     }
-    let mut deleted = Vec::new();
-    if opts.sync {
+    if opts.sync && clean {
         let dst = job.dst.operator()?;
         let listing = dst
             .lister_with(if dir.is_empty() { "/" } else { dir })
@@ -241,44 +311,23 @@ async fn list(
                 continue;
             }
             let size = entry.metadata().content_length();
-            if !job.dry_run {
-                if path.ends_with('/') {
-                    dst.delete_with(path).recursive(true).await?;
-                } else {
-                    dst.delete(path).await?;
-                }
-                debug!(job = %job.id, path, "deleted from the destination (not in the source)");
+            let is_dir = path.ends_with('/');
+            if !is_dir && !opts.delete_excluded && !opts.filter.accepts(path, size) {
+                // Out of the filters' scope: a sync keeps it, as rsync and rclone do.
+                continue;
             }
-            deleted.push(FileEntry {
-                path: path.to_string(),
-                size,
-                mtime_ms: None,
-                stale: false,
-            });
-            if deleted.len() >= page_entries {
-                let body = ResultBody::ListPage {
-                    files: std::mem::take(&mut files),
-                    dirs: std::mem::take(&mut dirs),
-                    excluded: std::mem::take(&mut excluded),
-                    deleted: std::mem::take(&mut deleted),
-                    skipped: std::mem::take(&mut skipped),
-                    bytes_skipped: std::mem::take(&mut bytes_skipped),
-                };
-                ctx.sink.send(job, seq, false, body).await?;
+            page.add(path, false);
+            page.extra.push(FileEntry::new(path, size, None));
+            if page.full(opts) {
+                ctx.sink.send(job, seq, false, page.take()).await?;
                 seq += 1;
             }
         }
+    } else if opts.sync {
+        debug!(job = %job.id, dir, "an entry could not be inspected: nothing is deleted in this directory");
     }
     debug!(job = %job.id, dir, entries = total, pages = seq + 1, "listed");
-    let body = ResultBody::ListPage {
-        files,
-        dirs,
-        excluded,
-        deleted,
-        skipped,
-        bytes_skipped,
-    };
-    ctx.sink.send(job, seq, true, body).await
+    ctx.sink.send(job, seq, true, page.take()).await
 }
 
 /// The entries of a source directory: read in batches for file systems, through OpenDAL's
@@ -289,12 +338,16 @@ enum Entries {
 }
 
 impl Entries {
-    async fn open(src: &Endpoint, dir: &str) -> Result<Self, JobError> {
+    async fn open(
+        src: &Endpoint,
+        dir: &str,
+        policy: crate::local::LinkPolicy,
+    ) -> Result<Self, JobError> {
         if let Some(root) = src.local_root() {
             // The same check as OpenDAL's source operator: a missing root is an error.
             src.source_operator()?;
             return Ok(Entries::Local(
-                crate::local::LocalLister::open(root, dir).await?,
+                crate::local::LocalLister::open(root, dir, policy).await?,
             ));
         }
         let op = src.source_operator()?;
@@ -309,24 +362,30 @@ impl Entries {
             Entries::Local(l) => return l.next().await,
             Entries::Dal(op, lister) => (op, lister),
         };
-        while let Some(entry) = lister.try_next().await? {
-            let meta = entry.metadata();
-            let path = entry.path();
-            let listed = |m: &opendal::Metadata| crate::local::Listed {
-                path: path.to_string(),
-                mode: m.mode(),
-                size: m.content_length(),
-                mtime_ms: mtime_ms(m),
-            };
-            if meta.mode() != EntryMode::Unknown {
-                return Ok(Some(listed(meta)));
-            }
-            match op.stat(path).await {
-                Ok(m) => return Ok(Some(listed(&m))),
-                Err(e) => warn!(path, error = %e, "skipping an entry that cannot be inspected"),
-            }
+        let Some(entry) = lister.try_next().await? else {
+            return Ok(None);
+        };
+        let meta = entry.metadata();
+        let path = entry.path();
+        let listed = |m: &opendal::Metadata| crate::local::Listed {
+            path: path.to_string(),
+            mode: m.mode(),
+            size: m.content_length(),
+            mtime_ms: mtime_ms(m),
+            link: None,
+            problem: None,
+        };
+        if meta.mode() != EntryMode::Unknown {
+            return Ok(Some(listed(meta)));
         }
-        Ok(None)
+        Ok(Some(match op.stat(path).await {
+            Ok(m) => listed(&m),
+            Err(e) => crate::local::Listed::problem(
+                path.to_string(),
+                Outcome::Failed,
+                format!("cannot be inspected: {e}"),
+            ),
+        }))
     }
 }
 
@@ -371,7 +430,8 @@ async fn destination_index(job: &Job, dir: &str) -> Result<Option<DstIndex>, Job
 }
 
 /// A temporary file of an upload in progress (see `parts`): never a sync deletion.
-fn is_upload_temp(path: &str) -> bool {
+pub(crate) fn is_upload_temp(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
     let name = path.rsplit('/').next().unwrap_or(path);
     name.starts_with('.') && name.contains(".btp-")
 }
@@ -481,6 +541,7 @@ pub(crate) fn skipped_body(f: &FileEntry) -> ResultBody {
         retry: Vec::new(),
         retry_after_ms: 0,
         would_copy: Vec::new(),
+        up_to_date: vec![f.path.clone()],
     }
 }
 
@@ -494,6 +555,7 @@ pub(crate) fn would_copy_body(f: &FileEntry) -> ResultBody {
         retry: Vec::new(),
         retry_after_ms: 0,
         would_copy: vec![f.clone()],
+        up_to_date: Vec::new(),
     }
 }
 
@@ -577,9 +639,14 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     use futures::StreamExt;
     let src = job.src.source_operator()?;
     let dst = job.dst.operator()?;
+    let (links, files): (Vec<&FileEntry>, Vec<&FileEntry>) =
+        files.iter().partition(|f| f.link.is_some());
     let (small, large): (Vec<&FileEntry>, Vec<&FileEntry>) =
-        files.iter().partition(|f| f.size < SMALL_FILE);
-    let mut outcomes = Vec::with_capacity(files.len());
+        files.into_iter().partition(|f| f.size < SMALL_FILE);
+    let mut outcomes = Vec::with_capacity(small.len() + large.len() + links.len());
+    for f in links {
+        outcomes.push((f, copy_link(job, f).await));
+    }
     let mut queue = small.into_iter();
     if let Some(roots) = crate::local::roots(job) {
         // Both ends local: small files in a few blocking calls instead of ten hops each.
@@ -617,6 +684,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     let (mut files_skipped, mut bytes_skipped) = (0u64, 0u64);
     let (mut failures, mut retry) = (Vec::new(), Vec::new());
     let mut would_copy = Vec::new();
+    let mut up_to_date = Vec::new();
     for (f, outcome) in outcomes {
         match outcome {
             FileOutcome::WouldCopy => {
@@ -632,6 +700,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
             FileOutcome::Skipped => {
                 files_skipped += 1;
                 bytes_skipped += f.size;
+                up_to_date.push(f.path.clone());
                 metrics::counter!(crate::telemetry::FILES_SKIPPED).increment(1);
             }
             FileOutcome::Failed(JobError::Cancelled) => return Err(JobError::Cancelled),
@@ -666,8 +735,30 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
         retry,
         retry_after_ms: ctx.retry_after.as_millis() as u64,
         would_copy,
+        up_to_date,
     };
     ctx.sink.send(job, 0, true, body).await
+}
+
+/// A symbolic link kept as a link (`--links copy` to a file system).
+async fn copy_link(job: &Job, f: &FileEntry) -> FileOutcome {
+    let (Some(root), Some(target)) = (job.dst.local_root(), f.link.clone()) else {
+        return FileOutcome::Failed(JobError::Permanent(
+            "symbolic link: the destination cannot hold links".into(),
+        ));
+    };
+    if job.dry_run {
+        return FileOutcome::WouldCopy;
+    }
+    let (root, rel) = (std::path::PathBuf::from(root), f.path.clone());
+    let done =
+        tokio::task::spawn_blocking(move || crate::local::copy_link(&root, &rel, &target)).await;
+    match done {
+        Ok(Ok(crate::local::Local::Copied(n))) => FileOutcome::Copied(n),
+        Ok(Ok(crate::local::Local::Skipped)) => FileOutcome::Skipped,
+        Ok(Err(e)) => FileOutcome::Failed(e),
+        Err(e) => FileOutcome::Failed(JobError::Transient(format!("copy stopped: {e}"))),
+    }
 }
 
 /// Smallest part of a multipart upload (S3 refuses smaller ones but the last).

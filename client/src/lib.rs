@@ -6,6 +6,7 @@ pub mod errors;
 pub mod exec;
 pub mod limiter;
 mod local;
+mod prune;
 pub mod parts;
 pub mod telemetry;
 pub mod worker;

@@ -7,8 +7,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use btp_common::api::{Compare, Verify};
-use btp_common::wire::{FileEntry, Job};
+use btp_common::api::{Compare, Links, Verify};
+use btp_common::wire::{FileEntry, Job, Outcome};
 
 use crate::errors::JobError;
 use crate::exec::{JobContext, SMALL_FILE};
@@ -151,40 +151,90 @@ impl Setting {
 }
 
 /// An entry of a listing: path relative to the root (directories end in `/`), kind, size and
-/// modification time.
+/// modification time; for a symbolic link kept as a link its target; for an entry that cannot
+/// be copied (or is skipped on purpose) its outcome and the reason.
 pub(crate) struct Listed {
     pub path: String,
     pub mode: opendal::EntryMode,
     pub size: u64,
     pub mtime_ms: Option<i64>,
+    pub link: Option<String>,
+    pub problem: Option<(Outcome, String)>,
+}
+
+impl Listed {
+    pub(crate) fn problem(path: String, outcome: Outcome, reason: impl Into<String>) -> Self {
+        Listed {
+            path,
+            mode: opendal::EntryMode::Unknown,
+            size: 0,
+            mtime_ms: None,
+            link: None,
+            problem: Some((outcome, reason.into())),
+        }
+    }
 }
 
 /// Entries read per blocking call while listing a local directory.
 const LIST_BATCH: usize = 256;
 
+/// How a local listing treats symbolic links.
+#[derive(Clone, Copy)]
+pub(crate) struct LinkPolicy {
+    pub links: Links,
+    /// The destination can hold a link (a file system).
+    pub dst_holds_links: bool,
+}
+
 /// The entries of one local directory, read with `read_dir` in batches in the blocking pool
-/// (OpenDAL's fs lister makes a blocking hop per entry for its metadata). Symbolic links are
-/// followed, as OpenDAL's stat does; an entry that cannot be inspected is skipped with a warning.
+/// (OpenDAL's fs lister makes a blocking hop per entry for its metadata). Every entry comes
+/// out: one that cannot be inspected, a name that is not UTF-8, a special file, a link loop
+/// come out as problems with their reason, never as a log line only.
 pub(crate) struct LocalLister {
     dir: String,
     base: PathBuf,
     rd: Option<std::fs::ReadDir>,
     batch: std::collections::VecDeque<Listed>,
+    policy: LinkPolicy,
+    /// Device and inode of every directory on the path from the root to `dir` (links
+    /// followed): a followed link into one of them is a loop.
+    ancestors: std::sync::Arc<std::collections::HashSet<(u64, u64)>>,
 }
 
 impl LocalLister {
-    pub(crate) async fn open(root: &str, dir: &str) -> Result<Self, JobError> {
+    pub(crate) async fn open(root: &str, dir: &str, policy: LinkPolicy) -> Result<Self, JobError> {
         let base = Path::new(root).join(dir);
-        let (dir, b) = (dir.to_string(), base.clone());
-        let rd = tokio::task::spawn_blocking(move || std::fs::read_dir(&b))
-            .await
-            .map_err(|e| JobError::Transient(format!("listing stopped: {e}")))?
-            .map_err(|e| io_error("list", &dir, e))?;
+        let rel = dir.to_string();
+        let (dir, b, r) = (dir.to_string(), base.clone(), PathBuf::from(root));
+        let follow = policy.links == Links::Follow;
+        let (rd, ancestors) = tokio::task::spawn_blocking(move || {
+            let rd = std::fs::read_dir(&b).map_err(|e| io_error("list", &dir, e))?;
+            let mut ancestors = std::collections::HashSet::new();
+            if follow {
+                use std::os::unix::fs::MetadataExt;
+                let mut p = r;
+                let mut add = |p: &Path| {
+                    if let Ok(m) = std::fs::metadata(p) {
+                        ancestors.insert((m.dev(), m.ino()));
+                    }
+                };
+                add(&p);
+                for seg in dir.split('/').filter(|s| !s.is_empty()) {
+                    p.push(seg);
+                    add(&p);
+                }
+            }
+            Ok::<_, JobError>((rd, ancestors))
+        })
+        .await
+        .map_err(|e| JobError::Transient(format!("listing stopped: {e}")))??;
         Ok(Self {
-            dir,
+            dir: rel,
             base,
             rd: Some(rd),
             batch: Default::default(),
+            policy,
+            ancestors: std::sync::Arc::new(ancestors),
         })
     }
 
@@ -193,15 +243,25 @@ impl LocalLister {
             let Some(rd) = self.rd.take() else {
                 return Ok(None);
             };
-            let (dir, base) = (self.dir.clone(), self.base.clone());
-            let (rd, batch) = tokio::task::spawn_blocking(move || read_batch(rd, &dir, &base))
-                .await
-                .map_err(|e| JobError::Transient(format!("listing stopped: {e}")))??;
+            let (dir, base, policy) = (self.dir.clone(), self.base.clone(), self.policy);
+            let ancestors = self.ancestors.clone();
+            let (rd, batch) = tokio::task::spawn_blocking(move || {
+                read_batch(rd, &dir, &base, policy, &ancestors)
+            })
+            .await
+            .map_err(|e| JobError::Transient(format!("listing stopped: {e}")))??;
             self.rd = rd;
             self.batch = batch;
         }
         Ok(self.batch.pop_front())
     }
+}
+
+fn mtime_of(meta: &std::fs::Metadata) -> Option<i64> {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
 }
 
 /// Up to `LIST_BATCH` entries; the `ReadDir` back unless it is exhausted.
@@ -210,51 +270,168 @@ fn read_batch(
     mut rd: std::fs::ReadDir,
     dir: &str,
     base: &Path,
+    policy: LinkPolicy,
+    ancestors: &std::collections::HashSet<(u64, u64)>,
 ) -> Result<(Option<std::fs::ReadDir>, std::collections::VecDeque<Listed>), JobError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
     let mut out = std::collections::VecDeque::with_capacity(LIST_BATCH);
     while out.len() < LIST_BATCH {
         let Some(entry) = rd.next() else {
             return Ok((None, out));
         };
         let entry = entry.map_err(|e| io_error("list", dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            tracing::warn!(dir, name = ?name, "skipping an entry whose name is not UTF-8");
+        let os_name = entry.file_name();
+        let Some(name) = os_name.to_str() else {
+            let shown = btp_common::paths::escape_name(os_name.as_bytes());
+            out.push_back(Listed::problem(
+                format!("{dir}{shown}"),
+                Outcome::Failed,
+                "name is not valid UTF-8: it cannot be carried to the destination",
+            ));
             continue;
         };
-        let meta = match entry.file_type() {
-            Ok(t) if t.is_symlink() => std::fs::metadata(base.join(name)),
-            _ => entry.metadata(),
+        let path = base.join(name);
+        let is_link = matches!(entry.file_type(), Ok(t) if t.is_symlink());
+        if is_link {
+            match (policy.links, policy.dst_holds_links) {
+                (Links::Skip, _) => {
+                    out.push_back(Listed::problem(
+                        format!("{dir}{name}"),
+                        Outcome::Skipped,
+                        "symbolic link (--links skip)",
+                    ));
+                    continue;
+                }
+                (Links::Copy, false) => {
+                    out.push_back(Listed::problem(
+                        format!("{dir}{name}"),
+                        Outcome::Skipped,
+                        "symbolic link: the destination cannot hold links (--links follow copies what it points to)",
+                    ));
+                    continue;
+                }
+                (Links::Copy, true) => {
+                    let listed = std::fs::read_link(&path)
+                        .and_then(|t| Ok((t, std::fs::symlink_metadata(&path)?)));
+                    out.push_back(match listed {
+                        Ok((target, meta)) => match target.to_str() {
+                            Some(t) => Listed {
+                                path: format!("{dir}{name}"),
+                                mode: opendal::EntryMode::FILE,
+                                size: 0,
+                                mtime_ms: mtime_of(&meta),
+                                link: Some(t.to_string()),
+                                problem: None,
+                            },
+                            None => Listed::problem(
+                                format!("{dir}{name}"),
+                                Outcome::Failed,
+                                "symbolic link whose target is not valid UTF-8",
+                            ),
+                        },
+                        Err(e) => Listed::problem(
+                            format!("{dir}{name}"),
+                            Outcome::Failed,
+                            format!("cannot read the symbolic link: {e}"),
+                        ),
+                    });
+                    continue;
+                }
+                (Links::Follow, _) => {}
+            }
+        }
+        let meta = if is_link {
+            std::fs::metadata(&path)
+        } else {
+            entry.metadata()
         };
         let meta = match meta {
             Ok(m) => m,
             Err(e) => {
-                let path = format!("{dir}{name}");
-                tracing::warn!(path, error = %e, "skipping an entry that cannot be inspected");
+                let reason = if is_link && e.kind() == std::io::ErrorKind::NotFound {
+                    "dangling symbolic link: what it points to does not exist".to_string()
+                } else {
+                    format!("cannot be inspected: {e}")
+                };
+                out.push_back(Listed::problem(
+                    format!("{dir}{name}"),
+                    Outcome::Failed,
+                    reason,
+                ));
                 continue;
             }
         };
+        if meta.is_dir() && is_link && ancestors.contains(&(meta.dev(), meta.ino())) {
+            out.push_back(Listed::problem(
+                format!("{dir}{name}"),
+                Outcome::Failed,
+                "symbolic link loop: it leads back to a directory on its own path",
+            ));
+            continue;
+        }
         let (mode, path) = if meta.is_dir() {
             (opendal::EntryMode::DIR, format!("{dir}{name}/"))
         } else if meta.is_file() {
             (opendal::EntryMode::FILE, format!("{dir}{name}"))
         } else {
-            (opendal::EntryMode::Unknown, format!("{dir}{name}"))
+            out.push_back(Listed::problem(
+                format!("{dir}{name}"),
+                Outcome::Failed,
+                "special file (socket, fifo or device): only files, directories and links are copied",
+            ));
+            continue;
         };
-        let mtime_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64);
         let size = if meta.is_file() { meta.len() } else { 0 };
         out.push_back(Listed {
             path,
             mode,
             size,
-            mtime_ms,
+            mtime_ms: mtime_of(&meta),
+            link: None,
+            problem: None,
         });
     }
     Ok((Some(rd), out))
+}
+
+/// Makes `rel` under `dst_root` a symbolic link to `target`: created under a temporary name
+/// beside it and renamed over what was there, so the old entry stands until the new one is
+/// complete. Skipped when the destination already is that link.
+pub(crate) fn copy_link(dst_root: &Path, rel: &str, target: &str) -> Result<Local, JobError> {
+    btp_common::paths::check_relative(rel).map_err(JobError::Permanent)?;
+    let dst = dst_root.join(rel);
+    if std::fs::read_link(&dst).is_ok_and(|t| t.as_os_str() == target) {
+        return Ok(Local::Skipped);
+    }
+    let parent = dst.parent().unwrap_or(dst_root);
+    std::fs::create_dir_all(parent).map_err(|e| io_error("create", rel, e))?;
+    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("link");
+    let tmp = parent.join(format!(".{name}.btp-{:016x}", rand_u64()));
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| io_error("create link", rel, e))?;
+    if let Err(e) = std::fs::rename(&tmp, &dst) {
+        let _ = std::fs::remove_file(&tmp);
+        if dst.is_dir() {
+            return Err(JobError::Permanent(format!(
+                "the destination has a directory where the source has a link: {rel}"
+            )));
+        }
+        return Err(io_error("create link", rel, e));
+    }
+    Ok(Local::Copied(0))
+}
+
+/// A random number for temporary names.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 /// Bytes of a large file copied per blocking call between two local files.
@@ -338,12 +515,7 @@ fn up_to_date(dst: &Path, size: u64, mtime_ms: Option<i64>) -> bool {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as i64);
-    let listed = FileEntry {
-        path: String::new(),
-        size,
-        mtime_ms,
-        stale: false,
-    };
+    let listed = FileEntry::new(String::new(), size, mtime_ms);
     meta.is_file() && crate::exec::is_up_to_date(&listed, meta.len(), dst_ms)
 }
 
@@ -489,6 +661,11 @@ mod tests {
         assert_eq!(std::fs::read(&p.dst).unwrap(), b"older");
     }
 
+    const FOLLOW: LinkPolicy = LinkPolicy {
+        links: Links::Follow,
+        dst_holds_links: true,
+    };
+
     #[tokio::test]
     async fn local_listing_gives_every_entry_across_batches_and_follows_links() {
         let dir = tempfile::tempdir().unwrap();
@@ -499,7 +676,7 @@ mod tests {
         }
         std::os::unix::fs::symlink(sub.join("f0004"), sub.join("link")).unwrap();
         let root = dir.path().to_str().unwrap();
-        let mut l = LocalLister::open(root, "sub/").await.unwrap();
+        let mut l = LocalLister::open(root, "sub/", FOLLOW).await.unwrap();
         let mut seen = std::collections::BTreeMap::new();
         while let Some(e) = l.next().await.unwrap() {
             assert!(e.mtime_ms.is_some(), "{}", e.path);
@@ -513,7 +690,7 @@ mod tests {
             (opendal::EntryMode::FILE, 4),
             "a link is its target"
         );
-        let e = LocalLister::open(root, "missing/").await.err().unwrap();
+        let e = LocalLister::open(root, "missing/", FOLLOW).await.err().unwrap();
         assert!(e.to_string().starts_with("not found: list missing/"), "{e}");
     }
 

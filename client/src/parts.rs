@@ -366,6 +366,7 @@ async fn report(
         retry,
         retry_after_ms: ctx.retry_after.as_millis() as u64,
         would_copy: Vec::new(),
+        up_to_date: Vec::new(),
     };
     ctx.sink.send(job, 0, true, body).await
 }

@@ -215,6 +215,45 @@ pub struct TaskOptions {
     /// Only find out what would change: nothing is copied or deleted.
     pub dry_run: bool,
     pub filter: crate::filter::Filter,
+    /// What becomes of symbolic links in the source.
+    pub links: Links,
+    /// Sync: also delete destination files the filters leave out (by default a sync deletes
+    /// only what is in the filters' scope).
+    pub delete_excluded: bool,
+}
+
+/// What a task does with symbolic links of a file-system source (`--links`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Links {
+    /// Keep a link as a link where the destination can hold one (file systems); elsewhere
+    /// report it skipped with the reason.
+    #[default]
+    Copy,
+    /// Copy what the link points to; a link that leads back into a directory on its own path
+    /// (a loop) is a failure.
+    Follow,
+    /// Report every link as skipped.
+    Skip,
+}
+
+impl Links {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "copy" => Links::Copy,
+            "follow" => Links::Follow,
+            "skip" => Links::Skip,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Links::Copy => "copy",
+            Links::Follow => "follow",
+            Links::Skip => "skip",
+        }
+    }
 }
 
 impl TaskOptions {
@@ -242,6 +281,8 @@ impl Default for TaskOptions {
             mode: Mode::Copy,
             dry_run: false,
             filter: Default::default(),
+            links: Links::Copy,
+            delete_excluded: false,
         }
     }
 }
@@ -281,6 +322,11 @@ impl TaskOptions {
             ));
         }
         self.filter.validate().map_err(ApiError::invalid)?;
+        if self.delete_excluded && self.mode != Mode::Sync {
+            return Err(ApiError::invalid(
+                "delete_excluded only applies to mode sync (--mode sync --delete-excluded)",
+            ));
+        }
         Ok(())
     }
 }
@@ -377,6 +423,11 @@ pub struct TaskInfo {
     /// Files the task's filters left out.
     #[serde(default)]
     pub files_excluded: u64,
+    #[serde(default)]
+    pub bytes_excluded: u64,
+    /// Sync: destination entries that could not be deleted.
+    #[serde(default)]
+    pub deletes_failed: u64,
     /// Sync: destination files deleted because the source does not have them.
     /// In a dry run, `files_copied`/`bytes_copied`/`files_deleted` count what would change.
     #[serde(default)]
@@ -425,6 +476,8 @@ impl TaskInfo {
             bytes_copied: 0,
             files_skipped: 0,
             files_excluded: 0,
+            bytes_excluded: 0,
+            deletes_failed: 0,
             files_deleted: 0,
             bytes_skipped: 0,
             files_failed: 0,
@@ -564,8 +617,10 @@ pub struct ReportRequest {
     pub failures_offset: u64,
 }
 
-/// `task.files`: the files a task copied (or found up to date at the destination), one page,
-/// in the order of their jobs. Failed files are in the report's `failures`.
+/// `task.files`: the per-file report, one page: every entry the listing found, exactly once,
+/// with its outcome (copied, skipped, excluded, failed) and the reason when not copied. First
+/// the files of finished Copy and Upload jobs in job order, then the entries settled by the
+/// listing, then the failed ones.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesRequest {
@@ -582,10 +637,16 @@ fn default_files_limit() -> u32 {
     1000
 }
 
+/// One entry of the per-file report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoneFile {
     pub path: String,
     pub size: u64,
+    /// `copied`, `skipped`, `excluded` or `failed`.
+    pub outcome: crate::wire::Outcome,
+    /// Why the entry was not copied (empty for files found up to date).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

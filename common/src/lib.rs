@@ -6,6 +6,7 @@ pub mod checksum;
 pub mod csv;
 pub mod endpoint;
 pub mod filter;
+pub mod paths;
 pub mod s3mp;
 pub mod subjects;
 pub mod units;

@@ -58,9 +58,16 @@ pub enum JobKind {
         /// Which files are copied; the others are counted as excluded.
         #[serde(default, skip_serializing_if = "Filter::is_empty")]
         filter: Filter,
-        /// Also delete what the destination has in this directory and the source has not.
+        /// Also find what the destination has in this directory and the source has not
+        /// (reported as `extra`; the server deletes it once the task's copies are done).
         #[serde(default)]
         sync: bool,
+        /// Sync: destination files the filters leave out are deleted too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delete_excluded: bool,
+        /// What becomes of symbolic links.
+        #[serde(default)]
+        links: crate::api::Links,
     },
     /// Copy a batch of files from source to destination.
     Copy { files: Vec<FileEntry> },
@@ -84,6 +91,17 @@ pub enum JobKind {
     },
     /// Abort an upload (cancelled task or failed file): no part is left behind.
     Abort { path: String, upload_id: String },
+    /// Sync: delete these destination entries (directories end in `/`), which the source does
+    /// not have; published once every copy of the task is done.
+    Delete {
+        files: Vec<FileEntry>,
+        /// Inside a deleted directory, only what the filters accept is deleted (unless
+        /// `delete_excluded`).
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delete_excluded: bool,
+    },
 }
 
 impl JobKind {
@@ -95,6 +113,7 @@ impl JobKind {
             JobKind::Part { .. } => "part",
             JobKind::Complete { .. } => "complete",
             JobKind::Abort { .. } => "abort",
+            JobKind::Delete { .. } => "delete",
         }
     }
 }
@@ -111,6 +130,9 @@ pub struct PartDone {
     pub md5: Option<String>,
 }
 
+/// Most failures one Delete result carries; more are summed up in a last one.
+pub const DELETE_FAILURES_MAX: usize = 1000;
+
 /// A file found by a listing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,6 +146,75 @@ pub struct FileEntry {
     /// up-to-date copy there: the copy needs no look at the destination first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+    /// A symbolic link copied as a link: its target, as the link holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// In a finished Copy job's payload (the per-file report): the file was found up to date
+    /// and not copied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+impl FileEntry {
+    /// An entry of a listing: a file of `size` bytes.
+    pub fn new(path: impl Into<String>, size: u64, mtime_ms: Option<i64>) -> Self {
+        Self {
+            path: path.into(),
+            size,
+            mtime_ms,
+            stale: false,
+            link: None,
+            skipped: false,
+        }
+    }
+}
+
+/// What became of a listed entry that gets no copy: the per-file report's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Copied,
+    /// Not copied on purpose: up to date at the destination, or a class the user (or the
+    /// destination) leaves out, such as symbolic links on an object store.
+    Skipped,
+    /// Left out by the task's filters.
+    Excluded,
+    /// Could not be copied: the reason says why.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Copied => "copied",
+            Outcome::Skipped => "skipped",
+            Outcome::Excluded => "excluded",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "copied" => Outcome::Copied,
+            "skipped" => Outcome::Skipped,
+            "excluded" => Outcome::Excluded,
+            "failed" => Outcome::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A listed entry that is not copied (skipped, excluded or failed at listing time), for the
+/// per-file report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Noted {
+    pub path: String,
+    pub size: u64,
+    pub outcome: Outcome,
+    /// Why it was not copied; empty for files found up to date.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 impl FileEntry {
@@ -170,6 +261,15 @@ pub enum ResultBody {
         skipped: u64,
         #[serde(default)]
         bytes_skipped: u64,
+        /// Entries that get no Copy job, each with its outcome: up to date, excluded, or not
+        /// copyable (with the reason).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        noted: Vec<Noted>,
+        /// Sync: destination entries the source directory does not have (directories end in
+        /// `/`), to delete once the copies are done. Only sent when the listing of the source
+        /// directory was complete and every entry of it could be inspected.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        extra: Vec<FileEntry>,
     },
     /// Outcome of a Copy job: what was copied and what failed, per file.
     Copy {
@@ -189,6 +289,10 @@ pub enum ResultBody {
         /// Dry run: files that would be copied (nothing was).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         would_copy: Vec<FileEntry>,
+        /// Paths of the files counted in `files_skipped` (found up to date), for the per-file
+        /// report.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        up_to_date: Vec<String>,
     },
     /// An Upload job started the upload of its file.
     Begun { upload_id: String },
@@ -196,6 +300,14 @@ pub enum ResultBody {
     Part { part: PartDone, bytes: u64 },
     /// An Abort job aborted its upload.
     Aborted,
+    /// A Delete job's outcome: the files deleted (inside deleted directories too), and the
+    /// entries that could not be.
+    Deleted {
+        deleted: u64,
+        /// At most `DELETE_FAILURES_MAX` entries.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failures: Vec<FileFailure>,
+    },
     /// The whole job failed permanently (or ran out of attempts).
     Failed { reason: String },
 }
@@ -330,12 +442,7 @@ mod tests {
             verify: Default::default(),
             dry_run: false,
             kind: JobKind::Copy {
-                files: vec![FileEntry {
-                    path: "x y#%?.txt".into(),
-                    size: 3,
-                    mtime_ms: None,
-                    stale: false,
-                }],
+                files: vec![FileEntry::new("x y#%?.txt", 3, None)],
             },
         };
         let bytes = serde_json::to_vec(&job).unwrap();

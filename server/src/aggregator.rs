@@ -7,7 +7,9 @@ use async_nats::jetstream::{self, AckKind};
 use btp_common::api::ApiError;
 use btp_common::api::TaskState;
 use btp_common::now_ms;
-use btp_common::wire::{decode, FileEntry, FileFailure, Job, JobKind, JobResult, ResultBody};
+use btp_common::wire::{
+    decode, FileEntry, FileFailure, Job, JobKind, JobResult, Noted, Outcome, ResultBody,
+};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -188,6 +190,8 @@ pub async fn apply(
             deleted,
             skipped,
             bytes_skipped,
+            noted,
+            extra,
         } => {
             let expected = job.pages_applied;
             if (r.seq as i64) < expected {
@@ -196,6 +200,7 @@ pub async fn apply(
             if r.seq as i64 > expected {
                 return Ok(Applied::Defer);
             }
+            // Counts of clients that send no `noted` entries.
             delta.files_excluded = *excluded as i64;
             delta.files_deleted = deleted.len() as i64;
             if dry_run {
@@ -203,12 +208,27 @@ pub async fn apply(
                     store::record_change(tx, task_id, "delete", &f.path, f.size).await?;
                 }
             }
-            // Files the listing found up to date are found and skipped at once.
             delta.files_skipped = *skipped as i64;
             delta.bytes_skipped = *bytes_skipped as i64;
-            delta.files_found = files.len() as i64 + delta.files_skipped;
+            delta.files_found = files.len() as i64 + delta.files_skipped + delta.files_excluded;
             delta.bytes_found =
                 files.iter().map(|f| f.size as i64).sum::<i64>() + delta.bytes_skipped;
+            // Every entry that gets no Copy job is found and settled at once, in the report.
+            for n in noted {
+                if !apply_noted(tx, task_id, seq, n, r.attempt, &mut delta).await? {
+                    continue;
+                }
+                delta.files_found += 1;
+                delta.bytes_found += n.size as i64;
+            }
+            if !extra.is_empty() {
+                let JobKind::List { dir, .. } = job_body()?.kind else {
+                    return Err(ApiError::internal(format!("job {} is no list job", r.job)));
+                };
+                for f in extra {
+                    store::record_deletion(tx, task_id, &dir, f).await?;
+                }
+            }
             let mut kinds = planner::pack_copies(files.clone(), &task.info.options);
             delta.lists_total = dirs.len() as i64;
             kinds.extend(
@@ -232,6 +252,7 @@ pub async fn apply(
             retry,
             retry_after_ms,
             would_copy,
+            ..
         } => {
             for f in would_copy {
                 store::record_change(tx, task_id, "copy", &f.path, f.size).await?;
@@ -269,12 +290,7 @@ pub async fn apply(
                 // Only the files that failed transiently run again, after their backoff.
                 let entries = retry
                     .iter()
-                    .map(|f| FileEntry {
-                        path: f.path.clone(),
-                        size: f.size,
-                        mtime_ms: f.mtime_ms,
-                        stale: false,
-                    })
+                    .map(|f| FileEntry::new(f.path.clone(), f.size, f.mtime_ms))
                     .collect();
                 let kinds = planner::pack_copies(entries, &task.info.options);
                 let schedule = Schedule {
@@ -343,6 +359,13 @@ pub async fn apply(
                 }
             }
         }
+        ResultBody::Deleted { deleted, failures } => {
+            delta.files_deleted += *deleted as i64;
+            for f in failures {
+                store::record_failure(tx, task_id, "delete", f, seq).await?;
+                delta.deletes_failed += 1;
+            }
+        }
         ResultBody::Aborted => {
             if let JobKind::Abort { upload_id, .. } = job_body()?.kind {
                 store::set_upload_state(tx, task_id, &upload_id, store::upload_state::ABORTED)
@@ -376,6 +399,13 @@ pub async fn apply(
                 } => {
                     let f = failure(&file, reason.clone(), r.attempt);
                     fail_upload(tx, &task, &upload_id, f, seq, &mut delta).await?;
+                }
+                JobKind::Delete { files, .. } => {
+                    for f in files {
+                        let f = failure(&f, format!("not deleted: {reason}"), r.attempt);
+                        store::record_failure(tx, task_id, "delete", &f, seq).await?;
+                        delta.deletes_failed += 1;
+                    }
                 }
                 JobKind::Abort { path, upload_id } => {
                     warn!(job = %r.job, %path, %upload_id, %reason, "aborting an upload failed: its parts may be left on the store");
@@ -439,9 +469,10 @@ pub async fn apply(
                     ..Default::default()
                 },
             ),
-            ResultBody::ListPage { .. } | ResultBody::Begun { .. } | ResultBody::Aborted => {
-                ("ok", ResultCounts::default())
-            }
+            ResultBody::ListPage { .. }
+            | ResultBody::Begun { .. }
+            | ResultBody::Aborted
+            | ResultBody::Deleted { .. } => ("ok", ResultCounts::default()),
         };
         effects.jobs.push((kind_label(&job.kind), outcome, counts));
     }
@@ -466,6 +497,9 @@ pub async fn apply(
         delta.jobs_done = 1;
     }
     store::apply_task_delta(tx, task_id, &delta).await?;
+    if plan_deletions(tx, &task).await? {
+        return Ok(Applied::Yes);
+    }
     if let Some(state) = store::finish_task_if_done(tx, task_id, now).await? {
         info!(task = %task_id, state = state.as_str(), "task finished");
         effects
@@ -473,6 +507,93 @@ pub async fn apply(
             .push((task.info.tenant.clone(), task_id.to_string(), state));
     }
     Ok(Applied::Yes)
+}
+
+/// Settles one listed entry that gets no Copy job; false when the task already had it (it is
+/// not counted twice).
+async fn apply_noted(
+    tx: &mut Tx<'_>,
+    task: &str,
+    seq: i64,
+    n: &Noted,
+    attempt: u32,
+    delta: &mut TaskDelta,
+) -> Result<bool, ApiError> {
+    match n.outcome {
+        Outcome::Failed | Outcome::Copied => {
+            let f = FileFailure {
+                path: n.path.clone(),
+                size: n.size,
+                reason: n.reason.clone(),
+                attempts: attempt,
+                mtime_ms: None,
+            };
+            store::record_failure(tx, task, "entry", &f, seq).await?;
+            delta.files_failed += 1;
+            delta.bytes_failed += n.size as i64;
+        }
+        Outcome::Skipped | Outcome::Excluded => {
+            if !store::record_entry(tx, task, n, seq).await? {
+                return Ok(false);
+            }
+            if n.outcome == Outcome::Skipped {
+                delta.files_skipped += 1;
+                delta.bytes_skipped += n.size as i64;
+            } else {
+                delta.files_excluded += 1;
+                delta.bytes_excluded += n.size as i64;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Sync, once every job of the task is done: the destination entries its listings found extra
+/// become Delete jobs (a dry run records them as changes), except in directories where an
+/// entry failed. True when jobs were added (the task goes on).
+async fn plan_deletions(tx: &mut Tx<'_>, task: &store::TaskRow) -> Result<bool, ApiError> {
+    /// Entries per Delete job.
+    const PER_JOB: i64 = 1000;
+    let opts = &task.info.options;
+    if opts.mode != btp_common::api::Mode::Sync || !store::all_jobs_done(tx, &task.info.id).await? {
+        return Ok(false);
+    }
+    let id = &task.info.id;
+    let mut delta = TaskDelta::default();
+    let mut kinds = Vec::new();
+    loop {
+        let (clean, kept) = store::take_deletions(tx, id, PER_JOB).await?;
+        if clean.is_empty() && kept.is_empty() {
+            break;
+        }
+        if !kept.is_empty() {
+            info!(task = %id, entries = kept.len(), first = %kept[0].path, "kept at the destination: their source directory had a failed entry");
+        }
+        if clean.is_empty() {
+            continue;
+        }
+        if opts.dry_run {
+            for f in &clean {
+                store::record_change(tx, id, "delete", &f.path, f.size).await?;
+            }
+            delta.files_deleted += clean.len() as i64;
+            continue;
+        }
+        kinds.push(JobKind::Delete {
+            files: clean,
+            filter: opts.filter.clone(),
+            delete_excluded: opts.delete_excluded,
+        });
+    }
+    if kinds.is_empty() {
+        store::apply_task_delta(tx, id, &delta).await?;
+        return Ok(false);
+    }
+    let first = store::jobs_total(tx, id).await?;
+    delta.jobs_total = kinds.len() as i64;
+    store::insert_jobs(tx, task, first, kinds, Schedule::NOW).await?;
+    store::apply_task_delta(tx, id, &delta).await?;
+    Ok(true)
 }
 
 /// The label of a job kind in metrics.
@@ -483,6 +604,7 @@ pub fn kind_label(kind: &str) -> &'static str {
         "part" => "part",
         "complete" => "complete",
         "abort" => "abort",
+        "delete" => "delete",
         _ => "copy",
     }
 }
@@ -540,6 +662,13 @@ async fn record_failures(
     Ok(())
 }
 
+/// A job payload to keep, sealed like every stored payload (it carries the endpoints).
+fn kept(job: &Job) -> Result<Option<String>, ApiError> {
+    let text = serde_json::to_string(job)
+        .map_err(|e| ApiError::internal(format!("encoding a job: {e}")))?;
+    Ok(Some(crate::seal::seal(text)))
+}
+
 /// What a finished job keeps of its payload: a Copy job its files less those that failed or run
 /// again (they are reported by the failures table or by their retry job), an Upload job its
 /// file; every other job nothing. `None` keeps the payload unchanged.
@@ -555,13 +684,25 @@ fn kept_payload(
     }
     match (kind, body) {
         ("upload", ResultBody::Begun { .. }) => Ok(None),
+        ("upload", ResultBody::Copy { up_to_date, .. }) if !up_to_date.is_empty() => {
+            // A large file found up to date: kept, marked skipped, for the per-file report.
+            let mut job: Job = serde_json::from_str(payload)
+                .map_err(|e| ApiError::internal(format!("corrupt upload job: {e}")))?;
+            if let JobKind::Upload { file, .. } = &mut job.kind {
+                file.skipped = true;
+            }
+            kept(&job)
+        }
         (
             "copy",
             ResultBody::Copy {
-                failures, retry, ..
+                failures,
+                retry,
+                up_to_date,
+                ..
             },
         ) => {
-            if failures.is_empty() && retry.is_empty() {
+            if failures.is_empty() && retry.is_empty() && up_to_date.is_empty() {
                 return Ok(None);
             }
             let mut job: Job = serde_json::from_str(payload)
@@ -573,10 +714,13 @@ fn kept_payload(
                     .map(|f| f.path.as_str())
                     .collect();
                 files.retain(|f| !out.contains(f.path.as_str()));
+                let skipped: std::collections::HashSet<&str> =
+                    up_to_date.iter().map(|p| p.as_str()).collect();
+                for f in files.iter_mut() {
+                    f.skipped = skipped.contains(f.path.as_str());
+                }
             }
-            Ok(Some(serde_json::to_string(&job).map_err(|e| {
-                ApiError::internal(format!("encoding a job: {e}"))
-            })?))
+            kept(&job)
         }
         _ => Ok(cleared),
     }

@@ -9,7 +9,7 @@ use btp_common::api::{
     TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated, TokenInfo,
     TokenList, TokenRef, MAX_PAGE,
 };
-use btp_common::wire::{Control, ControlAction, JobKind};
+use btp_common::wire::{Control, ControlAction, JobKind, Outcome};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -535,53 +535,83 @@ impl Api {
     async fn files(&self, req: Result<FilesRequest, ApiError>) -> Result<FileList, ApiError> {
         /// Jobs read per query.
         const JOBS: i64 = 16;
+        /// The cursor: the part of the report in its high bits, the position within it below.
+        const PART: u64 = 1 << 48;
         let req = req?;
         check_page(req.limit, 0)?;
         let store = &self.ctx.store;
         store.task(&req.id).await?;
-        let mut after = match req.after {
-            Some(a) => i64::try_from(a).map_err(|_| ApiError::invalid("after is too large"))?,
-            None => -1,
-        };
+        let cursor = req.after.map(|a| (a / PART, a % PART));
         let mut files = Vec::new();
-        loop {
-            let jobs = store.done_file_jobs(&req.id, after, JOBS).await?;
-            let full = jobs.len() as i64 == JOBS;
-            for (seq, payload) in jobs {
-                after = seq;
-                let job: btp_common::wire::Job = serde_json::from_str(&payload).map_err(|e| {
-                    ApiError::internal(format!("corrupt job {seq} of task {}: {e}", req.id))
-                })?;
-                match job.kind {
-                    JobKind::Copy { files: batch } => {
-                        files.extend(batch.into_iter().map(|f| DoneFile {
-                            path: f.path,
-                            size: f.size,
-                        }))
-                    }
-                    JobKind::Upload { file, .. } => {
-                        // A large file whose upload failed later is in the failures instead.
-                        let failed = store.has_failure(&req.id, &file.path).await?;
-                        if !failed {
-                            files.push(DoneFile {
-                                path: file.path,
-                                size: file.size,
-                            });
+        let limit = req.limit as i64;
+        if cursor.is_none_or(|(part, _)| part == 0) {
+            // Files of finished Copy and Upload jobs, from their kept payloads.
+            let mut after = match cursor {
+                Some((_, seq)) => seq as i64,
+                None => -1,
+            };
+            loop {
+                let jobs = store.done_file_jobs(&req.id, after, JOBS).await?;
+                let full = jobs.len() as i64 == JOBS;
+                for (seq, payload) in jobs {
+                    after = seq;
+                    let job: btp_common::wire::Job =
+                        serde_json::from_str(&payload).map_err(|e| {
+                            ApiError::internal(format!("corrupt job {seq} of task {}: {e}", req.id))
+                        })?;
+                    match job.kind {
+                        JobKind::Copy { files: batch } => {
+                            files.extend(batch.into_iter().map(done_file))
                         }
+                        JobKind::Upload { file, .. } => {
+                            // A large file whose upload failed later is in the failures instead.
+                            if !store.has_failure(&req.id, &file.path).await? {
+                                files.push(done_file(file));
+                            }
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                }
+                if !full {
+                    break;
+                }
+                if files.len() as i64 >= limit {
+                    return Ok(FileList {
+                        files,
+                        next: Some(after as u64),
+                    });
                 }
             }
-            if !full {
-                return Ok(FileList { files, next: None });
-            }
-            if files.len() >= req.limit as usize {
-                return Ok(FileList {
-                    files,
-                    next: Some(after as u64),
-                });
+        }
+        // Then the entries the listing settled, then the failed ones, by offset.
+        for part in 1..=2u64 {
+            let mut offset = match cursor {
+                Some((p, o)) if p == part => o as i64,
+                Some((p, _)) if p > part => continue,
+                _ => 0,
+            };
+            loop {
+                let want = (limit - files.len() as i64).max(1);
+                let page = if part == 1 {
+                    store.report_entries(&req.id, want, offset).await?
+                } else {
+                    store.report_failures(&req.id, want, offset).await?
+                };
+                let got = page.len() as i64;
+                offset += got;
+                files.extend(page);
+                if got < want {
+                    break;
+                }
+                if files.len() as i64 >= limit {
+                    return Ok(FileList {
+                        files,
+                        next: Some(part * PART + offset as u64),
+                    });
+                }
             }
         }
+        Ok(FileList { files, next: None })
     }
 
     async fn report(&self, req: Result<ReportRequest, ApiError>) -> Result<Report, ApiError> {
@@ -933,4 +963,18 @@ fn check_page(limit: u32, offset: u64) -> Result<(), ApiError> {
 /// A short random task id (12 hex digits).
 fn new_task_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// A file of a finished Copy or Upload job in the per-file report.
+fn done_file(f: btp_common::wire::FileEntry) -> DoneFile {
+    DoneFile {
+        path: f.path,
+        size: f.size,
+        outcome: if f.skipped {
+            Outcome::Skipped
+        } else {
+            Outcome::Copied
+        },
+        reason: String::new(),
+    }
 }

@@ -44,6 +44,8 @@ pub fn list_job(dir: String, opts: &TaskOptions) -> JobKind {
         page_bytes: opts.list_page_bytes,
         filter: opts.filter.clone(),
         sync: opts.mode == btp_common::api::Mode::Sync,
+        delete_excluded: opts.delete_excluded,
+        links: opts.links,
     }
 }
 
@@ -69,12 +71,7 @@ mod tests {
     use super::*;
 
     fn file(path: &str, size: u64) -> FileEntry {
-        FileEntry {
-            path: path.into(),
-            size,
-            mtime_ms: None,
-            stale: false,
-        }
+        FileEntry::new(path, size, None)
     }
 
     fn sizes(jobs: &[JobKind]) -> Vec<Vec<u64>> {

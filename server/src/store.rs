@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use btp_common::api::{ApiError, ClientInfo, ClientShare, TaskInfo, TaskOptions, TaskState};
-use btp_common::wire::{FileFailure, Heartbeat, Job, JobKind};
+use btp_common::wire::{FileEntry, FileFailure, Heartbeat, Job, JobKind};
 use btp_common::Endpoint;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::Row;
@@ -567,12 +567,16 @@ impl Store {
         let mut tx = self.begin().await?;
         let from = [TaskState::Completed, TaskState::Failed];
         transition(&mut tx, id, &from, TaskState::Running, "retried").await?;
-        let rows =
-            sqlx::query("SELECT kind, path, size FROM failures WHERE task_id = $1 ORDER BY path")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
+        // Entries the listing could not carry (a name that is not UTF-8, a link loop) fail
+        // again whatever a retry does: they stay failed and are not retried.
+        let rows = sqlx::query(
+            "SELECT kind, path, size FROM failures WHERE task_id = $1 AND kind IN ('file', 'dir') \
+             ORDER BY path",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
         if rows.is_empty() {
             return Err(ApiError::precondition(format!(
                 "task {id} has no failed files to retry"
@@ -585,12 +589,11 @@ impl Store {
             if kind == "dir" {
                 dirs.push(r.get::<String, _>(1));
             } else {
-                files.push(btp_common::wire::FileEntry {
-                    path: r.get(1),
-                    size: r.get::<i64, _>(2) as u64,
-                    mtime_ms: None,
-                    stale: false,
-                });
+                files.push(FileEntry::new(
+                    r.get::<String, _>(1),
+                    r.get::<i64, _>(2) as u64,
+                    None,
+                ));
             }
         }
         let opts = &task.info.options;
@@ -605,7 +608,10 @@ impl Store {
         let n_jobs = kinds.len() as i64;
         insert_jobs(&mut tx, task, jobs_total, kinds, Schedule::NOW).await?;
         sqlx::query(
-            "UPDATE tasks SET finished_ms = NULL, files_failed = 0, bytes_failed = 0, dirs_failed = 0, \
+            "UPDATE tasks SET finished_ms = NULL, \
+             files_failed = (SELECT COUNT(*) FROM failures WHERE task_id = $3 AND kind = 'entry'), \
+             bytes_failed = (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM failures WHERE task_id = $3 AND kind = 'entry'), \
+             dirs_failed = 0, \
              lists_total = lists_total + $1, jobs_total = jobs_total + $2, epoch = epoch + 1 WHERE id = $3",
         )
         .bind(n_dirs)
@@ -614,7 +620,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;
-        sqlx::query("DELETE FROM failures WHERE task_id = $1")
+        sqlx::query("DELETE FROM failures WHERE task_id = $1 AND kind IN ('file', 'dir')")
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -724,7 +730,16 @@ impl Store {
                 "task {id} cannot be deleted: it is {state} (cancel it first)"
             )));
         }
-        for table in ["failures", "jobs", "uploads", "upload_parts", "changes"] {
+        for table in [
+            "failures",
+            "jobs",
+            "uploads",
+            "upload_parts",
+            "changes",
+            "entries",
+            "deletions",
+            "dirty_dirs",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE task_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)
@@ -830,7 +845,70 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((r.get(0), crate::seal::open(r.get(1))?)))
+            .collect()
+    }
+
+    /// Entries the listing settled without a copy (up to date, excluded, skipped with a
+    /// reason), by path, paged.
+    pub async fn report_entries(
+        &self,
+        task: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<btp_common::api::DoneFile>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT path, size, outcome, reason FROM entries WHERE task_id = $1 \
+             ORDER BY path LIMIT $2 OFFSET $3",
+        )
+        .bind(task)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|r| {
+                let outcome: String = r.get(2);
+                Ok(btp_common::api::DoneFile {
+                    path: r.get(0),
+                    size: r.get::<i64, _>(1) as u64,
+                    outcome: btp_common::wire::Outcome::parse(&outcome)
+                        .ok_or_else(|| ApiError::internal(format!("bad outcome {outcome}")))?,
+                    reason: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    /// Failed source entries (files, entries the listing could not carry, directories whose
+    /// listing failed), by path, paged; not the sync's failed deletions.
+    pub async fn report_failures(
+        &self,
+        task: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<btp_common::api::DoneFile>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT path, size, reason FROM failures WHERE task_id = $1 \
+             AND kind IN ('file', 'entry', 'dir') ORDER BY path LIMIT $2 OFFSET $3",
+        )
+        .bind(task)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| btp_common::api::DoneFile {
+                path: r.get(0),
+                size: r.get::<i64, _>(1) as u64,
+                outcome: btp_common::wire::Outcome::Failed,
+                reason: r.get(2),
+            })
+            .collect())
     }
 
     /// True when `path` is among the task's failed files.
@@ -934,7 +1012,7 @@ const TASK_COLUMNS: &str =
     "id, tenant, state, src, dst, options, created_ms, started_ms, finished_ms, \
     files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
     lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch, peak_bps, \
-    files_skipped, bytes_skipped, files_excluded, files_deleted";
+    files_skipped, bytes_skipped, files_excluded, files_deleted, bytes_excluded, deletes_failed";
 
 fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
@@ -960,6 +1038,8 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
         files_skipped: n(22),
         bytes_skipped: n(23),
         files_excluded: n(24),
+        bytes_excluded: n(26),
+        deletes_failed: n(27),
         files_deleted: n(25),
         files_failed: n(13),
         bytes_failed: n(14),
@@ -1109,7 +1189,9 @@ pub struct TaskDelta {
     pub files_skipped: i64,
     pub bytes_skipped: i64,
     pub files_excluded: i64,
+    pub bytes_excluded: i64,
     pub files_deleted: i64,
+    pub deletes_failed: i64,
 }
 
 pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Result<(), ApiError> {
@@ -1121,7 +1203,8 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
          jobs_total = jobs_total + $10, jobs_done = jobs_done + $11, \
          files_retried = files_retried + $13, files_skipped = files_skipped + $14, \
          bytes_skipped = bytes_skipped + $15, files_excluded = files_excluded + $16, \
-         files_deleted = files_deleted + $17 WHERE id = $12",
+         files_deleted = files_deleted + $17, bytes_excluded = bytes_excluded + $18, \
+         deletes_failed = deletes_failed + $19 WHERE id = $12",
     )
     .bind(d.files_found)
     .bind(d.bytes_found)
@@ -1140,6 +1223,8 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
     .bind(d.bytes_skipped)
     .bind(d.files_excluded)
     .bind(d.files_deleted)
+    .bind(d.bytes_excluded)
+    .bind(d.deletes_failed)
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;
@@ -1216,7 +1301,96 @@ pub async fn record_failure(
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;
+    // Sync deletes nothing in a directory with a failed entry.
+    sqlx::query("INSERT INTO dirty_dirs (task_id, dir) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(task)
+        .bind(btp_common::paths::parent_dir(&f.path))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
     Ok(())
+}
+
+/// Records a listed entry that gets no Copy job (up to date, excluded, skipped with a reason).
+/// Returns false when the task already has an outcome for this path: it is not counted twice.
+pub async fn record_entry(
+    tx: &mut Tx<'_>,
+    task: &str,
+    e: &btp_common::wire::Noted,
+    job_seq: i64,
+) -> Result<bool, ApiError> {
+    let done = sqlx::query(
+        "INSERT INTO entries (task_id, path, size, outcome, reason, job_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(task)
+    .bind(&e.path)
+    .bind(e.size as i64)
+    .bind(e.outcome.as_str())
+    .bind(&e.reason)
+    .bind(job_seq)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sync: records a destination entry the source directory `dir` does not have, to delete once
+/// the task's copies are done.
+pub async fn record_deletion(
+    tx: &mut Tx<'_>,
+    task: &str,
+    dir: &str,
+    f: &FileEntry,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO deletions (task_id, path, dir, size) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(task)
+    .bind(&f.path)
+    .bind(dir)
+    .bind(f.size as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(())
+}
+
+/// Sync: takes up to `limit` recorded deletions off the list, split into those of clean
+/// directories (to delete) and those of directories with a failed entry (kept).
+pub async fn take_deletions(
+    tx: &mut Tx<'_>,
+    task: &str,
+    limit: i64,
+) -> Result<(Vec<FileEntry>, Vec<FileEntry>), ApiError> {
+    let rows = sqlx::query(
+        "SELECT d.path, d.size, CASE WHEN x.dir IS NULL THEN 0 ELSE 1 END FROM deletions d \
+         LEFT JOIN dirty_dirs x ON x.task_id = d.task_id AND x.dir = d.dir \
+         WHERE d.task_id = $1 ORDER BY d.path LIMIT $2",
+    )
+    .bind(task)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    let (mut clean, mut kept) = (Vec::new(), Vec::new());
+    for r in &rows {
+        let path: String = r.get(0);
+        sqlx::query("DELETE FROM deletions WHERE task_id = $1 AND path = $2")
+            .bind(task)
+            .bind(&path)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_sqlx)?;
+        let f = FileEntry::new(path, r.get::<i64, _>(1) as u64, None);
+        if r.get::<i64, _>(2) == 0 {
+            clean.push(f);
+        } else {
+            kept.push(f);
+        }
+    }
+    Ok((clean, kept))
 }
 
 /// Finishes a running task whose jobs are all done: completed, or failed when anything failed.
@@ -1227,7 +1401,10 @@ pub async fn finish_task_if_done(
     now: i64,
 ) -> Result<Option<TaskState>, ApiError> {
     let row = sqlx::query(
-        "SELECT state, jobs_total, jobs_done, files_failed, dirs_failed FROM tasks WHERE id = $1",
+        "SELECT state, jobs_total, jobs_done, files_failed, dirs_failed, deletes_failed, \
+         files_found, files_copied, files_skipped, files_excluded, \
+         bytes_found, bytes_copied, bytes_skipped, bytes_failed, bytes_excluded \
+         FROM tasks WHERE id = $1",
     )
     .bind(task)
     .fetch_optional(&mut **tx)
@@ -1235,13 +1412,37 @@ pub async fn finish_task_if_done(
     .map_err(map_sqlx)?;
     let Some(r) = row else { return Ok(None) };
     let state: String = r.get(0);
-    let (total, done, ffail, dfail): (i64, i64, i64, i64) =
-        (r.get(1), r.get(2), r.get(3), r.get(4));
+    let n = |i: usize| r.get::<i64, _>(i);
+    let (total, done, ffail, dfail, delfail) = (n(1), n(2), n(3), n(4), n(5));
     let live = state == TaskState::Running.as_str() || state == TaskState::Paused.as_str();
     if !live || done < total {
         return Ok(None);
     }
-    let new_state = if ffail == 0 && dfail == 0 {
+    // The accounting rule: every entry found is copied, skipped, failed or excluded, once.
+    let (found, settled) = (n(6), n(7) + n(8) + ffail + n(9));
+    let balanced = found == settled;
+    if !balanced {
+        tracing::error!(task, found, settled, "the task's files do not add up");
+        let f = FileFailure {
+            path: String::new(),
+            size: 0,
+            reason: format!(
+                "accounting: {found} entries found, but {} copied + {} skipped + {ffail} failed + {} excluded = {settled}",
+                n(7),
+                n(8),
+                n(9)
+            ),
+            attempts: 0,
+            mtime_ms: None,
+        };
+        record_failure(tx, task, "task", &f, -1).await?;
+    }
+    let (bytes_found, bytes_settled) = (n(10), n(11) + n(12) + n(13) + n(14));
+    if bytes_found != bytes_settled {
+        // Sizes can change between listing and copy, and parts may be sent again: a warning.
+        tracing::warn!(task, bytes_found, bytes_settled, "the task's bytes do not add up");
+    }
+    let new_state = if ffail == 0 && dfail == 0 && delfail == 0 && balanced {
         TaskState::Completed
     } else {
         TaskState::Failed
@@ -1254,6 +1455,26 @@ pub async fn finish_task_if_done(
         .await
         .map_err(map_sqlx)?;
     Ok(Some(new_state))
+}
+
+/// True when every recorded job of the task is finished.
+pub async fn all_jobs_done(tx: &mut Tx<'_>, task: &str) -> Result<bool, ApiError> {
+    let (total, done): (i64, i64) =
+        sqlx::query_as("SELECT jobs_total, jobs_done FROM tasks WHERE id = $1")
+            .bind(task)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(map_sqlx)?;
+    Ok(done >= total)
+}
+
+/// The task's number of recorded jobs (the next job's sequence number).
+pub async fn jobs_total(tx: &mut Tx<'_>, task: &str) -> Result<i64, ApiError> {
+    sqlx::query_scalar("SELECT jobs_total FROM tasks WHERE id = $1")
+        .bind(task)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_sqlx)
 }
 
 /// Moves a task from one of `from` to `to`, or says why it cannot.

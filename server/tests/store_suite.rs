@@ -108,17 +108,13 @@ async fn apply_one(store: &Store, r: &JobResult) -> Applied {
 
 fn files(n: usize, size: u64) -> Vec<FileEntry> {
     (0..n)
-        .map(|i| FileEntry {
-            path: format!("f{i:03}"),
-            size,
-            mtime_ms: None,
-            stale: false,
-        })
+        .map(|i| FileEntry::new(format!("f{i:03}"), size, None))
         .collect()
 }
 
 fn copy_ok(n: u64, bytes: u64) -> ResultBody {
     ResultBody::Copy {
+            up_to_date: Vec::new(),
         would_copy: vec![],
         files_copied: n,
         bytes_copied: bytes,
@@ -151,6 +147,8 @@ on_every_backend!(
             0,
             false,
             ResultBody::ListPage {
+                noted: Vec::new(),
+                extra: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -165,6 +163,8 @@ on_every_backend!(
             1,
             true,
             ResultBody::ListPage {
+                noted: Vec::new(),
+                extra: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -194,6 +194,8 @@ on_every_backend!(
             0,
             true,
             ResultBody::ListPage {
+                noted: Vec::new(),
+                extra: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -232,6 +234,8 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
             0,
             true,
             ResultBody::ListPage {
+                noted: Vec::new(),
+                extra: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -249,6 +253,7 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
             attempts: 1,
         };
         let body = ResultBody::Copy {
+            up_to_date: Vec::new(),
             would_copy: vec![],
             files_copied: 1,
             files_skipped: 0,
@@ -305,6 +310,8 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
                 0,
                 true,
                 ResultBody::ListPage {
+                noted: Vec::new(),
+                extra: Vec::new(),
                     excluded: 0,
                     deleted: vec![],
                     skipped: 0,
@@ -323,6 +330,7 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
             attempts: 1,
         }];
         let body = ResultBody::Copy {
+            up_to_date: Vec::new(),
             would_copy: vec![],
             files_copied: 1,
             files_skipped: 0,
@@ -406,6 +414,8 @@ on_every_backend!(illegal_transitions_are_refused_with_a_reason, |store| {
             0,
             true,
             ResultBody::ListPage {
+                noted: Vec::new(),
+                extra: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,

@@ -274,18 +274,40 @@ pub fn tree_files(root: &Path) -> BTreeMap<String, u64> {
 }
 
 /// `btp task files ID`: the per-file report, asserting no file is listed twice.
+/// The files of the per-file report that are at the destination (copied or found up to date).
 pub fn task_files(nats_url: &str, id: &str) -> BTreeMap<String, u64> {
+    report_entries(nats_url, id)
+        .into_iter()
+        .filter(|(_, e)| e.outcome == "copied" || e.outcome == "skipped")
+        .map(|(p, e)| (p, e.size))
+        .collect()
+}
+
+/// One entry of the per-file report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportEntry {
+    pub size: u64,
+    pub outcome: String,
+    pub reason: String,
+}
+
+/// The whole per-file report (`btp task files --output json`), by path; panics when a path is
+/// in it twice.
+pub fn report_entries(nats_url: &str, id: &str) -> BTreeMap<String, ReportEntry> {
     let out = btp(nats_url, &["task", "files", id, "--output", "json"]);
     assert!(out.status.success(), "{}", error_line(&out));
     let mut files = BTreeMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let f: serde_json::Value = serde_json::from_str(line).unwrap();
         let path = f["path"].as_str().unwrap().to_string();
-        let size = f["size"].as_u64().unwrap();
-        assert!(
-            files.insert(path.clone(), size).is_none(),
-            "{path} is listed twice"
-        );
+        let entry = ReportEntry {
+            size: f["size"].as_u64().unwrap(),
+            outcome: f["outcome"].as_str().unwrap().to_string(),
+            reason: f["reason"].as_str().unwrap_or_default().to_string(),
+        };
+        if let Some(before) = files.insert(path.clone(), entry.clone()) {
+            panic!("{path} is in the report twice: {before:?} and {entry:?}");
+        }
     }
     files
 }
