@@ -298,9 +298,13 @@ async fn files(api: &ApiClient, a: IdArgs) -> anyhow::Result<()> {
                         &f.reason
                     ])
                 )?,
-                Output::Table if f.reason.is_empty() => {
-                    writeln!(stdout, "{:<8}  {:>14}  {}", f.outcome.as_str(), f.size, f.path)?
-                }
+                Output::Table if f.reason.is_empty() => writeln!(
+                    stdout,
+                    "{:<8}  {:>14}  {}",
+                    f.outcome.as_str(),
+                    f.size,
+                    f.path
+                )?,
                 Output::Table => writeln!(
                     stdout,
                     "{:<8}  {:>14}  {}  ({})",

@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use btp_common::api::{Compare, Verify};
-use btp_common::wire::{FileEntry, FileFailure, Job, JobKind, JobResult, Noted, Outcome, ResultBody};
+use btp_common::wire::{
+    FileEntry, FileFailure, Job, JobKind, JobResult, Noted, Outcome, ResultBody,
+};
 use btp_common::Endpoint;
 
 use crate::errors::JobError;
@@ -281,6 +283,9 @@ async fn list(
             }
         }
         if page.full(opts) {
+            if let Some(delay) = faults().list_page_delay {
+                tokio::time::sleep(delay).await;
+            }
             ctx.sink.send(job, seq, false, page.take()).await?;
             seq += 1;
         }
@@ -808,10 +813,13 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 /// Faults injected through the environment, for the fault tests: as root, permissions cannot
 /// make a file unreadable or a directory unwritable, so the tests ask for the errors instead.
 /// `BTP_FAULT_WRITE_ERRORS=N` fails the first N file writes of this process with a transient
-/// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied.
+/// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied;
+/// `BTP_FAULT_LIST_PAGE_DELAY_MS=N` waits N ms before each listing page is sent (a slow listing,
+/// so that a test can stop a client in the middle of one).
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
+    list_page_delay: Option<std::time::Duration>,
 }
 
 fn faults() -> &'static Faults {
@@ -825,6 +833,10 @@ fn faults() -> &'static Faults {
         unreadable: std::env::var("BTP_FAULT_UNREADABLE")
             .ok()
             .filter(|s| !s.is_empty()),
+        list_page_delay: std::env::var("BTP_FAULT_LIST_PAGE_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis),
     })
 }
 

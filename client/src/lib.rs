@@ -6,8 +6,8 @@ pub mod errors;
 pub mod exec;
 pub mod limiter;
 mod local;
-mod prune;
 pub mod parts;
+mod prune;
 pub mod telemetry;
 pub mod worker;
 

@@ -690,7 +690,10 @@ mod tests {
             (opendal::EntryMode::FILE, 4),
             "a link is its target"
         );
-        let e = LocalLister::open(root, "missing/", FOLLOW).await.err().unwrap();
+        let e = LocalLister::open(root, "missing/", FOLLOW)
+            .await
+            .err()
+            .unwrap();
         assert!(e.to_string().starts_with("not found: list missing/"), "{e}");
     }
 

@@ -563,11 +563,11 @@ impl Api {
                         JobKind::Copy { files: batch } => {
                             files.extend(batch.into_iter().map(done_file))
                         }
-                        JobKind::Upload { file, .. } => {
-                            // A large file whose upload failed later is in the failures instead.
-                            if !store.has_failure(&req.id, &file.path).await? {
-                                files.push(done_file(file));
-                            }
+                        // A large file whose upload failed later is in the failures instead.
+                        JobKind::Upload { file, .. }
+                            if !store.has_failure(&req.id, &file.path).await? =>
+                        {
+                            files.push(done_file(file));
                         }
                         _ => {}
                     }

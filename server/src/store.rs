@@ -1440,7 +1440,12 @@ pub async fn finish_task_if_done(
     let (bytes_found, bytes_settled) = (n(10), n(11) + n(12) + n(13) + n(14));
     if bytes_found != bytes_settled {
         // Sizes can change between listing and copy, and parts may be sent again: a warning.
-        tracing::warn!(task, bytes_found, bytes_settled, "the task's bytes do not add up");
+        tracing::warn!(
+            task,
+            bytes_found,
+            bytes_settled,
+            "the task's bytes do not add up"
+        );
     }
     let new_state = if ffail == 0 && dfail == 0 && delfail == 0 && balanced {
         TaskState::Completed

@@ -114,7 +114,7 @@ fn files(n: usize, size: u64) -> Vec<FileEntry> {
 
 fn copy_ok(n: u64, bytes: u64) -> ResultBody {
     ResultBody::Copy {
-            up_to_date: Vec::new(),
+        up_to_date: Vec::new(),
         would_copy: vec![],
         files_copied: n,
         bytes_copied: bytes,
@@ -310,8 +310,8 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
                 0,
                 true,
                 ResultBody::ListPage {
-                noted: Vec::new(),
-                extra: Vec::new(),
+                    noted: Vec::new(),
+                    extra: Vec::new(),
                     excluded: 0,
                     deleted: vec![],
                     skipped: 0,
