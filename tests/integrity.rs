@@ -493,3 +493,34 @@ fn a_list_job_run_twice_after_pause_and_resume_loses_no_file() {
         assert!(out.status.success(), "{}", error_line(&out));
     });
 }
+
+#[test]
+fn nothing_is_written_through_a_link_at_the_destination() {
+    let tmp = test_dir();
+    let (src, dst, outside) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("outside"),
+    );
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f.txt"), b"new").unwrap();
+    std::fs::write(src.join("top.txt"), b"top").unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    // An earlier run (or anyone) left `d` at the destination as a link out of it.
+    std::os::unix::fs::symlink(&outside, dst.join("d")).unwrap();
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&[]);
+    let (task, report) = run(&c, &src, &dst, &[]);
+    assert_eq!(task["state"], "failed", "{task}");
+    assert_accounted(&task, &report);
+    let e = outcome(&report, "d/f.txt");
+    assert_eq!(e.outcome, "failed");
+    assert!(e.reason.contains("symbolic link at d"), "{}", e.reason);
+    assert_eq!(outcome(&report, "top.txt").outcome, "copied");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside the destination"
+    );
+}

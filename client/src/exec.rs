@@ -644,11 +644,24 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     use futures::StreamExt;
     let src = job.src.source_operator()?;
     let dst = job.dst.operator()?;
+    // Every destination path is checked before anything is written.
+    let mut check = crate::dstpath::DstCheck::new(&job.dst);
+    let mut refused = Vec::new();
+    let files: Vec<&FileEntry> = files
+        .iter()
+        .filter(|f| match check.check(&f.path) {
+            Ok(()) => true,
+            Err(e) => {
+                refused.push((*f, FileOutcome::Failed(e)));
+                false
+            }
+        })
+        .collect();
     let (links, files): (Vec<&FileEntry>, Vec<&FileEntry>) =
-        files.iter().partition(|f| f.link.is_some());
+        files.into_iter().partition(|f| f.link.is_some());
     let (small, large): (Vec<&FileEntry>, Vec<&FileEntry>) =
         files.into_iter().partition(|f| f.size < SMALL_FILE);
-    let mut outcomes = Vec::with_capacity(small.len() + large.len() + links.len());
+    let mut outcomes = refused;
     for f in links {
         outcomes.push((f, copy_link(job, f).await));
     }
@@ -761,8 +774,9 @@ async fn copy_link(job: &Job, f: &FileEntry) -> FileOutcome {
     match done {
         Ok(Ok(crate::local::Local::Copied(n))) => FileOutcome::Copied(n),
         Ok(Ok(crate::local::Local::Skipped)) => FileOutcome::Skipped,
-        Ok(Err(e)) => FileOutcome::Failed(e),
-        Err(e) => FileOutcome::Failed(JobError::Transient(format!("copy stopped: {e}"))),
+        // Permanent: a link is not scheduled again (a retry would copy it as a file).
+        Ok(Err(e)) => FileOutcome::Failed(JobError::Permanent(e.to_string())),
+        Err(e) => FileOutcome::Failed(JobError::Permanent(format!("copy stopped: {e}"))),
     }
 }
 

@@ -39,6 +39,7 @@ fn multipart(dst: &Endpoint) -> Result<S3Multipart, JobError> {
 /// Starts the upload of a large file, or reports it skipped (already there) or, in a dry
 /// run, as a file that would be copied.
 pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result<(), JobError> {
+    crate::dstpath::DstCheck::new(&job.dst).check(&file.path)?;
     let src = job.src.source_operator()?;
     let dst = job.dst.operator()?;
     if exec::already_there(job, &src, &dst, file).await? {
