@@ -647,6 +647,13 @@ pub struct DoneFile {
     /// Why the entry was not copied (empty for files found up to date).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Attempts made on a failed file.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -976,5 +976,6 @@ fn done_file(f: btp_common::wire::FileEntry) -> DoneFile {
             Outcome::Copied
         },
         reason: String::new(),
+        attempts: 0,
     }
 }

@@ -8,8 +8,7 @@
 use std::net::SocketAddr;
 
 use btp_common::api::{
-    verbs, ApiError, ApiResponse, ErrorCode, FileList, FilesRequest, Report, ReportRequest,
-    TaskInfo, TaskRef,
+    verbs, ApiError, ApiResponse, ErrorCode, FileList, FilesRequest, TaskInfo, TaskRef,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -206,7 +205,6 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 /// Where the CSV stream is.
 enum CsvAt {
     Files(Option<u64>),
-    Failures(u64),
     End,
 }
 
@@ -273,39 +271,28 @@ async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Optio
                 limit: CSV_PAGE,
             };
             match call::<_, FileList>(api, verbs::TASK_FILES, &req, token).await {
+                Ok(page) if page.files.is_empty() && page.next.is_none() => (None, CsvAt::End),
                 Ok(page) => {
                     let mut text = String::new();
                     for f in &page.files {
                         let size = f.size.to_string();
-                        text.push_str(&btp_common::csv::line(&[&f.path, &size, "done", "", ""]));
+                        let attempts = match f.attempts {
+                            0 => String::new(),
+                            n => n.to_string(),
+                        };
+                        text.push_str(&btp_common::csv::line(&[
+                            &f.path,
+                            &size,
+                            f.outcome.as_str(),
+                            &attempts,
+                            &f.reason,
+                        ]));
                     }
                     let next = match page.next {
                         Some(n) => CsvAt::Files(Some(n)),
-                        None => CsvAt::Failures(0),
+                        None => CsvAt::End,
                     };
                     (Some(text), next)
-                }
-                Err(e) => (Some(cut_line(&e)), CsvAt::End),
-            }
-        }
-        CsvAt::Failures(offset) => {
-            let req = ReportRequest {
-                id,
-                failures_limit: CSV_PAGE,
-                failures_offset: offset,
-            };
-            match call::<_, Report>(api, verbs::TASK_REPORT, &req, token).await {
-                Ok(r) if r.failures.is_empty() => (None, CsvAt::End),
-                Ok(r) => {
-                    let mut text = String::new();
-                    for f in &r.failures {
-                        let (size, attempts) = (f.size.to_string(), f.attempts.to_string());
-                        text.push_str(&btp_common::csv::line(&[
-                            &f.path, &size, "failed", &attempts, &f.reason,
-                        ]));
-                    }
-                    let next = offset + r.failures.len() as u64;
-                    (Some(text), CsvAt::Failures(next))
                 }
                 Err(e) => (Some(cut_line(&e)), CsvAt::End),
             }

@@ -877,6 +877,7 @@ impl Store {
                     outcome: btp_common::wire::Outcome::parse(&outcome)
                         .ok_or_else(|| ApiError::internal(format!("bad outcome {outcome}")))?,
                     reason: r.get(3),
+                    attempts: 0,
                 })
             })
             .collect()
@@ -891,7 +892,7 @@ impl Store {
         offset: i64,
     ) -> Result<Vec<btp_common::api::DoneFile>, ApiError> {
         let rows = sqlx::query(
-            "SELECT path, size, reason FROM failures WHERE task_id = $1 \
+            "SELECT path, size, reason, attempts FROM failures WHERE task_id = $1 \
              AND kind IN ('file', 'entry', 'dir') ORDER BY path LIMIT $2 OFFSET $3",
         )
         .bind(task)
@@ -907,6 +908,7 @@ impl Store {
                 size: r.get::<i64, _>(1) as u64,
                 outcome: btp_common::wire::Outcome::Failed,
                 reason: r.get(2),
+                attempts: r.get::<i64, _>(3) as u32,
             })
             .collect())
     }
