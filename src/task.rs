@@ -420,5 +420,22 @@ pub async fn run_to_end(url: &str, req: CreateTask, out: Output) -> anyhow::Resu
     };
     let r: Report = call(&api, verbs::TASK_REPORT, &report_req(t.id.clone())).await?;
     print(out, &r, output::report);
+    if matches!(out, Output::Table) {
+        // Every failed entry is named, page after page, however many there are.
+        let mut offset = r.failures.len() as u64;
+        let mut page_len = r.failures.len();
+        while page_len == report_req(String::new()).failures_limit as usize {
+            let req = ReportRequest {
+                failures_offset: offset,
+                ..report_req(t.id.clone())
+            };
+            let more: Report = call(&api, verbs::TASK_REPORT, &req).await?;
+            page_len = more.failures.len();
+            offset += page_len as u64;
+            if page_len > 0 {
+                output::failures(&more.failures);
+            }
+        }
+    }
     Ok(exit_code(&t))
 }
