@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod errors;
 pub mod exec;
+mod fswrite;
 pub mod limiter;
 mod local;
 pub mod parts;
