@@ -219,8 +219,8 @@ async fn list(
         job.dst.operator()?.create_dir(dir).await?;
     }
     let mut deleted = Vec::new();
-    if opts.sync {
-        let dst = job.dst.operator()?;
+    let dst = if opts.sync { destination(job)? } else { None };
+    if let Some(dst) = dst {
         let listing = dst
             .lister_with(if dir.is_empty() { "/" } else { dir })
             .await;
@@ -571,10 +571,34 @@ pub(crate) async fn pace(
     Ok(())
 }
 
+/// The destination's operator. None in a dry run whose file-system destination does not exist
+/// yet: building the operator would create its root, and a dry run changes nothing (there is
+/// nothing at the destination to compare with or delete either).
+pub(crate) fn destination(job: &Job) -> Result<Option<Operator>, JobError> {
+    if job.dry_run {
+        Ok(job.dst.operator_if_exists()?)
+    } else {
+        Ok(Some(job.dst.operator()?))
+    }
+}
+
 async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<(), JobError> {
     use futures::StreamExt;
     let src = job.src.source_operator()?;
-    let dst = job.dst.operator()?;
+    let Some(dst) = destination(job)? else {
+        // A dry run into a destination that does not exist: every file would be copied.
+        let body = ResultBody::Copy {
+            files_copied: files.len() as u64,
+            bytes_copied: files.iter().map(|f| f.size).sum(),
+            files_skipped: 0,
+            bytes_skipped: 0,
+            failures: Vec::new(),
+            retry: Vec::new(),
+            retry_after_ms: 0,
+            would_copy: files.to_vec(),
+        };
+        return ctx.sink.send(job, 0, true, body).await;
+    };
     let (small, large): (Vec<&FileEntry>, Vec<&FileEntry>) =
         files.iter().partition(|f| f.size < SMALL_FILE);
     let mut outcomes = Vec::with_capacity(files.len());

@@ -40,7 +40,13 @@ fn multipart(dst: &Endpoint) -> Result<S3Multipart, JobError> {
 /// run, as a file that would be copied.
 pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result<(), JobError> {
     let src = job.src.source_operator()?;
-    let dst = job.dst.operator()?;
+    let Some(dst) = exec::destination(job)? else {
+        // A dry run into a destination that does not exist yet.
+        return ctx
+            .sink
+            .send(job, 0, true, exec::would_copy_body(file))
+            .await;
+    };
     if exec::already_there(job, &src, &dst, file).await? {
         return ctx.sink.send(job, 0, true, exec::skipped_body(file)).await;
     }
