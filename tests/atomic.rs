@@ -357,17 +357,6 @@ fn a_recopy_failing_midway_keeps_the_previous_copy_and_succeeds_on_retry() {
     assert_eq!(temporaries(&dst), Vec::<PathBuf>::new());
 }
 
-/// Paths the process `pid` has open under `dir`.
-fn open_under(pid: u32, dir: &Path) -> Vec<String> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|l| l.starts_with(dir))
-        .map(|l| l.to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn cancelling_a_recopy_keeps_the_previous_copy_and_leaves_no_temporary_file() {
     let tmp = test_dir();
@@ -382,7 +371,10 @@ fn cancelling_a_recopy_keeps_the_previous_copy_and_leaves_no_temporary_file() {
     let id = c.start_task(&src, &dst, &[]);
     // The new copy is being written: the client holds a file in the destination directory.
     let held = wait_for("the re-copy to start", Duration::from_secs(60), || {
-        let open = open_under(client, &dst);
+        let open: Vec<_> = open_under(client, &dst)
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
         (!open.is_empty()).then_some(open)
     });
     eprintln!("while copying, the client holds {held:?}");
