@@ -1028,7 +1028,8 @@ async fn copy_to_fs(
                 return Err(md5_mismatch(&got, &want));
             }
         }
-        out.commit(mtime, true).map_err(|e| err("rename", e))
+        out.commit(mtime, true, crate::fswrite::Before::Unknown)
+            .map_err(|e| err("rename", e))
     })
     .await?;
     Ok(written)

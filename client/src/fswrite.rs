@@ -139,13 +139,14 @@ impl FsWrite {
 
     /// Makes the new file the target: gives it `mtime` (best effort, as every copy), flushes it
     /// to disk when `sync`, and puts it under the final name. An unnamed file is linked there
-    /// directly when the target does not exist (one system call); one that replaces a file
-    /// first gets the mode and owner of the file it replaces (an overwrite in place kept them)
-    /// and is renamed over it.
+    /// directly when there is no target yet (one system call); one that replaces a file first
+    /// gets the mode and owner of the file it replaces (an overwrite in place kept them) and is
+    /// renamed over it. `before` saves the look at the target where the caller had one.
     pub(crate) fn commit(
         mut self,
         mtime: Option<std::time::SystemTime>,
         sync: bool,
+        before: Before,
     ) -> io::Result<()> {
         if let Some(t) = mtime {
             let _ = self.file.set_modified(t);
@@ -153,16 +154,24 @@ impl FsWrite {
         if sync {
             self.file.sync_all()?;
         }
-        if self.named.is_none() {
-            match self.link(&self.target) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+        let old = match before {
+            Before::Present(m) => Some(m),
+            Before::Absent | Before::Unknown if self.named.is_none() => {
+                match self.link(&self.target) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+                std::fs::metadata(&self.target).ok()
             }
-            self.keep_mode_and_owner();
+            Before::Absent => None,
+            Before::Unknown => std::fs::metadata(&self.target).ok(),
+        };
+        if let Some(old) = old.filter(|m| m.is_file()) {
+            self.keep_mode_and_owner(&old);
+        }
+        if self.named.is_none() {
             self.named = Some(self.link_temp()?);
-        } else {
-            self.keep_mode_and_owner();
         }
         let temp = self.named.as_ref().expect("named above");
         std::fs::rename(temp, &self.target)?;
@@ -170,14 +179,8 @@ impl FsWrite {
         Ok(())
     }
 
-    /// Best effort: the replaced file's permissions and owner, where they differ.
-    fn keep_mode_and_owner(&mut self) {
-        let Ok(old) = std::fs::metadata(&self.target) else {
-            return;
-        };
-        if !old.is_file() {
-            return;
-        }
+    /// Best effort: the permissions and owner of the file replaced (`old`), where they differ.
+    fn keep_mode_and_owner(&mut self, old: &std::fs::Metadata) {
         let new = match self.meta.take() {
             Some(m) => m,
             None => match self.file.metadata() {
@@ -185,7 +188,7 @@ impl FsWrite {
                 Err(_) => return,
             },
         };
-        let old = Owner::of(&old);
+        let old = Owner::of(old);
         // The owner first: a change of owner clears set-user-ID and set-group-ID bits.
         let chowned = (old.uid, old.gid) != (new.uid, new.gid)
             && std::os::unix::fs::fchown(&self.file, Some(old.uid), Some(old.gid)).is_ok();
@@ -238,6 +241,16 @@ impl FsWrite {
         }
         Err(e)
     }
+}
+
+/// What is known of a target before its new content is put in place.
+pub(crate) enum Before {
+    /// Nobody looked.
+    Unknown,
+    /// There was no file (a look that found nothing).
+    Absent,
+    /// There was one, with this metadata (symbolic links followed).
+    Present(std::fs::Metadata),
 }
 
 /// Permission bits and owner of a file.
@@ -327,7 +340,7 @@ mod tests {
         }
         assert_eq!(w.stored_len().unwrap(), 5);
         let t1 = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_600_000_000_123);
-        w.commit(Some(t1), false).unwrap();
+        w.commit(Some(t1), false, Before::Unknown).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"first");
         assert_eq!(mtime(&target), t1);
         // The replaced file's mode stays.
@@ -342,7 +355,7 @@ mod tests {
             b"first",
             "old copy while writing"
         );
-        w.commit(None, true).unwrap();
+        w.commit(None, true, Before::Unknown).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"second, longer");
         let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o640);
@@ -350,7 +363,7 @@ mod tests {
         if std::os::unix::fs::chown(&target, Some(4321), Some(4321)).is_ok() {
             let mut w = FsWrite::create(&target).unwrap();
             w.write_all(b"third").unwrap();
-            w.commit(None, false).unwrap();
+            w.commit(None, false, Before::Unknown).unwrap();
             let m = std::fs::metadata(&target).unwrap();
             assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (4321, 4321, 0o640));
         }
@@ -380,7 +393,7 @@ mod tests {
         let mut w = FsWrite::create(&target).unwrap();
         std::fs::create_dir_all(target.join("inner")).unwrap();
         w.write_all(b"x").unwrap();
-        assert!(w.commit(None, false).is_err());
+        assert!(w.commit(None, false, Before::Unknown).is_err());
         assert_eq!(others(dir.path(), &["f.bin", "d"]), Vec::<String>::new());
     }
 
@@ -399,9 +412,39 @@ mod tests {
         );
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
         assert_eq!(w.stored_len().unwrap(), 11);
-        w.commit(None, false).unwrap();
+        w.commit(None, false, Before::Unknown).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new content");
         assert_eq!(others(dir.path(), &["report.csv"]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn what_the_caller_knows_of_the_target_is_used_and_a_stale_look_is_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Known to be there: its mode is taken from the look.
+        let before = Before::Present(std::fs::metadata(&target).unwrap());
+        let mut w = FsWrite::create(&target).unwrap();
+        w.write_all(b"new").unwrap();
+        w.commit(None, false, before).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        // Looked absent, created since: replaced all the same.
+        for named in [false, true] {
+            let mut w = FsWrite::open(&target, named).unwrap();
+            w.write_all(b"newer").unwrap();
+            w.commit(None, false, Before::Absent).unwrap();
+            assert_eq!(std::fs::read(&target).unwrap(), b"newer");
+        }
+        // Absent and absent: linked in place.
+        let fresh = dir.path().join("g");
+        let mut w = FsWrite::create(&fresh).unwrap();
+        w.write_all(b"g").unwrap();
+        w.commit(None, false, Before::Absent).unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"g");
+        assert_eq!(others(dir.path(), &["f", "g"]), Vec::<String>::new());
     }
 
     #[test]
@@ -418,7 +461,7 @@ mod tests {
             let target = dir.path().join(&long);
             let mut w = FsWrite::open(&target, named).unwrap();
             w.write_all(b"ok").unwrap();
-            w.commit(None, false).unwrap();
+            w.commit(None, false, Before::Unknown).unwrap();
             assert_eq!(std::fs::read(&target).unwrap(), b"ok");
         }
     }

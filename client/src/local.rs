@@ -13,7 +13,7 @@ use btp_common::wire::{FileEntry, Job};
 
 use crate::errors::{io_error, JobError};
 use crate::exec::{JobContext, SMALL_FILE};
-use crate::fswrite::FsWrite;
+use crate::fswrite::{Before, FsWrite};
 
 /// What happened to a file.
 pub(crate) enum Local {
@@ -144,11 +144,19 @@ impl Setting {
             src: self.src.join(rel),
             dst: self.dst.join(rel),
         };
-        if self.compare && up_to_date(&file.dst, size, mtime_ms) {
-            return Ok(Local::Skipped);
-        }
+        // The look at the destination also tells the writer whether it replaces a file.
+        let before = if self.compare {
+            match std::fs::metadata(&file.dst) {
+                Ok(m) if is_current(&m, size, mtime_ms) => return Ok(Local::Skipped),
+                Ok(m) => Before::Present(m),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Before::Absent,
+                Err(_) => Before::Unknown,
+            }
+        } else {
+            Before::Unknown
+        };
         crate::exec::injected_fault(rel)?;
-        copy_blocking(&file, size, mtime_ms, self.check_bytes)
+        copy_blocking(&file, size, mtime_ms, self.check_bytes, before)
     }
 }
 
@@ -331,10 +339,14 @@ struct Paths {
 }
 
 /// True when `dst` has the listed size and is not older than the source.
+#[cfg(test)]
 fn up_to_date(dst: &Path, size: u64, mtime_ms: Option<i64>) -> bool {
-    let Ok(meta) = std::fs::metadata(dst) else {
-        return false;
-    };
+    std::fs::metadata(dst).is_ok_and(|m| is_current(&m, size, mtime_ms))
+}
+
+/// True when a destination file of metadata `meta` has the listed size and is not older than
+/// the source.
+fn is_current(meta: &std::fs::Metadata, size: u64, mtime_ms: Option<i64>) -> bool {
     let dst_ms = meta
         .modified()
         .ok()
@@ -354,6 +366,7 @@ fn copy_blocking(
     size: u64,
     mtime_ms: Option<i64>,
     check_bytes: bool,
+    before: Before,
 ) -> Result<Local, JobError> {
     let mut data = Vec::with_capacity(size as usize + 1);
     std::fs::File::open(&p.src)
@@ -365,7 +378,7 @@ fn copy_blocking(
             data.len()
         )));
     }
-    write_checked(p, &data, mtime_ms, check_bytes)
+    write_checked(p, &data, mtime_ms, check_bytes, before)
 }
 
 /// Writes `data` beside the destination, checks what landed there and only then puts it under
@@ -375,6 +388,7 @@ fn write_checked(
     data: &[u8],
     mtime_ms: Option<i64>,
     check_bytes: bool,
+    before: Before,
 ) -> Result<Local, JobError> {
     let size = data.len() as u64;
     let err = |op: &str, e: std::io::Error| io_error(op, &p.dst.to_string_lossy(), e);
@@ -398,7 +412,8 @@ fn write_checked(
     // Best effort, as for every copy: a failure only costs a re-copy on the next run.
     let mtime = mtime_ms
         .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
-    out.commit(mtime, false).map_err(|e| err("rename", e))?;
+    out.commit(mtime, false, before)
+        .map_err(|e| err("rename", e))?;
     Ok(Local::Copied(size))
 }
 
@@ -429,7 +444,7 @@ mod tests {
         let mtime = 1_600_000_000_123;
         assert!(!up_to_date(&p.dst, 11, Some(mtime)));
         assert!(matches!(
-            copy_blocking(&p, 11, Some(mtime), true),
+            copy_blocking(&p, 11, Some(mtime), true, Before::Unknown),
             Ok(Local::Copied(11))
         ));
         assert_eq!(std::fs::read(&p.dst).unwrap(), b"hello world");
@@ -444,7 +459,9 @@ mod tests {
         let p = paths(dir.path());
         std::fs::create_dir_all(p.src.parent().unwrap()).unwrap();
         std::fs::write(&p.src, b"grown since listed").unwrap();
-        let e = copy_blocking(&p, 5, None, false).err().unwrap();
+        let e = copy_blocking(&p, 5, None, false, Before::Unknown)
+            .err()
+            .unwrap();
         assert!(e.is_transient(), "{e}");
         assert!(e.to_string().contains("source changed"), "{e}");
         assert!(!p.dst.exists(), "nothing left under the final name");
@@ -452,7 +469,9 @@ mod tests {
         std::fs::remove_file(&p.src).unwrap();
         std::fs::create_dir_all(p.dst.parent().unwrap()).unwrap();
         std::fs::write(&p.dst, b"older").unwrap();
-        let e = copy_blocking(&p, 5, None, false).err().unwrap();
+        let e = copy_blocking(&p, 5, None, false, Before::Unknown)
+            .err()
+            .unwrap();
         assert!(!e.is_transient(), "{e}");
         assert!(
             e.to_string().starts_with("not found: read a/b/f.bin"),
