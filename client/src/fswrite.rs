@@ -38,6 +38,8 @@ pub(crate) struct FsWrite {
     named: Option<PathBuf>,
     /// The file's mode and owner, once [`FsWrite::stored_len`] looked.
     meta: Option<Owner>,
+    /// Its size then.
+    len: Option<u64>,
 }
 
 impl FsWrite {
@@ -77,6 +79,7 @@ impl FsWrite {
                     target: target.to_path_buf(),
                     named: None,
                     meta: None,
+                    len: None,
                 });
             }
             let e = io::Error::last_os_error();
@@ -100,6 +103,7 @@ impl FsWrite {
                         target: target.to_path_buf(),
                         named: Some(temp),
                         meta: None,
+                        len: None,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -109,7 +113,7 @@ impl FsWrite {
     }
 
     pub(crate) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.meta = None;
+        (self.meta, self.len) = (None, None);
         self.file.write_all(data)
     }
 
@@ -117,13 +121,15 @@ impl FsWrite {
     pub(crate) fn stored_len(&mut self) -> io::Result<u64> {
         let meta = self.file.metadata()?;
         self.meta = Some(Owner::of(&meta));
+        self.len = Some(meta.len());
         Ok(meta.len())
     }
 
     /// Reads the written content back from the file system, in pieces of at most 1 MiB.
     pub(crate) fn read_back(&self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 1 << 20];
+        let piece = self.len.map_or(64 << 10, |n| n.clamp(1, 1 << 20));
+        let mut buf = vec![0u8; piece as usize];
         let mut at = 0u64;
         loop {
             let n = match self.file.read_at(&mut buf, at) {
