@@ -10,18 +10,19 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// Bytes under `dir` now (files being written count with their current size).
-fn bytes_in(dir: &Path) -> u64 {
+fn bytes_in(c: &Cluster, dir: &Path) -> u64 {
+    let held = c.bytes_being_written(dir);
     if !dir.exists() {
-        return 0;
+        return held;
     }
-    walk(dir).values().flatten().sum()
+    walk(dir).values().flatten().sum::<u64>() + held
 }
 
 /// The rate at which `dir` grows between two instants `secs` apart.
-fn rate(dir: &Path, secs: f64) -> f64 {
-    let (b0, t0) = (bytes_in(dir), Instant::now());
+fn rate(c: &Cluster, dir: &Path, secs: f64) -> f64 {
+    let (b0, t0) = (bytes_in(c, dir), Instant::now());
     std::thread::sleep(Duration::from_secs_f64(secs));
-    (bytes_in(dir) - b0) as f64 / t0.elapsed().as_secs_f64()
+    (bytes_in(c, dir) - b0) as f64 / t0.elapsed().as_secs_f64()
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -47,7 +48,7 @@ fn a_task_speed_limit_holds_across_two_clients_and_can_be_raised_while_it_runs()
 
     // Steady middle at 20 MiB/s: skip the first seconds, then measure over 6 s.
     std::thread::sleep(Duration::from_secs(3));
-    let at20 = rate(&dst, 6.0) / MIB;
+    let at20 = rate(&c, &dst, 6.0) / MIB;
     eprintln!("measured {at20:.1} MiB/s at a limit of 20 MiB/s");
     assert!(
         (15.0..=25.0).contains(&at20),
@@ -57,7 +58,7 @@ fn a_task_speed_limit_holds_across_two_clients_and_can_be_raised_while_it_runs()
     let t = btp_json(&c.url, &["task", "set", &id, "--speed-limit", "40MiB/s"]);
     assert_eq!(t["options"]["speed_limit"], 40u64 << 20);
     std::thread::sleep(Duration::from_secs(5));
-    let at40 = rate(&dst, 4.0) / MIB;
+    let at40 = rate(&c, &dst, 4.0) / MIB;
     eprintln!("measured {at40:.1} MiB/s 5 s after raising the limit to 40 MiB/s");
     assert!(
         (30.0..=50.0).contains(&at40),

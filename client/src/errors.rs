@@ -26,6 +26,9 @@ impl From<opendal::Error> for JobError {
     fn from(e: opendal::Error) -> Self {
         use opendal::ErrorKind as K;
         let text = describe(&e);
+        if io_cause(&e).is_some_and(is_full) {
+            return destination_full(&text);
+        }
         match e.kind() {
             K::NotFound
             | K::PermissionDenied
@@ -63,6 +66,9 @@ impl From<btp_common::webdav::WebdavError> for JobError {
 impl From<std::io::Error> for JobError {
     fn from(e: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
+        if is_full(&e) {
+            return destination_full(&e.to_string());
+        }
         match e.kind() {
             K::NotFound | K::PermissionDenied | K::InvalidInput => {
                 JobError::Permanent(e.to_string())
@@ -76,6 +82,55 @@ impl From<async_nats::Error> for JobError {
     fn from(e: async_nats::Error) -> Self {
         JobError::Transient(format!("nats: {e}"))
     }
+}
+
+/// True for the errors of a full destination: no space left (`ENOSPC`), or the user's quota
+/// used up (`EDQUOT`).
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// The error of a write to a full destination; `what` names the file (its destination path).
+///
+/// Transient, so the file gets the task's normal attempts with their backoff and fails with
+/// this reason after the last one. Not permanent: space often comes back within a task (a
+/// large file that failed takes its temporary file away, parallel small files then fit) or is
+/// freed by an operator during the backoff. Not retried at once either: a full disk does not
+/// heal in seconds, and the remaining attempts are few (`btp task retry` runs the failed files
+/// again once space was made).
+pub(crate) fn destination_full(what: &str) -> JobError {
+    JobError::Transient(format!("destination is full: {what}"))
+}
+
+/// The I/O error of `op` on `path` as one line naming the kind, the operation and the file;
+/// permanent for what retrying cannot fix; a full destination as [`destination_full`].
+pub(crate) fn io_error(op: &str, path: &str, e: std::io::Error) -> JobError {
+    use std::io::ErrorKind as K;
+    if is_full(&e) {
+        return destination_full(path);
+    }
+    let kind = match e.kind() {
+        K::NotFound => "not found".to_string(),
+        K::PermissionDenied => "permission denied".to_string(),
+        other => other.to_string().to_lowercase(),
+    };
+    let text = format!("{kind}: {op} {path}: {e}");
+    match e.kind() {
+        K::NotFound | K::PermissionDenied | K::InvalidInput => JobError::Permanent(text),
+        _ => JobError::Transient(text),
+    }
+}
+
+/// The I/O error at the bottom of an OpenDAL error, if there is one.
+fn io_cause(e: &opendal::Error) -> Option<&std::io::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A short, single-line description of an OpenDAL error (kind and the innermost cause).
@@ -117,6 +172,30 @@ mod tests {
         assert!(JobError::from(pd)
             .to_string()
             .starts_with("permission denied"));
+    }
+
+    #[test]
+    fn a_full_destination_is_named_as_such_wherever_it_comes_from() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = io_error(
+                "write",
+                "/dst/a/f.bin",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert!(e.is_transient(), "{e}");
+            assert_eq!(e.to_string(), "destination is full: /dst/a/f.bin");
+        }
+        let e = JobError::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(e.to_string().starts_with("destination is full: "), "{e}");
+        let dal = opendal::Error::new(opendal::ErrorKind::Unexpected, "write")
+            .set_source(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let e = JobError::from(dal);
+        assert!(e.to_string().starts_with("destination is full: "), "{e}");
+        assert!(e.is_transient());
+        // Other errors keep their kinds.
+        let nf = io_error("read", "a/f", std::io::ErrorKind::NotFound.into());
+        assert!(!nf.is_transient());
+        assert!(nf.to_string().starts_with("not found: read a/f"), "{nf}");
     }
 
     #[test]

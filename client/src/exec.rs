@@ -13,7 +13,7 @@ use btp_common::wire::{
 };
 use btp_common::Endpoint;
 
-use crate::errors::JobError;
+use crate::errors::{self, JobError};
 
 /// Bytes read from a file system per request while copying.
 pub const COPY_CHUNK: usize = 4 << 20;
@@ -294,8 +294,12 @@ async fn list(
         // An empty directory is part of the tree too.
         job.dst.operator()?.create_dir(dir).await?;
     }
-    if opts.sync && clean {
-        let dst = job.dst.operator()?;
+    let dst = if opts.sync && clean {
+        destination(job)?
+    } else {
+        None
+    };
+    if let Some(dst) = dst {
         let listing = dst
             .lister_with(if dir.is_empty() { "/" } else { dir })
             .await;
@@ -472,10 +476,8 @@ async fn one_file<'f>(
         return (f, FileOutcome::WouldCopy);
     }
     match copy_file(job, src, dst, f, ctx).await {
-        Ok(n) => {
-            keep_mtime(&job.dst, f);
-            (f, FileOutcome::Copied(n))
-        }
+        // File-system copies got their modification time before they were put in place.
+        Ok(n) => (f, FileOutcome::Copied(n)),
         Err(e) => (f, FileOutcome::Failed(e)),
     }
 }
@@ -640,10 +642,35 @@ pub(crate) async fn pace(
     Ok(())
 }
 
+/// The destination's operator. None in a dry run whose file-system destination does not exist
+/// yet: building the operator would create its root, and a dry run changes nothing (there is
+/// nothing at the destination to compare with or delete either).
+pub(crate) fn destination(job: &Job) -> Result<Option<Operator>, JobError> {
+    if job.dry_run {
+        Ok(job.dst.operator_if_exists()?)
+    } else {
+        Ok(Some(job.dst.operator()?))
+    }
+}
+
 async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<(), JobError> {
     use futures::StreamExt;
     let src = job.src.source_operator()?;
-    let dst = job.dst.operator()?;
+    let Some(dst) = destination(job)? else {
+        // A dry run into a destination that does not exist: every file would be copied.
+        let body = ResultBody::Copy {
+            files_copied: files.len() as u64,
+            bytes_copied: files.iter().map(|f| f.size).sum(),
+            files_skipped: 0,
+            bytes_skipped: 0,
+            failures: Vec::new(),
+            retry: Vec::new(),
+            retry_after_ms: 0,
+            would_copy: files.to_vec(),
+            up_to_date: Vec::new(),
+        };
+        return ctx.sink.send(job, 0, true, body).await;
+    };
     // Every destination path is checked before anything is written.
     let mut check = crate::dstpath::DstCheck::new(&job.dst);
     let mut refused = Vec::new();
@@ -829,11 +856,14 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 /// `BTP_FAULT_WRITE_ERRORS=N` fails the first N file writes of this process with a transient
 /// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied;
 /// `BTP_FAULT_LIST_PAGE_DELAY_MS=N` waits N ms before each listing page is sent (a slow listing,
-/// so that a test can stop a client in the middle of one).
+/// so that a test can stop a client in the middle of one);
+/// `BTP_FAULT_WRITE_MIDWAY=N` fails the first N writes to file-system destinations after their
+/// first bytes were written (the first chunk of a streamed file, the data of a small one).
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
     list_page_delay: Option<std::time::Duration>,
+    midway_errors: std::sync::atomic::AtomicI64,
 }
 
 fn faults() -> &'static Faults {
@@ -851,7 +881,26 @@ fn faults() -> &'static Faults {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_millis),
+        midway_errors: std::env::var("BTP_FAULT_WRITE_MIDWAY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            .into(),
     })
+}
+
+/// The fault injected in the middle of a write to a file-system destination, if any.
+pub(crate) fn injected_midway_fault(path: &str) -> Result<(), JobError> {
+    if faults()
+        .midway_errors
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        return Err(JobError::Transient(format!(
+            "unexpected: injected fault in the middle of writing {path}"
+        )));
+    }
+    Ok(())
 }
 
 /// The fault injected for a copy of `path`, if any: an unreadable source, or one of the first N
@@ -884,7 +933,8 @@ pub(crate) fn injected_fault(path: &str) -> Result<(), JobError> {
 /// Streams one file; returns the bytes written. The destination is only closed (made complete)
 /// when every byte arrived and the size matches the listing; otherwise the partial file is
 /// removed, so nothing incomplete is left under the final name. Then the copy is verified: its
-/// size, and with `--verify checksum` its MD5 against the bytes read from the source.
+/// size, and with `--verify checksum` its MD5 against the bytes read from the source. On file
+/// systems all of this happens before the new file replaces the old one ([`copy_to_fs`]).
 async fn copy_file(
     job: &Job,
     src: &Operator,
@@ -894,6 +944,9 @@ async fn copy_file(
 ) -> Result<u64, JobError> {
     injected_fault(&f.path)?;
     let mut stream = read_stream(&job.src, src, &f.path, ..).await?;
+    if let Some(root) = job.dst.local_root() {
+        return copy_to_fs(job, root, f, stream, ctx).await;
+    }
     if let Some(dav) = btp_common::webdav::WebdavClient::new(&job.dst) {
         if f.size >= SMALL_FILE {
             // OpenDAL's WebDAV writer would hold the whole file: stream it instead.
@@ -967,7 +1020,7 @@ async fn copy_file(
         Ok(()) => writer.close().await?,
         Err(e) => {
             if writer.abort().await.is_err() {
-                // Backends without abort (fs without a temp dir) wrote in place: remove it.
+                // Backends without abort wrote in place: remove it.
                 let _ = writer.close().await;
                 let _ = dst.delete(&f.path).await;
             }
@@ -979,6 +1032,128 @@ async fn copy_file(
         let _ = dst.delete(&f.path).await;
         return Err(e);
     }
+    Ok(written)
+}
+
+/// Runs `op` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, JobError> + Send + 'static,
+) -> Result<T, JobError> {
+    join(tokio::task::spawn_blocking(op)).await
+}
+
+async fn join<T>(h: tokio::task::JoinHandle<Result<T, JobError>>) -> Result<T, JobError> {
+    h.await
+        .map_err(|e| JobError::Transient(format!("copy stopped: {e}")))?
+}
+
+/// Bytes gathered before a write to a file-system destination (an object store's stream comes
+/// in small pieces; file-system sources in `COPY_CHUNK`s, each written at once).
+const WRITE_BATCH: usize = 1 << 20;
+
+/// A new file-system copy between writes, or with a write running on the blocking pool (which
+/// gives the file back); the next chunk is read meanwhile. Dropped with a write running, the
+/// file is removed when the write ends.
+enum Writing {
+    Idle(crate::fswrite::FsWrite),
+    Busy(tokio::task::JoinHandle<Result<crate::fswrite::FsWrite, JobError>>),
+}
+
+impl Writing {
+    async fn idle(self) -> Result<crate::fswrite::FsWrite, JobError> {
+        match self {
+            Writing::Idle(out) => Ok(out),
+            Writing::Busy(h) => join(h).await,
+        }
+    }
+}
+
+/// Streams one file into a new file beside its file-system destination (paced, hashed with
+/// `--verify checksum`), checks the size the listing gave, the size stored and with `--verify
+/// checksum` the bytes read back, and only then gives it the source's modification time,
+/// flushes it (as OpenDAL's fs writer did) and renames it over the destination. A failure or a
+/// cancellation at any point removes the new file: the previous copy stays as it was.
+async fn copy_to_fs(
+    job: &Job,
+    root: &str,
+    f: &FileEntry,
+    mut stream: opendal::BufferStream,
+    ctx: &JobContext<'_>,
+) -> Result<u64, JobError> {
+    let target = std::path::Path::new(root).join(&f.path);
+    let shown = std::sync::Arc::new(target.to_string_lossy().into_owned());
+    let s = shown.clone();
+    let mut writing = Writing::Idle(
+        blocking(move || {
+            crate::fswrite::FsWrite::create(&target).map_err(|e| errors::io_error("create", &s, e))
+        })
+        .await?,
+    );
+    let mut md5 = (job.verify == Verify::Checksum).then(btp_common::checksum::Md5Stream::default);
+    let mut written = 0u64;
+    let (mut batch, mut batch_len) = (Vec::<bytes::Bytes>::new(), 0usize);
+    let mut first = true;
+    loop {
+        let chunk = stream.try_next().await?;
+        let end = chunk.is_none();
+        if let Some(chunk) = chunk {
+            pace(&chunk, ctx, md5.as_mut()).await?;
+            written += chunk.len() as u64;
+            batch_len += chunk.len();
+            batch.extend(chunk);
+        }
+        if batch_len >= WRITE_BATCH || (end && batch_len > 0) {
+            let mut out = writing.idle().await?;
+            let (pieces, s) = (std::mem::take(&mut batch), shown.clone());
+            let fault = first.then(|| f.path.clone());
+            (batch_len, first) = (0, false);
+            writing = Writing::Busy(tokio::task::spawn_blocking(move || {
+                for piece in pieces {
+                    out.write_all(&piece)
+                        .map_err(|e| errors::io_error("write", &s, e))?;
+                }
+                if let Some(path) = fault {
+                    injected_midway_fault(&path)?;
+                }
+                Ok(out)
+            }));
+        }
+        if end {
+            break;
+        }
+    }
+    let mut out = writing.idle().await?;
+    if written != f.size {
+        return Err(JobError::Transient(format!(
+            "source changed during copy: listed {} bytes, read {written}",
+            f.size
+        )));
+    }
+    let want = md5.map(|h| h.finish());
+    let mtime = f
+        .mtime_ms
+        .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
+    blocking(move || {
+        let err = |op: &str, e: std::io::Error| errors::io_error(op, &shown, e);
+        let stored = out.stored_len().map_err(|e| err("stat", e))?;
+        if stored != written {
+            return Err(JobError::Transient(format!(
+                "size mismatch: {stored} bytes at the destination, {written} read from the source"
+            )));
+        }
+        if let Some(want) = want {
+            let mut h = btp_common::checksum::Md5Stream::default();
+            out.read_back(|b| h.update(b))
+                .map_err(|e| err("read back", e))?;
+            let got = h.finish();
+            if got != want {
+                return Err(md5_mismatch(&got, &want));
+            }
+        }
+        out.commit(mtime, true, crate::fswrite::Before::Unknown)
+            .map_err(|e| err("rename", e))
+    })
+    .await?;
     Ok(written)
 }
 

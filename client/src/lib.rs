@@ -5,6 +5,7 @@ pub mod agent;
 mod dstpath;
 pub mod errors;
 pub mod exec;
+mod fswrite;
 pub mod limiter;
 mod local;
 pub mod parts;

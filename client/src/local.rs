@@ -1,17 +1,19 @@
 //! Small files between two local file systems. Through OpenDAL's fs service a small file costs
 //! about ten hops to the blocking thread pool (stat, open, read, create the parent, open, write,
 //! close, stat again); here the same system calls run in one blocking call per file: compare,
-//! read, write with the source's modification time, check the size (and with `--verify
-//! checksum` the bytes read back). Memory is the file's size, below `exec::SMALL_FILE`.
+//! read, write beside the destination (`fswrite`) with the source's modification time, check the
+//! size (and with `--verify checksum` the bytes read back), rename over the destination. Memory
+//! is the file's size, below `exec::SMALL_FILE`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use btp_common::api::{Compare, Links, Verify};
 use btp_common::wire::{FileEntry, Job, Outcome};
 
-use crate::errors::JobError;
+use crate::errors::{io_error, JobError};
 use crate::exec::{JobContext, SMALL_FILE};
+use crate::fswrite::{Before, FsWrite};
 
 /// What happened to a file.
 pub(crate) enum Local {
@@ -37,7 +39,7 @@ const GROUPS_IN_FLIGHT: usize = 4;
 
 /// Copies `files` (each smaller than `SMALL_FILE`) from `src_root` to `dst_root`, skipping those
 /// the destination already has; one outcome per file, in no particular order. A copy that fails
-/// leaves nothing under the final name.
+/// leaves nothing under the final name and the previous copy, if any, as it was.
 pub(crate) async fn copy_small<'f>(
     job: &Job,
     (src_root, dst_root): (&str, &str),
@@ -142,11 +144,19 @@ impl Setting {
             src: self.src.join(rel),
             dst: self.dst.join(rel),
         };
-        if self.compare && up_to_date(&file.dst, size, mtime_ms) {
-            return Ok(Local::Skipped);
-        }
+        // The look at the destination also tells the writer whether it replaces a file.
+        let before = if self.compare {
+            match std::fs::metadata(&file.dst) {
+                Ok(m) if is_current(&m, size, mtime_ms) => return Ok(Local::Skipped),
+                Ok(m) => Before::Present(m),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Before::Absent,
+                Err(_) => Before::Unknown,
+            }
+        } else {
+            Before::Unknown
+        };
         crate::exec::injected_fault(rel)?;
-        copy_blocking(&file, size, mtime_ms, self.check_bytes)
+        copy_blocking(&file, size, mtime_ms, self.check_bytes, before)
     }
 }
 
@@ -506,10 +516,14 @@ struct Paths {
 }
 
 /// True when `dst` has the listed size and is not older than the source.
+#[cfg(test)]
 fn up_to_date(dst: &Path, size: u64, mtime_ms: Option<i64>) -> bool {
-    let Ok(meta) = std::fs::metadata(dst) else {
-        return false;
-    };
+    std::fs::metadata(dst).is_ok_and(|m| is_current(&m, size, mtime_ms))
+}
+
+/// True when a destination file of metadata `meta` has the listed size and is not older than
+/// the source.
+fn is_current(meta: &std::fs::Metadata, size: u64, mtime_ms: Option<i64>) -> bool {
     let dst_ms = meta
         .modified()
         .ok()
@@ -524,6 +538,7 @@ fn copy_blocking(
     size: u64,
     mtime_ms: Option<i64>,
     check_bytes: bool,
+    before: Before,
 ) -> Result<Local, JobError> {
     let mut data = Vec::with_capacity(size as usize + 1);
     std::fs::File::open(&p.src)
@@ -535,55 +550,42 @@ fn copy_blocking(
             data.len()
         )));
     }
-    let written = write_checked(p, &data, mtime_ms, check_bytes);
-    if written.is_err() {
-        // Nothing partial or wrong stays under the final name.
-        let _ = std::fs::remove_file(&p.dst);
-    }
-    written
+    write_checked(p, &data, mtime_ms, check_bytes, before)
 }
 
-/// Writes `data` to the destination and checks what landed there.
+/// Writes `data` beside the destination, checks what landed there and only then puts it under
+/// the final name. A failure leaves the previous copy, if any, as it was.
 fn write_checked(
     p: &Paths,
     data: &[u8],
     mtime_ms: Option<i64>,
     check_bytes: bool,
+    before: Before,
 ) -> Result<Local, JobError> {
     let size = data.len() as u64;
-    let mut out = match std::fs::File::create(&p.dst) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = p.dst.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io_error("create", &p.rel, e))?;
-            }
-            std::fs::File::create(&p.dst)
-        }
-        other => other,
-    }
-    .map_err(|e| io_error("create", &p.rel, e))?;
-    out.write_all(data)
-        .map_err(|e| io_error("write", &p.rel, e))?;
-    if let Some(ms) = mtime_ms {
-        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-        // Best effort, as for every copy: a failure only costs a re-copy on the next run.
-        let _ = out.set_modified(time);
-    }
-    let written = out
-        .metadata()
-        .map_err(|e| io_error("stat", &p.rel, e))?
-        .len();
-    drop(out);
+    let err = |op: &str, e: std::io::Error| io_error(op, &p.dst.to_string_lossy(), e);
+    let mut out = FsWrite::create(&p.dst).map_err(|e| err("create", e))?;
+    out.write_all(data).map_err(|e| err("write", e))?;
+    crate::exec::injected_midway_fault(&p.rel)?;
+    let written = out.stored_len().map_err(|e| err("stat", e))?;
     if written != size {
         return Err(JobError::Transient(format!(
             "size mismatch: {written} bytes at the destination, {size} read from the source"
         )));
     }
     if check_bytes {
-        let back = std::fs::read(&p.dst).map_err(|e| io_error("read back", &p.rel, e))?;
+        let mut back = Vec::with_capacity(data.len());
+        out.read_back(|b| back.extend_from_slice(b))
+            .map_err(|e| err("read back", e))?;
         if back != data {
             return Err(crate::exec::md5_mismatch(&md5_hex(&back), &md5_hex(data)));
         }
     }
+    // Best effort, as for every copy: a failure only costs a re-copy on the next run.
+    let mtime = mtime_ms
+        .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
+    out.commit(mtime, false, before)
+        .map_err(|e| err("rename", e))?;
     Ok(Local::Copied(size))
 }
 
@@ -591,21 +593,6 @@ fn md5_hex(data: &[u8]) -> String {
     let mut h = btp_common::checksum::Md5Stream::default();
     h.update(data);
     h.finish()
-}
-
-/// One line naming the kind, the operation and the file; permanent for what retrying cannot fix.
-fn io_error(op: &str, path: &str, e: std::io::Error) -> JobError {
-    use std::io::ErrorKind as K;
-    let kind = match e.kind() {
-        K::NotFound => "not found".to_string(),
-        K::PermissionDenied => "permission denied".to_string(),
-        other => other.to_string().to_lowercase(),
-    };
-    let text = format!("{kind}: {op} {path}: {e}");
-    match e.kind() {
-        K::NotFound | K::PermissionDenied | K::InvalidInput => JobError::Permanent(text),
-        _ => JobError::Transient(text),
-    }
 }
 
 #[cfg(test)]
@@ -629,7 +616,7 @@ mod tests {
         let mtime = 1_600_000_000_123;
         assert!(!up_to_date(&p.dst, 11, Some(mtime)));
         assert!(matches!(
-            copy_blocking(&p, 11, Some(mtime), true),
+            copy_blocking(&p, 11, Some(mtime), true, Before::Unknown),
             Ok(Local::Copied(11))
         ));
         assert_eq!(std::fs::read(&p.dst).unwrap(), b"hello world");
@@ -644,7 +631,9 @@ mod tests {
         let p = paths(dir.path());
         std::fs::create_dir_all(p.src.parent().unwrap()).unwrap();
         std::fs::write(&p.src, b"grown since listed").unwrap();
-        let e = copy_blocking(&p, 5, None, false).err().unwrap();
+        let e = copy_blocking(&p, 5, None, false, Before::Unknown)
+            .err()
+            .unwrap();
         assert!(e.is_transient(), "{e}");
         assert!(e.to_string().contains("source changed"), "{e}");
         assert!(!p.dst.exists(), "nothing left under the final name");
@@ -652,7 +641,9 @@ mod tests {
         std::fs::remove_file(&p.src).unwrap();
         std::fs::create_dir_all(p.dst.parent().unwrap()).unwrap();
         std::fs::write(&p.dst, b"older").unwrap();
-        let e = copy_blocking(&p, 5, None, false).err().unwrap();
+        let e = copy_blocking(&p, 5, None, false, Before::Unknown)
+            .err()
+            .unwrap();
         assert!(!e.is_transient(), "{e}");
         assert!(
             e.to_string().starts_with("not found: read a/b/f.bin"),

@@ -41,7 +41,13 @@ fn multipart(dst: &Endpoint) -> Result<S3Multipart, JobError> {
 pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result<(), JobError> {
     crate::dstpath::DstCheck::new(&job.dst).check(&file.path)?;
     let src = job.src.source_operator()?;
-    let dst = job.dst.operator()?;
+    let Some(dst) = exec::destination(job)? else {
+        // A dry run into a destination that does not exist yet.
+        return ctx
+            .sink
+            .send(job, 0, true, exec::would_copy_body(file))
+            .await;
+    };
     if exec::already_there(job, &src, &dst, file).await? {
         return ctx.sink.send(job, 0, true, exec::skipped_body(file)).await;
     }

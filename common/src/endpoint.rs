@@ -207,6 +207,20 @@ impl Endpoint {
         }
     }
 
+    /// The operator for looking at this endpoint without changing it (a dry run's destination):
+    /// as [`Endpoint::operator`], but None for a file-system root that does not exist, which
+    /// building the operator would create.
+    pub fn operator_if_exists(&self) -> opendal::Result<Option<Operator>> {
+        if let Endpoint::Fs { root } = self {
+            if let Err(e) = std::fs::metadata(root) {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    return Ok(None);
+                }
+            }
+        }
+        self.operator().map(Some)
+    }
+
     /// True for endpoints on a local file system (they keep modification times, need no
     /// multipart uploads and get their empty directories created).
     pub fn is_local(&self) -> bool {

@@ -507,6 +507,34 @@ impl Cluster {
     pub fn report(&self, id: &str) -> serde_json::Value {
         btp_json(&self.url, &["task", "report", id])
     }
+
+    /// Bytes of the new files the clients are writing under `dir` right now. They have no name
+    /// until they are complete (client/src/fswrite.rs), so walking the tree does not see them.
+    pub fn bytes_being_written(&self, dir: &Path) -> u64 {
+        let mut n = 0;
+        for c in &self.clients {
+            for (link, fd) in open_under(c.pid(), dir) {
+                if link.to_string_lossy().ends_with(" (deleted)") {
+                    n += std::fs::metadata(fd).map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+        n
+    }
+}
+
+/// The files process `pid` has open under `dir`: what each descriptor's link names, and the
+/// descriptor (`/proc/PID/fd/N`). A new file not yet in place shows as `dir/#INODE (deleted)`.
+pub fn open_under(pid: u32, dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|e| {
+        let fd = e.ok()?.path();
+        let link = std::fs::read_link(&fd).ok()?;
+        link.starts_with(dir).then_some((link, fd))
+    })
+    .collect()
 }
 
 /// Asserts a finished task brought the whole tree over, each file counted once: copied, or
