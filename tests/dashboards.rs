@@ -19,17 +19,6 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Every query of a dashboard: panel targets, and the metric behind each `label_values(...)`.
 fn queries(dashboard: &serde_json::Value) -> Vec<String> {
     let mut out = Vec::new();

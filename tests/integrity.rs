@@ -255,116 +255,24 @@ fn sync_deletes_nothing_in_a_directory_it_could_not_see_whole() {
     );
 }
 
-/// Starts moto, or None when it is not installed (outside CI).
-fn start_moto(dir: &Path) -> Option<(Service, u16)> {
-    let args = ["-H", "127.0.0.1", "-p", "{port}"];
-    start_service("moto_server", &args, dir, "pip install 'moto[server]'")
-}
-
-/// A plain unsigned request to moto.
-fn http(port: u16, method: &str, path: &str, body: &[u8]) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
-    s.write_all(body).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
-}
-
-fn s3_opts(port: u16, side: &str) -> Vec<String> {
-    [
-        format!("endpoint=http://127.0.0.1:{port}"),
-        "region=us-east-1".into(),
-        "access_key_id=test".into(),
-        "secret_access_key=test".into(),
-    ]
-    .into_iter()
-    .flat_map(|o| [format!("--{side}-opt"), o])
-    .collect()
-}
-
-/// Keys of a bucket under a prefix, through moto's ListObjectsV2, parsed as XML.
-fn keys(port: u16, bucket: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut path = format!("/{bucket}?list-type=2&max-keys=1000");
-        if let Some(t) = &token {
-            path.push_str(&format!("&continuation-token={}", urlencode(t)));
-        }
-        let answer = http(port, "GET", &path, b"");
-        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
-        let body =
-            body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n');
-        let mut reader = quick_xml::Reader::from_str(body);
-        let (mut in_key, mut in_token) = (false, false);
-        token = None;
-        loop {
-            match reader.read_event().unwrap() {
-                quick_xml::events::Event::Start(e) => {
-                    in_key = e.name().as_ref() == "Key";
-                    in_token = e.name().as_ref() == "NextContinuationToken";
-                }
-                quick_xml::events::Event::Text(t) => {
-                    // The keys of these tests need no entity references.
-                    let text = t.xml10_content().into_owned();
-                    if in_key {
-                        out.insert(text);
-                    } else if in_token {
-                        token = Some(text);
-                    }
-                }
-                quick_xml::events::Event::End(_) => (in_key, in_token) = (false, false),
-                quick_xml::events::Event::Eof => break,
-                _ => {}
-            }
-        }
-        if token.is_none() {
-            return out;
-        }
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn object_keys_that_are_no_relative_path_and_links_to_an_object_store_are_reported() {
     let tmp = test_dir();
     let Some((_moto, port)) = start_moto(tmp.path()) else {
         return;
     };
-    assert!(http(port, "PUT", "/src", b"").starts_with("HTTP/1.1 200"));
-    assert!(http(port, "PUT", "/dst", b"").starts_with("HTTP/1.1 200"));
+    assert!(s3_http(port, "PUT", "/src", b"").starts_with("HTTP/1.1 200"));
+    assert!(s3_http(port, "PUT", "/dst", b"").starts_with("HTTP/1.1 200"));
     for key in ["ok.txt", "a//b.txt", "%2E%2E/up.txt"] {
-        let answer = http(port, "PUT", &format!("/src/{key}"), b"data");
+        let answer = s3_http(port, "PUT", &format!("/src/{key}"), b"data");
         assert!(answer.starts_with("HTTP/1.1 200"), "{key}: {answer}");
     }
     let mut c = Cluster::start(tmp.path(), &[]);
     c.add_client(&[]);
     let dst = tmp.path().join("dst");
-    let mut args = vec![
-        "task",
-        "create",
-        "--src",
-        "s3://src",
-        "--dst",
-        dst.to_str().unwrap(),
-        "--start",
-    ];
     let opts = s3_opts(port, "src");
-    args.extend(opts.iter().map(|s| s.as_str()));
-    let task = btp_json(&c.url, &args);
-    let id = task["id"].as_str().unwrap().to_string();
+    let opts: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();
+    let id = c.start_task_at("s3://src", dst.to_str().unwrap(), &opts);
     let task = wait_task(&c.url, &id, Duration::from_secs(120));
     let report = report_entries(&c.url, &id);
     assert_accounted(&task, &report);
@@ -385,19 +293,9 @@ fn object_keys_that_are_no_relative_path_and_links_to_an_object_store_are_report
     // A link to an object store is skipped with its reason; the task completes.
     let src = tmp.path().join("linked");
     linked_tree(&src);
-    let mut args = vec![
-        "task",
-        "create",
-        "--src",
-        src.to_str().unwrap(),
-        "--dst",
-        "s3://dst/linked",
-        "--start",
-    ];
     let opts = s3_opts(port, "dst");
-    args.extend(opts.iter().map(|s| s.as_str()));
-    let task = btp_json(&c.url, &args);
-    let id = task["id"].as_str().unwrap().to_string();
+    let opts: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();
+    let id = c.start_task_at(src.to_str().unwrap(), "s3://dst/linked", &opts);
     let task = wait_task(&c.url, &id, Duration::from_secs(120));
     let report = report_entries(&c.url, &id);
     assert_eq!(task["state"], "completed", "{task}");
@@ -406,7 +304,7 @@ fn object_keys_that_are_no_relative_path_and_links_to_an_object_store_are_report
     assert_eq!(e.outcome, "skipped");
     assert!(e.reason.contains("cannot hold links"), "{}", e.reason);
     assert_eq!(
-        keys(port, "dst").into_iter().collect::<Vec<_>>(),
+        s3_keys(port, "dst").into_iter().collect::<Vec<_>>(),
         ["linked/a/b/g.txt", "linked/a/f.txt"]
     );
 }
@@ -418,7 +316,7 @@ fn listing_survives(interrupt: impl FnOnce(&mut Cluster, &str)) {
     let Some((_moto, port)) = start_moto(tmp.path()) else {
         return;
     };
-    assert!(http(port, "PUT", "/bucket", b"").starts_with("HTTP/1.1 200"));
+    assert!(s3_http(port, "PUT", "/bucket", b"").starts_with("HTTP/1.1 200"));
     let src = tmp.path().join("src");
     let half = tmp.path().join("half");
     std::fs::create_dir_all(&src).unwrap();
@@ -435,18 +333,9 @@ fn listing_survives(interrupt: impl FnOnce(&mut Cluster, &str)) {
     c.add_client(&["--ack-wait", "3s"]);
     let opts = s3_opts(port, "dst");
     let create = |c: &Cluster, from: &Path, extra: &[&str]| -> String {
-        let mut args = vec![
-            "task",
-            "create",
-            "--src",
-            from.to_str().unwrap(),
-            "--dst",
-            "s3://bucket",
-            "--start",
-        ];
-        args.extend(opts.iter().map(|s| s.as_str()));
+        let mut args: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();
         args.extend(extra);
-        btp_json(&c.url, &args)["id"].as_str().unwrap().to_string()
+        c.start_task_at(from.to_str().unwrap(), "s3://bucket", &args)
     };
     // Every other file is already at the destination, up to date.
     let first = create(&c, &half, &[]);
@@ -469,7 +358,7 @@ fn listing_survives(interrupt: impl FnOnce(&mut Cluster, &str)) {
     assert_accounted(&task, &report);
     assert_eq!(task["files_found"], FILES as u64, "{task}");
     assert_eq!(task["files_skipped"], (FILES / 2) as u64, "{task}");
-    let stored = keys(port, "bucket");
+    let stored = s3_keys(port, "bucket");
     assert_eq!(stored.len(), FILES, "every file is at the destination");
 }
 

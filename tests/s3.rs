@@ -14,12 +14,6 @@ use support::*;
 
 const SECRET: &str = "s3cr3t-never-printed";
 
-/// Starts moto's S3 server on a free port, or None (skip) when it is not installed outside CI.
-fn start_moto(dir: &std::path::Path) -> Option<(Service, u16)> {
-    let args = ["-H", "127.0.0.1", "-p", "{port}"];
-    start_service("moto_server", &args, dir, "pip install 'moto[server]'")
-}
-
 /// A plain PUT to moto (which takes unsigned requests for new buckets and objects).
 fn put(port: u16, path: &str, body: &[u8]) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -474,15 +474,12 @@ impl Cluster {
 
     /// Creates and starts a task; returns its id.
     pub fn start_task(&self, src: &Path, dst: &Path, extra: &[&str]) -> String {
-        let mut args = vec![
-            "task",
-            "create",
-            "--src",
-            src.to_str().unwrap(),
-            "--dst",
-            dst.to_str().unwrap(),
-            "--start",
-        ];
+        self.start_task_at(src.to_str().unwrap(), dst.to_str().unwrap(), extra)
+    }
+
+    /// Creates and starts a task between two endpoints (paths or URLs); returns its id.
+    pub fn start_task_at(&self, src: &str, dst: &str, extra: &[&str]) -> String {
+        let mut args = vec!["task", "create", "--src", src, "--dst", dst, "--start"];
         args.extend_from_slice(extra);
         let t = btp_json(&self.url, &args);
         t["id"].as_str().unwrap().to_string()
@@ -657,4 +654,89 @@ pub fn clients_that_copied_parts(dir: &Path, path: &str) -> std::collections::BT
         }
     }
     out
+}
+
+// ---- S3 (moto) ----
+
+/// Starts moto's S3 server on a free port, or None (skip) when it is not installed outside CI.
+pub fn start_moto(dir: &Path) -> Option<(Service, u16)> {
+    let args = ["-H", "127.0.0.1", "-p", "{port}"];
+    start_service("moto_server", &args, dir, "pip install 'moto[server]'")
+}
+
+/// A plain unsigned request to moto (which takes them for buckets and objects).
+pub fn s3_http(port: u16, method: &str, path: &str, body: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// `--src-opt`/`--dst-opt` arguments for moto (any keys).
+pub fn s3_opts(port: u16, side: &str) -> Vec<String> {
+    [
+        format!("endpoint=http://127.0.0.1:{port}"),
+        "region=us-east-1".into(),
+        "access_key_id=test".into(),
+        "secret_access_key=test".into(),
+    ]
+    .into_iter()
+    .flat_map(|o| [format!("--{side}-opt"), o])
+    .collect()
+}
+
+/// Every key of a bucket, through ListObjectsV2 (paged), parsed as XML.
+pub fn s3_keys(port: u16, bucket: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!("/{bucket}?list-type=2&max-keys=1000");
+        if let Some(t) = &token {
+            path.push_str(&format!("&continuation-token={}", urlencode(t)));
+        }
+        let answer = s3_http(port, "GET", &path, b"");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        let body =
+            body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n');
+        let mut reader = quick_xml::Reader::from_str(body);
+        let (mut in_key, mut in_token) = (false, false);
+        token = None;
+        loop {
+            match reader.read_event().unwrap() {
+                quick_xml::events::Event::Start(e) => {
+                    in_key = e.name().as_ref() == "Key";
+                    in_token = e.name().as_ref() == "NextContinuationToken";
+                }
+                quick_xml::events::Event::Text(t) => {
+                    // The keys of these tests need no entity references.
+                    let text = t.xml10_content().into_owned();
+                    if in_key {
+                        out.insert(text);
+                    } else if in_token {
+                        token = Some(text);
+                    }
+                }
+                quick_xml::events::Event::End(_) => (in_key, in_token) = (false, false),
+                quick_xml::events::Event::Eof => break,
+                _ => {}
+            }
+        }
+        if token.is_none() {
+            return out;
+        }
+    }
+}
+
+/// Percent-encodes everything but the unreserved characters.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
