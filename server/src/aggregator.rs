@@ -99,6 +99,39 @@ pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Resul
     }
 }
 
+/// Fails a job on the server's own account, as a worker's `Failed` result would: its files (or
+/// directory) are recorded as failed with `reason` and the job counts as done, so its task can
+/// finish. For jobs no worker can report on: one that cannot be published, one JetStream gave
+/// up delivering. A job already finished is left as it is.
+pub async fn fail_job(
+    ctx: &crate::Shared,
+    tenant: &str,
+    task: &str,
+    seq: i64,
+    attempt: u32,
+    reason: String,
+) -> Result<Applied, ApiError> {
+    let r = JobResult {
+        v: btp_common::WIRE_VERSION,
+        job: store::job_id(task, seq),
+        tenant: tenant.to_string(),
+        task: task.to_string(),
+        // No client ran it to the end: the job is recorded without one.
+        client: String::new(),
+        seq: 0,
+        last: true,
+        attempt,
+        body: ResultBody::Failed { reason },
+    };
+    let mut tx = ctx.store.begin().await?;
+    let mut effects = Effects::default();
+    let applied = apply(&mut tx, &r, &mut effects).await?;
+    tx.commit().await.map_err(store::map_sqlx)?;
+    ctx.wake_dispatcher.notify_one();
+    after_commit(ctx, effects).await;
+    Ok(applied)
+}
+
 /// Live speed, peak speed and task events, once the batch is committed.
 async fn after_commit(ctx: &crate::Shared, effects: Effects) {
     let now = now_ms();

@@ -1181,7 +1181,8 @@ pub async fn finish_job(
          payload = COALESCE($7, payload) WHERE task_id = $5 AND seq = $6",
     )
     .bind(state)
-    .bind(client)
+    // Jobs the server failed itself (never published, or given up by JetStream) have no client.
+    .bind((!client.is_empty()).then_some(client))
     .bind(attempts as i64)
     .bind(now)
     .bind(task)
