@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -85,4 +85,97 @@ fn a_job_too_large_to_publish_fails_alone_and_other_tasks_complete() {
         );
     }
     assert!(!bad_dst.exists() || std::fs::read_dir(&bad_dst).unwrap().count() == 0);
+}
+
+/// Messages left in the jobs stream (a dead one would stay there).
+fn jobs_in_stream(url: &str) -> u64 {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+            let mut s = js.get_stream("BTP_JOBS").await.unwrap();
+            s.info().await.unwrap().state.messages
+        })
+}
+
+/// A client that aborts whenever it starts copying `doomed/crash-here.bin` is restarted until
+/// the task ends: JetStream delivers that job 3 times (`--max-deliver 3`), then the server
+/// fails the job's files with the reason and the task ends failed; everything else is copied.
+#[test]
+fn a_job_that_crashes_its_worker_every_time_fails_after_max_deliver() {
+    let tmp = test_dir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    gen_tree(&src, 200, 1 << 20);
+    let doomed = src.join("doomed");
+    std::fs::create_dir_all(&doomed).unwrap();
+    let doomed_files = ["crash-here.bin", "sibling-1.txt", "sibling-2.txt"];
+    for (i, name) in doomed_files.iter().enumerate() {
+        std::fs::write(doomed.join(name), vec![i as u8; 1000 * (i + 1)]).unwrap();
+    }
+    let c = Cluster::start(tmp.path(), &["--ack-wait", "2s", "--max-deliver", "3"]);
+    // One worker: when the client dies, only the doomed job dies with it.
+    let args = ["client", "run", "--workers", "1", "--ack-wait", "2s"];
+    let env = [("BTP_FAULT_CRASH", "crash-here")];
+    let id = c.start_task(&src, &dst, &[]);
+    let mut runs = 0;
+    let mut client: Option<Proc> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let t = loop {
+        let t = btp_json(&c.url, &["task", "get", &id]);
+        if t["state"] != "running" {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never ended after {runs} client runs: {t}"
+        );
+        let dead = match client.as_mut() {
+            None => true,
+            Some(p) => p.child.try_wait().unwrap().is_some(),
+        };
+        if dead {
+            runs += 1;
+            let name = format!("client-run-{runs}");
+            client = Some(Proc::spawn_env(&name, &c.url, &args, tmp.path(), &env));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(client);
+    assert!(runs >= 3, "the client crashed {} times", runs - 1);
+    assert_eq!(t["state"], "failed", "{t}");
+    assert_eq!(t["files_failed"], doomed_files.len() as u64, "{t}");
+    assert_eq!(t["jobs_done"], t["jobs_total"], "{t}");
+    let failed = btp_json(&c.url, &["task", "report", &id, "--failed"]);
+    let mut paths: Vec<&str> = Vec::new();
+    for f in failed.as_array().unwrap() {
+        paths.push(f["path"].as_str().unwrap());
+        assert_eq!(f["reason"], "worker crashed 3 times on this job", "{f}");
+        assert_eq!(f["attempts"], 3, "{f}");
+    }
+    paths.sort();
+    let want: Vec<String> = doomed_files.iter().map(|n| format!("doomed/{n}")).collect();
+    assert_eq!(paths, want);
+    // Every other file arrived whole.
+    let all = tree_files(&src);
+    let copied = tree_files(&dst);
+    for (path, size) in &all {
+        if path.starts_with("doomed/") {
+            continue;
+        }
+        assert_eq!(copied.get(path), Some(size), "{path}");
+        assert_eq!(
+            std::fs::read(src.join(path)).unwrap(),
+            std::fs::read(dst.join(path)).unwrap(),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        t["files_copied"].as_u64().unwrap() + t["files_failed"].as_u64().unwrap(),
+        all.len() as u64,
+        "{t}"
+    );
+    // The dead message is gone from the work queue.
+    assert_eq!(jobs_in_stream(&c.url), 0);
 }

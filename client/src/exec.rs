@@ -716,11 +716,14 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 
 /// Faults injected through the environment, for the fault tests: as root, permissions cannot
 /// make a file unreadable or a directory unwritable, so the tests ask for the errors instead.
+/// Read once; none is set in production.
 /// `BTP_FAULT_WRITE_ERRORS=N` fails the first N file writes of this process with a transient
-/// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied.
+/// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied;
+/// `BTP_FAULT_CRASH=TEXT` aborts the process when a copy of a path containing TEXT starts.
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
+    crash: Option<String>,
 }
 
 fn faults() -> &'static Faults {
@@ -731,16 +734,24 @@ fn faults() -> &'static Faults {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
             .into(),
-        unreadable: std::env::var("BTP_FAULT_UNREADABLE")
-            .ok()
-            .filter(|s| !s.is_empty()),
+        unreadable: text_fault("BTP_FAULT_UNREADABLE"),
+        crash: text_fault("BTP_FAULT_CRASH"),
     })
 }
 
-/// The fault injected for a copy of `path`, if any: an unreadable source, or one of the first N
-/// writes failing.
+/// A fault naming part of a path, when set.
+fn text_fault(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|s| !s.is_empty())
+}
+
+/// The fault injected for a copy of `path`, if any: a crash, an unreadable source, or one of the
+/// first N writes failing.
 pub(crate) fn injected_fault(path: &str) -> Result<(), JobError> {
     let faults = faults();
+    if faults.crash.as_deref().is_some_and(|t| path.contains(t)) {
+        tracing::error!(path, "injected crash");
+        std::process::abort();
+    }
     if faults
         .unreadable
         .as_deref()

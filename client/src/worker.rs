@@ -202,6 +202,7 @@ pub async fn run(
         // (no waiting) until one has jobs; once all looked empty, a waiting pull on the next.
         let consumer = &consumers[next % consumers.len()];
         next = next.wrapping_add(1);
+        let max_deliver = consumer.cached_info().config.max_deliver;
         let batch = if consumers.len() == 1 || idle >= consumers.len() {
             idle = 0;
             // Short pulls: a stopping client waits for at most one to end; a shared client
@@ -266,8 +267,9 @@ pub async fn run(
                 metrics::gauge!(telemetry::WORKERS_BUSY).set(busy as f64);
                 // A panic in a job must not take the worker's bookkeeping with it; the message
                 // is redelivered after the ack wait.
-                let job =
-                    tokio::spawn(async move { run_job(&cfg, js, msg, &tokens, limiter).await });
+                let job = tokio::spawn(async move {
+                    run_job(&cfg, js, msg, max_deliver, &tokens, limiter).await
+                });
                 if let Err(e) = job.await {
                     tracing::error!(error = %e, "a job panicked; it will be redelivered");
                 }
@@ -305,10 +307,12 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs one job; `max_deliver` is its consumer's MaxDeliver (0 or less: unlimited).
 async fn run_job(
     cfg: &ClientConfig,
     js: jetstream::Context,
     msg: jetstream::Message,
+    max_deliver: i64,
     tokens: &TaskTokens,
     limiter: Option<Arc<RateLimiter>>,
 ) {
@@ -336,7 +340,11 @@ async fn run_job(
     tokens.job_running(&job.task, true);
     // Attempts count across redeliveries and across the server's retry jobs.
     let attempt = job.attempt.max(1) + (delivered.max(1) as u32 - 1);
-    let last_attempt = attempt >= job.max_attempts;
+    // JetStream delivers a message at most MaxDeliver times: that delivery is the last attempt
+    // too, so a job failing transiently is reported rather than dropped unsettled (the server
+    // would take it for a job that crashed its workers).
+    let last_delivery = max_deliver > 0 && delivered >= max_deliver;
+    let last_attempt = attempt >= job.max_attempts || last_delivery;
     let retry_after = backoff(attempt as i64, cfg.retry_backoff, cfg.retry_backoff_max);
     let sink = ResultSink {
         js,
