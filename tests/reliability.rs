@@ -179,3 +179,56 @@ fn a_job_that_crashes_its_worker_every_time_fails_after_max_deliver() {
     // The dead message is gone from the work queue.
     assert_eq!(jobs_in_stream(&c.url), 0);
 }
+
+/// Three files grow between their listing and their copy (`BTP_FAULT_GROW`): a small one (the
+/// local small-file path), a larger one (streamed) and one in parts (Upload, Part, Complete
+/// jobs). Each first attempt fails ("source changed"); the retry stats the file again and
+/// copies it as it is now, and the counters follow: every byte found is copied.
+#[test]
+fn a_file_that_changed_after_the_listing_is_copied_as_it_is_now() {
+    let tmp = test_dir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    gen_tree(&src, 100, 0);
+    let listed = [
+        ("grows-small.txt", 1000),
+        ("grows-large.bin", 1 << 20),
+        ("grows-in-parts.bin", 12 << 20),
+    ];
+    for (i, (name, size)) in listed.iter().enumerate() {
+        std::fs::write(src.join(name), vec![i as u8 + 1; *size]).unwrap();
+    }
+    let listed_bytes = stats(&src).bytes;
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client_env(
+        &["--workers", "4", "--retry-backoff", "100ms"],
+        &[("BTP_FAULT_GROW", "grows-")],
+    );
+    let id = c.start_task(
+        &src,
+        &dst,
+        &[
+            "--max-attempts",
+            "3",
+            "--multipart-threshold",
+            "8MiB",
+            "--part-size",
+            "5MiB",
+        ],
+    );
+    wait_task(&c.url, &id, Duration::from_secs(120));
+    let tree = stats(&src);
+    assert!(tree.bytes > listed_bytes, "the files grew");
+    let report = c.report(&id);
+    let t = &report["task"];
+    assert_complete(&report, &tree, &src, &dst);
+    let n = |k: &str| t[k].as_u64().unwrap();
+    assert_eq!(
+        n("bytes_found"),
+        n("bytes_copied") + n("bytes_skipped") + n("bytes_failed"),
+        "{t}"
+    );
+    assert_eq!(n("bytes_found"), tree.bytes, "{t}");
+    assert!(n("files_retried") >= 3, "{t}");
+    // The per-file report has the sizes copied.
+    assert_eq!(task_files(&c.url, &id), tree_files(&src));
+}

@@ -471,7 +471,8 @@ pub(crate) async fn content_md5(
     Ok(h.finish())
 }
 
-pub(crate) fn skipped_body(f: &FileEntry) -> ResultBody {
+/// The result of one file found up to date; `changed`: it changed since the listing.
+pub(crate) fn skipped_body(f: &FileEntry, changed: bool) -> ResultBody {
     ResultBody::Copy {
         files_copied: 0,
         bytes_copied: 0,
@@ -481,10 +482,12 @@ pub(crate) fn skipped_body(f: &FileEntry) -> ResultBody {
         retry: Vec::new(),
         retry_after_ms: 0,
         would_copy: Vec::new(),
+        changed: changed.then(|| f.clone()).into_iter().collect(),
     }
 }
 
-pub(crate) fn would_copy_body(f: &FileEntry) -> ResultBody {
+/// The result of one file a dry run would copy; `changed`: it changed since the listing.
+pub(crate) fn would_copy_body(f: &FileEntry, changed: bool) -> ResultBody {
     ResultBody::Copy {
         files_copied: 1,
         bytes_copied: f.size,
@@ -494,6 +497,7 @@ pub(crate) fn would_copy_body(f: &FileEntry) -> ResultBody {
         retry: Vec::new(),
         retry_after_ms: 0,
         would_copy: vec![f.clone()],
+        changed: changed.then(|| f.clone()).into_iter().collect(),
     }
 }
 
@@ -573,10 +577,56 @@ pub(crate) async fn pace(
     Ok(())
 }
 
+/// The files of a retried copy as the source has them now (size, modification time), and apart
+/// those that changed since the listing. A file that cannot be looked at keeps its entry: its
+/// copy says why.
+pub(crate) async fn restat(
+    src: &Operator,
+    files: &[FileEntry],
+) -> (Vec<FileEntry>, Vec<FileEntry>) {
+    let mut now = Vec::with_capacity(files.len());
+    for chunk in files.chunks(SMALL_FILES_IN_FLIGHT) {
+        let stats = futures::future::join_all(chunk.iter().map(|f| src.stat(&f.path))).await;
+        for (f, m) in chunk.iter().zip(stats) {
+            now.push(match m {
+                Ok(m) if m.is_file() => FileEntry {
+                    size: m.content_length(),
+                    mtime_ms: mtime_ms(&m).or(f.mtime_ms),
+                    ..f.clone()
+                },
+                _ => f.clone(),
+            });
+        }
+    }
+    let changed = now
+        .iter()
+        .zip(files)
+        .filter(|(n, f)| n.size != f.size || n.mtime_ms != f.mtime_ms)
+        .map(|(n, _)| n.clone())
+        .collect();
+    (now, changed)
+}
+
 async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<(), JobError> {
     use futures::StreamExt;
     let src = job.src.source_operator()?;
     let dst = job.dst.operator()?;
+    // A retry (a later attempt or a redelivery) copies each file as it is now: the listing's
+    // size and time may be stale, and a file that changed would fail every attempt.
+    let current;
+    let (files, changed) = if ctx.attempt > 1 {
+        let (now, changed) = restat(&src, files).await;
+        if !changed.is_empty() {
+            debug!(job = %job.id, files = changed.len(), "files changed since the listing");
+        }
+        current = now;
+        (current.as_slice(), changed)
+    } else {
+        (files, Vec::new())
+    };
+    for f in files {
+        injected_growth(&job.src, &f.path);
+    }
     let (small, large): (Vec<&FileEntry>, Vec<&FileEntry>) =
         files.iter().partition(|f| f.size < SMALL_FILE);
     let mut outcomes = Vec::with_capacity(files.len());
@@ -666,6 +716,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
         retry,
         retry_after_ms: ctx.retry_after.as_millis() as u64,
         would_copy,
+        changed,
     };
     ctx.sink.send(job, 0, true, body).await
 }
@@ -719,11 +770,16 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 /// Read once; none is set in production.
 /// `BTP_FAULT_WRITE_ERRORS=N` fails the first N file writes of this process with a transient
 /// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied;
-/// `BTP_FAULT_CRASH=TEXT` aborts the process when a copy of a path containing TEXT starts.
+/// `BTP_FAULT_CRASH=TEXT` aborts the process when a copy of a path containing TEXT starts;
+/// `BTP_FAULT_GROW=TEXT` appends to a (local) source file whose path contains TEXT just before
+/// its first copy (or upload) reads it, as if it changed after the listing.
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
     crash: Option<String>,
+    grow: Option<String>,
+    /// Paths the one-time faults happened to already.
+    grown: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn faults() -> &'static Faults {
@@ -736,7 +792,35 @@ fn faults() -> &'static Faults {
             .into(),
         unreadable: text_fault("BTP_FAULT_UNREADABLE"),
         crash: text_fault("BTP_FAULT_CRASH"),
+        grow: text_fault("BTP_FAULT_GROW"),
+        grown: Default::default(),
     })
+}
+
+/// True the first time in this process that the one-time fault `TEXT` applies to `path`.
+fn once(
+    fault: &Option<String>,
+    done: &std::sync::Mutex<std::collections::HashSet<String>>,
+    path: &str,
+) -> bool {
+    fault.as_deref().is_some_and(|t| path.contains(t))
+        && done.lock().expect("faults lock").insert(path.to_string())
+}
+
+/// `BTP_FAULT_GROW`: the source file grows just before its first copy reads it.
+pub(crate) fn injected_growth(src: &Endpoint, path: &str) {
+    let f = faults();
+    let Some(root) = src.local_root() else { return };
+    if !once(&f.grow, &f.grown, path) {
+        return;
+    }
+    use std::io::Write;
+    let full = std::path::Path::new(root).join(path);
+    let grown = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&full)
+        .and_then(|mut file| file.write_all(b"grown after the listing\n"));
+    warn!(path, ok = grown.is_ok(), "injected growth of the source");
 }
 
 /// A fault naming part of a path, when set.

@@ -41,14 +41,23 @@ fn multipart(dst: &Endpoint) -> Result<S3Multipart, JobError> {
 pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result<(), JobError> {
     let src = job.src.source_operator()?;
     let dst = job.dst.operator()?;
+    // A retry uploads the file as it is now (see `exec::restat`).
+    let current;
+    let (file, changed) = if ctx.attempt > 1 {
+        let (now, changed) = exec::restat(&src, std::slice::from_ref(file)).await;
+        current = now.into_iter().next().unwrap_or_else(|| file.clone());
+        (&current, !changed.is_empty())
+    } else {
+        (file, false)
+    };
+    exec::injected_growth(&job.src, &file.path);
     if exec::already_there(job, &src, &dst, file).await? {
-        return ctx.sink.send(job, 0, true, exec::skipped_body(file)).await;
+        let body = exec::skipped_body(file, changed);
+        return ctx.sink.send(job, 0, true, body).await;
     }
     if job.dry_run {
-        return ctx
-            .sink
-            .send(job, 0, true, exec::would_copy_body(file))
-            .await;
+        let body = exec::would_copy_body(file, changed);
+        return ctx.sink.send(job, 0, true, body).await;
     }
     let upload_id = match &job.dst {
         Endpoint::Fs { root } => {
@@ -76,7 +85,10 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
         }
     };
     debug!(job = %job.id, path = %file.path, %upload_id, "upload begun");
-    let body = ResultBody::Begun { upload_id };
+    let body = ResultBody::Begun {
+        upload_id,
+        file: changed.then(|| file.clone()),
+    };
     ctx.sink.send(job, 0, true, body).await
 }
 
@@ -366,6 +378,7 @@ async fn report(
         retry,
         retry_after_ms: ctx.retry_after.as_millis() as u64,
         would_copy: Vec::new(),
+        changed: Vec::new(),
     };
     ctx.sink.send(job, 0, true, body).await
 }

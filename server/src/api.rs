@@ -559,6 +559,12 @@ impl Api {
                             size: f.size,
                         }))
                     }
+                    // A large file, once its upload is complete.
+                    JobKind::Complete { file, .. } => files.push(DoneFile {
+                        path: file.path,
+                        size: file.size,
+                    }),
+                    // Kept by stores of earlier builds (an Upload job kept its file).
                     JobKind::Upload { file, .. } => {
                         // A large file whose upload failed later is in the failures instead.
                         let failed = store.has_failure(&req.id, &file.path).await?;

@@ -812,8 +812,9 @@ impl Store {
             .collect())
     }
 
-    /// Done Copy and Upload jobs of a task after job `after_seq`, in order, at most `limit`:
-    /// `(seq, payload)`, the payload holding the files the job copied (or found up to date).
+    /// Done Copy and Complete jobs (and Upload jobs, which kept their file in stores of earlier
+    /// builds) of a task after job `after_seq`, in order, at most `limit`: `(seq, payload)`, the
+    /// payload holding the files the job copied (or found up to date).
     pub async fn done_file_jobs(
         &self,
         task: &str,
@@ -822,7 +823,7 @@ impl Store {
     ) -> Result<Vec<(i64, String)>, ApiError> {
         let rows = sqlx::query(
             "SELECT seq, payload FROM jobs WHERE task_id = $1 AND seq > $2 AND state = 'done' \
-             AND kind IN ('copy', 'upload') AND payload <> '' ORDER BY seq LIMIT $3",
+             AND kind IN ('copy', 'upload', 'complete') AND payload <> '' ORDER BY seq LIMIT $3",
         )
         .bind(task)
         .bind(after_seq)

@@ -120,6 +120,7 @@ fn files(n: usize, size: u64) -> Vec<FileEntry> {
 fn copy_ok(n: u64, bytes: u64) -> ResultBody {
     ResultBody::Copy {
         would_copy: vec![],
+        changed: vec![],
         files_copied: n,
         bytes_copied: bytes,
         files_skipped: 0,
@@ -250,6 +251,7 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
         };
         let body = ResultBody::Copy {
             would_copy: vec![],
+            changed: vec![],
             files_copied: 1,
             files_skipped: 0,
             bytes_skipped: 0,
@@ -324,6 +326,7 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
         }];
         let body = ResultBody::Copy {
             would_copy: vec![],
+            changed: vec![],
             files_copied: 1,
             files_skipped: 0,
             bytes_skipped: 0,
