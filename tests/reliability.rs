@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -231,4 +232,195 @@ fn a_file_that_changed_after_the_listing_is_copied_as_it_is_now() {
     assert!(n("files_retried") >= 3, "{t}");
     // The per-file report has the sizes copied.
     assert_eq!(task_files(&c.url, &id), tree_files(&src));
+}
+
+/// Where the vanished-upload test copies to, and how it reads what is there.
+enum Dest {
+    Fs(PathBuf),
+    /// A bucket on a moto server.
+    S3 {
+        port: u16,
+        bucket: String,
+    },
+}
+
+impl Dest {
+    fn url(&self) -> String {
+        match self {
+            Dest::Fs(p) => p.to_str().unwrap().to_string(),
+            Dest::S3 { bucket, .. } => format!("s3://{bucket}/in"),
+        }
+    }
+
+    /// The endpoint's options (moto takes any keys).
+    fn options(&self) -> Vec<(String, String)> {
+        match self {
+            Dest::Fs(_) => Vec::new(),
+            Dest::S3 { port, .. } => [
+                ("endpoint", format!("http://127.0.0.1:{port}")),
+                ("region", "us-east-1".into()),
+                ("access_key_id", "test".into()),
+                ("secret_access_key", "test".into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        }
+    }
+
+    /// `--dst-opt` arguments of `task create`.
+    fn args(&self) -> Vec<String> {
+        self.options()
+            .into_iter()
+            .flat_map(|(k, v)| ["--dst-opt".to_string(), format!("{k}={v}")])
+            .collect()
+    }
+
+    fn endpoint(&self) -> btp_common::Endpoint {
+        btp_common::Endpoint::parse_with(&self.url(), &self.options().into_iter().collect())
+            .unwrap()
+    }
+
+    fn write(&self, path: &str, data: Vec<u8>) {
+        if let Dest::Fs(p) = self {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        block_on(self.endpoint().operator().unwrap().write(path, data)).unwrap();
+    }
+
+    fn read(&self, path: &str) -> Vec<u8> {
+        let op = self.endpoint().operator().unwrap();
+        block_on(op.read(path)).unwrap().to_vec()
+    }
+
+    /// Uploads left open on the store (temporary files, multipart uploads).
+    fn open_uploads(&self) -> usize {
+        match self {
+            Dest::Fs(p) => walk(p)
+                .keys()
+                .filter(|k| k.to_string_lossy().contains(".btp-"))
+                .count(),
+            Dest::S3 { .. } => {
+                let mp = btp_common::s3mp::S3Multipart::new(&self.endpoint()).unwrap();
+                block_on(mp.list_uploads()).unwrap().len()
+            }
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A large file's upload is aborted behind the tool's back between its last part and its
+/// completion (`BTP_FAULT_ABORT_BEFORE_COMPLETE`, as a lifecycle rule would), while the
+/// destination holds an older object of the same size. With one attempt allowed the file fails
+/// with the reason; with more it is uploaded again from the start. It is never reported copied
+/// with the old bytes left in place.
+fn a_vanished_upload_is_never_reported_copied(tmp: &Path, dest: Dest) {
+    let src = tmp.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let size = 12 << 20;
+    let mut c = Cluster::start(tmp, &[]);
+    c.add_client_env(
+        &["--workers", "4", "--retry-backoff", "100ms"],
+        &[("BTP_FAULT_ABORT_BEFORE_COMPLETE", "vanish-")],
+    );
+    for (name, attempts) in [("vanish-once.bin", "1"), ("vanish-retried.bin", "3")] {
+        let new: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let old = vec![0xeeu8; size];
+        std::fs::write(src.join(name), &new).unwrap();
+        dest.write(name, old.clone());
+        let mut args: Vec<String> = [
+            "task",
+            "create",
+            "--src",
+            src.to_str().unwrap(),
+            "--dst",
+            &dest.url(),
+            "--start",
+            "--compare",
+            "none",
+            "--include",
+            name,
+            "--max-attempts",
+            attempts,
+            "--multipart-threshold",
+            "8MiB",
+            "--part-size",
+            "5MiB",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(dest.args());
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let id = btp_json(&c.url, &args)["id"].as_str().unwrap().to_string();
+        let t = wait_task(&c.url, &id, Duration::from_secs(120));
+        let n = |k: &str| t[k].as_u64().unwrap();
+        if attempts == "1" {
+            assert_eq!(t["state"], "failed", "{t}");
+            assert_eq!((n("files_copied"), n("files_failed")), (0, 1), "{t}");
+            let failed = btp_json(&c.url, &["task", "report", &id, "--failed"]);
+            let reason = failed[0]["reason"].as_str().unwrap();
+            assert!(
+                reason.starts_with("upload vanished before completion"),
+                "{reason}"
+            );
+            assert!(
+                dest.read(name) == old,
+                "the old object stays, reported failed"
+            );
+            assert!(task_files(&c.url, &id).is_empty());
+        } else {
+            assert_eq!(t["state"], "completed", "{t}");
+            assert_eq!((n("files_copied"), n("files_failed")), (1, 0), "{t}");
+            assert!(n("files_retried") >= 1, "{t}");
+            assert!(dest.read(name) == new, "{name} holds the old bytes");
+            assert_eq!(
+                task_files(&c.url, &id),
+                [(name.to_string(), size as u64)].into()
+            );
+        }
+        assert_eq!(n("bytes_found"), size as u64, "{t}");
+        assert_eq!(
+            n("bytes_found"),
+            n("bytes_copied") + n("bytes_skipped") + n("bytes_failed"),
+            "{t}"
+        );
+        wait_for("no open upload", Duration::from_secs(30), || {
+            (dest.open_uploads() == 0).then_some(())
+        });
+    }
+}
+
+#[test]
+fn a_vanished_upload_to_a_file_system_is_never_reported_copied() {
+    let tmp = test_dir();
+    let dst = tmp.path().join("dst");
+    a_vanished_upload_is_never_reported_copied(tmp.path(), Dest::Fs(dst));
+}
+
+#[test]
+fn a_vanished_upload_to_s3_is_never_reported_copied() {
+    let tmp = test_dir();
+    let args = ["-H", "127.0.0.1", "-p", "{port}"];
+    let install = "pip install 'moto[server]'";
+    let Some((_moto, port)) = start_service("moto_server", &args, tmp.path(), install) else {
+        return;
+    };
+    // moto takes an unsigned PUT of a new bucket.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "PUT /vanish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let dest = Dest::S3 {
+        port,
+        bucket: "vanish".into(),
+    };
+    a_vanished_upload_is_never_reported_copied(tmp.path(), dest);
 }

@@ -772,14 +772,18 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 /// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied;
 /// `BTP_FAULT_CRASH=TEXT` aborts the process when a copy of a path containing TEXT starts;
 /// `BTP_FAULT_GROW=TEXT` appends to a (local) source file whose path contains TEXT just before
-/// its first copy (or upload) reads it, as if it changed after the listing.
+/// its first copy (or upload) reads it, as if it changed after the listing;
+/// `BTP_FAULT_ABORT_BEFORE_COMPLETE=TEXT` aborts the first upload of each path containing TEXT
+/// just before its Complete job completes it, as a lifecycle rule would.
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
     crash: Option<String>,
     grow: Option<String>,
+    abort_before_complete: Option<String>,
     /// Paths the one-time faults happened to already.
     grown: std::sync::Mutex<std::collections::HashSet<String>>,
+    aborted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn faults() -> &'static Faults {
@@ -793,7 +797,9 @@ fn faults() -> &'static Faults {
         unreadable: text_fault("BTP_FAULT_UNREADABLE"),
         crash: text_fault("BTP_FAULT_CRASH"),
         grow: text_fault("BTP_FAULT_GROW"),
+        abort_before_complete: text_fault("BTP_FAULT_ABORT_BEFORE_COMPLETE"),
         grown: Default::default(),
+        aborted: Default::default(),
     })
 }
 
@@ -821,6 +827,13 @@ pub(crate) fn injected_growth(src: &Endpoint, path: &str) {
         .open(&full)
         .and_then(|mut file| file.write_all(b"grown after the listing\n"));
     warn!(path, ok = grown.is_ok(), "injected growth of the source");
+}
+
+/// `BTP_FAULT_ABORT_BEFORE_COMPLETE`: true the first time the upload of `path` is about to be
+/// completed; the caller aborts it.
+pub(crate) fn injected_abort_before_complete(path: &str) -> bool {
+    let f = faults();
+    once(&f.abort_before_complete, &f.aborted, path)
 }
 
 /// A fault naming part of a path, when set.
