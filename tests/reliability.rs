@@ -199,7 +199,9 @@ fn a_file_that_changed_after_the_listing_is_copied_as_it_is_now() {
         std::fs::write(src.join(name), vec![i as u8 + 1; *size]).unwrap();
     }
     let listed_bytes = stats(&src).bytes;
-    let mut c = Cluster::start(tmp.path(), &[]);
+    // The per-file report reads the kept job payloads, sealed with the server's key.
+    let key = tmp.path().join("secret.key");
+    let mut c = Cluster::start(tmp.path(), &["--secret-key-file", key.to_str().unwrap()]);
     c.add_client_env(
         &["--workers", "4", "--retry-backoff", "100ms"],
         &[("BTP_FAULT_GROW", "grows-")],
@@ -234,6 +236,9 @@ fn a_file_that_changed_after_the_listing_is_copied_as_it_is_now() {
     assert_eq!(task_files(&c.url, &id), tree_files(&src));
 }
 
+/// The S3 secret of the vanished-upload test: never stored in the clear.
+const SECRET: &str = "vanish-s3cr3t-never-stored";
+
 /// Where the vanished-upload test copies to, and how it reads what is there.
 enum Dest {
     Fs(PathBuf),
@@ -260,7 +265,7 @@ impl Dest {
                 ("endpoint", format!("http://127.0.0.1:{port}")),
                 ("region", "us-east-1".into()),
                 ("access_key_id", "test".into()),
-                ("secret_access_key", "test".into()),
+                ("secret_access_key", SECRET.into()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -325,7 +330,9 @@ fn a_vanished_upload_is_never_reported_copied(tmp: &Path, dest: Dest) {
     let src = tmp.join("src");
     std::fs::create_dir_all(&src).unwrap();
     let size = 12 << 20;
-    let mut c = Cluster::start(tmp, &[]);
+    // Job payloads (kept for the per-file report too) are sealed with the server's key.
+    let key = tmp.join("secret.key");
+    let mut c = Cluster::start(tmp, &["--secret-key-file", key.to_str().unwrap()]);
     c.add_client_env(
         &["--workers", "4", "--retry-backoff", "100ms"],
         &[("BTP_FAULT_ABORT_BEFORE_COMPLETE", "vanish-")],
@@ -394,6 +401,15 @@ fn a_vanished_upload_is_never_reported_copied(tmp: &Path, dest: Dest) {
         wait_for("no open upload", Duration::from_secs(30), || {
             (dest.open_uploads() == 0).then_some(())
         });
+    }
+    for entry in std::fs::read_dir(tmp.join("server")).unwrap() {
+        let p = entry.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the secret in the clear",
+            p.display()
+        );
     }
 }
 
