@@ -847,6 +847,14 @@ pub(crate) fn injected_fault(path: &str) -> Result<(), JobError> {
     let faults = faults();
     if faults.crash.as_deref().is_some_and(|t| path.contains(t)) {
         tracing::error!(path, "injected crash");
+        // SAFETY: setrlimit(2) with a valid struct; a test crash leaves no core file behind.
+        unsafe {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+        }
         std::process::abort();
     }
     if faults
