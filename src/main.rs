@@ -183,6 +183,12 @@ pub struct QueueOpts {
     /// A job not acked within this time goes to another worker (running jobs send progress acks).
     #[arg(long, env = "BTP_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
+    /// Deliveries of a job before JetStream gives up on it; the server then fails its files
+    /// ("worker crashed N times on this job"). Workers report transient errors as failures at
+    /// this delivery. Keep it above the largest --max-attempts (50). Applies to job consumers
+    /// created from now on.
+    #[arg(long, env = "BTP_MAX_DELIVER", default_value_t = 64, value_parser = clap::value_parser!(i64).range(2..))]
+    pub max_deliver: i64,
 }
 
 #[derive(Subcommand)]

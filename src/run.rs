@@ -25,7 +25,7 @@ async fn shutdown_signal() {
 fn consumer_settings(q: &QueueOpts) -> ConsumerSettings {
     ConsumerSettings {
         ack_wait: q.ack_wait,
-        ..ConsumerSettings::default()
+        max_deliver: q.max_deliver,
     }
 }
 
@@ -35,6 +35,7 @@ fn client_config(url: &str, id: Option<String>, o: &ClientOpts) -> ClientConfig 
         cfg.id = id;
     }
     cfg.ack_wait = o.queue.ack_wait;
+    cfg.max_deliver = o.queue.max_deliver;
     cfg.retry_backoff = o.retry_backoff;
     cfg.max_speed = o.max_speed;
     cfg

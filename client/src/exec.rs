@@ -538,7 +538,8 @@ pub(crate) async fn content_md5(
     Ok(h.finish())
 }
 
-pub(crate) fn skipped_body(f: &FileEntry) -> ResultBody {
+/// The result of one file found up to date; `changed`: it changed since the listing.
+pub(crate) fn skipped_body(f: &FileEntry, changed: bool) -> ResultBody {
     ResultBody::Copy {
         files_copied: 0,
         bytes_copied: 0,
@@ -549,10 +550,12 @@ pub(crate) fn skipped_body(f: &FileEntry) -> ResultBody {
         retry_after_ms: 0,
         would_copy: Vec::new(),
         up_to_date: vec![f.path.clone()],
+        changed: changed.then(|| f.clone()).into_iter().collect(),
     }
 }
 
-pub(crate) fn would_copy_body(f: &FileEntry) -> ResultBody {
+/// The result of one file a dry run would copy; `changed`: it changed since the listing.
+pub(crate) fn would_copy_body(f: &FileEntry, changed: bool) -> ResultBody {
     ResultBody::Copy {
         files_copied: 1,
         bytes_copied: f.size,
@@ -563,6 +566,7 @@ pub(crate) fn would_copy_body(f: &FileEntry) -> ResultBody {
         retry_after_ms: 0,
         would_copy: vec![f.clone()],
         up_to_date: Vec::new(),
+        changed: changed.then(|| f.clone()).into_iter().collect(),
     }
 }
 
@@ -653,6 +657,36 @@ pub(crate) fn destination(job: &Job) -> Result<Option<Operator>, JobError> {
     }
 }
 
+/// The files of a retried copy as the source has them now (size, modification time), and apart
+/// those that changed since the listing. A file that cannot be looked at keeps its entry: its
+/// copy says why.
+pub(crate) async fn restat(
+    src: &Operator,
+    files: &[FileEntry],
+) -> (Vec<FileEntry>, Vec<FileEntry>) {
+    let mut now = Vec::with_capacity(files.len());
+    for chunk in files.chunks(SMALL_FILES_IN_FLIGHT) {
+        let stats = futures::future::join_all(chunk.iter().map(|f| src.stat(&f.path))).await;
+        for (f, m) in chunk.iter().zip(stats) {
+            now.push(match m {
+                Ok(m) if m.is_file() && f.link.is_none() => FileEntry {
+                    size: m.content_length(),
+                    mtime_ms: mtime_ms(&m).or(f.mtime_ms),
+                    ..f.clone()
+                },
+                _ => f.clone(),
+            });
+        }
+    }
+    let changed = now
+        .iter()
+        .zip(files)
+        .filter(|(n, f)| n.size != f.size || n.mtime_ms != f.mtime_ms)
+        .map(|(n, _)| n.clone())
+        .collect();
+    (now, changed)
+}
+
 async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<(), JobError> {
     use futures::StreamExt;
     let src = job.src.source_operator()?;
@@ -668,9 +702,26 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
             retry_after_ms: 0,
             would_copy: files.to_vec(),
             up_to_date: Vec::new(),
+            changed: Vec::new(),
         };
         return ctx.sink.send(job, 0, true, body).await;
     };
+    // A retry (a later attempt or a redelivery) copies each file as it is now: the listing's
+    // size and time may be stale, and a file that changed would fail every attempt.
+    let current;
+    let (files, changed) = if ctx.attempt > 1 {
+        let (now, changed) = restat(&src, files).await;
+        if !changed.is_empty() {
+            debug!(job = %job.id, files = changed.len(), "files changed since the listing");
+        }
+        current = now;
+        (current.as_slice(), changed)
+    } else {
+        (files, Vec::new())
+    };
+    for f in files {
+        injected_growth(&job.src, &f.path);
+    }
     // Every destination path is checked before anything is written.
     let mut check = crate::dstpath::DstCheck::new(&job.dst);
     let mut refused = Vec::new();
@@ -781,6 +832,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
         retry_after_ms: ctx.retry_after.as_millis() as u64,
         would_copy,
         up_to_date,
+        changed,
     };
     ctx.sink.send(job, 0, true, body).await
 }
@@ -853,17 +905,29 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 
 /// Faults injected through the environment, for the fault tests: as root, permissions cannot
 /// make a file unreadable or a directory unwritable, so the tests ask for the errors instead.
+/// Read once; none is set in production.
 /// `BTP_FAULT_WRITE_ERRORS=N` fails the first N file writes of this process with a transient
 /// error; `BTP_FAULT_UNREADABLE=TEXT` fails reads of paths containing TEXT with permission denied;
 /// `BTP_FAULT_LIST_PAGE_DELAY_MS=N` waits N ms before each listing page is sent (a slow listing,
 /// so that a test can stop a client in the middle of one);
 /// `BTP_FAULT_WRITE_MIDWAY=N` fails the first N writes to file-system destinations after their
-/// first bytes were written (the first chunk of a streamed file, the data of a small one).
+/// first bytes were written (the first chunk of a streamed file, the data of a small one);
+/// `BTP_FAULT_CRASH=TEXT` aborts the process when a copy of a path containing TEXT starts;
+/// `BTP_FAULT_GROW=TEXT` appends to a (local) source file whose path contains TEXT just before
+/// its first copy (or upload) reads it, as if it changed after the listing;
+/// `BTP_FAULT_ABORT_BEFORE_COMPLETE=TEXT` aborts the first upload of each path containing TEXT
+/// just before its Complete job completes it, as a lifecycle rule would.
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
+    crash: Option<String>,
     list_page_delay: Option<std::time::Duration>,
     midway_errors: std::sync::atomic::AtomicI64,
+    grow: Option<String>,
+    abort_before_complete: Option<String>,
+    /// Paths the one-time faults happened to already.
+    grown: std::sync::Mutex<std::collections::HashSet<String>>,
+    aborted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn faults() -> &'static Faults {
@@ -874,9 +938,10 @@ fn faults() -> &'static Faults {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
             .into(),
-        unreadable: std::env::var("BTP_FAULT_UNREADABLE")
-            .ok()
-            .filter(|s| !s.is_empty()),
+        unreadable: text_fault("BTP_FAULT_UNREADABLE"),
+        crash: text_fault("BTP_FAULT_CRASH"),
+        grow: text_fault("BTP_FAULT_GROW"),
+        abort_before_complete: text_fault("BTP_FAULT_ABORT_BEFORE_COMPLETE"),
         list_page_delay: std::env::var("BTP_FAULT_LIST_PAGE_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -886,6 +951,8 @@ fn faults() -> &'static Faults {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
             .into(),
+        grown: Default::default(),
+        aborted: Default::default(),
     })
 }
 
@@ -903,10 +970,60 @@ pub(crate) fn injected_midway_fault(path: &str) -> Result<(), JobError> {
     Ok(())
 }
 
-/// The fault injected for a copy of `path`, if any: an unreadable source, or one of the first N
-/// writes failing.
+/// True the first time in this process that the one-time fault `TEXT` applies to `path`.
+fn once(
+    fault: &Option<String>,
+    done: &std::sync::Mutex<std::collections::HashSet<String>>,
+    path: &str,
+) -> bool {
+    fault.as_deref().is_some_and(|t| path.contains(t))
+        && done.lock().expect("faults lock").insert(path.to_string())
+}
+
+/// `BTP_FAULT_GROW`: the source file grows just before its first copy reads it.
+pub(crate) fn injected_growth(src: &Endpoint, path: &str) {
+    let f = faults();
+    let Some(root) = src.local_root() else { return };
+    if !once(&f.grow, &f.grown, path) {
+        return;
+    }
+    use std::io::Write;
+    let full = std::path::Path::new(root).join(path);
+    let grown = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&full)
+        .and_then(|mut file| file.write_all(b"grown after the listing\n"));
+    warn!(path, ok = grown.is_ok(), "injected growth of the source");
+}
+
+/// `BTP_FAULT_ABORT_BEFORE_COMPLETE`: true the first time the upload of `path` is about to be
+/// completed; the caller aborts it.
+pub(crate) fn injected_abort_before_complete(path: &str) -> bool {
+    let f = faults();
+    once(&f.abort_before_complete, &f.aborted, path)
+}
+
+/// A fault naming part of a path, when set.
+fn text_fault(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|s| !s.is_empty())
+}
+
+/// The fault injected for a copy of `path`, if any: a crash, an unreadable source, or one of the
+/// first N writes failing.
 pub(crate) fn injected_fault(path: &str) -> Result<(), JobError> {
     let faults = faults();
+    if faults.crash.as_deref().is_some_and(|t| path.contains(t)) {
+        tracing::error!(path, "injected crash");
+        // SAFETY: setrlimit(2) with a valid struct; a test crash leaves no core file behind.
+        unsafe {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+        }
+        std::process::abort();
+    }
     if faults
         .unreadable
         .as_deref()

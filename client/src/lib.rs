@@ -29,6 +29,8 @@ pub struct ClientConfig {
     pub tenants: Vec<String>,
     pub workers: usize,
     pub ack_wait: Duration,
+    /// MaxDeliver of job consumers this client creates (the server normally creates them).
+    pub max_deliver: i64,
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
     /// How long a stopping client lets in-flight jobs finish before handing them back.
@@ -52,6 +54,7 @@ impl ClientConfig {
             tenants: vec![btp_common::DEFAULT_TENANT.to_string()],
             workers,
             ack_wait: Duration::from_secs(30),
+            max_deliver: btp_nats::topology::ConsumerSettings::default().max_deliver,
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
             drain_grace: Duration::from_secs(30),
@@ -78,7 +81,7 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
     let js = async_nats::jetstream::new(nats.clone());
     let settings = btp_nats::topology::ConsumerSettings {
         ack_wait: cfg.ack_wait,
-        ..Default::default()
+        max_deliver: cfg.max_deliver,
     };
     let mut consumers = Vec::with_capacity(cfg.tenants.len());
     for tenant in &cfg.tenants {

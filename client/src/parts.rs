@@ -45,17 +45,26 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
         // A dry run into a destination that does not exist yet.
         return ctx
             .sink
-            .send(job, 0, true, exec::would_copy_body(file))
+            .send(job, 0, true, exec::would_copy_body(file, false))
             .await;
     };
+    // A retry uploads the file as it is now (see `exec::restat`).
+    let current;
+    let (file, changed) = if ctx.attempt > 1 {
+        let (now, changed) = exec::restat(&src, std::slice::from_ref(file)).await;
+        current = now.into_iter().next().unwrap_or_else(|| file.clone());
+        (&current, !changed.is_empty())
+    } else {
+        (file, false)
+    };
+    exec::injected_growth(&job.src, &file.path);
     if exec::already_there(job, &src, &dst, file).await? {
-        return ctx.sink.send(job, 0, true, exec::skipped_body(file)).await;
+        let body = exec::skipped_body(file, changed);
+        return ctx.sink.send(job, 0, true, body).await;
     }
     if job.dry_run {
-        return ctx
-            .sink
-            .send(job, 0, true, exec::would_copy_body(file))
-            .await;
+        let body = exec::would_copy_body(file, changed);
+        return ctx.sink.send(job, 0, true, body).await;
     }
     let upload_id = match &job.dst {
         Endpoint::Fs { root } => {
@@ -83,7 +92,10 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
         }
     };
     debug!(job = %job.id, path = %file.path, %upload_id, "upload begun");
-    let body = ResultBody::Begun { upload_id };
+    let body = ResultBody::Begun {
+        upload_id,
+        file: changed.then(|| file.clone()),
+    };
     ctx.sink.send(job, 0, true, body).await
 }
 
@@ -323,6 +335,10 @@ pub async fn complete(
         let e = JobError::Transient(format!("source {} changed during copy", file.path));
         return report(job, file, ctx, Err(e)).await;
     }
+    if exec::injected_abort_before_complete(&file.path) {
+        warn!(path = %file.path, %upload_id, "injected abort of the upload before its completion");
+        abort_upload(&job.dst, &file.path, upload_id).await?;
+    }
     let outcome = match &job.dst {
         Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts).await,
         Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
@@ -374,8 +390,20 @@ async fn report(
         retry_after_ms: ctx.retry_after.as_millis() as u64,
         would_copy: Vec::new(),
         up_to_date: Vec::new(),
+        changed: Vec::new(),
     };
     ctx.sink.send(job, 0, true, body).await
+}
+
+/// The error of an upload that is gone before its completion: aborted behind our back (a
+/// lifecycle rule, someone's cleanup), or completed by an earlier run of the Complete job whose
+/// result was lost and whose object cannot be told apart from another one. Never a success: the
+/// file is copied again from the start (or fails when its attempts are used up).
+fn vanished(upload_id: &str, file: &FileEntry) -> JobError {
+    JobError::Transient(format!(
+        "upload vanished before completion (upload {upload_id} of {})",
+        file.path
+    ))
 }
 
 async fn complete_s3(
@@ -395,12 +423,21 @@ async fn complete_s3(
         .collect();
     let etag = match mp.complete(&file.path, upload_id, &tags).await {
         Ok(e) => Some(e),
-        // Completed before, and the result of that run was lost: check what is there.
-        Err(e) if e.is_no_such_upload() => None,
-        Err(e) if e.is_transient() => return Err(e.into()),
         Err(e) => {
-            abort_upload(&job.dst, &file.path, upload_id).await?;
-            return Err(e.into());
+            // Gone (S3 answers NoSuchUpload; some compatible servers, moto among them, an
+            // internal error): completed by an earlier run whose result was lost, or aborted.
+            let gone = e.is_no_such_upload()
+                || matches!(mp.upload_exists(&file.path, upload_id).await, Ok(false));
+            if gone {
+                // Only an object with the ETag S3 gives these very parts is ours (one of the
+                // same size is not).
+                Some(completed_before(dst, file, upload_id, parts).await?)
+            } else if e.is_transient() {
+                return Err(e.into());
+            } else {
+                abort_upload(&job.dst, &file.path, upload_id).await?;
+                return Err(e.into());
+            }
         }
     };
     let meta = dst.stat(&file.path).await?;
@@ -432,6 +469,30 @@ async fn complete_s3(
     Ok(())
 }
 
+/// The ETag of the object at the destination when an earlier run completed this upload from
+/// these parts; the upload vanished otherwise.
+async fn completed_before(
+    dst: &Operator,
+    file: &FileEntry,
+    upload_id: &str,
+    parts: &[PartDone],
+) -> Result<String, JobError> {
+    let etags: Vec<String> = parts
+        .iter()
+        .map(|p| btp_common::s3mp::unquote(&p.etag).to_ascii_lowercase())
+        .collect();
+    let want = checksum::multipart_etag(&etags);
+    let have = match dst.stat(&file.path).await {
+        Ok(m) => m.etag().map(btp_common::s3mp::unquote),
+        Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    match (want, have) {
+        (Some(w), Some(h)) if w == h.to_ascii_lowercase() => Ok(h),
+        _ => Err(vanished(upload_id, file)),
+    }
+}
+
 /// Concatenates the staged parts into the file in one streaming PUT, verifies it, and removes
 /// the staging directory.
 async fn complete_webdav(
@@ -444,16 +505,9 @@ async fn complete_webdav(
 ) -> Result<(), JobError> {
     let staging = staging_dir(&file.path, upload_id);
     if !dst.exists(&staging).await? {
-        // Completed before, and the result of that run was lost.
-        let meta = dst.stat(&file.path).await?;
-        return if meta.content_length() == file.size {
-            Ok(())
-        } else {
-            Err(JobError::Permanent(format!(
-                "upload {upload_id} of {} is gone",
-                file.path
-            )))
-        };
+        // Completed before and the result of that run lost, or removed: WebDAV keeps nothing
+        // that tells our copy from another one of the same size.
+        return Err(vanished(upload_id, file));
     }
     let mut streams = Vec::with_capacity(parts.len());
     for p in parts {
@@ -522,16 +576,21 @@ async fn complete_fs(
             m.len(),
             file.size
         ))),
-        // Renamed before, and the result of that run was lost.
+        // Renamed before and the result of that run lost (the copy then has the source's size
+        // and modification time, which that run gave it), or removed.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let meta = dst.stat(&file.path).await?;
-            if meta.content_length() == file.size {
-                Ok(())
-            } else {
-                Err(JobError::Permanent(format!(
-                    "upload {upload_id} of {} is gone",
-                    file.path
-                )))
+            let meta = match dst.stat(&file.path).await {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
+                Err(e) => return Err(e.into()),
+            };
+            match (meta, file.mtime_ms) {
+                (Some(m), Some(ms))
+                    if m.content_length() == file.size && exec::mtime_ms(&m) == Some(ms) =>
+                {
+                    Ok(())
+                }
+                _ => Err(vanished(upload_id, file)),
             }
         }
         Err(e) => Err(e.into()),

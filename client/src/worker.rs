@@ -202,6 +202,7 @@ pub async fn run(
         // (no waiting) until one has jobs; once all looked empty, a waiting pull on the next.
         let consumer = &consumers[next % consumers.len()];
         next = next.wrapping_add(1);
+        let max_deliver = consumer.cached_info().config.max_deliver;
         let batch = if consumers.len() == 1 || idle >= consumers.len() {
             idle = 0;
             // Short pulls: a stopping client waits for at most one to end; a shared client
@@ -266,8 +267,9 @@ pub async fn run(
                 metrics::gauge!(telemetry::WORKERS_BUSY).set(busy as f64);
                 // A panic in a job must not take the worker's bookkeeping with it; the message
                 // is redelivered after the ack wait.
-                let job =
-                    tokio::spawn(async move { run_job(&cfg, js, msg, &tokens, limiter).await });
+                let job = tokio::spawn(async move {
+                    run_job(&cfg, js, msg, max_deliver, &tokens, limiter).await
+                });
                 if let Err(e) = job.await {
                     tracing::error!(error = %e, "a job panicked; it will be redelivered");
                 }
@@ -305,10 +307,24 @@ pub async fn run(
     Ok(())
 }
 
+/// This run's attempt at `job`, delivered for the `delivered`-th time by a consumer with
+/// `max_deliver` (0 or less: unlimited), and whether it is the last one. Attempts count across
+/// redeliveries and across the server's retry jobs. JetStream delivers a message at most
+/// MaxDeliver times, so that delivery is the last attempt too: a job failing transiently is
+/// then reported rather than dropped unsettled (the server would take it for a job that
+/// crashed its workers).
+fn attempt(job: &Job, delivered: i64, max_deliver: i64) -> (u32, bool) {
+    let attempt = job.attempt.max(1) + (delivered.max(1) as u32 - 1);
+    let last_delivery = max_deliver > 0 && delivered >= max_deliver;
+    (attempt, attempt >= job.max_attempts || last_delivery)
+}
+
+/// Runs one job; `max_deliver` is its consumer's MaxDeliver (0 or less: unlimited).
 async fn run_job(
     cfg: &ClientConfig,
     js: jetstream::Context,
     msg: jetstream::Message,
+    max_deliver: i64,
     tokens: &TaskTokens,
     limiter: Option<Arc<RateLimiter>>,
 ) {
@@ -334,9 +350,7 @@ async fn run_job(
     };
     let task_limiter = tokens.limiter(&job.task, job.speed_share);
     tokens.job_running(&job.task, true);
-    // Attempts count across redeliveries and across the server's retry jobs.
-    let attempt = job.attempt.max(1) + (delivered.max(1) as u32 - 1);
-    let last_attempt = attempt >= job.max_attempts;
+    let (attempt, last_attempt) = attempt(&job, delivered, max_deliver);
     let retry_after = backoff(attempt as i64, cfg.retry_backoff, cfg.retry_backoff_max);
     let sink = ResultSink {
         js,
@@ -417,4 +431,29 @@ async fn run_job(
     metrics::histogram!(telemetry::JOB_DURATION, "kind" => kind)
         .record(started.elapsed().as_secs_f64());
     debug!(job = %job.id, kind, ms = started.elapsed().as_millis() as u64, done, "job settled");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_attempt_comes_with_max_attempts_or_with_the_last_delivery() {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "v": btp_common::WIRE_VERSION, "id": "t.1", "tenant": "default", "task": "t",
+            "src": btp_common::Endpoint::parse("/a").unwrap(),
+            "dst": btp_common::Endpoint::parse("/b").unwrap(),
+            "attempt": 2, "max_attempts": 10, "kind": {"type": "copy", "files": []}
+        }))
+        .unwrap();
+        assert_eq!(attempt(&job, 1, 64), (2, false));
+        assert_eq!(attempt(&job, 9, 64), (10, true), "max_attempts");
+        assert_eq!(
+            attempt(&job, 3, 3),
+            (4, true),
+            "the consumer's last delivery"
+        );
+        assert_eq!(attempt(&job, 2, 3), (3, false));
+        assert_eq!(attempt(&job, 5, -1), (6, false), "no MaxDeliver");
+    }
 }

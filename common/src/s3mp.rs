@@ -238,6 +238,22 @@ impl S3Multipart {
             .unwrap_or_default())
     }
 
+    /// True while the upload exists (ListParts answers), false once it is aborted or completed.
+    pub async fn upload_exists(&self, path: &str, upload_id: &str) -> Result<bool, S3Error> {
+        let url = self.url(
+            path,
+            &format!("max-parts=1&uploadId={}", encode(upload_id, true)),
+        );
+        match self
+            .send(http::Method::GET, &url, &[], reqwest::Body::from(""))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_no_such_upload() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Aborts the upload, freeing its parts. An upload that no longer exists is fine.
     pub async fn abort(&self, path: &str, upload_id: &str) -> Result<(), S3Error> {
         let url = self.url(path, &format!("uploadId={}", encode(upload_id, true)));

@@ -6,6 +6,16 @@ pub const JOBS_STREAM: &str = "BTP_JOBS";
 pub const RESULTS_STREAM: &str = "BTP_RESULTS";
 /// Durable consumer of the server on the results stream.
 pub const RESULTS_CONSUMER: &str = "btp-server";
+/// JetStream stream keeping the advisories of jobs JetStream stopped redelivering (WorkQueue).
+pub const DEAD_JOBS_STREAM: &str = "BTP_DEAD_JOBS";
+/// Durable consumer of the server on the dead jobs stream.
+pub const DEAD_JOBS_CONSUMER: &str = "btp-server";
+
+/// JetStream's advisories of messages of the jobs stream that reached MaxDeliver, for every
+/// tenant's consumer.
+pub fn max_deliveries_advisories() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.*")
+}
 /// Queue group of the server's API subscriptions.
 pub const API_QUEUE: &str = "btp-server";
 

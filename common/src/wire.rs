@@ -293,9 +293,19 @@ pub enum ResultBody {
         /// report.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         up_to_date: Vec<String>,
+        /// Files a retry found changed since the listing: their size and modification time
+        /// now, which this copy used (and counted). The server corrects the bytes found.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changed: Vec<FileEntry>,
     },
     /// An Upload job started the upload of its file.
-    Begun { upload_id: String },
+    Begun {
+        upload_id: String,
+        /// Set when a retry found the file changed since the listing: the file as it is now,
+        /// which the upload's parts are to cover.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<FileEntry>,
+    },
     /// A Part job uploaded its part of `bytes` bytes.
     Part { part: PartDone, bytes: u64 },
     /// An Abort job aborted its upload.

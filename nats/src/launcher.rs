@@ -13,6 +13,14 @@ pub struct NatsServer {
     port: u16,
     store_dir: PathBuf,
     binary: PathBuf,
+    options: Options,
+}
+
+/// Settings of the launched server beyond the defaults (for tests).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Largest message a client may publish (nats-server's default: 1 MiB).
+    pub max_payload: Option<usize>,
 }
 
 /// Finds the `nats-server` binary: `$BTP_NATS_SERVER`, then `PATH`, then `/usr/sbin`.
@@ -42,6 +50,15 @@ impl NatsServer {
     /// Starts `nats-server -js` on `port` (a free one when `None`) with its store in `store_dir`,
     /// and waits until it accepts connections.
     pub fn start(store_dir: &Path, port: Option<u16>) -> anyhow::Result<Self> {
+        Self::start_with(store_dir, port, Options::default())
+    }
+
+    /// Like [`NatsServer::start`], with `options`.
+    pub fn start_with(
+        store_dir: &Path,
+        port: Option<u16>,
+        options: Options,
+    ) -> anyhow::Result<Self> {
         let binary = find_binary()?;
         let port = match port {
             Some(p) => p,
@@ -54,6 +71,7 @@ impl NatsServer {
             port,
             store_dir: store_dir.to_path_buf(),
             binary,
+            options,
         };
         server.spawn()?;
         Ok(server)
@@ -61,7 +79,15 @@ impl NatsServer {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = self.store_dir.join("nats-server.log");
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some(n) = self.options.max_payload {
+            // Only a configuration file sets it.
+            let conf = self.store_dir.join("nats-server.conf");
+            std::fs::write(&conf, format!("max_payload: {n}\n"))
+                .with_context(|| format!("write {}", conf.display()))?;
+            cmd.arg("-c").arg(&conf);
+        }
+        let child = cmd
             .args([
                 "-a",
                 "127.0.0.1",

@@ -13,7 +13,9 @@ pub struct ConsumerSettings {
     /// A job not acked (nor progress-acked) within this time is redelivered to another worker.
     pub ack_wait: Duration,
     /// Deliveries of one message before JetStream stops redelivering it. Workers give up on a
-    /// job at the task's `max_attempts` (at most 50); this is only a backstop above that.
+    /// job at the task's `max_attempts` (at most 50) or at this delivery, whichever comes
+    /// first; a job that reaches it unsettled (its workers died on it) is failed by the server
+    /// from JetStream's advisory (see [`dead_jobs_consumer`]).
     pub max_deliver: i64,
 }
 
@@ -78,6 +80,35 @@ pub async fn jobs_consumer(
     )
     .await
     .with_context(|| format!("create the jobs consumer {name}"))
+}
+
+/// The server's durable consumer of JetStream's max-deliveries advisories of the jobs stream.
+/// They are kept in a stream of their own, so an advisory emitted while no server runs waits
+/// for the next one instead of being lost (the job would stay unfinished forever).
+pub async fn dead_jobs_consumer(js: &jetstream::Context) -> anyhow::Result<consumer::PullConsumer> {
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: subjects::DEAD_JOBS_STREAM.to_string(),
+            subjects: vec![subjects::max_deliveries_advisories()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .context("create the dead jobs stream")?;
+    stream
+        .get_or_create_consumer(
+            subjects::DEAD_JOBS_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(subjects::DEAD_JOBS_CONSUMER.to_string()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("create the dead jobs consumer")
 }
 
 /// The server's durable consumer on the results stream.

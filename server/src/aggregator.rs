@@ -101,6 +101,39 @@ pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Resul
     }
 }
 
+/// Fails a job on the server's own account, as a worker's `Failed` result would: its files (or
+/// directory) are recorded as failed with `reason` and the job counts as done, so its task can
+/// finish. For jobs no worker can report on: one that cannot be published, one JetStream gave
+/// up delivering. A job already finished is left as it is.
+pub async fn fail_job(
+    ctx: &crate::Shared,
+    tenant: &str,
+    task: &str,
+    seq: i64,
+    attempt: u32,
+    reason: String,
+) -> Result<Applied, ApiError> {
+    let r = JobResult {
+        v: btp_common::WIRE_VERSION,
+        job: store::job_id(task, seq),
+        tenant: tenant.to_string(),
+        task: task.to_string(),
+        // No client ran it to the end: the job is recorded without one.
+        client: String::new(),
+        seq: 0,
+        last: true,
+        attempt,
+        body: ResultBody::Failed { reason },
+    };
+    let mut tx = ctx.store.begin().await?;
+    let mut effects = Effects::default();
+    let applied = apply(&mut tx, &r, &mut effects).await?;
+    tx.commit().await.map_err(store::map_sqlx)?;
+    ctx.wake_dispatcher.notify_one();
+    after_commit(ctx, effects).await;
+    Ok(applied)
+}
+
 /// Live speed, peak speed and task events, once the batch is committed.
 async fn after_commit(ctx: &crate::Shared, effects: Effects) {
     let now = now_ms();
@@ -252,14 +285,19 @@ pub async fn apply(
             retry,
             retry_after_ms,
             would_copy,
+            changed,
             ..
         } => {
             for f in would_copy {
                 store::record_change(tx, task_id, "copy", &f.path, f.size).await?;
             }
+            delta.bytes_copied = *bytes_copied as i64;
             if job.kind == "complete" {
                 // The worker aborts an upload it could not complete correctly itself.
-                let JobKind::Complete { upload_id, .. } = job_body()?.kind else {
+                let JobKind::Complete {
+                    upload_id, file, ..
+                } = job_body()?.kind
+                else {
                     return Err(ApiError::internal(format!(
                         "job {} is no complete job",
                         r.job
@@ -268,12 +306,19 @@ pub async fn apply(
                 let state = if *files_copied == 1 {
                     store::upload_state::DONE
                 } else {
+                    // Its parts' bytes, counted as they came, are not copied after all: the
+                    // file is copied again from the start, or fails.
+                    delta.bytes_copied -= file.size as i64;
                     store::upload_state::ABORTED
                 };
                 store::set_upload_state(tx, task_id, &upload_id, state).await?;
             }
+            if !changed.is_empty() {
+                // A retry found these files changed since the listing and counted them as they
+                // are now: the bytes found follow.
+                delta.bytes_found += size_change(&job_body()?.kind, changed);
+            }
             delta.files_copied = *files_copied as i64;
-            delta.bytes_copied = *bytes_copied as i64;
             delta.files_skipped = *files_skipped as i64;
             delta.bytes_skipped = *bytes_skipped as i64;
             if !dry_run {
@@ -304,12 +349,25 @@ pub async fn apply(
                 debug!(job = %r.job, files = retry.len(), reason = %retry[0].reason, "files scheduled again");
             }
         }
-        ResultBody::Begun { upload_id } => {
-            let JobKind::Upload { file, part_size } = job_body()?.kind else {
+        ResultBody::Begun {
+            upload_id,
+            file: now,
+        } => {
+            let kind = job_body()?.kind;
+            let JobKind::Upload { file, part_size } = &kind else {
                 return Err(ApiError::internal(format!(
                     "job {} is no upload job",
                     r.job
                 )));
+            };
+            // A retry found the file changed since the listing: its parts cover it as it is.
+            let (file, part_size) = match now {
+                Some(n) if n.path == file.path => {
+                    delta.bytes_found += size_change(&kind, std::slice::from_ref(n));
+                    let part_size = (*part_size).max(task.info.options.part_size_for(n.size));
+                    (n.clone(), part_size)
+                }
+                _ => (file.clone(), *part_size),
             };
             let parts = planner::part_jobs(&file, upload_id, part_size);
             let n = parts.len() as i64;
@@ -398,7 +456,10 @@ pub async fn apply(
                     file, upload_id, ..
                 } => {
                     let f = failure(&file, reason.clone(), r.attempt);
-                    fail_upload(tx, &task, &upload_id, f, seq, &mut delta).await?;
+                    if fail_upload(tx, &task, &upload_id, f, seq, &mut delta).await? {
+                        // Every part was in, counted as copied: the file is not.
+                        delta.bytes_copied -= file.size as i64;
+                    }
                 }
                 JobKind::Delete { files, .. } => {
                     for f in files {
@@ -619,7 +680,26 @@ fn failure(f: &FileEntry, reason: String, attempts: u32) -> FileFailure {
     }
 }
 
+/// How much the bytes of `changed` files differ from those the job `kind` was planned with.
+fn size_change(kind: &JobKind, changed: &[FileEntry]) -> i64 {
+    let planned: std::collections::HashMap<&str, u64> = match kind {
+        JobKind::Copy { files } => files.iter().map(|f| (f.path.as_str(), f.size)).collect(),
+        JobKind::Upload { file, .. } | JobKind::Complete { file, .. } => {
+            [(file.path.as_str(), file.size)].into()
+        }
+        _ => Default::default(),
+    };
+    changed
+        .iter()
+        .filter_map(|c| {
+            let before = planned.get(c.path.as_str())?;
+            Some(c.size as i64 - *before as i64)
+        })
+        .sum()
+}
+
 /// A large file failed: record it once and abort its upload, so no part is left behind.
+/// Returns false when the upload had been given up before (nothing recorded now).
 async fn fail_upload(
     tx: &mut Tx<'_>,
     task: &store::TaskRow,
@@ -627,13 +707,13 @@ async fn fail_upload(
     f: FileFailure,
     seq: i64,
     delta: &mut TaskDelta,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let id = &task.info.id;
     let Some(up) = store::load_upload(tx, id, upload_id).await? else {
-        return Ok(());
+        return Ok(false);
     };
     if up.state != store::upload_state::ACTIVE && up.state != store::upload_state::COMPLETING {
-        return Ok(());
+        return Ok(false);
     }
     record_failures(tx, id, seq, &[f], delta).await?;
     store::set_upload_state(tx, id, upload_id, store::upload_state::ABORTING).await?;
@@ -644,7 +724,8 @@ async fn fail_upload(
     // Counted in the task's jobs: it finishes once the parts are gone.
     let first = task.info.jobs_total as i64 + delta.jobs_total;
     delta.jobs_total += 1;
-    store::insert_jobs(tx, task, first, vec![abort], Schedule::NOW).await
+    store::insert_jobs(tx, task, first, vec![abort], Schedule::NOW).await?;
+    Ok(true)
 }
 
 async fn record_failures(
@@ -662,16 +743,10 @@ async fn record_failures(
     Ok(())
 }
 
-/// A job payload to keep, sealed like every stored payload (it carries the endpoints).
-fn kept(job: &Job) -> Result<Option<String>, ApiError> {
-    let text = serde_json::to_string(job)
-        .map_err(|e| ApiError::internal(format!("encoding a job: {e}")))?;
-    Ok(Some(crate::seal::seal(text)))
-}
-
 /// What a finished job keeps of its payload: a Copy job its files less those that failed or run
-/// again (they are reported by the failures table or by their retry job), an Upload job its
-/// file; every other job nothing. `None` keeps the payload unchanged.
+/// again (they are reported by the failures table or by their retry job), as they were copied;
+/// a Complete job that completed its upload the file; every other job nothing. `None` keeps
+/// the payload unchanged.
 fn kept_payload(
     kind: &str,
     payload: &str,
@@ -682,16 +757,36 @@ fn kept_payload(
     if dry_run {
         return Ok(cleared);
     }
+    let parse = || -> Result<Job, ApiError> {
+        serde_json::from_str(payload).map_err(|e| ApiError::internal(format!("corrupt job: {e}")))
+    };
+    let encode = |job: &Job| -> Result<Option<String>, ApiError> {
+        let text = serde_json::to_string(job)
+            .map_err(|e| ApiError::internal(format!("encoding a job: {e}")))?;
+        Ok(Some(text))
+    };
     match (kind, body) {
-        ("upload", ResultBody::Begun { .. }) => Ok(None),
+        // A large file is in the report once its upload is complete (an upload given up and
+        // begun again would show it twice), as it was copied: without its parts.
+        (
+            "complete",
+            ResultBody::Copy {
+                files_copied: 1, ..
+            },
+        ) => {
+            let mut job = parse()?;
+            if let JobKind::Complete { parts, .. } = &mut job.kind {
+                parts.clear();
+            }
+            encode(&job)
+        }
         ("upload", ResultBody::Copy { up_to_date, .. }) if !up_to_date.is_empty() => {
             // A large file found up to date: kept, marked skipped, for the per-file report.
-            let mut job: Job = serde_json::from_str(payload)
-                .map_err(|e| ApiError::internal(format!("corrupt upload job: {e}")))?;
+            let mut job = parse()?;
             if let JobKind::Upload { file, .. } = &mut job.kind {
                 file.skipped = true;
             }
-            kept(&job)
+            encode(&job)
         }
         (
             "copy",
@@ -699,14 +794,18 @@ fn kept_payload(
                 failures,
                 retry,
                 up_to_date,
+                changed,
                 ..
             },
         ) => {
-            if failures.is_empty() && retry.is_empty() && up_to_date.is_empty() {
+            if failures.is_empty()
+                && retry.is_empty()
+                && changed.is_empty()
+                && up_to_date.is_empty()
+            {
                 return Ok(None);
             }
-            let mut job: Job = serde_json::from_str(payload)
-                .map_err(|e| ApiError::internal(format!("corrupt copy job: {e}")))?;
+            let mut job = parse()?;
             if let JobKind::Copy { files } = &mut job.kind {
                 let out: std::collections::HashSet<&str> = failures
                     .iter()
@@ -714,13 +813,20 @@ fn kept_payload(
                     .map(|f| f.path.as_str())
                     .collect();
                 files.retain(|f| !out.contains(f.path.as_str()));
+                let now: std::collections::HashMap<&str, &FileEntry> =
+                    changed.iter().map(|f| (f.path.as_str(), f)).collect();
+                for f in files.iter_mut() {
+                    if let Some(n) = now.get(f.path.as_str()) {
+                        *f = (*n).clone();
+                    }
+                }
                 let skipped: std::collections::HashSet<&str> =
                     up_to_date.iter().map(|p| p.as_str()).collect();
                 for f in files.iter_mut() {
                     f.skipped = skipped.contains(f.path.as_str());
                 }
             }
-            kept(&job)
+            encode(&job)
         }
         _ => Ok(cleared),
     }

@@ -563,7 +563,11 @@ impl Api {
                         JobKind::Copy { files: batch } => {
                             files.extend(batch.into_iter().map(done_file))
                         }
-                        // A large file whose upload failed later is in the failures instead.
+                        // A large file, once its upload is complete.
+                        JobKind::Complete { file, .. } => files.push(done_file(file)),
+                        // Kept by an Upload job that found its file up to date, or by stores of
+                        // earlier builds; a large file whose upload failed later is in the
+                        // failures instead.
                         JobKind::Upload { file, .. }
                             if !store.has_failure(&req.id, &file.path).await? =>
                         {

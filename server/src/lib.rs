@@ -5,6 +5,7 @@ pub mod agents;
 pub mod aggregator;
 pub mod allocator;
 pub mod api;
+pub mod dead;
 pub mod dispatcher;
 pub mod events;
 pub mod http;
@@ -66,6 +67,13 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         }
         None => None,
     };
+    if cfg.consumer.max_deliver <= btp_common::api::MAX_ATTEMPTS_LIMIT as i64 {
+        warn!(
+            max_deliver = cfg.consumer.max_deliver,
+            "max deliver is not above the largest max_attempts ({}): jobs of tasks allowing more attempts give up at that delivery",
+            btp_common::api::MAX_ATTEMPTS_LIMIT
+        );
+    }
     let store = Store::open(&cfg.database_url).await?;
     let nats = btp_nats::connect(&cfg.nats_url, "btp-server").await?;
     let js = async_nats::jetstream::new(nats.clone());
@@ -112,6 +120,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     parts.spawn(telemetry::run(ctx.clone(), cancel.clone()));
     parts.spawn(dispatcher::run(ctx.clone(), cfg.window, cancel.clone()));
     parts.spawn(aggregator::run(ctx.clone(), cancel.clone()));
+    parts.spawn(dead::run(ctx.clone(), cancel.clone()));
 
     let mut result = Ok(());
     while let Some(joined) = parts.join_next().await {

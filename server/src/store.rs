@@ -827,8 +827,9 @@ impl Store {
             .collect())
     }
 
-    /// Done Copy and Upload jobs of a task after job `after_seq`, in order, at most `limit`:
-    /// `(seq, payload)`, the payload holding the files the job copied (or found up to date).
+    /// Done Copy and Complete jobs (and Upload jobs, which kept their file in stores of earlier
+    /// builds) of a task after job `after_seq`, in order, at most `limit`: `(seq, payload)`, the
+    /// payload holding the files the job copied (or found up to date).
     pub async fn done_file_jobs(
         &self,
         task: &str,
@@ -837,7 +838,7 @@ impl Store {
     ) -> Result<Vec<(i64, String)>, ApiError> {
         let rows = sqlx::query(
             "SELECT seq, payload FROM jobs WHERE task_id = $1 AND seq > $2 AND state = 'done' \
-             AND kind IN ('copy', 'upload') AND payload <> '' ORDER BY seq LIMIT $3",
+             AND kind IN ('copy', 'upload', 'complete') AND payload <> '' ORDER BY seq LIMIT $3",
         )
         .bind(task)
         .bind(after_seq)
@@ -845,6 +846,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
+        // Sealed like every job payload when the server has a key.
         rows.iter()
             .map(|r| Ok((r.get(0), crate::seal::open(r.get(1))?)))
             .collect()
@@ -1268,12 +1270,17 @@ pub async fn finish_job(
          payload = COALESCE($7, payload) WHERE task_id = $5 AND seq = $6",
     )
     .bind(state)
-    .bind(client)
+    // Jobs the server failed itself (never published, or given up by JetStream) have no client.
+    .bind((!client.is_empty()).then_some(client))
     .bind(attempts as i64)
     .bind(now)
     .bind(task)
     .bind(seq)
-    .bind(payload)
+    // What stays of a payload is sealed like the payload was (it names the endpoints).
+    .bind(payload.map(|p| match p {
+        "" => String::new(),
+        p => crate::seal::seal(p.to_string()),
+    }))
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;

@@ -116,6 +116,7 @@ fn copy_ok(n: u64, bytes: u64) -> ResultBody {
     ResultBody::Copy {
         up_to_date: Vec::new(),
         would_copy: vec![],
+        changed: vec![],
         files_copied: n,
         bytes_copied: bytes,
         files_skipped: 0,
@@ -255,6 +256,7 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
         let body = ResultBody::Copy {
             up_to_date: Vec::new(),
             would_copy: vec![],
+            changed: vec![],
             files_copied: 1,
             files_skipped: 0,
             bytes_skipped: 0,
@@ -332,6 +334,7 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
         let body = ResultBody::Copy {
             up_to_date: Vec::new(),
             would_copy: vec![],
+            changed: vec![],
             files_copied: 1,
             files_skipped: 0,
             bytes_skipped: 0,
@@ -539,3 +542,88 @@ async fn database_urls_are_checked_and_passwords_never_shown() {
         .unwrap();
     assert!(!format!("{e:#}").contains("topsecret"));
 }
+
+on_every_backend!(
+    a_retry_that_found_files_changed_corrects_the_bytes_found_and_the_report,
+    |store| Box::pin(async move {
+        let t = new_task(&store, "t9", TaskOptions::default()).await;
+        store.start_task(&t, 1).await.unwrap();
+        let page = ResultBody::ListPage {
+            noted: Vec::new(),
+            extra: Vec::new(),
+            excluded: 0,
+            deleted: vec![],
+            skipped: 0,
+            bytes_skipped: 0,
+            files: files(3, 10),
+            dirs: vec![],
+        };
+        apply_one(&store, &result("t9", 0, 0, true, page)).await;
+        // f001 grew from 10 to 25 bytes before the retry copied it.
+        let grown = FileEntry {
+            size: 25,
+            ..files(3, 10).remove(1)
+        };
+        let mut body = copy_ok(3, 45);
+        if let ResultBody::Copy { changed, .. } = &mut body {
+            changed.push(grown);
+        }
+        assert_eq!(
+            apply_one(&store, &result("t9", 1, 0, true, body)).await,
+            Applied::Yes
+        );
+        let t = store.task("t9").await.unwrap().info;
+        assert_eq!(t.state, TaskState::Completed);
+        assert_eq!((t.bytes_found, t.bytes_copied), (45, 45));
+        let kept = store.done_file_jobs("t9", -1, 10).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        let job: btp_common::wire::Job = serde_json::from_str(&kept[0].1).unwrap();
+        let btp_common::wire::JobKind::Copy { files: kept } = job.kind else {
+            panic!("{job:?}")
+        };
+        let sizes: Vec<u64> = kept.iter().map(|f| f.size).collect();
+        assert_eq!(sizes, [10, 25, 10]);
+    })
+);
+
+on_every_backend!(a_job_the_server_fails_itself_has_no_client, |store| {
+    Box::pin(async move {
+        let t = new_task(&store, "t10", TaskOptions::default()).await;
+        store.start_task(&t, 1).await.unwrap();
+        let page = ResultBody::ListPage {
+            noted: Vec::new(),
+            extra: Vec::new(),
+            excluded: 0,
+            deleted: vec![],
+            skipped: 0,
+            bytes_skipped: 0,
+            files: files(2, 10),
+            dirs: vec![],
+        };
+        apply_one(&store, &result("t10", 0, 0, true, page)).await;
+        let failed = JobResult {
+            client: String::new(),
+            attempt: 3,
+            ..result(
+                "t10",
+                1,
+                0,
+                true,
+                ResultBody::Failed {
+                    reason: "worker crashed 3 times on this job".into(),
+                },
+            )
+        };
+        assert_eq!(apply_one(&store, &failed).await, Applied::Yes);
+        let t = store.task("t10").await.unwrap().info;
+        assert_eq!(t.state, TaskState::Failed);
+        assert_eq!((t.files_failed, t.bytes_failed, t.bytes_found), (2, 20, 20));
+        let shares = store.client_shares("t10").await.unwrap();
+        let clients: Vec<&str> = shares.iter().map(|s| s.client.as_str()).collect();
+        assert_eq!(clients, ["c1"], "only the client that listed");
+        let f = store.failures("t10", 10, 0).await.unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].reason, "worker crashed 3 times on this job");
+        assert_eq!(f[0].attempts, 3);
+    })
+});

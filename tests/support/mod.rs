@@ -407,7 +407,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts nats-server and the server (with `server_args` added to `server run`).
     pub fn start(dir: &Path, server_args: &[&str]) -> Cluster {
-        let nats = NatsServer::start(&dir.join("nats"), None).unwrap();
+        Self::start_with_nats(dir, server_args, Default::default())
+    }
+
+    /// Like `start`, with nats-server settings of its own (a small `max_payload`).
+    pub fn start_with_nats(
+        dir: &Path,
+        server_args: &[&str],
+        nats: btp_nats::launcher::Options,
+    ) -> Cluster {
+        let nats = NatsServer::start_with(&dir.join("nats"), None, nats).unwrap();
         let url = nats.url();
         let mut c = Cluster {
             dir: dir.to_path_buf(),
