@@ -413,3 +413,40 @@ fn nothing_is_written_through_a_link_at_the_destination() {
         "nothing written outside the destination"
     );
 }
+
+#[test]
+fn btp_copy_exits_non_zero_and_names_every_entry_it_could_not_copy() {
+    let tmp = test_dir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("fine.txt"), b"fine").unwrap();
+    std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"bad\xff.txt")), b"x").unwrap();
+    mkfifo(&src.join("pipe"));
+    let copy = |extra: &[&str]| {
+        std::process::Command::new(btp_bin())
+            .args(["copy", src.to_str().unwrap(), dst.to_str().unwrap()])
+            .args(extra)
+            .env_remove("BTP_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = copy(&[]);
+    assert!(!out.status.success(), "entries not copied fail the copy");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bad\\xff.txt"), "{text}");
+    assert!(
+        text.contains("pipe") && text.contains("special file"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(dst.join("fine.txt")).unwrap(), b"fine");
+    // Entries skipped on purpose do not fail it.
+    std::fs::remove_file(src.join(std::ffi::OsStr::from_bytes(b"bad\xff.txt"))).unwrap();
+    std::fs::remove_file(src.join("pipe")).unwrap();
+    std::os::unix::fs::symlink("fine.txt", src.join("link")).unwrap();
+    let out = copy(&["--links", "skip"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
