@@ -259,12 +259,8 @@ impl Api {
         let Some(id) = id else {
             return Ok(()); // The operation itself refuses the malformed request.
         };
-        match self.ctx.store.task(&id).await {
-            Ok(t) if t.info.tenant != caller.tenant => {
-                Err(ApiError::not_found(format!("unknown task id '{id}'")))
-            }
-            _ => Ok(()),
-        }
+        let lookup = self.ctx.store.task(&id).await.map(|t| t.info.tenant);
+        scope_of_task(lookup, &caller.tenant, &id)
     }
 
     async fn handle_task(&self, verb: &str, payload: &[u8]) -> Vec<u8> {
@@ -977,5 +973,50 @@ fn done_file(f: btp_common::wire::FileEntry) -> DoneFile {
         },
         reason: String::new(),
         attempts: 0,
+    }
+}
+
+/// Whether a caller of `tenant` may name task `id`, from the lookup of the task's tenant. Fails
+/// closed: another tenant's task is answered like a missing one, and any error of the lookup
+/// but "not found" (which the operation itself reports) denies the request.
+fn scope_of_task(lookup: Result<String, ApiError>, tenant: &str, id: &str) -> Result<(), ApiError> {
+    match lookup {
+        Ok(owner) if owner == tenant => Ok(()),
+        Ok(_) => Err(ApiError::not_found(format!("unknown task id '{id}'"))),
+        Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+        Err(e) => {
+            warn!(task = %id, error = %e.message, "checking a task's tenant failed; request denied");
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the task's tenant could not be checked; try again",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_task_lookup_denies_the_request() {
+        assert!(scope_of_task(Ok("acme".into()), "acme", "t1").is_ok());
+        let e = scope_of_task(Ok("globex".into()), "acme", "t1").unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        // Missing: the operation answers "unknown task id" itself.
+        assert!(scope_of_task(
+            Err(ApiError::not_found("unknown task id 't1'")),
+            "acme",
+            "t1"
+        )
+        .is_ok());
+        for err in [
+            ApiError::internal("database is locked"),
+            ApiError::new(ErrorCode::Unavailable, "pool timed out"),
+        ] {
+            let e = scope_of_task(Err(err), "acme", "t1").unwrap_err();
+            assert_ne!(e.code, ErrorCode::NotFound);
+            assert!(!e.message.contains("locked"), "{}", e.message);
+        }
     }
 }

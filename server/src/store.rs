@@ -283,10 +283,16 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Deletes a tenant and its tokens; refused while it has running or paused tasks.
+    /// Deletes a tenant and its tokens; refused while it has tasks (in any state) or named
+    /// endpoints, so that a tenant created later under the same name inherits nothing.
     pub async fn delete_tenant(&self, name: &str) -> Result<(), ApiError> {
         let mut tx = self.begin().await?;
-        let busy: i64 = sqlx::query_scalar(
+        let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(name);
+        let tasks = count("SELECT COUNT(*) FROM tasks WHERE tenant = $1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let live: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM tasks WHERE tenant = $1 AND (state = $2 OR state = $3)",
         )
         .bind(name)
@@ -295,9 +301,14 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_sqlx)?;
-        if busy > 0 {
-            return Err(ApiError::precondition(format!("tenant '{name}' cannot be deleted: it has {busy} running or paused tasks (cancel them first)"),
-            ));
+        let endpoints = count("SELECT COUNT(*) FROM endpoints WHERE tenant = $1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        if tasks > 0 || endpoints > 0 {
+            return Err(ApiError::precondition(tenant_remains(
+                name, tasks, live, endpoints,
+            )));
         }
         let gone = sqlx::query("DELETE FROM tenants WHERE name = $1")
             .bind(name)
@@ -1760,4 +1771,24 @@ impl Store {
             .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as u64))
             .collect())
     }
+}
+
+/// Why a tenant cannot be deleted yet: what it still has.
+fn tenant_remains(name: &str, tasks: i64, live: i64, endpoints: i64) -> String {
+    let plural = |n: i64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut left = Vec::new();
+    if tasks > 0 {
+        let mut t = plural(tasks, "task", "tasks");
+        if live > 0 {
+            t.push_str(&format!(" ({live} running or paused: cancel them)"));
+        }
+        left.push(t);
+    }
+    if endpoints > 0 {
+        left.push(plural(endpoints, "named endpoint", "named endpoints"));
+    }
+    format!(
+        "tenant '{name}' cannot be deleted: it still has {}; delete them first (btp task delete, btp endpoint delete)",
+        left.join(" and ")
+    )
 }

@@ -539,3 +539,51 @@ async fn database_urls_are_checked_and_passwords_never_shown() {
         .unwrap();
     assert!(!format!("{e:#}").contains("topsecret"));
 }
+
+on_every_backend!(
+    a_tenant_is_deleted_only_once_it_has_no_tasks_or_endpoints,
+    |store| Box::pin(async move {
+        let tenant = |name: &str| btp_common::api::TenantInfo {
+            name: name.into(),
+            created_ms: 1,
+            max_running_tasks: None,
+            speed_limit: None,
+            tokens: 0,
+            tasks: 0,
+        };
+        store.create_tenant(&tenant("acme")).await.unwrap();
+        let mut i = info("ta", TaskOptions::default());
+        i.tenant = "acme".into();
+        let ep = |p: &str| Endpoint::parse(p).unwrap();
+        store
+            .insert_task(&i, &ep("/src"), &ep("/dst"))
+            .await
+            .unwrap();
+        let opts = [("secret_access_key".to_string(), "S".to_string())].into();
+        store
+            .create_endpoint("acme", "vault", "s3://b/p", &opts, 1)
+            .await
+            .unwrap();
+        let e = store.delete_tenant("acme").await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert!(
+            e.message
+                .contains("it still has 1 task and 1 named endpoint; delete them first"),
+            "{}",
+            e.message
+        );
+        store.delete_task("ta").await.unwrap();
+        let e = store.delete_tenant("acme").await.unwrap_err();
+        assert!(
+            e.message.contains("still has 1 named endpoint;"),
+            "{}",
+            e.message
+        );
+        store.delete_endpoint("acme", "vault").await.unwrap();
+        store.delete_tenant("acme").await.unwrap();
+        // A tenant created again under the name inherits nothing.
+        store.create_tenant(&tenant("acme")).await.unwrap();
+        assert!(store.endpoints("acme", None).await.unwrap().is_empty());
+        assert!(store.tasks("acme", None, 10, 0).await.unwrap().is_empty());
+    })
+);
