@@ -331,6 +331,8 @@ impl Api {
                 "destination {dst} is inside the source {src}"
             )));
         }
+        // Before the server looks at any path itself.
+        self.check_fs_roots(tenant, &src, &dst)?;
         let (s, d) = (src.clone(), dst.clone());
         tokio::task::spawn_blocking(move || {
             s.check_source()?;
@@ -383,6 +385,7 @@ impl Api {
                 task.info.state.as_str()
             )));
         }
+        self.check_fs_roots(&task.info.tenant, &task.src, &task.dst)?;
         let quota = self.check_quota(&task.info.tenant).await?;
         let own = task.info.options.speed_limit;
         let task = match quota {
@@ -721,7 +724,12 @@ impl Api {
             version: env!("CARGO_PKG_VERSION").to_string(),
             api: "v1".to_string(),
             database: self.ctx.store.backend().to_string(),
-            clients_online: clients.iter().filter(|c| c.online).count() as u64,
+            clients_online: clients
+                .iter()
+                .filter(|c| c.online)
+                .map(|c| &c.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len() as u64,
             tasks_running: running.len() as u64,
         })
     }
@@ -830,6 +838,43 @@ impl Api {
     }
 
     /// Refuses a start beyond the tenant's quota of running tasks; returns its speed quota.
+    /// Refuses a task with a file-system source or destination that no online client of
+    /// `tenant` may touch (every one is confined by `--fs-root` elsewhere, or is shared and has
+    /// no root). With no client online nothing is known yet, and the task is let through: the
+    /// clients check every job themselves.
+    fn check_fs_roots(&self, tenant: &str, src: &Endpoint, dst: &Endpoint) -> Result<(), ApiError> {
+        let online = self.ctx.live.online(tenant);
+        if online.is_empty() {
+            return Ok(());
+        }
+        for (ep, role) in [(src, "source"), (dst, "destination")] {
+            let Endpoint::Fs { root } = ep else {
+                continue;
+            };
+            let allowed = online
+                .iter()
+                .any(|hb| btp_common::confine::allowed(hb.fs_roots.as_deref(), root));
+            if !allowed {
+                let mut roots: Vec<&str> = online
+                    .iter()
+                    .flat_map(|hb| hb.fs_roots.iter().flatten().map(String::as_str))
+                    .collect();
+                roots.sort_unstable();
+                roots.dedup();
+                let within = if roots.is_empty() {
+                    "they allow no file-system path (shared clients without --fs-root)".to_string()
+                } else {
+                    format!("they are confined to {}", roots.join(", "))
+                };
+                return Err(ApiError::invalid(format!(
+                    "{role} {ep}: no online client of tenant '{tenant}' may touch this path ({})",
+                    within
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn check_quota(&self, tenant: &str) -> Result<Option<u64>, ApiError> {
         let Some((max_running, speed)) = self.ctx.store.tenant_quotas().await?.remove(tenant)
         else {

@@ -957,20 +957,22 @@ impl Store {
 
     // ---- agents ----
 
-    pub async fn upsert_agent(&self, hb: &Heartbeat, now: i64) -> Result<(), ApiError> {
+    /// Records a heartbeat of client `hb.id` for `tenant`, the tenant of the subject it came on
+    /// (the caller checked that the body names the same).
+    pub async fn upsert_agent(
+        &self,
+        tenant: &str,
+        hb: &Heartbeat,
+        now: i64,
+    ) -> Result<(), ApiError> {
         sqlx::query(
             "INSERT INTO agents (id, tenant, host, workers, busy, jobs_done, started_ms, last_seen_ms, online, draining) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (id) DO UPDATE SET tenant = $2, host = $3, workers = $4, busy = $5, \
+             ON CONFLICT (tenant, id) DO UPDATE SET host = $3, workers = $4, busy = $5, \
              jobs_done = $6, started_ms = $7, last_seen_ms = $8, online = $9, draining = $10",
         )
         .bind(&hb.id)
-        // A shared client's tenants, comma-separated (names cannot hold commas).
-        .bind(if hb.tenants.is_empty() {
-            hb.tenant.clone()
-        } else {
-            hb.tenants.join(",")
-        })
+        .bind(tenant)
         .bind(&hb.host)
         .bind(hb.workers as i64)
         .bind(hb.busy as i64)
@@ -985,7 +987,8 @@ impl Store {
         Ok(())
     }
 
-    /// Clients, online when their last heartbeat is younger than `online_within_ms`.
+    /// Clients, one per tenant and id (a shared client once per tenant it serves), online when
+    /// their last heartbeat is younger than `online_within_ms`.
     pub async fn agents(
         &self,
         now: i64,
@@ -993,7 +996,7 @@ impl Store {
     ) -> Result<Vec<ClientInfo>, ApiError> {
         let rows = sqlx::query(
             "SELECT id, host, tenant, workers, busy, jobs_done, started_ms, last_seen_ms, online, draining \
-             FROM agents ORDER BY id",
+             FROM agents ORDER BY id, tenant",
         )
         .fetch_all(&self.pool)
         .await

@@ -501,8 +501,9 @@ on_every_backend!(agents_register_and_go_offline, |store| Box::pin(
             draining: false,
             tasks: vec![],
             tenants: vec![],
+            fs_roots: None,
         };
-        store.upsert_agent(&hb, 1_000).await.unwrap();
+        store.upsert_agent("default", &hb, 1_000).await.unwrap();
         let a = store.agents(2_000, 5_000).await.unwrap();
         assert_eq!((a.len(), a[0].online, a[0].jobs_done), (1, true, 7));
         assert!(
@@ -511,9 +512,20 @@ on_every_backend!(agents_register_and_go_offline, |store| Box::pin(
         );
         hb.online = false;
         hb.draining = true;
-        store.upsert_agent(&hb, 3_000).await.unwrap();
+        store.upsert_agent("default", &hb, 3_000).await.unwrap();
         let a = store.agents(3_000, 5_000).await.unwrap();
         assert!(!a[0].online && a[0].draining);
+        // Another tenant's heartbeat with the same id is a row of its own: the first stays.
+        let mut posing = hb.clone();
+        posing.tenant = "globex".into();
+        posing.host = "elsewhere".into();
+        posing.draining = false;
+        posing.online = true;
+        store.upsert_agent("globex", &posing, 3_000).await.unwrap();
+        let a = store.agents(3_000, 5_000).await.unwrap();
+        assert_eq!(a.len(), 2);
+        let mine = a.iter().find(|c| c.tenant == "default").unwrap();
+        assert_eq!((mine.host.as_str(), mine.draining), ("h", true));
     }
 ));
 
