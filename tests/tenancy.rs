@@ -828,3 +828,330 @@ fn named_endpoints_keep_their_secrets_and_belong_to_one_tenant() {
     );
     assert!(e.contains("unknown endpoint 'data'"), "{e}");
 }
+
+// ---- A hostile tenant (issue 16): real nats-server with the generated per-tenant users ----
+
+/// nats-server with the users of `btp nats config`, the server with its own user, an admin
+/// token and metrics, and the tenants with a token each.
+struct AuthCluster {
+    url: String,
+    conf: std::path::PathBuf,
+    metrics: String,
+    admin: String,
+    tokens: std::collections::BTreeMap<String, String>,
+    port: u16,
+    _server: Proc,
+    _nats: KillOnDrop,
+}
+
+impl AuthCluster {
+    fn start(dir: &Path, tenants: &[&str]) -> AuthCluster {
+        let port = btp_nats::launcher::free_port().unwrap();
+        let conf = dir.join("nats-conf");
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["nats", "config"];
+        for t in tenants {
+            args.extend(["--tenant", t]);
+        }
+        let store = dir.join("js");
+        args.extend(["--dir", path(&conf), "--listen", &listen]);
+        args.extend(["--store-dir", path(&store)]);
+        let out = btp("nats://unused", &args);
+        assert!(out.status.success(), "{}", error_line(&out));
+        let nats = Command::new(btp_nats::launcher::find_binary().unwrap())
+            .args(["-c", path(&conf.join("nats-server.conf"))])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("nats.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let nats = KillOnDrop(nats);
+        wait_for("nats-server", Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        let url = format!("nats://{listen}");
+        let admin_file = dir.join("admin.token");
+        let metrics = format!("127.0.0.1:{}", btp_nats::launcher::free_port().unwrap());
+        let server_creds = conf.join("server.creds");
+        let server_env = [("BTP_NATS_CREDS", path(&server_creds))];
+        let server = Proc::spawn_env(
+            "server",
+            &url,
+            &[
+                "server",
+                "run",
+                "--data-dir",
+                path(&dir.join("server")),
+                "--admin-token-file",
+                path(&admin_file),
+                "--metrics-addr",
+                &metrics,
+            ],
+            dir,
+            &server_env,
+        );
+        wait_for("server", Duration::from_secs(30), || {
+            btp_env(&url, &server_env, &["server", "health"])
+                .status
+                .success()
+                .then_some(())
+        });
+        let admin = std::fs::read_to_string(&admin_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut c = AuthCluster {
+            url,
+            conf,
+            metrics,
+            admin,
+            tokens: Default::default(),
+            port,
+            _server: server,
+            _nats: nats,
+        };
+        for t in tenants {
+            let admin_env = c.admin_env();
+            let env: Vec<(&str, &str)> = admin_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            json_env(&c.url, &env, &["tenant", "create", t]);
+            let tok = json_env(&c.url, &env, &["token", "create", "--tenant", t]);
+            c.tokens
+                .insert(t.to_string(), tok["token"].as_str().unwrap().to_string());
+        }
+        c
+    }
+
+    fn creds(&self, user: &str) -> String {
+        path(&self.conf.join(format!("{user}.creds"))).to_string()
+    }
+
+    fn admin_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BTP_NATS_CREDS", self.creds("server")),
+            ("BTP_TOKEN", self.admin.clone()),
+        ]
+    }
+
+    /// NATS credentials and API token of `tenant`.
+    fn env(&self, tenant: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("BTP_NATS_CREDS", self.creds(&format!("tenant-{tenant}"))),
+            ("BTP_TOKEN", self.tokens[tenant].clone()),
+        ]
+    }
+
+    /// A raw NATS connection as `tenant`'s user.
+    fn raw(&self, tenant: &str) -> Raw {
+        let c =
+            btp_nats::auth::Credentials::read(&self.conf.join(format!("tenant-{tenant}.creds")))
+                .unwrap();
+        let (raw, answer) = Raw::connect(self.port, &c.user, &c.password);
+        assert_eq!(answer, "+OK");
+        raw
+    }
+
+    /// The value of a server counter with these labels (0 when absent).
+    fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = http_get(&self.metrics, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn envs<'a>(e: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    e.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+impl Raw {
+    /// Publishes `payload` on `subject`; returns what the server answered.
+    fn publish(&mut self, subject: &str, payload: &[u8]) -> String {
+        let mut cmd = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+        cmd.extend_from_slice(payload);
+        cmd.extend_from_slice(b"\r\n");
+        self.exchange(std::str::from_utf8(&cmd).unwrap())
+    }
+}
+
+/// A result as a client would send it.
+fn forged(
+    tenant: &str,
+    task: &str,
+    seq: i64,
+    last: bool,
+    body: btp_common::wire::ResultBody,
+) -> Vec<u8> {
+    serde_json::to_vec(&btp_common::wire::JobResult {
+        v: btp_common::WIRE_VERSION,
+        job: format!("{task}.{seq}"),
+        tenant: tenant.into(),
+        task: task.into(),
+        client: "client-acme".into(),
+        seq: 0,
+        last,
+        attempt: 1,
+        body,
+    })
+    .unwrap()
+}
+
+fn forged_copy(files: u64) -> btp_common::wire::ResultBody {
+    btp_common::wire::ResultBody::Copy {
+        files_copied: files,
+        bytes_copied: files,
+        files_skipped: 0,
+        bytes_skipped: 0,
+        failures: vec![],
+        retry: vec![],
+        retry_after_ms: 0,
+        would_copy: vec![],
+        up_to_date: vec![],
+    }
+}
+
+fn forged_page() -> btp_common::wire::ResultBody {
+    btp_common::wire::ResultBody::ListPage {
+        files: vec![btp_common::wire::FileEntry::new("injected.txt", 5, None)],
+        dirs: vec!["injected-dir".into()],
+        excluded: 0,
+        deleted: vec![],
+        skipped: 0,
+        bytes_skipped: 0,
+        noted: vec![],
+        extra: vec![],
+    }
+}
+
+#[test]
+fn a_hostile_tenant_cannot_forge_results_or_heartbeats_for_another() {
+    let tmp = test_dir();
+    let c = AuthCluster::start(tmp.path(), &["acme", "globex"]);
+    let (acme_e, globex_e) = (c.env("acme"), c.env("globex"));
+    let (acme, globex) = (envs(&acme_e), envs(&globex_e));
+    let _client = acme_client(&c.url, tmp.path(), &acme);
+    wait_clients(&c.url, &acme, 1);
+    let before = json_env(&c.url, &acme, &["client", "list"]);
+
+    // acme's task runs for some seconds (a speed limit) while globex attacks it.
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let tree = gen_tree(&src, 60, 12 << 20);
+    let id = start_env(&c.url, &acme, &src, &dst, &["--speed-limit", "2MiB/s"]);
+    let mut raw = c.raw("globex");
+    // nats-server refuses acme's subjects to globex's user...
+    let on_acme = format!("btp.results.acme.{id}");
+    let answer = raw.publish(&on_acme, &forged("acme", &id, 1, true, forged_copy(1)));
+    assert!(answer.contains("Permissions Violation"), "{answer}");
+    let answer = raw.publish("btp.agents.acme.heartbeat", b"{}");
+    assert!(answer.contains("Permissions Violation"), "{answer}");
+    // ...and the server drops what globex may publish on its own subjects, whatever the body says.
+    let on_globex = format!("btp.results.globex.{id}");
+    let mut sent = 0;
+    for seq in 0..40 {
+        for tenant in ["acme", "globex"] {
+            let r = forged(tenant, &id, seq, true, forged_copy(1000));
+            assert_eq!(raw.publish(&on_globex, &r), "+OK");
+            let r = forged(tenant, &id, seq, true, forged_page());
+            assert_eq!(raw.publish(&on_globex, &r), "+OK");
+            sent += 2;
+        }
+    }
+    // A heartbeat naming acme on globex's subject, and one posing as acme's client id.
+    let hb = |tenant: &str| {
+        serde_json::to_vec(&btp_common::wire::Heartbeat {
+            v: btp_common::WIRE_VERSION,
+            id: "client-acme".into(),
+            host: "evil".into(),
+            tenant: tenant.into(),
+            workers: 99,
+            busy: 0,
+            started_ms: 1,
+            jobs_done: 0,
+            online: true,
+            draining: true,
+            tasks: vec![id.clone()],
+            tenants: vec![],
+            fs_roots: None,
+        })
+        .unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            raw.publish("btp.agents.globex.heartbeat", &hb("acme")),
+            "+OK"
+        );
+        assert_eq!(
+            raw.publish("btp.agents.globex.heartbeat", &hb("globex")),
+            "+OK"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for(
+        "the forged results dropped",
+        Duration::from_secs(20),
+        || {
+            (c.metric("btp_server_results_rejected_total{reason=\"tenant\"}") >= sent as f64)
+                .then_some(())
+        },
+    );
+    assert!(c.metric("btp_server_heartbeats_rejected_total{reason=\"tenant\"}") >= 3.0);
+    let t = json_env(&c.url, &acme, &["task", "get", &id]);
+    assert_eq!(t["state"], "running", "not completed early: {t}");
+    // acme's client list is unchanged: same host, workers, not draining.
+    let after = json_env(&c.url, &acme, &["client", "list"]);
+    let strip = |v: &serde_json::Value| {
+        v["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].clone(),
+                    c["host"].clone(),
+                    c["tenant"].clone(),
+                    c["workers"].clone(),
+                    c["draining"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&before), strip(&after), "{after}");
+    // The speed share of acme's one client is still the whole limit: the posing client does
+    // not count for acme.
+    let mut control = c.raw("acme");
+    assert_eq!(control.exchange("SUB btp.control.acme 1\r\n"), "+OK");
+    let share = wait_for("a speed share", Duration::from_secs(10), || {
+        let mut line = String::new();
+        control.reader.read_line(&mut line).ok()?;
+        if !line.starts_with("MSG") {
+            return None;
+        }
+        let mut body = String::new();
+        control.reader.read_line(&mut body).ok()?;
+        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        (v["action"] == "limit").then(|| v["bytes_per_sec"].as_u64())?
+    });
+    assert_eq!(share, 2 << 20, "acme's one client gets the whole limit");
+
+    let r = finished_env(&c.url, &acme, &id, Duration::from_secs(120));
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    assert_eq!(r["task"]["files_copied"], tree.files);
+    assert_eq!(r["task"]["files_found"], tree.files);
+    assert_same_tree(&src, &dst);
+    assert!(!dst.join("injected.txt").exists());
+    let report = report_entries_env(&c.url, &acme, &id);
+    assert_eq!(report.len() as u64, tree.files, "nothing injected");
+    assert!(report.values().all(|e| e.outcome == "copied"), "{report:?}");
+    let want: std::collections::BTreeSet<String> = tree_files(&src).into_keys().collect();
+    let got: std::collections::BTreeSet<String> = report.into_keys().collect();
+    assert_eq!(want, got);
+    // globex sees nothing of it.
+    let l = json_env(&c.url, &globex, &["client", "list"]);
+    assert!(
+        l["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["host"] == "evil"),
+        "{l}"
+    );
+}
