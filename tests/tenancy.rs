@@ -1155,3 +1155,85 @@ fn a_hostile_tenant_cannot_forge_results_or_heartbeats_for_another() {
         "{l}"
     );
 }
+
+#[test]
+fn poison_results_delay_no_other_task_and_are_counted() {
+    let tmp = test_dir();
+    let c = AuthCluster::start(tmp.path(), &["acme", "idle"]);
+    let (acme_e, idle_e) = (c.env("acme"), c.env("idle"));
+    let (acme, idle) = (envs(&acme_e), envs(&idle_e));
+    let _client = acme_client(&c.url, tmp.path(), &acme);
+    wait_clients(&c.url, &acme, 1);
+    let src = tmp.path().join("src");
+    let tree = gen_tree(&src, 2000, 0);
+
+    // Alone.
+    let alone_dst = tmp.path().join("alone");
+    let id = start_env(&c.url, &acme, &src, &alone_dst, &[]);
+    let r = finished_env(&c.url, &acme, &id, Duration::from_secs(300));
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    let alone_ms = r["duration_ms"].as_u64().unwrap();
+
+    // A task of a tenant with no client: its root List job stays live, and results that do not
+    // fit it (an upload begun, a part) stream in all along.
+    let victim = start_env(&c.url, &idle, &src, &tmp.path().join("never"), &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut raw = c.raw("idle");
+    let subject = format!("btp.results.idle.{victim}");
+    let poisons = [
+        forged(
+            "idle",
+            &victim,
+            0,
+            true,
+            btp_common::wire::ResultBody::Begun {
+                upload_id: "u1".into(),
+            },
+        ),
+        forged("idle", &victim, 0, true, forged_copy(5)),
+    ];
+    let flag = stop.clone();
+    let poisoner = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        // 50 at a time, about 2,000 a second.
+        let mut burst = String::new();
+        for i in 0..50 {
+            let p = std::str::from_utf8(&poisons[i % 2]).unwrap();
+            burst.push_str(&format!("PUB {subject} {}\r\n{p}\r\n", p.len()));
+        }
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let answer = raw.exchange(&burst);
+            assert_eq!(answer.matches("+OK").count(), 50, "{answer}");
+            sent += 50;
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let beside_dst = tmp.path().join("beside");
+    let id = start_env(&c.url, &acme, &src, &beside_dst, &[]);
+    let r = finished_env(&c.url, &acme, &id, Duration::from_secs(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = poisoner.join().unwrap();
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    assert_eq!(r["task"]["files_copied"], tree.files);
+    assert_same_tree(&src, &beside_dst);
+    let beside_ms = r["duration_ms"].as_u64().unwrap();
+    eprintln!("2,000 files: {alone_ms} ms alone, {beside_ms} ms beside {sent} poison results");
+    // A factor of 1.5, plus half a second for a machine shared with other tests.
+    assert!(
+        beside_ms as f64 <= 1.5 * alone_ms as f64 + 500.0,
+        "{beside_ms} ms beside poison, {alone_ms} ms alone"
+    );
+    // Every poison is terminated and counted; the victim's job is untouched.
+    wait_for("every poison counted", Duration::from_secs(30), || {
+        let n = c.metric("btp_server_results_rejected_total{reason=\"poison\"}");
+        (n >= sent as f64).then_some(())
+    });
+    let v = json_env(&c.url, &idle, &["task", "get", &victim]);
+    assert_eq!(
+        (v["state"].as_str(), v["jobs_done"].as_u64()),
+        (Some("running"), Some(0)),
+        "{v}"
+    );
+}
