@@ -471,6 +471,8 @@ fn a_small_task_of_one_tenant_is_not_starved_by_a_large_task_of_another() {
                 "big",
                 "--tenant",
                 "small",
+                "--fs-root",
+                path(tmp.path()),
                 "--workers",
                 "2",
             ],
@@ -1236,4 +1238,112 @@ fn poison_results_delay_no_other_task_and_are_counted() {
         (Some("running"), Some(0)),
         "{v}"
     );
+}
+
+#[test]
+fn a_shared_client_touches_no_path_outside_its_fs_roots() {
+    let tmp = test_dir();
+    let c = AuthCluster::start(tmp.path(), &["acme", "globex"]);
+    let (globex_e, admin_e) = (c.env("globex"), c.admin_env());
+    let (globex, admin) = (envs(&globex_e), envs(&admin_e));
+    let (shared, outside) = (tmp.path().join("shared"), tmp.path().join("outside"));
+    let tree = gen_tree(&shared.join("src"), 20, 0);
+    gen_tree(&outside.join("src"), 20, 0);
+    std::fs::create_dir_all(outside.join("dst")).unwrap();
+    std::fs::write(outside.join("dst/keep.txt"), "the host's own").unwrap();
+    let untouched = walk(&outside);
+
+    // Before any client is online nothing is known: a task on paths outside is accepted, and
+    // the shared client refuses its jobs before touching the file system.
+    let early = start_env(
+        &c.url,
+        &globex,
+        &outside.join("src"),
+        &outside.join("dst"),
+        &[],
+    );
+    let later = json_env(
+        &c.url,
+        &globex,
+        &[
+            "task",
+            "create",
+            "--src",
+            path(&shared.join("src")),
+            "--dst",
+            path(&outside.join("later")),
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = |id: &str, roots: &[&Path]| {
+        let mut args = vec![
+            "client", "run", "--id", id, "--tenant", "acme", "--tenant", "globex",
+        ];
+        for r in roots {
+            args.extend(["--fs-root", path(r)]);
+        }
+        // The server's user is allowed every tenant's subjects.
+        Proc::spawn_env(id, &c.url, &args, tmp.path(), &admin)
+    };
+    let _shared_client = client("shared-1", &[&shared]);
+    let r = finished_env(&c.url, &globex, &early, Duration::from_secs(60));
+    assert_eq!(r["task"]["state"], "failed", "{r}");
+    let failures = r["failures"].to_string();
+    assert!(
+        failures.contains("path outside this client's --fs-root"),
+        "{r}"
+    );
+    assert_eq!(
+        walk(&outside),
+        untouched,
+        "nothing read or written outside the roots"
+    );
+
+    // Once the client is online, the server refuses such a task at once.
+    wait_clients(&c.url, &globex, 1);
+    let refused_create = btp_env(
+        &c.url,
+        &globex,
+        &[
+            "task",
+            "create",
+            "--src",
+            path(&outside.join("src")),
+            "--dst",
+            path(&shared.join("stolen")),
+            "--start",
+        ],
+    );
+    assert!(!refused_create.status.success());
+    let e = error_line(&refused_create);
+    assert!(
+        e.contains("no online client of tenant 'globex' may touch this path")
+            && e.contains(path(&std::fs::canonicalize(&shared).unwrap())),
+        "{e}"
+    );
+    assert!(!shared.join("stolen").exists());
+    // ...and at start, for a task created before any client was online.
+    let out = btp_env(&c.url, &globex, &["task", "start", &later]);
+    assert!(!out.status.success());
+    let e = error_line(&out);
+    assert!(
+        e.contains("destination") && e.contains("no online client of tenant 'globex'"),
+        "{e}"
+    );
+    assert!(!outside.join("later").exists());
+    // Paths inside the roots copy as usual.
+    let id = start_env(
+        &c.url,
+        &globex,
+        &shared.join("src"),
+        &shared.join("dst"),
+        &[],
+    );
+    let r = finished_env(&c.url, &globex, &id, Duration::from_secs(60));
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    assert_eq!(r["task"]["files_copied"], tree.files);
+    assert_same_tree(&shared.join("src"), &shared.join("dst"));
+    assert_eq!(walk(&outside), untouched);
 }

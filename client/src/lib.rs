@@ -171,3 +171,36 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
     info!(client = %cfg.id, "client stopped");
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_client_without_fs_root_touches_no_file_system() {
+        let mut cfg = ClientConfig::new("nats://x", 1);
+        assert_eq!(cfg.fs_roots(), None, "one tenant: not confined");
+        cfg.tenants = vec!["a".into(), "b".into()];
+        assert_eq!(cfg.fs_roots(), Some(vec![]), "shared: nothing");
+        let job = |src: &str| btp_common::wire::Job {
+            v: btp_common::WIRE_VERSION,
+            id: "t.0".into(),
+            tenant: "a".into(),
+            task: "t".into(),
+            src: btp_common::Endpoint::parse(src).unwrap(),
+            dst: btp_common::Endpoint::parse("/tmp").unwrap(),
+            attempt: 1,
+            max_attempts: 3,
+            speed_share: None,
+            compare: Default::default(),
+            verify: Default::default(),
+            dry_run: false,
+            kind: btp_common::wire::JobKind::Copy { files: vec![] },
+        };
+        let e = cfg.check_fs_paths(&job("/etc")).unwrap_err();
+        assert!(e.starts_with(btp_common::confine::OUTSIDE), "{e}");
+        cfg.fs_roots = vec!["/tmp".into(), "/etc".into()];
+        assert!(cfg.check_fs_paths(&job("/etc")).is_ok());
+        assert!(cfg.check_fs_paths(&job("/usr")).is_err());
+    }
+}
