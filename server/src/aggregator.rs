@@ -65,6 +65,12 @@ fn fits(kind: &str, body: &ResultBody) -> bool {
     }
 }
 
+/// The key of a client's live speed: per tenant, as the client registry, so results of one
+/// tenant's tasks naming another tenant's client id do not show in that client's speed.
+pub fn client_key(tenant: &str, client: &str) -> String {
+    format!("{tenant}/{client}")
+}
+
 /// The tenant and task of a result's subject, `btp.results.<tenant>.<task>`.
 pub fn subject_parts(subject: &str) -> Option<(&str, &str)> {
     let rest = subject.strip_prefix("btp.results.")?;
@@ -90,7 +96,7 @@ pub fn check_subject(subject: &str, r: &JobResult) -> Result<(), &'static str> {
 /// What a committed batch did, for the parts outside the database: live speed and events.
 #[derive(Default)]
 pub struct Effects {
-    /// (task, started_ms, bytes, files, client) copied.
+    /// (task, started_ms, bytes, files, client key) copied.
     pub copied: Vec<(String, i64, u64, u64, String)>,
     /// (tenant, task, state) of tasks that finished.
     pub finished: Vec<(String, String, TaskState)>,
@@ -390,7 +396,7 @@ pub async fn apply(
                     task.info.started_ms.unwrap_or(now),
                     *bytes_copied,
                     *files_copied,
-                    r.client.clone(),
+                    client_key(&task.info.tenant, &r.client),
                 ));
             }
             record_failures(tx, task_id, seq, failures, &mut delta).await?;
@@ -435,7 +441,7 @@ pub async fn apply(
                 task.info.started_ms.unwrap_or(now),
                 *bytes,
                 0,
-                r.client.clone(),
+                client_key(&task.info.tenant, &r.client),
             ));
             let up = store::load_upload(tx, task_id, &upload_id).await?;
             if let Some(up) = up.filter(|u| u.state == store::upload_state::ACTIVE) {

@@ -670,7 +670,8 @@ impl Api {
         let mut clients = self.ctx.store.agents(now, OFFLINE_AFTER_MS).await?;
         clients.retain(|c| serves(c, tenant));
         for c in &mut clients {
-            c.bytes_per_sec = self.ctx.client_speed.speed(&c.id, now, 0).bytes_per_sec as u64;
+            let key = crate::aggregator::client_key(&c.tenant, &c.id);
+            c.bytes_per_sec = self.ctx.client_speed.speed(&key, now, 0).bytes_per_sec as u64;
         }
         Ok(clients)
     }
