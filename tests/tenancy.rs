@@ -181,6 +181,15 @@ fn tokens_authenticate_every_request_and_scope_it_to_one_tenant() {
     assert!(e.contains("not valid"), "{e}");
     let tenants = json_as(&url, &admin, &["tenant", "list"]);
     assert_eq!(tenants["tenants"].as_array().unwrap().len(), 1);
+    // A tenant with a task is not deleted: a tenant created again under its name would
+    // inherit the task.
+    let e = refused(&url, Some(&admin), &["tenant", "delete", "acme"]);
+    assert!(
+        e.contains("tenant 'acme' cannot be deleted: it still has 1 task;"),
+        "{e}"
+    );
+    let tenants = json_as(&url, &admin, &["tenant", "list"]);
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 1);
 }
 
 /// `btp` with extra environment (NATS credentials, token).
