@@ -220,6 +220,11 @@ pub struct ClientRunArgs {
     /// tenants (their queues are pulled in turn).
     #[arg(long = "tenant", env = "BTP_TENANT", value_delimiter = ',', default_value = btp_common::DEFAULT_TENANT)]
     pub tenants: Vec<String>,
+    /// Touch file systems only inside this directory (repeatable): jobs with an fs source or
+    /// destination outside every root are refused before any file-system access. Without it a
+    /// client of one tenant may touch every path, a client shared by several tenants none.
+    #[arg(long = "fs-root", env = "BTP_FS_ROOT", value_delimiter = ',')]
+    pub fs_roots: Vec<std::path::PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465).
     #[arg(long, env = "BTP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

@@ -125,6 +125,19 @@ pub async fn client(url: &str, a: ClientRunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut cfg = client_config(url, a.id, &a.client);
     cfg.tenants = a.tenants;
+    for root in &a.fs_roots {
+        let real = std::fs::canonicalize(root)
+            .with_context(|| format!("--fs-root {}: not a directory", root.display()))?;
+        anyhow::ensure!(
+            real.is_dir(),
+            "--fs-root {}: not a directory",
+            root.display()
+        );
+        cfg.fs_roots.push(real.to_string_lossy().into_owned());
+    }
+    if let Some(roots) = cfg.fs_roots() {
+        info!(roots = ?roots, "file systems only inside --fs-root");
+    }
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {

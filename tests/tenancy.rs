@@ -181,6 +181,15 @@ fn tokens_authenticate_every_request_and_scope_it_to_one_tenant() {
     assert!(e.contains("not valid"), "{e}");
     let tenants = json_as(&url, &admin, &["tenant", "list"]);
     assert_eq!(tenants["tenants"].as_array().unwrap().len(), 1);
+    // A tenant with a task is not deleted: a tenant created again under its name would
+    // inherit the task.
+    let e = refused(&url, Some(&admin), &["tenant", "delete", "acme"]);
+    assert!(
+        e.contains("tenant 'acme' cannot be deleted: it still has 1 task;"),
+        "{e}"
+    );
+    let tenants = json_as(&url, &admin, &["tenant", "list"]);
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 1);
 }
 
 /// `btp` with extra environment (NATS credentials, token).
@@ -471,6 +480,8 @@ fn a_small_task_of_one_tenant_is_not_starved_by_a_large_task_of_another() {
                 "big",
                 "--tenant",
                 "small",
+                "--fs-root",
+                path(tmp.path()),
                 "--workers",
                 "2",
             ],
@@ -827,4 +838,524 @@ fn named_endpoints_keep_their_secrets_and_belong_to_one_tenant() {
         &["task", "create", "--src", "data:/in", "--dst", "out:/z"],
     );
     assert!(e.contains("unknown endpoint 'data'"), "{e}");
+}
+
+// ---- A hostile tenant (issue 16): real nats-server with the generated per-tenant users ----
+
+/// nats-server with the users of `btp nats config`, the server with its own user, an admin
+/// token and metrics, and the tenants with a token each.
+struct AuthCluster {
+    url: String,
+    conf: std::path::PathBuf,
+    metrics: String,
+    admin: String,
+    tokens: std::collections::BTreeMap<String, String>,
+    port: u16,
+    _server: Proc,
+    _nats: KillOnDrop,
+}
+
+impl AuthCluster {
+    fn start(dir: &Path, tenants: &[&str]) -> AuthCluster {
+        let port = btp_nats::launcher::free_port().unwrap();
+        let conf = dir.join("nats-conf");
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["nats", "config"];
+        for t in tenants {
+            args.extend(["--tenant", t]);
+        }
+        let store = dir.join("js");
+        args.extend(["--dir", path(&conf), "--listen", &listen]);
+        args.extend(["--store-dir", path(&store)]);
+        let out = btp("nats://unused", &args);
+        assert!(out.status.success(), "{}", error_line(&out));
+        let nats = Command::new(btp_nats::launcher::find_binary().unwrap())
+            .args(["-c", path(&conf.join("nats-server.conf"))])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("nats.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let nats = KillOnDrop(nats);
+        wait_for("nats-server", Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        let url = format!("nats://{listen}");
+        let admin_file = dir.join("admin.token");
+        let metrics = format!("127.0.0.1:{}", btp_nats::launcher::free_port().unwrap());
+        let server_creds = conf.join("server.creds");
+        let server_env = [("BTP_NATS_CREDS", path(&server_creds))];
+        let server = Proc::spawn_env(
+            "server",
+            &url,
+            &[
+                "server",
+                "run",
+                "--data-dir",
+                path(&dir.join("server")),
+                "--admin-token-file",
+                path(&admin_file),
+                "--metrics-addr",
+                &metrics,
+            ],
+            dir,
+            &server_env,
+        );
+        wait_for("server", Duration::from_secs(30), || {
+            btp_env(&url, &server_env, &["server", "health"])
+                .status
+                .success()
+                .then_some(())
+        });
+        let admin = std::fs::read_to_string(&admin_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut c = AuthCluster {
+            url,
+            conf,
+            metrics,
+            admin,
+            tokens: Default::default(),
+            port,
+            _server: server,
+            _nats: nats,
+        };
+        for t in tenants {
+            let admin_env = c.admin_env();
+            let env: Vec<(&str, &str)> = admin_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            json_env(&c.url, &env, &["tenant", "create", t]);
+            let tok = json_env(&c.url, &env, &["token", "create", "--tenant", t]);
+            c.tokens
+                .insert(t.to_string(), tok["token"].as_str().unwrap().to_string());
+        }
+        c
+    }
+
+    fn creds(&self, user: &str) -> String {
+        path(&self.conf.join(format!("{user}.creds"))).to_string()
+    }
+
+    fn admin_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BTP_NATS_CREDS", self.creds("server")),
+            ("BTP_TOKEN", self.admin.clone()),
+        ]
+    }
+
+    /// NATS credentials and API token of `tenant`.
+    fn env(&self, tenant: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("BTP_NATS_CREDS", self.creds(&format!("tenant-{tenant}"))),
+            ("BTP_TOKEN", self.tokens[tenant].clone()),
+        ]
+    }
+
+    /// A raw NATS connection as `tenant`'s user.
+    fn raw(&self, tenant: &str) -> Raw {
+        let c =
+            btp_nats::auth::Credentials::read(&self.conf.join(format!("tenant-{tenant}.creds")))
+                .unwrap();
+        let (raw, answer) = Raw::connect(self.port, &c.user, &c.password);
+        assert_eq!(answer, "+OK");
+        raw
+    }
+
+    /// The value of a server counter with these labels (0 when absent).
+    fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = http_get(&self.metrics, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn envs<'a>(e: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    e.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+impl Raw {
+    /// Publishes `payload` on `subject`; returns what the server answered.
+    fn publish(&mut self, subject: &str, payload: &[u8]) -> String {
+        let mut cmd = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+        cmd.extend_from_slice(payload);
+        cmd.extend_from_slice(b"\r\n");
+        self.exchange(std::str::from_utf8(&cmd).unwrap())
+    }
+}
+
+/// A result as a client would send it.
+fn forged(
+    tenant: &str,
+    task: &str,
+    seq: i64,
+    last: bool,
+    body: btp_common::wire::ResultBody,
+) -> Vec<u8> {
+    serde_json::to_vec(&btp_common::wire::JobResult {
+        v: btp_common::WIRE_VERSION,
+        job: format!("{task}.{seq}"),
+        tenant: tenant.into(),
+        task: task.into(),
+        client: "client-acme".into(),
+        seq: 0,
+        last,
+        attempt: 1,
+        body,
+    })
+    .unwrap()
+}
+
+fn forged_copy(files: u64) -> btp_common::wire::ResultBody {
+    btp_common::wire::ResultBody::Copy {
+        files_copied: files,
+        bytes_copied: files,
+        files_skipped: 0,
+        bytes_skipped: 0,
+        failures: vec![],
+        retry: vec![],
+        retry_after_ms: 0,
+        would_copy: vec![],
+        up_to_date: vec![],
+        changed: vec![],
+    }
+}
+
+fn forged_page() -> btp_common::wire::ResultBody {
+    btp_common::wire::ResultBody::ListPage {
+        files: vec![btp_common::wire::FileEntry::new("injected.txt", 5, None)],
+        dirs: vec!["injected-dir".into()],
+        excluded: 0,
+        deleted: vec![],
+        skipped: 0,
+        bytes_skipped: 0,
+        noted: vec![],
+        extra: vec![],
+    }
+}
+
+#[test]
+fn a_hostile_tenant_cannot_forge_results_or_heartbeats_for_another() {
+    let tmp = test_dir();
+    let c = AuthCluster::start(tmp.path(), &["acme", "globex"]);
+    let (acme_e, globex_e) = (c.env("acme"), c.env("globex"));
+    let (acme, globex) = (envs(&acme_e), envs(&globex_e));
+    let _client = acme_client(&c.url, tmp.path(), &acme);
+    wait_clients(&c.url, &acme, 1);
+    let before = json_env(&c.url, &acme, &["client", "list"]);
+
+    // acme's task runs for some seconds (a speed limit) while globex attacks it.
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let tree = gen_tree(&src, 60, 12 << 20);
+    let id = start_env(&c.url, &acme, &src, &dst, &["--speed-limit", "2MiB/s"]);
+    let mut raw = c.raw("globex");
+    // nats-server refuses acme's subjects to globex's user...
+    let on_acme = format!("btp.results.acme.{id}");
+    let answer = raw.publish(&on_acme, &forged("acme", &id, 1, true, forged_copy(1)));
+    assert!(answer.contains("Permissions Violation"), "{answer}");
+    let answer = raw.publish("btp.agents.acme.heartbeat", b"{}");
+    assert!(answer.contains("Permissions Violation"), "{answer}");
+    // ...and the server drops what globex may publish on its own subjects, whatever the body says.
+    let on_globex = format!("btp.results.globex.{id}");
+    let mut sent = 0;
+    for seq in 0..40 {
+        for tenant in ["acme", "globex"] {
+            let r = forged(tenant, &id, seq, true, forged_copy(1000));
+            assert_eq!(raw.publish(&on_globex, &r), "+OK");
+            let r = forged(tenant, &id, seq, true, forged_page());
+            assert_eq!(raw.publish(&on_globex, &r), "+OK");
+            sent += 2;
+        }
+    }
+    // A heartbeat naming acme on globex's subject, and one posing as acme's client id.
+    let hb = |tenant: &str| {
+        serde_json::to_vec(&btp_common::wire::Heartbeat {
+            v: btp_common::WIRE_VERSION,
+            id: "client-acme".into(),
+            host: "evil".into(),
+            tenant: tenant.into(),
+            workers: 99,
+            busy: 0,
+            started_ms: 1,
+            jobs_done: 0,
+            online: true,
+            draining: true,
+            tasks: vec![id.clone()],
+            tenants: vec![],
+            fs_roots: None,
+        })
+        .unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            raw.publish("btp.agents.globex.heartbeat", &hb("acme")),
+            "+OK"
+        );
+        assert_eq!(
+            raw.publish("btp.agents.globex.heartbeat", &hb("globex")),
+            "+OK"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for(
+        "the forged results dropped",
+        Duration::from_secs(20),
+        || {
+            (c.metric("btp_server_results_rejected_total{reason=\"tenant\"}") >= sent as f64)
+                .then_some(())
+        },
+    );
+    assert!(c.metric("btp_server_heartbeats_rejected_total{reason=\"tenant\"}") >= 3.0);
+    let t = json_env(&c.url, &acme, &["task", "get", &id]);
+    assert_eq!(t["state"], "running", "not completed early: {t}");
+    // acme's client list is unchanged: same host, workers, not draining.
+    let after = json_env(&c.url, &acme, &["client", "list"]);
+    let strip = |v: &serde_json::Value| {
+        v["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].clone(),
+                    c["host"].clone(),
+                    c["tenant"].clone(),
+                    c["workers"].clone(),
+                    c["draining"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&before), strip(&after), "{after}");
+    // The speed share of acme's one client is still the whole limit: the posing client does
+    // not count for acme.
+    let mut control = c.raw("acme");
+    assert_eq!(control.exchange("SUB btp.control.acme 1\r\n"), "+OK");
+    let share = wait_for("a speed share", Duration::from_secs(10), || {
+        let mut line = String::new();
+        control.reader.read_line(&mut line).ok()?;
+        if !line.starts_with("MSG") {
+            return None;
+        }
+        let mut body = String::new();
+        control.reader.read_line(&mut body).ok()?;
+        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        (v["action"] == "limit").then(|| v["bytes_per_sec"].as_u64())?
+    });
+    assert_eq!(share, 2 << 20, "acme's one client gets the whole limit");
+
+    let r = finished_env(&c.url, &acme, &id, Duration::from_secs(120));
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    assert_eq!(r["task"]["files_copied"], tree.files);
+    assert_eq!(r["task"]["files_found"], tree.files);
+    assert_same_tree(&src, &dst);
+    assert!(!dst.join("injected.txt").exists());
+    let report = report_entries_env(&c.url, &acme, &id);
+    assert_eq!(report.len() as u64, tree.files, "nothing injected");
+    assert!(report.values().all(|e| e.outcome == "copied"), "{report:?}");
+    let want: std::collections::BTreeSet<String> = tree_files(&src).into_keys().collect();
+    let got: std::collections::BTreeSet<String> = report.into_keys().collect();
+    assert_eq!(want, got);
+    // globex sees nothing of it.
+    let l = json_env(&c.url, &globex, &["client", "list"]);
+    assert!(
+        l["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["host"] == "evil"),
+        "{l}"
+    );
+}
+
+#[test]
+fn poison_results_delay_no_other_task_and_are_counted() {
+    let tmp = test_dir();
+    let c = AuthCluster::start(tmp.path(), &["acme", "idle"]);
+    let (acme_e, idle_e) = (c.env("acme"), c.env("idle"));
+    let (acme, idle) = (envs(&acme_e), envs(&idle_e));
+    let _client = acme_client(&c.url, tmp.path(), &acme);
+    wait_clients(&c.url, &acme, 1);
+    let src = tmp.path().join("src");
+    let tree = gen_tree(&src, 2000, 0);
+
+    // Alone.
+    let alone_dst = tmp.path().join("alone");
+    let id = start_env(&c.url, &acme, &src, &alone_dst, &[]);
+    let r = finished_env(&c.url, &acme, &id, Duration::from_secs(300));
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    let alone_ms = r["duration_ms"].as_u64().unwrap();
+
+    // A task of a tenant with no client: its root List job stays live, and results that do not
+    // fit it (an upload begun, a part) stream in all along.
+    let victim = start_env(&c.url, &idle, &src, &tmp.path().join("never"), &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut raw = c.raw("idle");
+    let subject = format!("btp.results.idle.{victim}");
+    let poisons = [
+        forged(
+            "idle",
+            &victim,
+            0,
+            true,
+            btp_common::wire::ResultBody::Begun {
+                upload_id: "u1".into(),
+                file: None,
+            },
+        ),
+        forged("idle", &victim, 0, true, forged_copy(5)),
+    ];
+    let flag = stop.clone();
+    let poisoner = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        // 50 at a time, about 1,000 a second.
+        let mut burst = String::new();
+        for i in 0..50 {
+            let p = std::str::from_utf8(&poisons[i % 2]).unwrap();
+            burst.push_str(&format!("PUB {subject} {}\r\n{p}\r\n", p.len()));
+        }
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let answer = raw.exchange(&burst);
+            assert_eq!(answer.matches("+OK").count(), 50, "{answer}");
+            sent += 50;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let beside_dst = tmp.path().join("beside");
+    let id = start_env(&c.url, &acme, &src, &beside_dst, &[]);
+    let r = finished_env(&c.url, &acme, &id, Duration::from_secs(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = poisoner.join().unwrap();
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    assert_eq!(r["task"]["files_copied"], tree.files);
+    assert_same_tree(&src, &beside_dst);
+    let beside_ms = r["duration_ms"].as_u64().unwrap();
+    eprintln!("2,000 files: {alone_ms} ms alone, {beside_ms} ms beside {sent} poison results");
+    // A factor of 1.5, plus a second for the noise of a 2-core machine (the test runs alone:
+    // .config/nextest.toml).
+    assert!(
+        beside_ms as f64 <= 1.5 * alone_ms as f64 + 1000.0,
+        "{beside_ms} ms beside poison, {alone_ms} ms alone"
+    );
+    // Every poison is terminated and counted; the victim's job is untouched.
+    wait_for("every poison counted", Duration::from_secs(30), || {
+        let n = c.metric("btp_server_results_rejected_total{reason=\"poison\"}");
+        (n >= sent as f64).then_some(())
+    });
+    let v = json_env(&c.url, &idle, &["task", "get", &victim]);
+    assert_eq!(
+        (v["state"].as_str(), v["jobs_done"].as_u64()),
+        (Some("running"), Some(0)),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_shared_client_touches_no_path_outside_its_fs_roots() {
+    let tmp = test_dir();
+    let c = AuthCluster::start(tmp.path(), &["acme", "globex"]);
+    let (globex_e, admin_e) = (c.env("globex"), c.admin_env());
+    let (globex, admin) = (envs(&globex_e), envs(&admin_e));
+    let (shared, outside) = (tmp.path().join("shared"), tmp.path().join("outside"));
+    let tree = gen_tree(&shared.join("src"), 20, 0);
+    gen_tree(&outside.join("src"), 20, 0);
+    std::fs::create_dir_all(outside.join("dst")).unwrap();
+    std::fs::write(outside.join("dst/keep.txt"), "the host's own").unwrap();
+    let untouched = walk(&outside);
+
+    // Before any client is online nothing is known: a task on paths outside is accepted, and
+    // the shared client refuses its jobs before touching the file system.
+    let early = start_env(
+        &c.url,
+        &globex,
+        &outside.join("src"),
+        &outside.join("dst"),
+        &[],
+    );
+    let later = json_env(
+        &c.url,
+        &globex,
+        &[
+            "task",
+            "create",
+            "--src",
+            path(&shared.join("src")),
+            "--dst",
+            path(&outside.join("later")),
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = |id: &str, roots: &[&Path]| {
+        let mut args = vec![
+            "client", "run", "--id", id, "--tenant", "acme", "--tenant", "globex",
+        ];
+        for r in roots {
+            args.extend(["--fs-root", path(r)]);
+        }
+        // The server's user is allowed every tenant's subjects.
+        Proc::spawn_env(id, &c.url, &args, tmp.path(), &admin)
+    };
+    let _shared_client = client("shared-1", &[&shared]);
+    let r = finished_env(&c.url, &globex, &early, Duration::from_secs(60));
+    assert_eq!(r["task"]["state"], "failed", "{r}");
+    let failures = r["failures"].to_string();
+    assert!(
+        failures.contains("path outside this client's --fs-root"),
+        "{r}"
+    );
+    assert_eq!(
+        walk(&outside),
+        untouched,
+        "nothing read or written outside the roots"
+    );
+
+    // Once the client is online, the server refuses such a task at once.
+    wait_clients(&c.url, &globex, 1);
+    let refused_create = btp_env(
+        &c.url,
+        &globex,
+        &[
+            "task",
+            "create",
+            "--src",
+            path(&outside.join("src")),
+            "--dst",
+            path(&shared.join("stolen")),
+            "--start",
+        ],
+    );
+    assert!(!refused_create.status.success());
+    let e = error_line(&refused_create);
+    assert!(
+        e.contains("no online client of tenant 'globex' may touch this path")
+            && e.contains(path(&std::fs::canonicalize(&shared).unwrap())),
+        "{e}"
+    );
+    assert!(!shared.join("stolen").exists());
+    // ...and at start, for a task created before any client was online.
+    let out = btp_env(&c.url, &globex, &["task", "start", &later]);
+    assert!(!out.status.success());
+    let e = error_line(&out);
+    assert!(
+        e.contains("destination") && e.contains("no online client of tenant 'globex'"),
+        "{e}"
+    );
+    assert!(!outside.join("later").exists());
+    // Paths inside the roots copy as usual.
+    let id = start_env(
+        &c.url,
+        &globex,
+        &shared.join("src"),
+        &shared.join("dst"),
+        &[],
+    );
+    let r = finished_env(&c.url, &globex, &id, Duration::from_secs(60));
+    assert_eq!(r["task"]["state"], "completed", "{r}");
+    assert_eq!(r["task"]["files_copied"], tree.files);
+    assert_same_tree(&shared.join("src"), &shared.join("dst"));
+    assert_eq!(walk(&outside), untouched);
 }

@@ -48,28 +48,30 @@ async fn send(
     // Refreshed with every heartbeat so the exporter never drops them as idle.
     metrics::gauge!(crate::telemetry::WORKERS).set(cfg.workers as f64);
     metrics::gauge!(crate::telemetry::WORKERS_BUSY).set(stats.busy.load(Ordering::Relaxed) as f64);
-    let hb = Heartbeat {
-        v: btp_common::WIRE_VERSION,
-        id: cfg.id.clone(),
-        host: cfg.host.clone(),
-        tenant: cfg.tenants[0].clone(),
-        workers: cfg.workers as u32,
-        busy: stats.busy.load(Ordering::Relaxed) as u32,
-        started_ms,
-        jobs_done: stats.jobs_done.load(Ordering::Relaxed),
-        online,
-        draining: stats.draining.load(Ordering::Relaxed),
-        tasks: tokens.active_tasks(Duration::from_secs(5)),
-        tenants: if cfg.tenants.len() > 1 {
-            cfg.tenants.clone()
-        } else {
-            Vec::new()
-        },
-    };
-    nats.publish(
-        subjects::heartbeat(&cfg.tenants[0]),
-        serde_json::to_vec(&hb)?.into(),
-    )
-    .await?;
+    // One heartbeat per tenant, on that tenant's subject: the server counts each only for
+    // the tenant of its subject.
+    for tenant in &cfg.tenants {
+        let hb = Heartbeat {
+            v: btp_common::WIRE_VERSION,
+            id: cfg.id.clone(),
+            host: cfg.host.clone(),
+            tenant: tenant.clone(),
+            workers: cfg.workers as u32,
+            busy: stats.busy.load(Ordering::Relaxed) as u32,
+            started_ms,
+            jobs_done: stats.jobs_done.load(Ordering::Relaxed),
+            online,
+            draining: stats.draining.load(Ordering::Relaxed),
+            tasks: tokens.active_tasks(Duration::from_secs(5)),
+            tenants: if cfg.tenants.len() > 1 {
+                cfg.tenants.clone()
+            } else {
+                Vec::new()
+            },
+            fs_roots: cfg.fs_roots(),
+        };
+        nats.publish(subjects::heartbeat(tenant), serde_json::to_vec(&hb)?.into())
+            .await?;
+    }
     Ok(())
 }

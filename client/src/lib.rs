@@ -41,6 +41,9 @@ pub struct ClientConfig {
     /// 500 ms). A job delivered to it meanwhile waits for the ack wait before it is delivered
     /// again, so only a client whose work is known to be done (the one-shot copy) sets it.
     pub quick_stop: bool,
+    /// `--fs-root` directories (canonical paths): file-system paths outside them are refused.
+    /// Empty: a single-tenant client may touch every path, a shared client none.
+    pub fs_roots: Vec<String>,
 }
 
 impl ClientConfig {
@@ -60,7 +63,53 @@ impl ClientConfig {
             drain_grace: Duration::from_secs(30),
             quick_stop: false,
             max_speed: None,
+            fs_roots: Vec::new(),
         }
+    }
+
+    /// The file-system roots this client is confined to; `None` when it is not confined (a
+    /// single-tenant client without `--fs-root`). A client shared by several tenants without
+    /// `--fs-root` touches no file system at all, so no tenant reaches what the client's host
+    /// or another tenant keeps.
+    pub fn fs_roots(&self) -> Option<Vec<String>> {
+        if self.fs_roots.is_empty() && self.tenants.len() <= 1 {
+            None
+        } else {
+            Some(self.fs_roots.clone())
+        }
+    }
+
+    /// Refuses a job whose fs source or destination is outside this client's roots, before
+    /// anything touches a file system. A path inside a root lexically is also checked with
+    /// its symbolic links resolved (the nearest existing ancestor), so a link inside a root
+    /// does not lead out of it.
+    pub fn check_fs_paths(&self, job: &btp_common::wire::Job) -> Result<(), String> {
+        let Some(roots) = self.fs_roots() else {
+            return Ok(());
+        };
+        for ep in [&job.src, &job.dst] {
+            let btp_common::Endpoint::Fs { root } = ep else {
+                continue;
+            };
+            let outside = || format!("{}: {root}", btp_common::confine::OUTSIDE);
+            if !btp_common::confine::allowed(Some(&roots), root) {
+                return Err(outside());
+            }
+            let mut p = std::path::Path::new(root);
+            let real = loop {
+                if let Ok(real) = std::fs::canonicalize(p) {
+                    break real;
+                }
+                match p.parent() {
+                    Some(up) => p = up,
+                    None => return Err(outside()),
+                }
+            };
+            if !btp_common::confine::allowed(Some(&roots), &real.to_string_lossy()) {
+                return Err(outside());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -124,4 +173,37 @@ pub async fn run(cfg: ClientConfig, cancel: CancellationToken) -> anyhow::Result
     let _ = hb.await;
     info!(client = %cfg.id, "client stopped");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_client_without_fs_root_touches_no_file_system() {
+        let mut cfg = ClientConfig::new("nats://x", 1);
+        assert_eq!(cfg.fs_roots(), None, "one tenant: not confined");
+        cfg.tenants = vec!["a".into(), "b".into()];
+        assert_eq!(cfg.fs_roots(), Some(vec![]), "shared: nothing");
+        let job = |src: &str| btp_common::wire::Job {
+            v: btp_common::WIRE_VERSION,
+            id: "t.0".into(),
+            tenant: "a".into(),
+            task: "t".into(),
+            src: btp_common::Endpoint::parse(src).unwrap(),
+            dst: btp_common::Endpoint::parse("/tmp").unwrap(),
+            attempt: 1,
+            max_attempts: 3,
+            speed_share: None,
+            compare: Default::default(),
+            verify: Default::default(),
+            dry_run: false,
+            kind: btp_common::wire::JobKind::Copy { files: vec![] },
+        };
+        let e = cfg.check_fs_paths(&job("/etc")).unwrap_err();
+        assert!(e.starts_with(btp_common::confine::OUTSIDE), "{e}");
+        cfg.fs_roots = vec!["/tmp".into(), "/etc".into()];
+        assert!(cfg.check_fs_paths(&job("/etc")).is_ok());
+        assert!(cfg.check_fs_paths(&job("/usr")).is_err());
+    }
 }

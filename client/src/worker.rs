@@ -357,6 +357,8 @@ async fn run_job(
         client: cfg.id.clone(),
         attempt,
     };
+    // Confinement first: a refused job touches no file system.
+    let refused = cfg.check_fs_paths(&job).err();
     let ctx = JobContext {
         sink: &sink,
         cancel: &cancel,
@@ -372,7 +374,15 @@ async fn run_job(
     // Keep the job ours while it runs: progress acks well within the ack wait.
     let mut ticker = tokio::time::interval(cfg.ack_wait / 3);
     ticker.tick().await;
-    let work = exec::execute(&job, &ctx);
+    let work = async {
+        match &refused {
+            Some(reason) => {
+                warn!(job = %job.id, tenant = %job.tenant, %reason, "job refused");
+                Err(JobError::Permanent(reason.clone()))
+            }
+            None => exec::execute(&job, &ctx).await,
+        }
+    };
     tokio::pin!(work);
     let outcome = loop {
         tokio::select! {

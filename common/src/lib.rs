@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod checksum;
+pub mod confine;
 pub mod csv;
 pub mod endpoint;
 pub mod filter;

@@ -355,9 +355,16 @@ pub struct Heartbeat {
     /// Tasks this client ran jobs of in the last seconds (for the speed-limit allocator).
     #[serde(default)]
     pub tasks: Vec<String>,
-    /// Every tenant a shared client serves (`tenant` is the first of them).
+    /// Every tenant a shared client serves. A shared client sends one heartbeat per tenant, on
+    /// that tenant's subject, with `tenant` set to it; the server counts each only for the
+    /// tenant of its subject.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<String>,
+    /// The directories (absolute, normalized) inside which this client touches file systems
+    /// (`--fs-root`); `None` when it is not confined (a single-tenant client without
+    /// `--fs-root`, or a client of an earlier version). An empty list allows no fs path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_roots: Option<Vec<String>>,
 }
 
 /// A control message from the server to all clients of a tenant, on core NATS.

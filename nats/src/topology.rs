@@ -111,23 +111,76 @@ pub async fn dead_jobs_consumer(js: &jetstream::Context) -> anyhow::Result<consu
         .context("create the dead jobs consumer")
 }
 
-/// The server's durable consumer on the results stream.
+/// Deliveries of one result before JetStream gives up on it. A result that does not fit its
+/// job is terminated at once and one whose database work fails is redelivered alone, a second
+/// apart, so this is a backstop (about three minutes of a result that can never be applied)
+/// that keeps nothing in the queue forever.
+pub const RESULTS_MAX_DELIVER: i64 = 200;
+
+/// The server's durable consumer on the results stream. An existing consumer of an older
+/// version (without MaxDeliver, or another ack wait) is updated to this configuration:
+/// `get_or_create` alone would keep its old one.
 pub async fn results_consumer(js: &jetstream::Context) -> anyhow::Result<consumer::PullConsumer> {
     let (_, results) = ensure_streams(js).await?;
-    results
-        .get_or_create_consumer(
-            subjects::RESULTS_CONSUMER,
-            consumer::pull::Config {
+    let config = consumer::pull::Config {
+        durable_name: Some(subjects::RESULTS_CONSUMER.to_string()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        // Results a killed server had pulled but not acknowledged come back to its
+        // successor after this; a batch commits in milliseconds, and a result applied
+        // twice is recognized and ignored, so short is safe.
+        ack_wait: Duration::from_secs(10),
+        max_deliver: RESULTS_MAX_DELIVER,
+        max_ack_pending: 20_000,
+        ..Default::default()
+    };
+    let mut consumer = results
+        .get_or_create_consumer(subjects::RESULTS_CONSUMER, config.clone())
+        .await
+        .context("create the results consumer")?;
+    let have = &consumer.cached_info().config;
+    if have.max_deliver != config.max_deliver
+        || have.ack_wait != config.ack_wait
+        || have.max_ack_pending != config.max_ack_pending
+    {
+        consumer = results
+            .update_consumer(config)
+            .await
+            .context("update the results consumer")?;
+    }
+    Ok(consumer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_older_results_consumer_gets_max_deliver() {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = crate::launcher::NatsServer::start(dir.path(), None).unwrap();
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let (_, results) = ensure_streams(&js).await.unwrap();
+        // As an earlier version created it: no MaxDeliver.
+        results
+            .create_consumer(consumer::pull::Config {
                 durable_name: Some(subjects::RESULTS_CONSUMER.to_string()),
                 ack_policy: consumer::AckPolicy::Explicit,
-                // Results a killed server had pulled but not acknowledged come back to its
-                // successor after this; a batch commits in milliseconds, and a result applied
-                // twice is recognized and ignored, so short is safe.
                 ack_wait: Duration::from_secs(10),
                 max_ack_pending: 20_000,
                 ..Default::default()
-            },
-        )
-        .await
-        .context("create the results consumer")
+            })
+            .await
+            .unwrap();
+        let mut c = results_consumer(&js).await.unwrap();
+        assert_eq!(
+            c.info().await.unwrap().config.max_deliver,
+            RESULTS_MAX_DELIVER
+        );
+        // Idempotent once up to date.
+        let mut c = results_consumer(&js).await.unwrap();
+        assert_eq!(
+            c.info().await.unwrap().config.max_deliver,
+            RESULTS_MAX_DELIVER
+        );
+    }
 }

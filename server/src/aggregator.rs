@@ -26,12 +26,77 @@ pub enum Applied {
     Duplicate,
     /// A later page arrived before an earlier one: try again shortly.
     Defer,
+    /// Refused and dropped (terminated), for the reason given (a bounded label of
+    /// `btp_server_results_rejected_total`): a result not bound to its task's tenant (`tenant`),
+    /// naming another task than its subject or job (`task`), or not fitting its job (`poison`).
+    Rejected(&'static str),
+    /// Applying it failed (a database error of this result alone): rolled back and redelivered
+    /// after a second, while the rest of its batch commits.
+    Failed,
+}
+
+/// Reasons of `btp_server_results_rejected_total`.
+pub mod reject {
+    /// The subject's tenant, the body's and the task's are not all the same.
+    pub const TENANT: &str = "tenant";
+    /// The body names another task than its subject or its job.
+    pub const TASK: &str = "task";
+    /// The result decodes but does not fit its job (a `begun` for a Copy job).
+    pub const POISON: &str = "poison";
+    pub const ALL: [&str; 3] = [TENANT, TASK, POISON];
+}
+
+/// An error of a result that does not fit its job: it is dropped as poison, and the rest of
+/// its batch applies. (Database errors are other codes and fail the batch, to be redelivered.)
+fn misfit(message: String) -> ApiError {
+    ApiError::new(btp_common::api::ErrorCode::InvalidArgument, message)
+}
+
+/// Whether a result body can be the answer of a job of `kind`.
+fn fits(kind: &str, body: &ResultBody) -> bool {
+    match body {
+        ResultBody::ListPage { .. } => kind == "list",
+        ResultBody::Copy { .. } => matches!(kind, "copy" | "upload" | "complete"),
+        ResultBody::Begun { .. } => kind == "upload",
+        ResultBody::Part { .. } => kind == "part",
+        ResultBody::Aborted => kind == "abort",
+        ResultBody::Deleted { .. } => kind == "delete",
+        ResultBody::Failed { .. } => true,
+    }
+}
+
+/// The key of a client's live speed: per tenant, as the client registry, so results of one
+/// tenant's tasks naming another tenant's client id do not show in that client's speed.
+pub fn client_key(tenant: &str, client: &str) -> String {
+    format!("{tenant}/{client}")
+}
+
+/// The tenant and task of a result's subject, `btp.results.<tenant>.<task>`.
+pub fn subject_parts(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("btp.results.")?;
+    let (tenant, task) = rest.split_once('.')?;
+    (!tenant.is_empty() && !task.is_empty() && !task.contains('.')).then_some((tenant, task))
+}
+
+/// Checks a decoded result against the subject it came on; the task's own tenant is checked
+/// by [`apply`] against the body's (so all three agree).
+pub fn check_subject(subject: &str, r: &JobResult) -> Result<(), &'static str> {
+    let Some((tenant, task)) = subject_parts(subject) else {
+        return Err(reject::TASK);
+    };
+    if tenant != r.tenant {
+        return Err(reject::TENANT);
+    }
+    if task != r.task {
+        return Err(reject::TASK);
+    }
+    Ok(())
 }
 
 /// What a committed batch did, for the parts outside the database: live speed and events.
 #[derive(Default)]
 pub struct Effects {
-    /// (task, started_ms, bytes, files, client) copied.
+    /// (task, started_ms, bytes, files, client key) copied.
     pub copied: Vec<(String, i64, u64, u64, String)>,
     /// (tenant, task, state) of tasks that finished.
     pub finished: Vec<(String, String, TaskState)>,
@@ -75,12 +140,19 @@ pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Resul
                         Some(Applied::Yes) => "applied",
                         Some(Applied::Duplicate) => "duplicate",
                         Some(Applied::Defer) => "deferred",
+                        Some(Applied::Rejected(_)) => "rejected",
+                        Some(Applied::Failed) => "failed",
                         None => "malformed",
                     };
+                    if let Some(Applied::Rejected(reason)) = o {
+                        metrics::counter!(crate::telemetry::RESULTS_REJECTED, "reason" => reason)
+                            .increment(1);
+                    }
                     metrics::counter!(crate::telemetry::RESULTS, "outcome" => label).increment(1);
                     let kind = match o {
                         Some(Applied::Defer) => AckKind::Nak(Some(Duration::from_millis(500))),
-                        None => AckKind::Term,
+                        Some(Applied::Failed) => AckKind::Nak(Some(Duration::from_secs(1))),
+                        None | Some(Applied::Rejected(_)) => AckKind::Term,
                         _ => AckKind::Ack,
                     };
                     if let Err(e) = m.ack_with(kind).await {
@@ -158,20 +230,55 @@ async fn after_commit(ctx: &crate::Shared, effects: Effects) {
     }
 }
 
-/// Applies a batch in one transaction. `None` marks a malformed message (to be terminated).
+/// Applies a batch in one transaction, each result in its own savepoint: a result that does
+/// not fit its job (or is not bound to its tenant) is rolled back alone and marked to be
+/// terminated, and the rest commits. `None` marks a malformed message (to be terminated).
 async fn apply_batch(
     store: &Store,
     msgs: &[jetstream::Message],
 ) -> Result<(Vec<Option<Applied>>, Effects), ApiError> {
+    use sqlx::Acquire as _;
     let mut tx = store.begin().await?;
     let mut out = Vec::with_capacity(msgs.len());
     let mut effects = Effects::default();
     for m in msgs {
-        match decode::<JobResult>(&m.payload) {
-            Ok(r) => out.push(Some(apply(&mut tx, &r, &mut effects).await?)),
+        let r = match decode::<JobResult>(&m.payload) {
+            Ok(r) => r,
             Err(e) => {
                 warn!(subject = %m.subject, error = %e, "dropping a malformed result");
                 out.push(None);
+                continue;
+            }
+        };
+        if let Err(reason) = check_subject(&m.subject, &r) {
+            warn!(subject = %m.subject, tenant = %r.tenant, task = %r.task, job = %r.job, reason, "dropping a result not bound to its subject");
+            out.push(Some(Applied::Rejected(reason)));
+            continue;
+        }
+        let mut sp = tx.begin().await.map_err(store::map_sqlx)?;
+        let mut mine = Effects::default();
+        match apply(&mut sp, &r, &mut mine).await {
+            Ok(Applied::Rejected(reason)) => {
+                sp.rollback().await.map_err(store::map_sqlx)?;
+                out.push(Some(Applied::Rejected(reason)));
+            }
+            Ok(a) => {
+                sp.commit().await.map_err(store::map_sqlx)?;
+                effects.copied.extend(mine.copied);
+                effects.finished.extend(mine.finished);
+                effects.jobs.extend(mine.jobs);
+                out.push(Some(a));
+            }
+            Err(e) if e.code == btp_common::api::ErrorCode::InvalidArgument => {
+                sp.rollback().await.map_err(store::map_sqlx)?;
+                warn!(subject = %m.subject, job = %r.job, client = %r.client, error = %e.message, "dropping a result that does not fit its job");
+                out.push(Some(Applied::Rejected(reject::POISON)));
+            }
+            Err(e) => {
+                // Rolling back fails too when the database itself is gone: the batch fails.
+                sp.rollback().await.map_err(store::map_sqlx)?;
+                warn!(subject = %m.subject, job = %r.job, error = %e.message, "applying a result failed; it will be redelivered");
+                out.push(Some(Applied::Failed));
             }
         }
     }
@@ -191,7 +298,14 @@ pub async fn apply(
     };
     if task_id != r.task {
         warn!(job = %r.job, task = %r.task, "result names another task than its job");
+        return Ok(Applied::Rejected(reject::TASK));
+    }
+    let Some(task) = store::load_task_tx(tx, task_id).await? else {
         return Ok(Applied::Duplicate);
+    };
+    if task.info.tenant != r.tenant {
+        warn!(job = %r.job, tenant = %r.tenant, owner = %task.info.tenant, client = %r.client, "result for another tenant's task");
+        return Ok(Applied::Rejected(reject::TENANT));
     }
     let Some(job) = store::load_job_tx(tx, task_id, seq).await? else {
         warn!(job = %r.job, "result for an unknown job");
@@ -200,9 +314,12 @@ pub async fn apply(
     if [job_state::DONE, job_state::FAILED, job_state::CANCELLED].contains(&job.state.as_str()) {
         return Ok(Applied::Duplicate);
     }
-    let Some(task) = store::load_task_tx(tx, task_id).await? else {
-        return Ok(Applied::Duplicate);
-    };
+    if !fits(&job.kind, &r.body) {
+        return Err(misfit(format!(
+            "job {} is a {} job; the result does not fit it",
+            r.job, job.kind
+        )));
+    }
     // A cancelled task's only live jobs are the aborts of its open uploads.
     if task.info.state == TaskState::Cancelled && job.kind != "abort" {
         return Ok(Applied::Duplicate);
@@ -256,7 +373,7 @@ pub async fn apply(
             }
             if !extra.is_empty() {
                 let JobKind::List { dir, .. } = job_body()?.kind else {
-                    return Err(ApiError::internal(format!("job {} is no list job", r.job)));
+                    return Err(misfit(format!("job {} is no list job", r.job)));
                 };
                 for f in extra {
                     store::record_deletion(tx, task_id, &dir, f).await?;
@@ -298,10 +415,7 @@ pub async fn apply(
                     upload_id, file, ..
                 } = job_body()?.kind
                 else {
-                    return Err(ApiError::internal(format!(
-                        "job {} is no complete job",
-                        r.job
-                    )));
+                    return Err(misfit(format!("job {} is no complete job", r.job)));
                 };
                 let state = if *files_copied == 1 {
                     store::upload_state::DONE
@@ -327,7 +441,7 @@ pub async fn apply(
                     task.info.started_ms.unwrap_or(now),
                     *bytes_copied,
                     *files_copied,
-                    r.client.clone(),
+                    client_key(&task.info.tenant, &r.client),
                 ));
             }
             record_failures(tx, task_id, seq, failures, &mut delta).await?;
@@ -355,10 +469,7 @@ pub async fn apply(
         } => {
             let kind = job_body()?.kind;
             let JobKind::Upload { file, part_size } = &kind else {
-                return Err(ApiError::internal(format!(
-                    "job {} is no upload job",
-                    r.job
-                )));
+                return Err(misfit(format!("job {} is no upload job", r.job)));
             };
             // A retry found the file changed since the listing: its parts cover it as it is.
             let (file, part_size) = match now {
@@ -380,7 +491,7 @@ pub async fn apply(
         }
         ResultBody::Part { part, bytes } => {
             let JobKind::Part { upload_id, .. } = job_body()?.kind else {
-                return Err(ApiError::internal(format!("job {} is no part job", r.job)));
+                return Err(misfit(format!("job {} is no part job", r.job)));
             };
             delta.bytes_copied = *bytes as i64;
             effects.copied.push((
@@ -388,7 +499,7 @@ pub async fn apply(
                 task.info.started_ms.unwrap_or(now),
                 *bytes,
                 0,
-                r.client.clone(),
+                client_key(&task.info.tenant, &r.client),
             ));
             let up = store::load_upload(tx, task_id, &upload_id).await?;
             if let Some(up) = up.filter(|u| u.state == store::upload_state::ACTIVE) {

@@ -259,12 +259,8 @@ impl Api {
         let Some(id) = id else {
             return Ok(()); // The operation itself refuses the malformed request.
         };
-        match self.ctx.store.task(&id).await {
-            Ok(t) if t.info.tenant != caller.tenant => {
-                Err(ApiError::not_found(format!("unknown task id '{id}'")))
-            }
-            _ => Ok(()),
-        }
+        let lookup = self.ctx.store.task(&id).await.map(|t| t.info.tenant);
+        scope_of_task(lookup, &caller.tenant, &id)
     }
 
     async fn handle_task(&self, verb: &str, payload: &[u8]) -> Vec<u8> {
@@ -335,6 +331,8 @@ impl Api {
                 "destination {dst} is inside the source {src}"
             )));
         }
+        // Before the server looks at any path itself.
+        self.check_fs_roots(tenant, &src, &dst)?;
         let (s, d) = (src.clone(), dst.clone());
         tokio::task::spawn_blocking(move || {
             s.check_source()?;
@@ -387,6 +385,7 @@ impl Api {
                 task.info.state.as_str()
             )));
         }
+        self.check_fs_roots(&task.info.tenant, &task.src, &task.dst)?;
         let quota = self.check_quota(&task.info.tenant).await?;
         let own = task.info.options.speed_limit;
         let task = match quota {
@@ -675,7 +674,8 @@ impl Api {
         let mut clients = self.ctx.store.agents(now, OFFLINE_AFTER_MS).await?;
         clients.retain(|c| serves(c, tenant));
         for c in &mut clients {
-            c.bytes_per_sec = self.ctx.client_speed.speed(&c.id, now, 0).bytes_per_sec as u64;
+            let key = crate::aggregator::client_key(&c.tenant, &c.id);
+            c.bytes_per_sec = self.ctx.client_speed.speed(&key, now, 0).bytes_per_sec as u64;
         }
         Ok(clients)
     }
@@ -729,7 +729,12 @@ impl Api {
             version: env!("CARGO_PKG_VERSION").to_string(),
             api: "v1".to_string(),
             database: self.ctx.store.backend().to_string(),
-            clients_online: clients.iter().filter(|c| c.online).count() as u64,
+            clients_online: clients
+                .iter()
+                .filter(|c| c.online)
+                .map(|c| &c.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len() as u64,
             tasks_running: running.len() as u64,
         })
     }
@@ -838,6 +843,43 @@ impl Api {
     }
 
     /// Refuses a start beyond the tenant's quota of running tasks; returns its speed quota.
+    /// Refuses a task with a file-system source or destination that no online client of
+    /// `tenant` may touch (every one is confined by `--fs-root` elsewhere, or is shared and has
+    /// no root). With no client online nothing is known yet, and the task is let through: the
+    /// clients check every job themselves.
+    fn check_fs_roots(&self, tenant: &str, src: &Endpoint, dst: &Endpoint) -> Result<(), ApiError> {
+        let online = self.ctx.live.online(tenant);
+        if online.is_empty() {
+            return Ok(());
+        }
+        for (ep, role) in [(src, "source"), (dst, "destination")] {
+            let Endpoint::Fs { root } = ep else {
+                continue;
+            };
+            let allowed = online
+                .iter()
+                .any(|hb| btp_common::confine::allowed(hb.fs_roots.as_deref(), root));
+            if !allowed {
+                let mut roots: Vec<&str> = online
+                    .iter()
+                    .flat_map(|hb| hb.fs_roots.iter().flatten().map(String::as_str))
+                    .collect();
+                roots.sort_unstable();
+                roots.dedup();
+                let within = if roots.is_empty() {
+                    "they allow no file-system path (shared clients without --fs-root)".to_string()
+                } else {
+                    format!("they are confined to {}", roots.join(", "))
+                };
+                return Err(ApiError::invalid(format!(
+                    "{role} {ep}: no online client of tenant '{tenant}' may touch this path ({})",
+                    within
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn check_quota(&self, tenant: &str) -> Result<Option<u64>, ApiError> {
         let Some((max_running, speed)) = self.ctx.store.tenant_quotas().await?.remove(tenant)
         else {
@@ -981,5 +1023,50 @@ fn done_file(f: btp_common::wire::FileEntry) -> DoneFile {
         },
         reason: String::new(),
         attempts: 0,
+    }
+}
+
+/// Whether a caller of `tenant` may name task `id`, from the lookup of the task's tenant. Fails
+/// closed: another tenant's task is answered like a missing one, and any error of the lookup
+/// but "not found" (which the operation itself reports) denies the request.
+fn scope_of_task(lookup: Result<String, ApiError>, tenant: &str, id: &str) -> Result<(), ApiError> {
+    match lookup {
+        Ok(owner) if owner == tenant => Ok(()),
+        Ok(_) => Err(ApiError::not_found(format!("unknown task id '{id}'"))),
+        Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+        Err(e) => {
+            warn!(task = %id, error = %e.message, "checking a task's tenant failed; request denied");
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the task's tenant could not be checked; try again",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_task_lookup_denies_the_request() {
+        assert!(scope_of_task(Ok("acme".into()), "acme", "t1").is_ok());
+        let e = scope_of_task(Ok("globex".into()), "acme", "t1").unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        // Missing: the operation answers "unknown task id" itself.
+        assert!(scope_of_task(
+            Err(ApiError::not_found("unknown task id 't1'")),
+            "acme",
+            "t1"
+        )
+        .is_ok());
+        for err in [
+            ApiError::internal("database is locked"),
+            ApiError::new(ErrorCode::Unavailable, "pool timed out"),
+        ] {
+            let e = scope_of_task(Err(err), "acme", "t1").unwrap_err();
+            assert_ne!(e.code, ErrorCode::NotFound);
+            assert!(!e.message.contains("locked"), "{}", e.message);
+        }
     }
 }

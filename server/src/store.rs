@@ -283,10 +283,16 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Deletes a tenant and its tokens; refused while it has running or paused tasks.
+    /// Deletes a tenant and its tokens; refused while it has tasks (in any state) or named
+    /// endpoints, so that a tenant created later under the same name inherits nothing.
     pub async fn delete_tenant(&self, name: &str) -> Result<(), ApiError> {
         let mut tx = self.begin().await?;
-        let busy: i64 = sqlx::query_scalar(
+        let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(name);
+        let tasks = count("SELECT COUNT(*) FROM tasks WHERE tenant = $1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let live: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM tasks WHERE tenant = $1 AND (state = $2 OR state = $3)",
         )
         .bind(name)
@@ -295,9 +301,14 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_sqlx)?;
-        if busy > 0 {
-            return Err(ApiError::precondition(format!("tenant '{name}' cannot be deleted: it has {busy} running or paused tasks (cancel them first)"),
-            ));
+        let endpoints = count("SELECT COUNT(*) FROM endpoints WHERE tenant = $1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        if tasks > 0 || endpoints > 0 {
+            return Err(ApiError::precondition(tenant_remains(
+                name, tasks, live, endpoints,
+            )));
         }
         let gone = sqlx::query("DELETE FROM tenants WHERE name = $1")
             .bind(name)
@@ -948,20 +959,22 @@ impl Store {
 
     // ---- agents ----
 
-    pub async fn upsert_agent(&self, hb: &Heartbeat, now: i64) -> Result<(), ApiError> {
+    /// Records a heartbeat of client `hb.id` for `tenant`, the tenant of the subject it came on
+    /// (the caller checked that the body names the same).
+    pub async fn upsert_agent(
+        &self,
+        tenant: &str,
+        hb: &Heartbeat,
+        now: i64,
+    ) -> Result<(), ApiError> {
         sqlx::query(
             "INSERT INTO agents (id, tenant, host, workers, busy, jobs_done, started_ms, last_seen_ms, online, draining) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (id) DO UPDATE SET tenant = $2, host = $3, workers = $4, busy = $5, \
+             ON CONFLICT (tenant, id) DO UPDATE SET host = $3, workers = $4, busy = $5, \
              jobs_done = $6, started_ms = $7, last_seen_ms = $8, online = $9, draining = $10",
         )
         .bind(&hb.id)
-        // A shared client's tenants, comma-separated (names cannot hold commas).
-        .bind(if hb.tenants.is_empty() {
-            hb.tenant.clone()
-        } else {
-            hb.tenants.join(",")
-        })
+        .bind(tenant)
         .bind(&hb.host)
         .bind(hb.workers as i64)
         .bind(hb.busy as i64)
@@ -976,7 +989,8 @@ impl Store {
         Ok(())
     }
 
-    /// Clients, online when their last heartbeat is younger than `online_within_ms`.
+    /// Clients, one per tenant and id (a shared client once per tenant it serves), online when
+    /// their last heartbeat is younger than `online_within_ms`.
     pub async fn agents(
         &self,
         now: i64,
@@ -984,7 +998,7 @@ impl Store {
     ) -> Result<Vec<ClientInfo>, ApiError> {
         let rows = sqlx::query(
             "SELECT id, host, tenant, workers, busy, jobs_done, started_ms, last_seen_ms, online, draining \
-             FROM agents ORDER BY id",
+             FROM agents ORDER BY id, tenant",
         )
         .fetch_all(&self.pool)
         .await
@@ -1767,4 +1781,24 @@ impl Store {
             .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as u64))
             .collect())
     }
+}
+
+/// Why a tenant cannot be deleted yet: what it still has.
+fn tenant_remains(name: &str, tasks: i64, live: i64, endpoints: i64) -> String {
+    let plural = |n: i64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut left = Vec::new();
+    if tasks > 0 {
+        let mut t = plural(tasks, "task", "tasks");
+        if live > 0 {
+            t.push_str(&format!(" ({live} running or paused: cancel them)"));
+        }
+        left.push(t);
+    }
+    if endpoints > 0 {
+        left.push(plural(endpoints, "named endpoint", "named endpoints"));
+    }
+    format!(
+        "tenant '{name}' cannot be deleted: it still has {}; delete them first (btp task delete, btp endpoint delete)",
+        left.join(" and ")
+    )
 }

@@ -22,6 +22,8 @@ pub const FILES_SKIPPED: &str = "btp_server_files_skipped_total";
 pub const JOBS: &str = "btp_server_jobs_total";
 pub const JOBS_PUBLISHED: &str = "btp_server_jobs_published_total";
 pub const RESULTS: &str = "btp_server_results_total";
+pub const RESULTS_REJECTED: &str = "btp_server_results_rejected_total";
+pub const HEARTBEATS_REJECTED: &str = "btp_server_heartbeats_rejected_total";
 pub const API_REFUSED: &str = "btp_server_api_unauthenticated_total";
 pub const JOBS_PENDING: &str = "btp_server_jobs_pending";
 pub const TASK_SPEED_BYTES: &str = "btp_server_task_speed_bytes_per_second";
@@ -66,8 +68,22 @@ pub fn describe() {
     );
     describe_counter!(
         RESULTS,
-        "Results received, by outcome (applied, duplicate, deferred, malformed)."
+        "Results received, by outcome (applied, duplicate, deferred, rejected, failed, malformed)."
     );
+    describe_counter!(
+        RESULTS_REJECTED,
+        "Results dropped, by reason: not bound to their task's tenant (tenant), naming another task (task), not fitting their job (poison)."
+    );
+    for reason in crate::aggregator::reject::ALL {
+        counter!(RESULTS_REJECTED, "reason" => reason).increment(0);
+    }
+    describe_counter!(
+        HEARTBEATS_REJECTED,
+        "Heartbeats dropped, by reason: naming another tenant than their subject (tenant), not decodable (malformed)."
+    );
+    for reason in crate::agents::reject::ALL {
+        counter!(HEARTBEATS_REJECTED, "reason" => reason).increment(0);
+    }
     describe_gauge!(
         JOBS_PENDING,
         "Jobs of a live task waiting in the JetStream work queue."
@@ -152,7 +168,12 @@ async fn refresh(ctx: &Shared) -> anyhow::Result<()> {
     }
     let now = now_ms();
     let agents = ctx.store.agents(now, OFFLINE_AFTER_MS).await?;
-    let online: Vec<_> = agents.iter().filter(|a| a.online).collect();
+    // A shared client has a row per tenant: count it once.
+    let mut seen = std::collections::HashSet::new();
+    let online: Vec<_> = agents
+        .iter()
+        .filter(|a| a.online && seen.insert(a.id.clone()))
+        .collect();
     gauge!(CLIENTS_ONLINE).set(online.len() as f64);
     gauge!(WORKERS_ACTIVE).set(online.iter().map(|a| a.busy as f64).sum::<f64>());
 

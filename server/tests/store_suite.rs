@@ -504,8 +504,9 @@ on_every_backend!(agents_register_and_go_offline, |store| Box::pin(
             draining: false,
             tasks: vec![],
             tenants: vec![],
+            fs_roots: None,
         };
-        store.upsert_agent(&hb, 1_000).await.unwrap();
+        store.upsert_agent("default", &hb, 1_000).await.unwrap();
         let a = store.agents(2_000, 5_000).await.unwrap();
         assert_eq!((a.len(), a[0].online, a[0].jobs_done), (1, true, 7));
         assert!(
@@ -514,9 +515,20 @@ on_every_backend!(agents_register_and_go_offline, |store| Box::pin(
         );
         hb.online = false;
         hb.draining = true;
-        store.upsert_agent(&hb, 3_000).await.unwrap();
+        store.upsert_agent("default", &hb, 3_000).await.unwrap();
         let a = store.agents(3_000, 5_000).await.unwrap();
         assert!(!a[0].online && a[0].draining);
+        // Another tenant's heartbeat with the same id is a row of its own: the first stays.
+        let mut posing = hb.clone();
+        posing.tenant = "globex".into();
+        posing.host = "elsewhere".into();
+        posing.draining = false;
+        posing.online = true;
+        store.upsert_agent("globex", &posing, 3_000).await.unwrap();
+        let a = store.agents(3_000, 5_000).await.unwrap();
+        assert_eq!(a.len(), 2);
+        let mine = a.iter().find(|c| c.tenant == "default").unwrap();
+        assert_eq!((mine.host.as_str(), mine.draining), ("h", true));
     }
 ));
 
@@ -627,3 +639,51 @@ on_every_backend!(a_job_the_server_fails_itself_has_no_client, |store| {
         assert_eq!(f[0].attempts, 3);
     })
 });
+
+on_every_backend!(
+    a_tenant_is_deleted_only_once_it_has_no_tasks_or_endpoints,
+    |store| Box::pin(async move {
+        let tenant = |name: &str| btp_common::api::TenantInfo {
+            name: name.into(),
+            created_ms: 1,
+            max_running_tasks: None,
+            speed_limit: None,
+            tokens: 0,
+            tasks: 0,
+        };
+        store.create_tenant(&tenant("acme")).await.unwrap();
+        let mut i = info("ta", TaskOptions::default());
+        i.tenant = "acme".into();
+        let ep = |p: &str| Endpoint::parse(p).unwrap();
+        store
+            .insert_task(&i, &ep("/src"), &ep("/dst"))
+            .await
+            .unwrap();
+        let opts = [("secret_access_key".to_string(), "S".to_string())].into();
+        store
+            .create_endpoint("acme", "vault", "s3://b/p", &opts, 1)
+            .await
+            .unwrap();
+        let e = store.delete_tenant("acme").await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert!(
+            e.message
+                .contains("it still has 1 task and 1 named endpoint; delete them first"),
+            "{}",
+            e.message
+        );
+        store.delete_task("ta").await.unwrap();
+        let e = store.delete_tenant("acme").await.unwrap_err();
+        assert!(
+            e.message.contains("still has 1 named endpoint;"),
+            "{}",
+            e.message
+        );
+        store.delete_endpoint("acme", "vault").await.unwrap();
+        store.delete_tenant("acme").await.unwrap();
+        // A tenant created again under the name inherits nothing.
+        store.create_tenant(&tenant("acme")).await.unwrap();
+        assert!(store.endpoints("acme", None).await.unwrap().is_empty());
+        assert!(store.tasks("acme", None, 10, 0).await.unwrap().is_empty());
+    })
+);

@@ -294,7 +294,22 @@ pub struct ReportEntry {
 /// The whole per-file report (`btp task files --output json`), by path; panics when a path is
 /// in it twice.
 pub fn report_entries(nats_url: &str, id: &str) -> BTreeMap<String, ReportEntry> {
-    let out = btp(nats_url, &["task", "files", id, "--output", "json"]);
+    report_entries_env(nats_url, &[], id)
+}
+
+/// [`report_entries`] with extra environment (NATS credentials, token).
+pub fn report_entries_env(
+    nats_url: &str,
+    env: &[(&str, &str)],
+    id: &str,
+) -> BTreeMap<String, ReportEntry> {
+    let out = Command::new(btp_bin())
+        .args(["task", "files", id, "--output", "json"])
+        .env("BTP_NATS_URL", nats_url)
+        .envs(env.iter().copied())
+        .env_remove("BTP_LOG")
+        .output()
+        .expect("run btp");
     assert!(out.status.success(), "{}", error_line(&out));
     let mut files = BTreeMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
