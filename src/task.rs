@@ -477,3 +477,36 @@ pub async fn run_to_end(url: &str, req: CreateTask, out: Output) -> anyhow::Resu
     }
     Ok(exit_code(&t))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_values_come_from_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cr3t\n").unwrap();
+        let crlf = dir.path().join("crlf");
+        std::fs::write(&crlf, "two\nlines\r\n").unwrap();
+        std::env::set_var("BTP_TEST_OPTION_VALUE", "from-env");
+        let opts = [
+            ("secret_access_key", format!("@{}", file.display())),
+            ("password", format!("@{}", crlf.display())),
+            ("session_token", "env:BTP_TEST_OPTION_VALUE".to_string()),
+            ("region", "eu-west-1".to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v));
+        let out = resolve_opts("--dst-opt", &opts).unwrap();
+        assert_eq!(out["secret_access_key"], "s3cr3t");
+        assert_eq!(out["password"], "two\nlines");
+        assert_eq!(out["session_token"], "from-env");
+        assert_eq!(out["region"], "eu-west-1");
+        let missing = [("password".to_string(), "@/no/such/file".to_string())];
+        let e = resolve_opts("--src-opt", &missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--src-opt password=@/no/such/file: cannot read the file"),
+            "{e}"
+        );
+    }
+}
