@@ -152,7 +152,7 @@ fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
 #[derive(Subcommand)]
 enum ServerCommand {
     /// Run the server against a nats-server.
-    Run(ServerRunArgs),
+    Run(Box<ServerRunArgs>),
     /// Ask the server for its version, database and load.
     Health(OutputOpts),
 }
@@ -447,7 +447,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Standalone(a) => run::standalone(a).await,
         Command::Server {
             command: ServerCommand::Run(a),
-        } => run::server(&url, a).await,
+        } => run::server(&url, *a).await,
         Command::Client {
             command: ClientCommand::Run(a),
         } => run::client(&url, a).await,

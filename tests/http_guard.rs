@@ -28,11 +28,14 @@ fn raw_post(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u1
     (status, body.to_string())
 }
 
+/// Headers of a request.
+type Headers<'a> = Vec<(&'a str, &'a str)>;
+
 /// The attacks, each with the status it must get: (what, headers, status).
 fn attacks<'a>(
     addr: &'a str,
     auth: &'a [(&'a str, &'a str)],
-) -> Vec<(&'static str, Vec<(&'a str, &'a str)>, u16)> {
+) -> Vec<(&'static str, Headers<'a>, u16)> {
     let json = ("Content-Type", "application/json");
     let own = ("Host", addr);
     let with = |extra: &[(&'a str, &'a str)]| {

@@ -152,7 +152,7 @@ fn translate(p: &str) -> Result<String, String> {
                 }
                 out.push('[');
                 match set.strip_prefix(['!', '^']) {
-                    Some(rest) if rest.is_empty() => out.push_str("!/"),
+                    Some("") => out.push_str("!/"),
                     Some(rest) if rest.ends_with('-') => {
                         out.push_str("!/");
                         out.push_str(rest);
