@@ -179,8 +179,14 @@ pub struct ServerRunArgs {
     #[arg(long, env = "BTP_HTTP_ADDR")]
     pub http_addr: Option<std::net::SocketAddr>,
     /// Another name the HTTP API is reached by (a `Host` header it accepts: `NAME` for any
-    /// port, `NAME:PORT` for one); repeatable. Other names are refused (DNS rebinding).
-    #[arg(long = "http-allowed-host", value_name = "NAME")]
+    /// port, `NAME:PORT` for one); repeatable, or comma-separated in the environment. Other
+    /// names are refused (DNS rebinding).
+    #[arg(
+        long = "http-allowed-host",
+        value_name = "NAME",
+        env = "BTP_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     pub http_allowed_hosts: Vec<String>,
     /// Seal endpoint secrets in the store with the key in this file (64 hex digits; created,
     /// mode 0600, when missing). Keep it: stored tasks cannot be run without it.

@@ -474,3 +474,70 @@ fn cut_line(e: &ApiError) -> String {
 fn cut(s: &str) -> String {
     s.chars().take(100).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_the_listen_address_loopback_names_and_configured_names() {
+        let g = Guard::new("127.0.0.1:8470".parse().unwrap(), &[], None);
+        for ok in [
+            "127.0.0.1:8470",
+            "localhost:8470",
+            "LOCALHOST:8470",
+            "[::1]:8470",
+        ] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for no in [
+            "",
+            "evil.example",
+            "evil.example:8470",
+            "localhost",
+            "127.0.0.1:8471",
+            "10.0.0.1:8470",
+        ] {
+            assert!(!g.host_allowed(no), "{no}");
+        }
+        let g = Guard::new(
+            "[::1]:9000".parse().unwrap(),
+            &["btp.example".into(), "Other.example:443".into()],
+            None,
+        );
+        for ok in [
+            "[::1]:9000",
+            "localhost:9000",
+            "btp.example",
+            "btp.example:1",
+            "other.example:443",
+        ] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for no in ["other.example", "other.example:80", "evil.example:9000"] {
+            assert!(!g.host_allowed(no), "{no}");
+        }
+        // On every address: any IP literal with the port (an IP cannot be rebound), no name.
+        let g = Guard::open("0.0.0.0:8080".parse().unwrap());
+        for ok in ["0.0.0.0:8080", "192.168.1.5:8080", "[fe80::1]:8080"] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for no in [
+            "192.168.1.5:80",
+            "192.168.1.5",
+            "evil.example:8080",
+            "localhost:8080",
+        ] {
+            assert!(!g.host_allowed(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn host_values_split_into_host_and_port() {
+        assert_eq!(host_port("a:1"), ("a", Some(1)));
+        assert_eq!(host_port("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(host_port("[::1]"), ("[::1]", None));
+        assert_eq!(host_port("a"), ("a", None));
+        assert_eq!(host_port("a:b"), ("a:b", None));
+    }
+}
