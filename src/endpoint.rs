@@ -28,7 +28,8 @@ pub struct EndpointCreateArgs {
     pub name: String,
     /// URL (fs:///path, s3://bucket/prefix, webdav://host/path) or an absolute path.
     pub url: String,
-    /// An option of the endpoint, KEY=VALUE (as --src-opt of `task create`); repeatable.
+    /// An option of the endpoint, KEY=VALUE, KEY=@FILE or KEY=env:NAME (as --src-opt of
+    /// `task create`); repeatable.
     #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = crate::task::parse_kv)]
     pub opts: Vec<(String, String)>,
     #[command(flatten)]
@@ -58,7 +59,7 @@ pub async fn endpoint(url: &str, cmd: EndpointCommand) -> anyhow::Result<ExitCod
             let req = CreateEndpoint {
                 name: a.name,
                 url: a.url,
-                options: a.opts.into_iter().collect(),
+                options: crate::task::resolve_opts("--opt", &a.opts)?,
             };
             let e: EndpointInfo = call(&api, verbs::ENDPOINT_CREATE, &req).await?;
             print(a.output.output, &e, |e| {

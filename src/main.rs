@@ -119,10 +119,19 @@ pub struct StandaloneArgs {
     /// Serve Prometheus metrics of the server and the client on this address.
     #[arg(long, env = "BTP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Serve the web console and the HTTP API on this address, or `off`. Standalone has no
-    /// tokens: keep it on localhost (the default) unless the network is trusted.
+    /// Serve the web console and the HTTP API on this address, or `off`. Each run makes a
+    /// console token, printed with the console's URL; keep it on localhost (the default)
+    /// unless the network is trusted.
     #[arg(long, env = "BTP_HTTP_ADDR", default_value = "127.0.0.1:8470", value_parser = parse_http_addr)]
     pub http_addr: HttpAddr,
+    /// Another name the console is reached by (a `Host` header it accepts: `NAME` for any port,
+    /// `NAME:PORT` for one); repeatable. Other names are refused (DNS rebinding).
+    #[arg(long = "http-allowed-host", value_name = "NAME")]
+    pub http_allowed_hosts: Vec<String>,
+    /// Serve the console without a token (a trusted host only: any local user or process can
+    /// then use the API as the admin).
+    #[arg(long)]
+    pub http_no_token: bool,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -143,7 +152,7 @@ fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
 #[derive(Subcommand)]
 enum ServerCommand {
     /// Run the server against a nats-server.
-    Run(ServerRunArgs),
+    Run(Box<ServerRunArgs>),
     /// Ask the server for its version, database and load.
     Health(OutputOpts),
 }
@@ -169,6 +178,16 @@ pub struct ServerRunArgs {
     /// Serve the API as JSON over HTTP here too (POST /api/v1/<verb>, `Authorization: Bearer`).
     #[arg(long, env = "BTP_HTTP_ADDR")]
     pub http_addr: Option<std::net::SocketAddr>,
+    /// Another name the HTTP API is reached by (a `Host` header it accepts: `NAME` for any
+    /// port, `NAME:PORT` for one); repeatable, or comma-separated in the environment. Other
+    /// names are refused (DNS rebinding).
+    #[arg(
+        long = "http-allowed-host",
+        value_name = "NAME",
+        env = "BTP_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub http_allowed_hosts: Vec<String>,
     /// Seal endpoint secrets in the store with the key in this file (64 hex digits; created,
     /// mode 0600, when missing). Keep it: stored tasks cannot be run without it.
     #[arg(long, env = "BTP_SECRET_KEY_FILE")]
@@ -445,7 +464,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Standalone(a) => run::standalone(a).await,
         Command::Server {
             command: ServerCommand::Run(a),
-        } => run::server(&url, a).await,
+        } => run::server(&url, *a).await,
         Command::Client {
             command: ClientCommand::Run(a),
         } => run::client(&url, a).await,

@@ -91,6 +91,8 @@ pub async fn server(url: &str, a: ServerRunArgs) -> anyhow::Result<ExitCode> {
         consumer: consumer_settings(&a.queue),
         admin_hash,
         http_addr: a.http_addr,
+        http_allowed_hosts: a.http_allowed_hosts,
+        console_token: None,
     };
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -149,6 +151,15 @@ pub async fn client(url: &str, a: ClientRunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The console of a standalone or one-shot cluster: where, under which other names, and the
+/// token its API requests need (none: no token).
+#[derive(Clone, Debug, Default)]
+pub struct Console {
+    pub addr: Option<std::net::SocketAddr>,
+    pub allowed_hosts: Vec<String>,
+    pub token: Option<String>,
+}
+
 /// nats-server, server and client on one machine. Stops in order: client (drained), server, NATS.
 pub struct Cluster {
     nats: btp_nats::NatsServer,
@@ -165,10 +176,10 @@ impl Cluster {
         data_dir: &Path,
         nats_port: Option<u16>,
         client: &ClientOpts,
-        http_addr: Option<std::net::SocketAddr>,
+        console: Console,
         quick_stop: bool,
     ) -> anyhow::Result<Self> {
-        if let Some(addr) = http_addr {
+        if let Some(addr) = console.addr {
             // Refused before anything starts (the server binds it again just after).
             std::net::TcpListener::bind(addr)
                 .map_err(|e| anyhow::anyhow!("cannot serve the console on {addr}: {e} (choose another with --http-addr, or off)"))?;
@@ -184,7 +195,9 @@ impl Cluster {
             window: 512,
             consumer: consumer_settings(&client.queue),
             admin_hash: None,
-            http_addr,
+            http_addr: console.addr,
+            http_allowed_hosts: console.allowed_hosts,
+            console_token: console.token,
         };
         // The server creates the streams and the consumer before the client looks for them.
         let server = tokio::spawn(btp_server::run(cfg, server_cancel.clone()));
@@ -238,16 +251,26 @@ async fn wait_for_server(url: &str) -> anyhow::Result<()> {
 
 pub async fn standalone(a: StandaloneArgs) -> anyhow::Result<ExitCode> {
     install_metrics(a.metrics_addr)?;
-    let cluster = Cluster::start(&a.data_dir, a.nats_port, &a.client, a.http_addr.0, false).await?;
+    let token = (!a.http_no_token).then(btp_server::api::new_token);
+    let console = Console {
+        addr: a.http_addr.0,
+        allowed_hosts: a.http_allowed_hosts,
+        token: token.clone(),
+    };
+    let cluster = Cluster::start(&a.data_dir, a.nats_port, &a.client, console, false).await?;
     println!("BeyondTP standalone is running.");
     println!("NATS URL: {}", cluster.url());
     if let Some(addr) = a.http_addr.0 {
-        let note = if addr.ip().is_loopback() {
-            "this machine only; standalone asks for no token"
-        } else {
-            "WARNING: reachable from the network, and standalone asks for no token"
-        };
-        println!("Console: http://{addr}/ ({note})");
+        match &token {
+            // Like Jupyter: the console keeps the token from its URL.
+            Some(t) => println!("Console: http://{addr}/?token={t}"),
+            None if addr.ip().is_loopback() => println!(
+                "Console: http://{addr}/ (no token: any user or process of this machine can use it)"
+            ),
+            None => println!(
+                "Console: http://{addr}/ (WARNING: reachable from the network without a token)"
+            ),
+        }
     }
     println!(
         "Use it with other commands: export BTP_NATS_URL={}",
@@ -266,7 +289,7 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
         .prefix("btp-copy-")
         .tempdir()
         .context("create a temporary data dir")?;
-    let cluster = Cluster::start(tmp.path(), None, &a.client, None, true).await?;
+    let cluster = Cluster::start(tmp.path(), None, &a.client, Console::default(), true).await?;
     let result = crate::task::run_to_end(&cluster.url(), req, a.output.output).await;
     // A signal during the copy stops everything too; in-flight jobs are handed back.
     cluster.stop().await?;

@@ -42,9 +42,11 @@ pub struct CreateArgs {
 pub struct EndpointOpts {
     /// An option of the source endpoint, KEY=VALUE (S3: endpoint, region, access_key_id,
     /// secret_access_key, session_token, virtual_host; WebDAV: username, password); repeatable.
+    /// KEY=@FILE takes the value from a file, KEY=env:NAME from the environment (keeps secrets
+    /// out of `ps`).
     #[arg(long = "src-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub src_opts: Vec<(String, String)>,
-    /// An option of the destination endpoint, KEY=VALUE; repeatable.
+    /// An option of the destination endpoint, KEY=VALUE, KEY=@FILE or KEY=env:NAME; repeatable.
     #[arg(long = "dst-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub dst_opts: Vec<(String, String)>,
 }
@@ -57,6 +59,42 @@ pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
         )
     })?;
     Ok((k.trim().to_string(), v.to_string()))
+}
+
+/// The options as sent: a value `@/path/to/file` is the file's content (a trailing newline
+/// trimmed), `env:NAME` the environment variable's, so secrets stay out of `ps`. Errors name the
+/// flag and the option, never a value.
+pub(crate) fn resolve_opts(
+    flag: &str,
+    opts: &[(String, String)],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in opts {
+        let value = if let Some(path) = v.strip_prefix('@') {
+            let mut text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow!("{flag} {k}=@{path}: cannot read the file: {e}"))?;
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            text
+        } else if let Some(name) = v.strip_prefix("env:") {
+            std::env::var(name).map_err(|e| match e {
+                std::env::VarError::NotPresent => {
+                    anyhow!("{flag} {k}=env:{name}: the environment variable {name} is not set")
+                }
+                std::env::VarError::NotUnicode(_) => {
+                    anyhow!("{flag} {k}=env:{name}: the environment variable {name} is not UTF-8")
+                }
+            })?
+        } else {
+            v.clone()
+        };
+        out.insert(k.clone(), value);
+    }
+    Ok(out)
 }
 
 /// How the task is split into jobs.
@@ -157,8 +195,8 @@ pub fn create_request(
     Ok(CreateTask {
         src: endpoint_arg(src)?,
         dst: endpoint_arg(dst)?,
-        src_options: endpoints.src_opts.iter().cloned().collect(),
-        dst_options: endpoints.dst_opts.iter().cloned().collect(),
+        src_options: resolve_opts("--src-opt", &endpoints.src_opts)?,
+        dst_options: resolve_opts("--dst-opt", &endpoints.dst_opts)?,
         options: TaskOptions {
             batch_files: plan.batch_files,
             batch_bytes,
@@ -438,4 +476,37 @@ pub async fn run_to_end(url: &str, req: CreateTask, out: Output) -> anyhow::Resu
         }
     }
     Ok(exit_code(&t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_values_come_from_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cr3t\n").unwrap();
+        let crlf = dir.path().join("crlf");
+        std::fs::write(&crlf, "two\nlines\r\n").unwrap();
+        std::env::set_var("BTP_TEST_OPTION_VALUE", "from-env");
+        let opts = [
+            ("secret_access_key", format!("@{}", file.display())),
+            ("password", format!("@{}", crlf.display())),
+            ("session_token", "env:BTP_TEST_OPTION_VALUE".to_string()),
+            ("region", "eu-west-1".to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v));
+        let out = resolve_opts("--dst-opt", &opts).unwrap();
+        assert_eq!(out["secret_access_key"], "s3cr3t");
+        assert_eq!(out["password"], "two\nlines");
+        assert_eq!(out["session_token"], "from-env");
+        assert_eq!(out["region"], "eu-west-1");
+        let missing = [("password".to_string(), "@/no/such/file".to_string())];
+        let e = resolve_opts("--src-opt", &missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--src-opt password=@/no/such/file: cannot read the file"),
+            "{e}"
+        );
+    }
 }

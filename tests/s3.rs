@@ -358,3 +358,132 @@ fn cancelling_a_multipart_copy_leaves_no_upload_on_the_store() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(block_on(mp.list_uploads()).unwrap().is_empty());
 }
+
+#[test]
+fn secrets_read_from_a_file_or_the_environment_never_show_in_ps_logs_or_answers() {
+    let tmp = test_dir();
+    let Some((_moto, port)) = start_moto(tmp.path()) else {
+        return;
+    };
+    create_bucket(port, "bucket-f");
+    let src = tmp.path().join("src");
+    let tree = gen_tree(&src, 40, 0);
+    std::fs::remove_dir(src.join("empty-dir")).unwrap();
+    let secret = "file-s3cr3t-Zq8-never-printed";
+    let file = tmp.path().join("s3.secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let from_file = format!("secret_access_key=@{}", file.display());
+    let endpoint = format!("endpoint=http://127.0.0.1:{port}");
+    let s3_args = |side: &str, key: &str| -> Vec<String> {
+        [
+            endpoint.as_str(),
+            "region=us-east-1",
+            "access_key_id=test",
+            key,
+        ]
+        .iter()
+        .flat_map(|o| [format!("--{side}-opt"), o.to_string()])
+        .collect()
+    };
+    let mut seen_ps = String::new();
+    let mut sample_ps = || {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .unwrap();
+        seen_ps.push_str(&String::from_utf8_lossy(&ps.stdout));
+    };
+
+    // A task through a server and a client, the secret from a file.
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "2"]);
+    let mut args: Vec<String> = [
+        "task",
+        "create",
+        "--src",
+        src.to_str().unwrap(),
+        "--dst",
+        "s3://bucket-f/up",
+        "--start",
+        "--output",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(s3_args("dst", &from_file));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let out = btp(&c.url, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sample_ps();
+    let t = wait_task(&c.url, &id, Duration::from_secs(120));
+    assert_eq!(t["state"], "completed", "{t}");
+    assert_eq!(t["files_copied"], tree.files, "{t}");
+    let report = c.report(&id).to_string();
+
+    // Back down with `btp copy`, the secret from the environment; ps looked at while it runs.
+    let dst = tmp.path().join("down");
+    let mut copy = std::process::Command::new(btp_bin());
+    copy.args([
+        "copy",
+        "s3://bucket-f/up",
+        dst.to_str().unwrap(),
+        "--output",
+        "json",
+    ])
+    .args(s3_args("src", "secret_access_key=env:BTP_TEST_S3_SECRET"))
+    .env("BTP_TEST_S3_SECRET", secret)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = copy.spawn().unwrap();
+    sample_ps();
+    let out = child.wait_with_output().unwrap();
+    let copy_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{copy_out}");
+    // Object stores keep no empty directories: the files, byte for byte.
+    let files = tree_files(&src);
+    assert_eq!(files.len() as u64, tree.files);
+    assert_eq!(tree_files(&dst), files);
+    for f in files.keys() {
+        assert_eq!(
+            std::fs::read(src.join(f)).unwrap(),
+            std::fs::read(dst.join(f)).unwrap()
+        );
+    }
+    sample_ps();
+
+    assert!(
+        seen_ps.contains("secret_access_key=env:BTP_TEST_S3_SECRET"),
+        "ps saw btp copy running"
+    );
+    for (what, text) in [
+        ("ps -eo args", &seen_ps),
+        ("the create answer", &answer),
+        ("the report", &report),
+        ("btp copy's output", &copy_out),
+    ] {
+        assert!(!text.contains(secret), "{what} shows the secret");
+    }
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "log") && !p.ends_with("moto_server.log") {
+            assert!(
+                !std::fs::read_to_string(&p).unwrap().contains(secret),
+                "{} shows the secret",
+                p.display()
+            );
+        }
+    }
+}

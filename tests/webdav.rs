@@ -119,3 +119,113 @@ fn files_move_between_a_file_system_and_webdav_byte_for_byte() {
     assert_eq!(std::fs::read(&victim).unwrap(), original);
     assert_same_tree(&src, &on_server);
 }
+
+#[test]
+fn a_webdav_password_from_a_file_logs_in_and_shows_nowhere() {
+    let tmp = test_dir();
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let secret = "dav-pa55-Zq8-never-printed";
+    // wsgidav with one user, Basic authentication only.
+    let conf = tmp.path().join("wsgidav.json");
+    let config = serde_json::json!({
+        "http_authenticator": {
+            "accept_basic": true,
+            "accept_digest": false,
+            "default_to_digest": false,
+            "trusted_auth_header": null,
+        },
+        "simple_dc": {"user_mapping": {"*": {"alice": {"password": secret}}}},
+    });
+    std::fs::write(&conf, config.to_string()).unwrap();
+    let root = format!("--root={}", served.display());
+    let conf_arg = format!("--config={}", conf.display());
+    let args = ["-H", "127.0.0.1", "-p", "{port}", &conf_arg, "-q", &root];
+    let Some((_dav, port)) =
+        start_service("wsgidav", &args, tmp.path(), "pip install wsgidav cheroot")
+    else {
+        return;
+    };
+    // The server wants the password.
+    let anonymous = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut a = String::new();
+        s.read_to_string(&mut a).unwrap();
+        a
+    };
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+
+    let src = tmp.path().join("src");
+    let tree = gen_tree(&src, 30, 0);
+    std::fs::remove_dir(src.join("empty-dir")).unwrap();
+    let file = tmp.path().join("dav.password");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let password = format!("password=@{}", file.display());
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "2"]);
+    let url = format!("webdav://127.0.0.1:{port}/in");
+    let args = [
+        "task",
+        "create",
+        "--src",
+        src.to_str().unwrap(),
+        "--dst",
+        &url,
+        "--dst-opt",
+        "username=alice",
+        "--dst-opt",
+        &password,
+        "--start",
+        "--output",
+        "json",
+    ];
+    let out = btp(&c.url, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).to_string();
+    let t = wait_task(&c.url, &id, Duration::from_secs(120));
+    assert_eq!(t["state"], "completed", "{t}");
+    assert_eq!(t["files_copied"], tree.files, "{t}");
+    let files = tree_files(&src);
+    assert_eq!(tree_files(&served.join("in")), files);
+    let report = c.report(&id).to_string();
+    let info =
+        String::from_utf8_lossy(&btp(&c.url, &["task", "get", &id, "--output", "json"]).stdout)
+            .to_string();
+    for (what, text) in [
+        ("ps -eo args", &ps),
+        ("the create answer", &answer),
+        ("the report", &report),
+        ("task get", &info),
+    ] {
+        assert!(!text.contains(secret), "{what} shows the password");
+    }
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "log") && !p.ends_with("wsgidav.log") {
+            assert!(
+                !std::fs::read_to_string(&p).unwrap().contains(secret),
+                "{} shows the password",
+                p.display()
+            );
+        }
+    }
+}

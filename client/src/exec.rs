@@ -104,10 +104,11 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
             delete_excluded,
             links,
         } => {
+            let filter = filter.compile().map_err(JobError::Permanent)?;
             let opts = ListOpts {
                 page_entries: *page_entries as usize,
                 page_bytes: *page_bytes,
-                filter,
+                filter: &filter,
                 sync: *sync,
                 delete_excluded: *delete_excluded,
                 links: *links,
@@ -140,7 +141,7 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
 struct ListOpts<'a> {
     page_entries: usize,
     page_bytes: u64,
-    filter: &'a btp_common::filter::Filter,
+    filter: &'a btp_common::filter::CompiledFilter,
     sync: bool,
     delete_excluded: bool,
     links: btp_common::api::Links,

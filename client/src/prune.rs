@@ -19,6 +19,7 @@ pub(crate) async fn delete(
 ) -> Result<(), JobError> {
     let dst = job.dst.operator()?;
     let scoped = !delete_excluded && !filter.is_empty();
+    let filter = filter.compile().map_err(JobError::Permanent)?;
     let mut deleted = 0u64;
     let mut failures: Vec<FileFailure> = Vec::new();
     let mut more_failures = 0u64;

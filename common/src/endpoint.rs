@@ -88,6 +88,30 @@ pub enum EndpointError {
     NoHost { url: String },
     #[error("option '{key}' must be true or false")]
     NotABool { key: String },
+    /// `user:password@` in a URL: it would show in task info, logs and `ps`. The URL is not
+    /// repeated (it holds the password).
+    #[error("credentials in an endpoint URL ({scheme}://...@{host}) are refused: give them as options, e.g. {hint}")]
+    CredentialsInUrl {
+        scheme: String,
+        host: String,
+        hint: &'static str,
+    },
+}
+
+const WEBDAV_CREDENTIALS_HINT: &str =
+    "--dst-opt username=NAME --dst-opt password=@/path/to/file (or --src-opt for a source)";
+const S3_CREDENTIALS_HINT: &str = "--dst-opt access_key_id=ID --dst-opt secret_access_key=@/path/to/file (or --src-opt for a source)";
+
+/// Refuses `user[:password]@` in the authority of `url` (`scheme://authority/...`).
+fn refuse_userinfo(scheme: &str, authority: &str, hint: &'static str) -> Result<(), EndpointError> {
+    match authority.rsplit_once('@') {
+        Some((_, host)) => Err(EndpointError::CredentialsInUrl {
+            scheme: scheme.to_string(),
+            host: host.chars().take(100).collect(),
+            hint,
+        }),
+        None => Ok(()),
+    }
 }
 
 impl Endpoint {
@@ -405,6 +429,13 @@ fn parse_s3(
     options: &std::collections::BTreeMap<String, String>,
 ) -> Result<Endpoint, EndpointError> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    refuse_userinfo("s3", bucket, S3_CREDENTIALS_HINT)?;
+    if let Some(e) = options.get("endpoint") {
+        if let Some((scheme, rest)) = e.split_once("://") {
+            let authority = rest.split('/').next().unwrap_or(rest);
+            refuse_userinfo(scheme, authority, S3_CREDENTIALS_HINT)?;
+        }
+    }
     if bucket.is_empty() {
         return Err(EndpointError::NoBucket {
             url: url.to_string(),
@@ -463,6 +494,8 @@ fn parse_webdav(
     options: &std::collections::BTreeMap<String, String>,
 ) -> Result<Endpoint, EndpointError> {
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let scheme = if http == "https" { "webdavs" } else { "webdav" };
+    refuse_userinfo(scheme, host, WEBDAV_CREDENTIALS_HINT)?;
     if host.is_empty() {
         return Err(EndpointError::NoHost {
             url: url.to_string(),
@@ -633,6 +666,34 @@ mod tests {
         assert!(fs("/a/b").is_within(&fs("/a/b")));
         assert!(!fs("/a/bc").is_within(&fs("/a/b")));
         assert!(!fs("/a").is_within(&fs("/a/b")));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_without_repeating_them() {
+        for url in [
+            "webdav://alice:hunter2@dav.example:8080/data",
+            "webdavs://alice:hunter2@dav.example/data",
+            "s3://AKIA:hunter2@bucket/x",
+        ] {
+            let e = Endpoint::parse(url).unwrap_err().to_string();
+            assert!(e.starts_with("credentials in an endpoint URL"), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("alice"), "{e}");
+            assert!(e.contains("=@/path/to/file"), "{e}");
+        }
+        let opts = [(
+            "endpoint".to_string(),
+            "http://k:hunter2@minio:9000".to_string(),
+        )]
+        .into();
+        let e = Endpoint::parse_with("s3://b/x", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("secret_access_key=@") && !e.contains("hunter2"),
+            "{e}"
+        );
+        // A file name may hold an '@'.
+        assert!(Endpoint::parse("/home/a@b/data").is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! set. A pattern without `/` matches the file name in any directory (`*.log`); a pattern with
 //! `/` matches the whole relative path (`logs/**/*.gz`).
 
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,116 +29,153 @@ impl Filter {
 
     /// Checks the patterns and bounds; the error names the bad one.
     pub fn validate(&self) -> Result<(), String> {
-        for (flag, pats) in [("include", &self.include), ("exclude", &self.exclude)] {
-            for p in pats {
-                check_glob(p).map_err(|e| format!("{flag} pattern '{p}': {e}"))?;
-            }
-        }
+        self.compile().map(|_| ())
+    }
+
+    /// The filter ready to test many files: every pattern compiled once, into one automaton
+    /// per list (linear in the length of the name, whatever the pattern).
+    pub fn compile(&self) -> Result<CompiledFilter, String> {
+        let include = Globs::new("include", &self.include)?;
+        let exclude = Globs::new("exclude", &self.exclude)?;
         if let (Some(min), Some(max)) = (self.min_size, self.max_size) {
             if min > max {
                 return Err(format!("min_size ({min}) is larger than max_size ({max})"));
             }
         }
-        Ok(())
+        Ok(CompiledFilter {
+            include: (!self.include.is_empty()).then_some(include),
+            exclude,
+            min_size: self.min_size,
+            max_size: self.max_size,
+        })
     }
 
+    /// True when a file at `path` (relative to the source root) of `size` bytes is copied.
+    /// Compiles the patterns on each call: for many files, [`Filter::compile`] once.
+    pub fn accepts(&self, path: &str, size: u64) -> bool {
+        self.compile().is_ok_and(|f| f.accepts(path, size))
+    }
+}
+
+/// A [`Filter`] with its patterns compiled.
+#[derive(Clone, Debug)]
+pub struct CompiledFilter {
+    include: Option<Globs>,
+    exclude: Globs,
+    min_size: Option<u64>,
+    max_size: Option<u64>,
+}
+
+impl CompiledFilter {
     /// True when a file at `path` (relative to the source root) of `size` bytes is copied.
     pub fn accepts(&self, path: &str, size: u64) -> bool {
         if self.min_size.is_some_and(|m| size < m) || self.max_size.is_some_and(|m| size > m) {
             return false;
         }
         let path = path.trim_start_matches('/');
-        if !self.include.is_empty() && !self.include.iter().any(|p| matches(p, path)) {
+        if self.include.as_ref().is_some_and(|i| !i.matches(path)) {
             return false;
         }
-        !self.exclude.iter().any(|p| matches(p, path))
+        !self.exclude.matches(path)
     }
 }
 
-fn check_glob(p: &str) -> Result<(), &'static str> {
-    if p.is_empty() {
-        return Err("empty pattern");
-    }
-    let mut chars = p.chars();
-    while let Some(c) = chars.next() {
-        if c == '[' {
-            let mut closed = false;
-            for (n, c) in chars.by_ref().enumerate() {
-                if c == ']' && n > 0 {
-                    closed = true;
-                    break;
-                }
-            }
-            if !closed {
-                return Err("unclosed '['");
+/// One list of patterns: those without `/` test the file name, the others the whole path.
+#[derive(Clone, Debug)]
+struct Globs {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Globs {
+    fn new(flag: &str, patterns: &[String]) -> Result<Self, String> {
+        let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+        for p in patterns {
+            let glob = compile_glob(p).map_err(|e| format!("{flag} pattern '{p}': {e}"))?;
+            if p.trim_start_matches('/').contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
             }
         }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| format!("{flag} patterns: {}", e.kind()))
+        };
+        Ok(Self {
+            names: build(names)?,
+            paths: build(paths)?,
+        })
     }
-    Ok(())
-}
 
-/// Matches a glob against a relative path (see the module docs).
-pub fn matches(pattern: &str, path: &str) -> bool {
-    let pattern = pattern.trim_start_matches('/');
-    if pattern.contains('/') {
-        glob(pattern.as_bytes(), path.as_bytes())
-    } else {
+    fn matches(&self, path: &str) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path);
-        glob(pattern.as_bytes(), name.as_bytes())
+        self.names.is_match(name) || self.paths.is_match(path)
     }
 }
 
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.first() {
-        None => s.is_empty(),
-        Some(b'*') if p.get(1) == Some(&b'*') => {
-            // `**/` also matches no directory at all.
-            let rest = &p[2..];
-            if let Some(after) = rest.strip_prefix(b"/") {
-                if glob(after, s) {
-                    return true;
-                }
-            }
-            (0..=s.len()).any(|i| glob(rest, &s[i..]))
-        }
-        Some(b'*') => {
-            let rest = &p[1..];
-            for i in 0..=s.len() {
-                if glob(rest, &s[i..]) {
-                    return true;
-                }
-                if s.get(i) == Some(&b'/') {
-                    break;
-                }
-            }
-            false
-        }
-        Some(b'?') => s.first().is_some_and(|&c| c != b'/') && glob(&p[1..], &s[1..]),
-        Some(b'[') => {
-            let Some(&c) = s.first() else { return false };
-            let Some(end) = p.iter().skip(2).position(|&b| b == b']').map(|i| i + 2) else {
-                return false;
-            };
-            let set = &p[1..end];
-            let (negate, set) = match set.first() {
-                Some(b'!') | Some(b'^') => (true, &set[1..]),
-                _ => (false, set),
-            };
-            let mut hit = false;
-            let mut i = 0;
-            while i < set.len() {
-                if i + 2 < set.len() && set[i + 1] == b'-' {
-                    hit |= (set[i]..=set[i + 2]).contains(&c);
-                    i += 3;
-                } else {
-                    hit |= set[i] == c;
-                    i += 1;
-                }
-            }
-            hit != negate && c != b'/' && glob(&p[end + 1..], &s[1..])
-        }
-        Some(&b) => s.first() == Some(&b) && glob(&p[1..], &s[1..]),
+/// Checks `p` and compiles it with this module's rules (see the module docs).
+fn compile_glob(p: &str) -> Result<Glob, String> {
+    if p.is_empty() {
+        return Err("empty pattern".into());
     }
+    GlobBuilder::new(&translate(p)?)
+        .literal_separator(true)
+        .backslash_escape(false)
+        .build()
+        .map_err(|e| e.kind().to_string())
+}
+
+/// The pattern in globset's syntax: `{` and `}` are plain characters here (globset reads them
+/// as alternatives), and a negated set never matches `/`, as `?` does not.
+fn translate(p: &str) -> Result<String, String> {
+    let p = p.trim_start_matches('/');
+    let mut out = String::with_capacity(p.len() + 8);
+    let mut chars = p.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' => out.push_str("[{]"),
+            '}' => out.push_str("[}]"),
+            '[' => {
+                // The first character of a set is never its end (`[]a]`, `[!]a]`).
+                let mut set = String::new();
+                let mut closed = false;
+                for (n, c) in chars.by_ref().enumerate() {
+                    if c == ']' && n > 0 {
+                        closed = true;
+                        break;
+                    }
+                    set.push(c);
+                }
+                if !closed {
+                    return Err("unclosed '['".into());
+                }
+                out.push('[');
+                match set.strip_prefix(['!', '^']) {
+                    Some("") => out.push_str("!/"),
+                    Some(rest) if rest.ends_with('-') => {
+                        out.push_str("!/");
+                        out.push_str(rest);
+                    }
+                    Some(rest) => {
+                        out.push('!');
+                        out.push_str(rest);
+                        out.push('/');
+                    }
+                    None => out.push_str(&set),
+                }
+                out.push(']');
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Matches a glob against a relative path (see the module docs). Compiles the pattern on each
+/// call; an invalid pattern matches nothing.
+pub fn matches(pattern: &str, path: &str) -> bool {
+    Globs::new("", &[pattern.to_string()]).is_ok_and(|g| g.matches(path))
 }
 
 #[cfg(test)]
@@ -184,5 +222,36 @@ mod tests {
             bad.validate().unwrap_err(),
             "exclude pattern '[abc': unclosed '['"
         );
+    }
+
+    #[test]
+    fn an_adversarial_pattern_runs_in_linear_time() {
+        let pattern = "*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b";
+        assert_eq!(pattern.len(), 30);
+        let f = Filter {
+            include: vec![pattern.into(), format!("deep/{pattern}")],
+            ..Default::default()
+        };
+        let f = f.compile().unwrap();
+        let name = "a".repeat(10_000);
+        let began = std::time::Instant::now();
+        assert!(!f.accepts(&name, 1));
+        assert!(!f.accepts(&format!("deep/{name}"), 1));
+        assert!(f.accepts(&format!("deep/{name}b"), 1));
+        assert!(f.accepts(&format!("x/y/{name}b"), 1));
+        let took = began.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    }
+
+    #[test]
+    fn braces_and_backslashes_are_plain_and_sets_never_match_a_separator() {
+        assert!(matches("{a,b}.txt", "{a,b}.txt"));
+        assert!(!matches("{a,b}.txt", "a.txt"));
+        assert!(matches(r"a\b", r"d/a\b"));
+        assert!(!matches("x[!a]y/z", "x/y/z"));
+        assert!(matches("x[!a]y/z", "xby/z"));
+        assert!(!matches("x?y/z", "x/y/z"));
+        assert!(matches("/logs/*.gz", "logs/a.gz"));
+        assert!(matches("a/**/b", "a/b"));
     }
 }

@@ -6,6 +6,13 @@
 const $ = (sel, el = document) => el.querySelector(sel);
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const TOKEN_KEY = 'btp.token';
+// `btp standalone` prints the console's URL with its token (`/?token=...`), as Jupyter does:
+// keep it in this browser's local storage and take it out of the address bar and history.
+const fromUrl = new URLSearchParams(location.search).get('token');
+if (fromUrl) {
+  localStorage.setItem(TOKEN_KEY, fromUrl.trim());
+  history.replaceState(null, '', location.pathname + location.hash);
+}
 let token = localStorage.getItem(TOKEN_KEY) || '';
 let timer = null;
 let generation = 0; // bumped on every navigation: refreshes of an old view stop
@@ -142,7 +149,8 @@ function showToken(message) {
     <h1>API token</h1>
     <form id="token-form" class="card">
       <p>${esc(message || 'This server requires an API token.')}</p>
-      <p class="muted">Ask your administrator for a token (<code>btp token create TENANT</code>). It is kept in this
+      <p class="muted">Ask your administrator for a token (<code>btp token create TENANT</code>), or open the
+      console's URL that <code>btp standalone</code> printed (<code>/?token=...</code>). It is kept in this
       browser only and sent with every request.</p>
       <div class="row"><input name="token" type="password" autocomplete="off" size="48" required>
       <button class="primary">Use token</button></div>

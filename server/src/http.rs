@@ -4,6 +4,15 @@
 //! `{"error": ...}` body, with an HTTP status that matches the error code.
 //! `POST /api/v1/task.report.csv` streams a task's per-file report as CSV, page by page
 //! through the same handlers. `GET /` serves the console, embedded in the binary.
+//!
+//! Every request is checked before any handler runs ([`Guard`]): its `Host` must be the
+//! listen address (for a loopback listener also `localhost:PORT`, `127.0.0.1:PORT`,
+//! `[::1]:PORT`) or a name of `--http-allowed-host`, so a DNS-rebinding page cannot talk to
+//! it; an API request from a browser must come from the console's own origin (`Origin` equal
+//! to the `Host`, `Sec-Fetch-Site` `same-origin` or `none`), else 403; an API request must be
+//! `Content-Type: application/json`, else 415 (a browser sends that type cross-origin only
+//! after a CORS preflight, which this server never grants). With a console token (standalone)
+//! an API request must also carry `Authorization: Bearer <token>`, else 401.
 
 use std::net::SocketAddr;
 
@@ -24,10 +33,163 @@ use crate::api::Api;
 /// Largest request body (the NATS API's limit too).
 const MAX_BODY: usize = 64 << 10;
 
+/// What a request must show before it reaches a handler (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Guard {
+    /// `host:port` values (lowercase) a `Host` header may have.
+    hosts: Vec<String>,
+    /// Names of `--http-allowed-host` without a port: any port.
+    names: Vec<String>,
+    /// The port of an unspecified listen address (`0.0.0.0`): any IP literal with it.
+    any_ip_port: Option<u16>,
+    /// SHA-256 of the console token, when API requests need it.
+    token_hash: Option<String>,
+}
+
+impl Guard {
+    /// The guard of a listener on `addr`, with the extra names of `--http-allowed-host`
+    /// (`name` for any port, `name:port` for one) and the console token, if any.
+    pub fn new(addr: SocketAddr, allowed: &[String], console_token: Option<&str>) -> Self {
+        let port = addr.port();
+        let mut hosts = vec![addr.to_string()];
+        if addr.ip().is_loopback() {
+            for h in ["localhost", "127.0.0.1", "[::1]"] {
+                hosts.push(format!("{h}:{port}"));
+            }
+        }
+        let mut names = Vec::new();
+        for a in allowed {
+            let a = a.trim().to_ascii_lowercase();
+            if host_port(&a).1.is_some() {
+                hosts.push(a);
+            } else {
+                names.push(a);
+            }
+        }
+        Self {
+            hosts,
+            names,
+            any_ip_port: addr.ip().is_unspecified().then_some(port),
+            token_hash: console_token.map(crate::api::token_hash),
+        }
+    }
+
+    /// The guard without a console token.
+    pub fn open(addr: SocketAddr) -> Self {
+        Self::new(addr, &[], None)
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        if self.hosts.contains(&host) {
+            return true;
+        }
+        let (name, port) = host_port(&host);
+        if self.names.iter().any(|n| n == name) {
+            return true;
+        }
+        // An IP literal cannot be rebound; on 0.0.0.0 every address of the host is ours.
+        let ip = name.trim_start_matches('[').trim_end_matches(']');
+        self.any_ip_port.is_some_and(|p| port == Some(p)) && ip.parse::<std::net::IpAddr>().is_ok()
+    }
+
+    /// The refusal of a request, if it is refused: any request with a foreign `Host`, API
+    /// requests from another origin, not JSON, or without the console token.
+    fn check(&self, req: &Request<Incoming>, api: bool) -> Option<Response<Body>> {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        };
+        let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
+            if code == ErrorCode::Unauthenticated {
+                metrics::counter!(crate::telemetry::API_REFUSED).increment(1);
+            }
+            Some(error(status, code, message))
+        };
+        let host = header("host").unwrap_or("");
+        if !self.host_allowed(host) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::PermissionDenied,
+                "refused: the Host header is not this server's address; to serve it under another name, start it with --http-allowed-host NAME",
+            );
+        }
+        if !api {
+            return None;
+        }
+        if let Some(origin) = header("origin") {
+            let own = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|o| o.eq_ignore_ascii_case(host.trim()));
+            if !own {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::PermissionDenied,
+                    "refused: a request from a page of another origin",
+                );
+            }
+        }
+        if header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::PermissionDenied,
+                "refused: a request from a page of another site",
+            );
+        }
+        let json = header("content-type").is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if req.method() == Method::POST && !json {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::InvalidArgument,
+                "refused: API requests must be Content-Type: application/json",
+            );
+        }
+        if let Some(want) = &self.token_hash {
+            let token = bearer(req).unwrap_or_default();
+            if token.is_empty() || &crate::api::token_hash(&token) != want {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthenticated,
+                    "this console needs the token printed with its URL when btp standalone started (Console: http://.../?token=...)",
+                );
+            }
+        }
+        None
+    }
+}
+
+/// The host and the port of a `Host` value (`[::1]:80`, `name:80`, `name`).
+fn host_port(host: &str) -> (&str, Option<u16>) {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+            match p.parse() {
+                Ok(port) => (h, Some(port)),
+                Err(_) => (host, None),
+            }
+        }
+        _ => (host, None),
+    }
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+}
+
 /// Serves the gateway on `listener` until `cancel` fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Api,
+    guard: Guard,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "serving the HTTP API on /api/v1/<verb>");
@@ -42,11 +204,11 @@ pub async fn serve(
                 }
             },
         };
-        let api = api.clone();
+        let (api, guard) = (api.clone(), guard.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&api, req, peer).await) }
+                let (api, guard) = (api.clone(), guard.clone());
+                async move { Ok::<_, std::convert::Infallible>(answer(&api, &guard, req, peer).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -130,8 +292,17 @@ pub fn status_of(body: &[u8]) -> StatusCode {
     }
 }
 
-async fn answer(api: &Api, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn answer(
+    api: &Api,
+    guard: &Guard,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if let Some(refused) = guard.check(&req, path.starts_with("/api/")) {
+        debug!(%peer, path = cut(&path), "HTTP request refused");
+        return refused;
+    }
     if req.method() == Method::GET || req.method() == Method::HEAD {
         let path = if path == "/index.html" { "/" } else { &path };
         if let Some((_, content_type, body)) = CONSOLE.iter().find(|(p, _, _)| *p == path) {
@@ -155,12 +326,7 @@ async fn answer(api: &Api, req: Request<Incoming>, peer: SocketAddr) -> Response
             "the API takes POST requests with a JSON body",
         );
     }
-    let token = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+    let token = bearer(&req);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -307,4 +473,71 @@ fn cut_line(e: &ApiError) -> String {
 /// A path as it may be quoted in an error (bounded).
 fn cut(s: &str) -> String {
     s.chars().take(100).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_the_listen_address_loopback_names_and_configured_names() {
+        let g = Guard::new("127.0.0.1:8470".parse().unwrap(), &[], None);
+        for ok in [
+            "127.0.0.1:8470",
+            "localhost:8470",
+            "LOCALHOST:8470",
+            "[::1]:8470",
+        ] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for no in [
+            "",
+            "evil.example",
+            "evil.example:8470",
+            "localhost",
+            "127.0.0.1:8471",
+            "10.0.0.1:8470",
+        ] {
+            assert!(!g.host_allowed(no), "{no}");
+        }
+        let g = Guard::new(
+            "[::1]:9000".parse().unwrap(),
+            &["btp.example".into(), "Other.example:443".into()],
+            None,
+        );
+        for ok in [
+            "[::1]:9000",
+            "localhost:9000",
+            "btp.example",
+            "btp.example:1",
+            "other.example:443",
+        ] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for no in ["other.example", "other.example:80", "evil.example:9000"] {
+            assert!(!g.host_allowed(no), "{no}");
+        }
+        // On every address: any IP literal with the port (an IP cannot be rebound), no name.
+        let g = Guard::open("0.0.0.0:8080".parse().unwrap());
+        for ok in ["0.0.0.0:8080", "192.168.1.5:8080", "[fe80::1]:8080"] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for no in [
+            "192.168.1.5:80",
+            "192.168.1.5",
+            "evil.example:8080",
+            "localhost:8080",
+        ] {
+            assert!(!g.host_allowed(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn host_values_split_into_host_and_port() {
+        assert_eq!(host_port("a:1"), ("a", Some(1)));
+        assert_eq!(host_port("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(host_port("[::1]"), ("[::1]", None));
+        assert_eq!(host_port("a"), ("a", None));
+        assert_eq!(host_port("a:b"), ("a:b", None));
+    }
 }

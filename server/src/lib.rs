@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub admin_hash: Option<String>,
     /// Serve the JSON HTTP gateway of the API here.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// Names the HTTP gateway answers to besides its address (`--http-allowed-host`).
+    pub http_allowed_hosts: Vec<String>,
+    /// A token every HTTP API request must carry (standalone's console token).
+    pub console_token: Option<String>,
 }
 
 /// What the server's parts share.
@@ -60,7 +64,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     // A taken address fails the start, before anything else runs.
     let http = match cfg.http_addr {
         Some(addr) => {
-            if !addr.ip().is_loopback() && cfg.admin_hash.is_none() {
+            if !addr.ip().is_loopback() && cfg.admin_hash.is_none() && cfg.console_token.is_none() {
                 warn!(%addr, "the console and the HTTP API are reachable from the network without a token: set --admin-token-file");
             }
             Some(http::bind(addr).await?)
@@ -106,8 +110,9 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         admin_hash: cfg.admin_hash.clone(),
         consumer: cfg.consumer.clone(),
     };
-    if let Some(listener) = http {
-        parts.spawn(http::serve(listener, api.clone(), cancel.clone()));
+    if let (Some(listener), Some(addr)) = (http, cfg.http_addr) {
+        let guard = http::Guard::new(addr, &cfg.http_allowed_hosts, cfg.console_token.as_deref());
+        parts.spawn(http::serve(listener, api.clone(), guard, cancel.clone()));
     }
     parts.spawn(api::serve(nats.clone(), api, cancel.clone()));
     parts.spawn(agents::run(

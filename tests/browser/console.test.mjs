@@ -97,16 +97,23 @@ async function startStandalone(port) {
   child.stdout.on('data', (d) => { out += d; });
   child.stderr.on('data', (d) => { err += d; });
   const deadline = Date.now() + 30_000;
-  while (!out.includes('Console: ')) {
+  while (!/Console: \S+\n/.test(out)) {
     if (child.exitCode !== null) throw new Error(`standalone exited ${child.exitCode}: ${err}`);
     if (Date.now() > deadline) throw new Error(`standalone did not start: ${err}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { child, logs: () => out + err };
+  // Like Jupyter: the console's URL carries a token made for this run.
+  const consoleUrl = out.match(/Console: (\S+)\n/)[1];
+  const token = new URL(consoleUrl).searchParams.get('token');
+  assert.ok(token, `no token in ${consoleUrl}`);
+  return { child, consoleUrl, token, logs: () => out + err };
 }
 
-async function call(base, verb, body) {
-  const r = await fetch(`${base}/api/v1/${verb}`, { method: 'POST', body: JSON.stringify(body ?? {}) });
+/** A call of the API as a program makes it: JSON, with the token (when given). */
+async function call(base, verb, body, token = standaloneToken) {
+  const headers = { 'content-type': 'application/json' };
+  if (token) headers.authorization = `Bearer ${token}`;
+  const r = await fetch(`${base}/api/v1/${verb}`, { method: 'POST', headers, body: JSON.stringify(body ?? {}) });
   const j = await r.json();
   if (j.error) throw new Error(`${verb}: ${j.error.message}`);
   return j.ok;
@@ -124,12 +131,13 @@ const base = `http://127.0.0.1:${port}`;
 const srcRoot = path.join(tmp, 'source');
 const dstRoot = path.join(tmp, 'destination');
 const tree = makeTree(srcRoot);
-const { child, logs } = await startStandalone(port);
+const { child, consoleUrl, token: standaloneToken, logs } = await startStandalone(port);
 const launch = () => chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
 const browserA = await launch();
 const browserB = await launch();
 let failed = false;
 const extra = []; // processes of the secured server
+const extraBrowsers = [];
 try {
   const a = await browserA.newPage();
   a.setDefaultTimeout(TIMEOUT);
@@ -140,9 +148,17 @@ try {
     if (s) firstLoad += s.responseBodySize + s.responseHeadersSize;
   });
 
-  await step('first load of the console is under 500 KB', async () => {
-    await a.goto(base, { waitUntil: 'networkidle' });
+  await step('without its token the console asks for one and shows no task', async () => {
+    await a.goto(base);
+    await a.locator('#token-form').waitFor();
+    assert.equal(await a.locator('#tasks').count(), 0, 'the tasks were shown without the token');
+  });
+
+  await step('first load of the console from its URL with the token is under 500 KB', async () => {
+    firstLoad = 0;
+    await a.goto(consoleUrl, { waitUntil: 'networkidle' });
     await a.locator('#tasks tbody tr').first().waitFor();
+    assert.ok(!a.url().includes('token='), `the token stayed in the address bar: ${a.url()}`);
     log(`first load: ${firstLoad} bytes`);
     results.push(`     first load transferred ${firstLoad} bytes`);
     assert.ok(firstLoad > 0 && firstLoad < 500 * 1024, `first load was ${firstLoad} bytes`);
@@ -204,7 +220,7 @@ try {
   const b = await browserB.newPage();
   b.setDefaultTimeout(TIMEOUT);
   await step('two browsers follow the task; pause in one shows paused in the other', async () => {
-    await b.goto(`${base}/#/task/${id}`);
+    await b.goto(`${consoleUrl}#/task/${id}`);
     await b.locator('#task-state [data-state=running]').waitFor();
     await a.click('#task-actions button[data-act=pause]');
     await a.locator('#task-state [data-state=paused]').waitFor();
@@ -240,7 +256,7 @@ try {
     const rows = parseCsv(fs.readFileSync(file, 'utf8'));
     assert.deepEqual(rows[0], ['path', 'size', 'status', 'attempts', 'reason']);
     const listed = rows.slice(1).map(([p, size, status]) => {
-      assert.equal(status, 'done');
+      assert.equal(status, 'copied');
       return `${p}\t${size}`;
     }).sort();
     const src = walk(srcRoot).map(([p, s]) => `${p}\t${s}`).sort();
@@ -293,7 +309,7 @@ try {
     const secured = `http://127.0.0.1:${httpPort}`;
     const deadline = Date.now() + 30_000;
     for (;;) {
-      const up = await fetch(`${secured}/api/v1/server.health`, { method: 'POST', body: '{}' }).then((r) => r.ok, () => false);
+      const up = await fetch(`${secured}/api/v1/server.health`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' }).then((r) => r.ok, () => false);
       if (up && fs.existsSync(tokenFile)) break;
       assert.ok(Date.now() < deadline, 'the server with tokens did not start');
       await new Promise((r) => setTimeout(r, 200));
@@ -311,6 +327,45 @@ try {
     await c.click('#token-form button');
     await c.locator('#tasks tbody tr').first().waitFor();
     assert.match(await c.locator('#server').innerText(), /client\(s\) online/);
+
+    // A page of another origin, without any content security policy of its own, posts to the
+    // standalone console's API as a CSRF page would: a no-cors text/plain POST (which a
+    // browser sends without asking), and a JSON fetch with the token (preflighted, never
+    // granted). Neither creates anything.
+    const before = (await call(base, 'task.list', { limit: 5000 })).tasks.length;
+    // Chromium's own guards for pages that call local addresses are off here, so that what
+    // refuses is the server.
+    const browserC = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--no-sandbox', '--disable-gpu',
+        '--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights,PrivateNetworkAccessRespectPreflightResults'],
+    });
+    extraBrowsers.push(browserC);
+    const evil = await browserC.newPage();
+    await evil.route('http://evil.example/**', (route) => route.fulfill({ contentType: 'text/html', body: '<p>evil</p>' }));
+    await evil.goto('http://evil.example/');
+    const attempts = await evil.evaluate(async ({ target, token }) => {
+      const body = JSON.stringify({ src: '/etc', dst: '/tmp/btp-csrf-loot', start: true });
+      const out = [];
+      try {
+        const r = await fetch(`${target}/api/v1/task.create`, { method: 'POST', mode: 'no-cors', body });
+        out.push(`no-cors: ${r.type}`);
+      } catch (e) { out.push(`no-cors: ${e.name}`); }
+      try {
+        await fetch(`${target}/api/v1/task.create`, {
+          method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body,
+        });
+        out.push('cors: answered');
+      } catch (e) { out.push(`cors: ${e.name}`); }
+      return out;
+    }, { target: base, token: standaloneToken });
+    log(`cross-origin attempts: ${attempts.join(', ')}`);
+    results.push(`     cross-origin attempts from http://evil.example: ${attempts.join(', ')}`);
+    assert.equal(attempts[0], 'no-cors: opaque', 'the no-cors POST did not reach the server');
+    assert.ok(!attempts.includes('cors: answered'), 'a cross-origin page read an answer');
+    const after = (await call(base, 'task.list', { limit: 5000 })).tasks.length;
+    assert.equal(after, before, 'a page of another origin created a task');
+    assert.ok(!fs.existsSync('/tmp/btp-csrf-loot'), 'a page of another origin copied files');
     await c.close();
   });
 
@@ -330,6 +385,7 @@ try {
 } finally {
   await browserA.close();
   await browserB.close();
+  for (const x of extraBrowsers) await x.close();
   for (const p of extra) p.kill('SIGTERM');
   child.kill('SIGTERM');
   await new Promise((r) => child.once('exit', r));
