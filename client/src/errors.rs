@@ -29,6 +29,9 @@ impl From<opendal::Error> for JobError {
         if io_cause(&e).is_some_and(is_full) {
             return destination_full(&text);
         }
+        if io_cause(&e).is_some_and(io_is_permanent) {
+            return JobError::Permanent(text);
+        }
         match e.kind() {
             K::NotFound
             | K::PermissionDenied
@@ -70,6 +73,7 @@ impl From<std::io::Error> for JobError {
             return destination_full(&e.to_string());
         }
         match e.kind() {
+            _ if io_is_permanent(&e) => JobError::Permanent(e.to_string()),
             K::NotFound | K::PermissionDenied | K::InvalidInput => {
                 JobError::Permanent(e.to_string())
             }
@@ -115,10 +119,31 @@ pub(crate) fn io_error(op: &str, path: &str, e: std::io::Error) -> JobError {
         other => other.to_string().to_lowercase(),
     };
     let text = format!("{kind}: {op} {path}: {e}");
-    match e.kind() {
-        K::NotFound | K::PermissionDenied | K::InvalidInput => JobError::Permanent(text),
-        _ => JobError::Transient(text),
+    if io_is_permanent(&e) {
+        return JobError::Permanent(text);
     }
+    JobError::Transient(text)
+}
+
+/// I/O errors that no retry can fix: a missing or forbidden path, or the shape of the tree in
+/// the way (a file where a directory must be, a directory where a file must be, a name too
+/// long, a link loop).
+fn io_is_permanent(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::NotFound
+            | K::PermissionDenied
+            | K::InvalidInput
+            | K::AlreadyExists
+            | K::NotADirectory
+            | K::IsADirectory
+            | K::DirectoryNotEmpty
+            | K::InvalidFilename
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTDIR | libc::EISDIR | libc::EEXIST | libc::ELOOP | libc::ENAMETOOLONG)
+    )
 }
 
 /// The I/O error at the bottom of an OpenDAL error, if there is one.

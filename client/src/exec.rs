@@ -292,7 +292,8 @@ async fn list(
         }
     }
     if total == 0 && !dir.is_empty() && job.dst.is_local() && !job.dry_run {
-        // An empty directory is part of the tree too.
+        // An empty directory is part of the tree too (never created through a link).
+        crate::dstpath::DstCheck::new(&job.dst).check(dir)?;
         job.dst.operator()?.create_dir(dir).await?;
     }
     let dst = if opts.sync && clean {
@@ -301,26 +302,15 @@ async fn list(
         None
     };
     if let Some(dst) = dst {
-        let listing = dst
-            .lister_with(if dir.is_empty() { "/" } else { dir })
-            .await;
-        let mut lister = match listing {
-            Ok(l) => Some(l),
-            Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
-            Err(e) => return Err(e.into()),
-        };
-        while let Some(entry) = match lister.as_mut() {
-            Some(l) => l.try_next().await?,
-            None => None,
-        } {
-            let path = entry.path();
+        let mut extra = DstEntries::open(job, &dst, dir).await?;
+        while let Some((path, size)) = extra.next().await? {
+            let path = path.as_str();
             if path == dir || path == "/" || path.is_empty() {
                 continue;
             }
             if names.contains(path.trim_end_matches('/')) || is_upload_temp(path) {
                 continue;
             }
-            let size = entry.metadata().content_length();
             let is_dir = path.ends_with('/');
             if !is_dir && !opts.delete_excluded && !opts.filter.accepts(path, size) {
                 // Out of the filters' scope: a sync keeps it, as rsync and rclone do.
@@ -338,6 +328,44 @@ async fn list(
     }
     debug!(job = %job.id, dir, entries = total, pages = seq + 1, "listed");
     ctx.sink.send(job, seq, true, page.take()).await
+}
+
+/// The entries of a destination directory for a sync: read without following links on file
+/// systems, through OpenDAL's lister elsewhere; `(path, size)`, directories ending in `/`.
+enum DstEntries {
+    None,
+    Local(crate::local::DstLister),
+    Dal(opendal::Lister),
+}
+
+impl DstEntries {
+    async fn open(job: &Job, dst: &Operator, dir: &str) -> Result<Self, JobError> {
+        if let Some(root) = job.dst.local_root() {
+            return Ok(match crate::local::DstLister::open(root, dir).await? {
+                Some(l) => DstEntries::Local(l),
+                None => DstEntries::None,
+            });
+        }
+        match dst
+            .lister_with(if dir.is_empty() { "/" } else { dir })
+            .await
+        {
+            Ok(l) => Ok(DstEntries::Dal(l)),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(DstEntries::None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<(String, u64)>, JobError> {
+        match self {
+            DstEntries::None => Ok(None),
+            DstEntries::Local(l) => l.next().await,
+            DstEntries::Dal(l) => Ok(l
+                .try_next()
+                .await?
+                .map(|e| (e.path().to_string(), e.metadata().content_length()))),
+        }
+    }
 }
 
 /// The entries of a source directory: read in batches for file systems, through OpenDAL's
@@ -492,7 +520,7 @@ pub(crate) async fn already_there(
 ) -> Result<bool, JobError> {
     Ok(match job.compare {
         // A file the listing found stale needs no second look.
-        Compare::SizeMtime => !f.stale && up_to_date(dst, f).await,
+        Compare::SizeMtime => !f.stale && up_to_date(job, dst, f).await,
         Compare::None => false,
         Compare::Checksum => {
             let Ok(meta) = dst.stat(&f.path).await else {
@@ -846,6 +874,16 @@ async fn copy_link(job: &Job, f: &FileEntry) -> FileOutcome {
         ));
     };
     if job.dry_run {
+        let at = std::path::Path::new(root).join(&f.path);
+        if std::fs::read_link(&at).is_ok_and(|t| t.as_os_str() == target.as_str()) {
+            return FileOutcome::Skipped;
+        }
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+            return FileOutcome::Failed(JobError::Permanent(format!(
+                "the destination has a directory where the source has a link: {}",
+                f.path
+            )));
+        }
         return FileOutcome::WouldCopy;
     }
     let (root, rel) = (std::path::PathBuf::from(root), f.path.clone());
@@ -869,7 +907,14 @@ pub fn part_size(size: u64) -> usize {
 }
 
 /// True when the destination already holds this file: same size and not older than the source.
-async fn up_to_date(dst: &Operator, f: &FileEntry) -> bool {
+async fn up_to_date(job: &Job, dst: &Operator, f: &FileEntry) -> bool {
+    if let Some(root) = job.dst.local_root() {
+        // A link at the destination is replaced, never taken for the file (a stat follows it).
+        let at = std::path::Path::new(root).join(&f.path);
+        if std::fs::symlink_metadata(at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return false;
+        }
+    }
     let Ok(meta) = dst.stat(&f.path).await else {
         return false;
     };

@@ -146,7 +146,9 @@ impl Setting {
         };
         // The look at the destination also tells the writer whether it replaces a file.
         let before = if self.compare {
-            match std::fs::metadata(&file.dst) {
+            // Not through a link: a link at the destination is replaced, never taken for the file.
+            match std::fs::symlink_metadata(&file.dst) {
+                Ok(m) if m.file_type().is_symlink() => Before::Unknown,
                 Ok(m) if is_current(&m, size, mtime_ms) => return Ok(Local::Skipped),
                 Ok(m) => Before::Present(m),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Before::Absent,
@@ -403,6 +405,136 @@ fn read_batch(
         });
     }
     Ok((Some(rd), out))
+}
+
+/// The entries of one directory of a file-system destination, for a sync, read in batches in
+/// the blocking pool. Links are never followed: a link is an entry of its own (its size 0), a
+/// directory ends in `/`. (OpenDAL's fs lister looks through links.)
+pub(crate) struct DstLister {
+    dir: String,
+    rd: Option<std::fs::ReadDir>,
+    batch: std::collections::VecDeque<(String, u64)>,
+}
+
+impl DstLister {
+    /// None when the directory does not exist (yet).
+    pub(crate) async fn open(root: &str, dir: &str) -> Result<Option<Self>, JobError> {
+        let base = Path::new(root).join(dir);
+        let rel = dir.to_string();
+        let root_ep = btp_common::Endpoint::Fs {
+            root: root.to_string(),
+        };
+        if !dir.is_empty() && crate::dstpath::DstCheck::new(&root_ep).check(dir).is_err() {
+            // Reached through a link at the destination: nothing there is this sync's to delete.
+            return Ok(None);
+        }
+        let rd = tokio::task::spawn_blocking(move || {
+            // A link or a file where the source has a directory: nothing to delete in it (the
+            // copies into it fail with their reason).
+            if std::fs::symlink_metadata(&base).is_ok_and(|m| !m.is_dir()) {
+                return Ok(None);
+            }
+            match std::fs::read_dir(&base) {
+                Ok(rd) => Ok(Some(rd)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_error("list the destination", &rel, e)),
+            }
+        })
+        .await
+        .map_err(|e| JobError::Transient(format!("listing stopped: {e}")))??;
+        Ok(rd.map(|rd| Self {
+            dir: dir.to_string(),
+            rd: Some(rd),
+            batch: Default::default(),
+        }))
+    }
+
+    pub(crate) async fn next(&mut self) -> Result<Option<(String, u64)>, JobError> {
+        if self.batch.is_empty() {
+            let Some(mut rd) = self.rd.take() else {
+                return Ok(None);
+            };
+            let dir = self.dir.clone();
+            let (rd, batch) = tokio::task::spawn_blocking(move || {
+                let mut out = std::collections::VecDeque::with_capacity(LIST_BATCH);
+                while out.len() < LIST_BATCH {
+                    let Some(entry) = rd.next() else {
+                        return Ok((None, out));
+                    };
+                    let entry = entry.map_err(|e| io_error("list the destination", &dir, e))?;
+                    // A name that is not UTF-8 is no copy of any source entry; it stays.
+                    let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
+                    let meta = entry
+                        .metadata()
+                        .map_err(|e| io_error("inspect the destination", &dir, e))?;
+                    out.push_back(if meta.is_dir() {
+                        (format!("{dir}{name}/"), 0)
+                    } else if meta.is_file() {
+                        (format!("{dir}{name}"), meta.len())
+                    } else {
+                        (format!("{dir}{name}"), 0)
+                    });
+                }
+                Ok::<_, JobError>((Some(rd), out))
+            })
+            .await
+            .map_err(|e| JobError::Transient(format!("listing stopped: {e}")))??;
+            self.rd = rd;
+            self.batch = batch;
+        }
+        Ok(self.batch.pop_front())
+    }
+}
+
+/// Deletes one destination entry of a sync on a file system, never through a link: a file or a
+/// link is unlinked, a directory removed whole (`remove_dir_all` does not follow links), or with
+/// `keep` only the files (and links) inside it `keep` does not hold. Returns the files and links
+/// deleted.
+pub(crate) fn delete_local(
+    root: &Path,
+    rel: &str,
+    keep: &dyn Fn(&str, u64) -> bool,
+    scoped: bool,
+) -> std::io::Result<u64> {
+    let path = root.join(rel.trim_end_matches('/'));
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        std::fs::remove_file(&path)?;
+        return Ok(1);
+    }
+    // Count (and with filters, choose) what is inside, without following links.
+    let mut deleted = 0u64;
+    let mut stack = vec![(path.clone(), rel.trim_end_matches('/').to_string())];
+    while let Some((dir, rel_dir)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let (full, rel_path) = (entry.path(), format!("{rel_dir}/{name}"));
+            let m = entry.metadata()?;
+            if m.is_dir() {
+                stack.push((full, rel_path));
+            } else if crate::exec::is_upload_temp(&rel_path) {
+                continue;
+            } else if !scoped {
+                deleted += 1;
+            } else if !keep(&rel_path, if m.is_file() { m.len() } else { 0 }) {
+                std::fs::remove_file(&full)?;
+                deleted += 1;
+            }
+        }
+    }
+    if !scoped {
+        std::fs::remove_dir_all(&path)?;
+    }
+    Ok(deleted)
 }
 
 /// Makes `rel` under `dst_root` a symbolic link to `target`: created under a temporary name

@@ -44,6 +44,20 @@ pub(crate) async fn delete(
             fail(&f.path, f.size, reason);
             continue;
         }
+        if let Some(root) = job.dst.local_root() {
+            // A file system: never through a link, on the way or inside.
+            let checked = crate::dstpath::DstCheck::new(&job.dst).check(&f.path);
+            let done = checked.and_then(|()| {
+                let keep = |p: &str, size: u64| !filter.accepts(p, size);
+                crate::local::delete_local(std::path::Path::new(root), &f.path, &keep, scoped)
+                    .map_err(|e| crate::errors::io_error("delete", &f.path, e))
+            });
+            match done {
+                Ok(n) => deleted += n,
+                Err(e) => fail(&f.path, f.size, e.to_string()),
+            }
+            continue;
+        }
         if !f.path.ends_with('/') {
             match dst.delete(&f.path).await {
                 Ok(()) => deleted += 1,

@@ -654,7 +654,7 @@ pub async fn apply(
         } else {
             state
         };
-        let kept = kept_payload(&job.kind, &job.payload, &r.body, dry_run)?;
+        let kept = kept_payload(&job.kind, &job.payload, &r.body)?;
         store::finish_job(
             tx,
             task_id,
@@ -858,16 +858,9 @@ async fn record_failures(
 /// again (they are reported by the failures table or by their retry job), as they were copied;
 /// a Complete job that completed its upload the file; every other job nothing. `None` keeps
 /// the payload unchanged.
-fn kept_payload(
-    kind: &str,
-    payload: &str,
-    body: &ResultBody,
-    dry_run: bool,
-) -> Result<Option<String>, ApiError> {
+fn kept_payload(kind: &str, payload: &str, body: &ResultBody) -> Result<Option<String>, ApiError> {
+    // A dry run keeps its files too: its per-file report says what would be copied.
     let cleared = Some(String::new());
-    if dry_run {
-        return Ok(cleared);
-    }
     let parse = || -> Result<Job, ApiError> {
         serde_json::from_str(payload).map_err(|e| ApiError::internal(format!("corrupt job: {e}")))
     };
@@ -891,6 +884,8 @@ fn kept_payload(
             }
             encode(&job)
         }
+        // A dry run's large file that would be copied.
+        ("upload", ResultBody::Copy { would_copy, .. }) if !would_copy.is_empty() => Ok(None),
         ("upload", ResultBody::Copy { up_to_date, .. }) if !up_to_date.is_empty() => {
             // A large file found up to date: kept, marked skipped, for the per-file report.
             let mut job = parse()?;

@@ -896,8 +896,9 @@ impl Store {
             .collect()
     }
 
-    /// Failed source entries (files, entries the listing could not carry, directories whose
-    /// listing failed), by path, paged; not the sync's failed deletions.
+    /// Failed source entries (files, entries the listing could not carry), by path, paged; not
+    /// directories whose listing failed (no entry: they are in the report's failures) nor the
+    /// sync's failed deletions.
     pub async fn report_failures(
         &self,
         task: &str,
@@ -906,7 +907,7 @@ impl Store {
     ) -> Result<Vec<btp_common::api::DoneFile>, ApiError> {
         let rows = sqlx::query(
             "SELECT path, size, reason, attempts FROM failures WHERE task_id = $1 \
-             AND kind IN ('file', 'entry', 'dir') ORDER BY path LIMIT $2 OFFSET $3",
+             AND kind IN ('file', 'entry') ORDER BY path LIMIT $2 OFFSET $3",
         )
         .bind(task)
         .bind(limit)
