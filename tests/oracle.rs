@@ -37,27 +37,22 @@ use support::*;
 
 /// Default seeds of the file-system runs, of the runs that kill a client, and of the S3 runs:
 /// seeds that pass today and together cover every feature of the generator.
-const FS_SEEDS: &[u64] = &[5, 9, 10, 12, 19, 57, 60, 67, 71, 81, 83, 92, 100];
-const KILL_SEEDS: &[u64] = &[106, 110, 113];
-const FS_S3_SEEDS: &[u64] = &[201, 203, 206, 210];
-const S3_FS_SEEDS: &[u64] = &[302, 306, 313, 316];
+// The defaults include seeds that found bugs since fixed: sync listing the destination through
+// links (fs 2, kill 101), files written through a destination link (fs 3, kill 104), an empty
+// directory created through one (fs 288), a dry run's empty per-file report (fs 1, fs->S3 208,
+// S3->fs 303), a failed listing counted wrong (fs 18, 87), a file where the source has a
+// directory (fs 150).
+const FS_SEEDS: &[u64] = &[
+    1, 2, 3, 5, 9, 10, 12, 18, 19, 57, 60, 67, 71, 81, 83, 87, 92, 100, 150, 288,
+];
+const KILL_SEEDS: &[u64] = &[101, 104, 106, 110, 113];
+const FS_S3_SEEDS: &[u64] = &[201, 203, 206, 208, 210];
+const S3_FS_SEEDS: &[u64] = &[302, 303, 306, 313, 316];
 // Seeds left out of the defaults because they hit a known bug of the program (not of the
 // oracle); `BTP_ORACLE_SEEDS=N cargo nextest run --test oracle TEST` reproduces each:
-// - sync lists the destination with links followed (OpenDAL's lister stats them): a link to a
-//   directory panics the List job (debug builds), which is redelivered forever
-//   (oracle_fs_to_fs 2 4 11 13 14 15 23; kill test 101 103); a link to itself fails the
-//   directory's listing (oracle_fs_to_fs 87 144) or the deletion of a directory holding it
-//   (oracle_fs_to_fs 342); a dangling link is never deleted;
-// - a file copied onto a destination path that is a link is written through it: out of the
-//   destination, or over another file of it (oracle_fs_to_fs 3 7 16 24 38; kill test 104
-//   107 111 112);
-// - an empty directory below a destination link is created through it (oracle_fs_to_fs 288);
-// - a dry run's per-file report lacks every file that went to a Copy job (oracle_fs_to_fs 1 6
-//   25; oracle_fs_to_s3 208; oracle_s3_to_fs 301 303 307);
-// - a failed List job is in the report but not in files_found / files_failed
-//   (oracle_fs_to_fs 18 75 87 144);
+// - a dry run predicts `copied` for a link whose real copy fails (oracle_fs_to_fs 256);
 // - a client killed just after CreateMultipartUpload leaves that upload open (depends on the
-//   timing of the kill: oracle_fs_to_s3 204 301).
+//   timing of the kill: oracle_fs_to_s3 204 and oracle_s3_to_fs 301 failed once each).
 
 /// Paths containing this text cannot be read by the test clients (`BTP_FAULT_UNREADABLE`): as
 /// root, permissions cannot make a file unreadable.

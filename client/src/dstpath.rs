@@ -46,6 +46,13 @@ impl DstCheck {
                         at.join("/")
                     )));
                 }
+                Ok(m) if !m.is_dir() => {
+                    let at: Vec<&str> = parent.split('/').take(i + 1).collect();
+                    return Err(JobError::Permanent(format!(
+                        "the destination has a file at {}, where the source has a directory",
+                        at.join("/")
+                    )));
+                }
                 Ok(_) => {}
                 // The rest does not exist yet: it will be created as directories.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,

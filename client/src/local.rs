@@ -431,12 +431,19 @@ impl DstLister {
         let rd = tokio::task::spawn_blocking(move || {
             // A link or a file where the source has a directory: nothing to delete in it (the
             // copies into it fail with their reason).
-            if std::fs::symlink_metadata(&base).is_ok_and(|m| !m.is_dir()) {
+            // (Looked at without the trailing `/`, which would follow a link.)
+            let bare = base.to_string_lossy().trim_end_matches('/').to_string();
+            if std::fs::symlink_metadata(&bare).is_ok_and(|m| !m.is_dir()) {
                 return Ok(None);
             }
             match std::fs::read_dir(&base) {
                 Ok(rd) => Ok(Some(rd)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    Ok(None)
+                }
                 Err(e) => Err(io_error("list the destination", &rel, e)),
             }
         })
