@@ -837,6 +837,10 @@ pub fn start_seaweedfs(dir: &Path) -> Option<(Service, u16)> {
             format!("-filer.port={filer}"),
             "-s3.port.iceberg=0".into(),
             "-s3.port.lance=0".into(),
+            // Every bucket is a collection that takes volumes of its own (7 at a time): the
+            // default of 8 volumes is used up by the second bucket. Volumes are sparse files.
+            "-volume.max=200".into(),
+            "-master.volumeSizeLimitMB=1024".into(),
         ])
         .process_group(0)
         .stdout(log.try_clone().unwrap())
@@ -852,5 +856,6 @@ pub fn start_seaweedfs(dir: &Path) -> Option<(Service, u16)> {
             .map(|_| s3_http(s3, "PUT", "/btp-ready", b""))?;
         answer.starts_with("HTTP/1.1 200").then_some(())
     });
+    s3_http(s3, "DELETE", "/btp-ready", b"");
     Some((service, s3))
 }
