@@ -565,15 +565,14 @@ fn uploaded_once(report: &serde_json::Value, bytes: u64) {
 /// ListMultipartUploads parsed as XML (paged by its markers).
 fn s3_uploads(port: u16, bucket: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut marker: Option<(String, String)> = None;
+    let mut marker: Option<(Option<String>, String)> = None;
     loop {
         let mut path = format!("/{bucket}?uploads");
         if let Some((k, id)) = &marker {
-            path.push_str(&format!(
-                "&key-marker={}&upload-id-marker={}",
-                urlencode(k),
-                urlencode(id)
-            ));
+            if let Some(k) = k {
+                path.push_str(&format!("&key-marker={}", urlencode(k)));
+            }
+            path.push_str(&format!("&upload-id-marker={}", urlencode(id)));
         }
         let answer = s3_http(port, "GET", &path, b"");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -621,7 +620,7 @@ fn s3_uploads(port: u16, bucket: &str) -> Vec<(String, String)> {
         if !truncated {
             return out;
         }
-        marker = Some((next_key.unwrap(), next_id.unwrap_or_default()));
+        marker = Some((next_key.filter(|k| !k.is_empty()), next_id.unwrap_or_default()));
     }
 }
 
@@ -659,6 +658,11 @@ fn upload_listings_are_paged_and_agree_with_the_store_on_seaweedfs() {
 
 /// Our ListMultipartUploads, a page of one upload at a time, sees what the store holds: keys
 /// that need escaping in XML (quotes, ampersands, angle brackets) included.
+///
+/// The servers differ here: S3 (and moto) name the next page by `NextKeyMarker` and
+/// `NextUploadIdMarker` together, which is S3's behaviour; SeaweedFS answers only
+/// `NextUploadIdMarker`, pages by it alone, and ends the listing early when given a key marker
+/// too. The listing follows whichever markers the answer names.
 fn upload_listings_are_paged(server: Server) {
     let tmp = test_dir();
     let Some((_server, port)) = server.start(tmp.path()) else {

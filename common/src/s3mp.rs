@@ -327,11 +327,12 @@ impl S3Multipart {
     /// listing's markers (`NextKeyMarker`, `NextUploadIdMarker`) until it is no longer truncated.
     pub async fn list_uploads_by(&self, page: u32) -> Result<Vec<(String, String)>, S3Error> {
         let mut out = Vec::new();
-        let mut marker: Option<(String, String)> = None;
+        let mut marker: Option<(Option<String>, String)> = None;
         loop {
-            // In the order SigV4 sorts them.
+            // In the order SigV4 sorts them. Without a key marker (SeaweedFS pages by upload id
+            // alone) the upload id marker goes alone.
             let mut query = Vec::new();
-            if let Some((key, _)) = &marker {
+            if let Some((Some(key), _)) = &marker {
                 query.push(format!("key-marker={}", encode(key, true)));
             }
             query.push(format!("max-uploads={page}"));

@@ -114,11 +114,12 @@ pub fn error(root: &Element) -> Option<(String, String)> {
 }
 
 /// One page of ListMultipartUploads: the open uploads as (key, upload id), and the markers of
-/// the next page when the answer is truncated.
+/// the next page when the answer is truncated: the key marker (None when the answer gave only
+/// an upload id marker) and the upload id marker.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UploadsPage {
     pub uploads: Vec<(String, String)>,
-    pub next: Option<(String, String)>,
+    pub next: Option<(Option<String>, String)>,
 }
 
 /// Reads a `ListMultipartUploadsResult`.
@@ -143,14 +144,19 @@ pub fn uploads_page(root: &Element) -> Result<UploadsPage, String> {
         let key = root.text_of("NextKeyMarker").filter(|k| !k.is_empty());
         let id = root.text_of("NextUploadIdMarker").map(str::trim);
         page.next = match (key, id) {
-            (Some(k), id) => Some((k.to_string(), id.unwrap_or_default().to_string())),
+            (Some(k), id) => Some((Some(k.to_string()), id.unwrap_or_default().to_string())),
+            // S3 always names the next key; SeaweedFS names only the next upload id, and pages
+            // by it alone.
+            (None, Some(id)) if !id.is_empty() => Some((None, id.to_string())),
             // Without markers, the last upload of the page is where the next one starts.
-            (None, _) => Some(
-                page.uploads
+            (None, _) => {
+                let (k, id) = page
+                    .uploads
                     .last()
                     .cloned()
-                    .ok_or("a truncated listing without markers or uploads")?,
-            ),
+                    .ok_or("a truncated listing without markers or uploads")?;
+                Some((Some(k), id))
+            }
         };
     }
     Ok(page)
@@ -272,8 +278,13 @@ mod tests {
         );
         assert_eq!(
             page.next,
-            Some(("p/\"q\" & r.bin".to_string(), "id-2".to_string()))
+            Some((Some("p/\"q\" & r.bin".to_string()), "id-2".to_string()))
         );
+        // As SeaweedFS answers: the next upload id only.
+        let weed = "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated><KeyMarker></KeyMarker><NextUploadIdMarker>h_2</NextUploadIdMarker><Upload><Key>p/&#34;q&#34; &amp; &lt;a&gt;.bin</Key><UploadId>h_2</UploadId></Upload></ListMultipartUploadsResult>";
+        let page = uploads_page(&parse(weed.as_bytes()).unwrap()).unwrap();
+        assert_eq!(page.uploads[0].0, "p/\"q\" & <a>.bin");
+        assert_eq!(page.next, Some((None, "h_2".to_string())));
         let last = "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>";
         let page = uploads_page(&parse(last.as_bytes()).unwrap()).unwrap();
         assert_eq!(page, UploadsPage::default());
