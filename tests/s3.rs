@@ -620,7 +620,10 @@ fn s3_uploads(port: u16, bucket: &str) -> Vec<(String, String)> {
         if !truncated {
             return out;
         }
-        marker = Some((next_key.filter(|k| !k.is_empty()), next_id.unwrap_or_default()));
+        marker = Some((
+            next_key.filter(|k| !k.is_empty()),
+            next_id.unwrap_or_default(),
+        ));
     }
 }
 
@@ -761,7 +764,9 @@ fn checksum_mismatch_costs_one_more_upload(server: Server) {
     let failed = &entries["garbled.bin"];
     assert_eq!(failed.outcome, "failed", "{entries:?}");
     assert!(
-        failed.reason.starts_with("checksum mismatch: garbled.bin was stored with ETag"),
+        failed
+            .reason
+            .starts_with("checksum mismatch: garbled.bin was stored with ETag"),
         "{failed:?}"
     );
     assert_eq!(entries["small.txt"].outcome, "copied");

@@ -108,7 +108,10 @@ pub fn error(root: &Element) -> Option<(String, String)> {
     (root.name == "Error").then(|| {
         (
             root.text_of("Code").unwrap_or_default().trim().to_string(),
-            root.text_of("Message").unwrap_or_default().trim().to_string(),
+            root.text_of("Message")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
         )
     })
 }

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::planner;
-use btp_common::checksum;
 use crate::store::{self, job_state, Schedule, Store, TaskDelta, Tx};
+use btp_common::checksum;
 
 /// What applying one result did.
 #[derive(Debug, PartialEq, Eq)]

@@ -850,12 +850,16 @@ pub fn start_seaweedfs(dir: &Path) -> Option<(Service, u16)> {
     let service = Service(child);
     // The S3 gateway listens before the filer and the volume server take writes: a bucket is
     // created once the whole server is up, 1 to 15 s after the start.
-    wait_for("seaweedfs to take a bucket", Duration::from_secs(90), || {
-        let answer = std::net::TcpStream::connect(("127.0.0.1", s3))
-            .ok()
-            .map(|_| s3_http(s3, "PUT", "/btp-ready", b""))?;
-        answer.starts_with("HTTP/1.1 200").then_some(())
-    });
+    wait_for(
+        "seaweedfs to take a bucket",
+        Duration::from_secs(90),
+        || {
+            let answer = std::net::TcpStream::connect(("127.0.0.1", s3))
+                .ok()
+                .map(|_| s3_http(s3, "PUT", "/btp-ready", b""))?;
+            answer.starts_with("HTTP/1.1 200").then_some(())
+        },
+    );
     s3_http(s3, "DELETE", "/btp-ready", b"");
     Some((service, s3))
 }
