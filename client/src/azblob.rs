@@ -39,6 +39,12 @@ pub(crate) async fn put_part(
         az.put_block(&file.path, upload_id, number, len, body)
     })
     .await?;
+    if ctx.cancel.is_cancelled() {
+        // The task was cancelled while this block went up, and its Abort job may have run
+        // already: drop what is staged again, or this block would stay.
+        az.discard(&file.path).await?;
+        return Err(JobError::Cancelled);
+    }
     if n != len {
         return Err(JobError::Transient(format!(
             "source {} changed during copy: expected {len} bytes of a part, read {n}",
