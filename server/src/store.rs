@@ -526,7 +526,10 @@ impl Store {
         }
         // Live tasks only: few rows, sorted here rather than by the database.
         rows.sort_by_key(|r| r.3);
-        Ok(rows.into_iter().map(|(id, tenant, epoch, _)| (id, tenant, epoch)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant, epoch, _)| (id, tenant, epoch))
+            .collect())
     }
 
     /// Running -> paused. Published jobs go back to pending (the caller purges them from the
@@ -734,14 +737,14 @@ impl Store {
         // Aborts and completions first (they free the store and finish files), then listings
         // (they find work), then copies and parts: the order of `prio`, read off an index.
         let rows = sqlx::query(sql::PENDING_JOBS)
-        .bind(task)
-        .bind(job_state::PENDING)
-        .bind(limit)
-        .bind(now)
-        .bind(if only_aborts { 0 } else { 3 })
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+            .bind(task)
+            .bind(job_state::PENDING)
+            .bind(limit)
+            .bind(now)
+            .bind(if only_aborts { 0 } else { 3 })
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         rows.iter()
             .map(|r| Ok((r.get(0), crate::seal::open(r.get(1))?, r.get(2))))
             .collect()
@@ -751,13 +754,13 @@ impl Store {
         let mut tx = self.begin().await?;
         for seq in seqs {
             sqlx::query(sql::MARK_PUBLISHED)
-            .bind(job_state::PUBLISHED)
-            .bind(task)
-            .bind(seq)
-            .bind(job_state::PENDING)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+                .bind(job_state::PUBLISHED)
+                .bind(task)
+                .bind(seq)
+                .bind(job_state::PENDING)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
         }
         tx.commit().await.map_err(map_sqlx)
     }
@@ -1210,11 +1213,11 @@ pub async fn load_job_tx(
     seq: i64,
 ) -> Result<Option<JobRow>, ApiError> {
     let row = sqlx::query(sql::JOB_BY_SEQ)
-    .bind(task)
-    .bind(seq)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(map_sqlx)?;
+        .bind(task)
+        .bind(seq)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
     row.map(|r| {
         Ok(JobRow {
             kind: r.get(0),
@@ -1317,21 +1320,21 @@ pub async fn finish_job(
     payload: Option<&str>,
 ) -> Result<(), ApiError> {
     sqlx::query(sql::FINISH_JOB)
-    .bind(state)
-    // Jobs the server failed itself (never published, or given up by JetStream) have no client.
-    .bind((!client.is_empty()).then_some(client))
-    .bind(attempts as i64)
-    .bind(now)
-    .bind(task)
-    .bind(seq)
-    // What stays of a payload is sealed like the payload was (it names the endpoints).
-    .bind(payload.map(|p| match p {
-        "" => String::new(),
-        p => crate::seal::seal(p.to_string()),
-    }))
-    .execute(&mut **tx)
-    .await
-    .map_err(map_sqlx)?;
+        .bind(state)
+        // Jobs the server failed itself (never published, or given up by JetStream) have no client.
+        .bind((!client.is_empty()).then_some(client))
+        .bind(attempts as i64)
+        .bind(now)
+        .bind(task)
+        .bind(seq)
+        // What stays of a payload is sealed like the payload was (it names the endpoints).
+        .bind(payload.map(|p| match p {
+            "" => String::new(),
+            p => crate::seal::seal(p.to_string()),
+        }))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
     Ok(())
 }
 
