@@ -124,6 +124,27 @@ ensure_seaweedfs() {
     command -v weed >/dev/null 2>&1
 }
 
+# Azurite (npm), the Azure Blob emulator of the Azure tests, and the Azure SDK for Python
+# (PyPI) the tests read it back with. Azurite goes into tests/azurite (git-ignored) unless
+# azurite-blob is on PATH already; the tests find it in either place.
+ensure_azurite() {
+    if ! command -v azurite-blob >/dev/null 2>&1 && [ ! -x tests/azurite/node_modules/.bin/azurite-blob ]; then
+        if ! command -v npm >/dev/null 2>&1; then
+            log "installing nodejs and npm (Azurite for the Azure tests)"
+            apt_install nodejs npm || return 1
+        fi
+        log "installing azurite (Azure Blob emulator for the tests)"
+        mkdir -p tests/azurite
+        npm install --prefix tests/azurite --no-save --no-audit --no-fund --loglevel=error azurite >/dev/null || return 1
+    fi
+    if ! python3 -c 'import azure.storage.blob' >/dev/null 2>&1; then
+        log "installing azure-storage-blob (Azure SDK the tests read Azurite with)"
+        pip_install azure-storage-blob || return 1
+    fi
+    { command -v azurite-blob >/dev/null 2>&1 || [ -x tests/azurite/node_modules/.bin/azurite-blob ]; } &&
+        python3 -c 'import azure.storage.blob' >/dev/null 2>&1
+}
+
 # Headless Chromium (Debian's package) and playwright-core for the console's browser test.
 ensure_browser() {
     if ! command -v chromium >/dev/null 2>&1; then

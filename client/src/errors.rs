@@ -56,6 +56,16 @@ impl From<btp_common::s3mp::S3Error> for JobError {
     }
 }
 
+impl From<btp_common::azblob::AzureError> for JobError {
+    fn from(e: btp_common::azblob::AzureError) -> Self {
+        if e.is_transient() {
+            JobError::Transient(e.to_string())
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    }
+}
+
 impl From<btp_common::webdav::WebdavError> for JobError {
     fn from(e: btp_common::webdav::WebdavError) -> Self {
         if e.is_transient() {

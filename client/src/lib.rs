@@ -2,6 +2,7 @@
 //! from a durable consumer shared with the other clients, and runs them on a pool of workers.
 
 pub mod agent;
+mod azblob;
 mod dstpath;
 pub mod errors;
 pub mod exec;

@@ -84,6 +84,8 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
                 .await?;
             id
         }
+        // Blocks are staged on the blob itself, named after this id.
+        Endpoint::Azblob { .. } => uuid::Uuid::new_v4().simple().to_string(),
         Endpoint::S3 { .. } => {
             let ct = exec::content_type(&src, &job.src, &file.path).await;
             multipart(&job.dst)?
@@ -131,6 +133,10 @@ pub async fn part(
                 return Err(source_changed(file, len, n));
             }
             etag
+        }
+        Endpoint::Azblob { .. } => {
+            let md5 = md5.as_mut();
+            crate::azblob::put_part(job, file, upload_id, number, len, stream, ctx, md5).await?
         }
         Endpoint::Webdav { .. } => {
             let dav = webdav(&job.dst)?;
@@ -210,6 +216,10 @@ pub async fn part(
     if let Some(want) = &md5 {
         let got = match &job.dst {
             Endpoint::S3 { .. } => etag.clone(),
+            // Azure's MD5 of the block it received, when it gives one; the Complete job reads
+            // every block back otherwise.
+            Endpoint::Azblob { .. } if etag.is_empty() => want.clone(),
+            Endpoint::Azblob { .. } => etag.clone(),
             Endpoint::Webdav { .. } => {
                 let part = staged_part(&file.path, upload_id, number);
                 let dst = job.dst.operator()?;
@@ -341,6 +351,9 @@ pub async fn complete(
     }
     let outcome = match &job.dst {
         Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts).await,
+        Endpoint::Azblob { .. } => {
+            crate::azblob::complete(job, &src, &dst, file, upload_id, parts).await
+        }
         Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
         Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
     };
@@ -399,7 +412,7 @@ async fn report(
 /// lifecycle rule, someone's cleanup), or completed by an earlier run of the Complete job whose
 /// result was lost and whose object cannot be told apart from another one. Never a success: the
 /// file is copied again from the start (or fails when its attempts are used up).
-fn vanished(upload_id: &str, file: &FileEntry) -> JobError {
+pub(crate) fn vanished(upload_id: &str, file: &FileEntry) -> JobError {
     JobError::Transient(format!(
         "upload vanished before completion (upload {upload_id} of {})",
         file.path
@@ -603,6 +616,7 @@ async fn complete_fs(
 pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result<(), JobError> {
     match dst {
         Endpoint::S3 { .. } => Ok(multipart(dst)?.abort(path, upload_id).await?),
+        Endpoint::Azblob { .. } => Ok(crate::azblob::blocks(dst)?.discard(path).await?),
         Endpoint::Webdav { .. } => {
             let op = dst.operator()?;
             Ok(op

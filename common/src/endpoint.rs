@@ -11,7 +11,7 @@ use opendal::Operator;
 use serde::{Deserialize, Serialize};
 
 /// Schemes this build understands.
-pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs";
+pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs, azblob";
 
 /// Options an `s3://` endpoint takes (`--src-opt` / `--dst-opt KEY=VALUE`).
 pub const S3_OPTIONS: &str =
@@ -55,6 +55,21 @@ pub enum Endpoint {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<Secret>,
     },
+    /// A container (and prefix) of Azure Blob storage: `azblob://container/prefix`.
+    Azblob {
+        container: String,
+        /// Blob name prefix without leading or trailing `/`; empty for the whole container.
+        prefix: String,
+        /// The service URL (`https://<account>.blob.core.windows.net` when not given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account_key: Option<Secret>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sas_token: Option<Secret>,
+    },
 }
 
 /// A credential: serialized as is (jobs need it), never shown by `Debug` or `Display`.
@@ -86,6 +101,10 @@ pub enum EndpointError {
     },
     #[error("'{url}' names no host (use webdav://host:port/path)")]
     NoHost { url: String },
+    #[error("'{url}' names no container (use azblob://container/prefix)")]
+    NoContainer { url: String },
+    #[error("'{url}' needs an account: give --src-opt/--dst-opt account_name=NAME (and account_key or sas_token), or endpoint=URL")]
+    NoAccount { url: String },
     #[error("option '{key}' must be true or false")]
     NotABool { key: String },
     /// `user:password@` in a URL: it would show in task info, logs and `ps`. The URL is not
@@ -103,7 +122,11 @@ const WEBDAV_CREDENTIALS_HINT: &str =
 const S3_CREDENTIALS_HINT: &str = "--dst-opt access_key_id=ID --dst-opt secret_access_key=@/path/to/file (or --src-opt for a source)";
 
 /// Refuses `user[:password]@` in the authority of `url` (`scheme://authority/...`).
-fn refuse_userinfo(scheme: &str, authority: &str, hint: &'static str) -> Result<(), EndpointError> {
+pub(crate) fn refuse_userinfo(
+    scheme: &str,
+    authority: &str,
+    hint: &'static str,
+) -> Result<(), EndpointError> {
     match authority.rsplit_once('@') {
         Some((_, host)) => Err(EndpointError::CredentialsInUrl {
             scheme: scheme.to_string(),
@@ -131,6 +154,9 @@ impl Endpoint {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             return parse_s3(url, rest, options);
+        }
+        if let Some(rest) = url.strip_prefix("azblob://") {
+            return crate::azblob::parse(url, rest, options);
         }
         for (prefix, http) in [("webdav://", "http"), ("webdavs://", "https")] {
             if let Some(rest) = url.strip_prefix(prefix) {
@@ -228,6 +254,7 @@ impl Endpoint {
                 }
                 Operator::new(b)
             }
+            Endpoint::Azblob { .. } => crate::azblob::operator(self),
         }
     }
 
@@ -274,7 +301,7 @@ impl Endpoint {
     /// (Object stores are checked by [`Endpoint::check_remote`].)
     pub fn check_source(&self) -> Result<(), String> {
         match self {
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } => Ok(()),
+            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Azblob { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("source {self} is not a directory")),
@@ -289,7 +316,7 @@ impl Endpoint {
     /// Checks that this endpoint can be a task's destination: a directory or nothing yet.
     pub fn check_destination(&self) -> Result<(), String> {
         match self {
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } => Ok(()),
+            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Azblob { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("destination {self} exists and is not a directory")),
@@ -320,7 +347,7 @@ impl Endpoint {
     pub fn local_root(&self) -> Option<&str> {
         match self {
             Endpoint::Fs { root } => Some(root),
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } => None,
+            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Azblob { .. } => None,
         }
     }
 
@@ -360,6 +387,9 @@ impl Endpoint {
                     ..
                 },
             ) => e1 == e2 && Path::new(r1).starts_with(Path::new(r2)),
+            (Endpoint::Azblob { .. }, Endpoint::Azblob { .. }) => {
+                crate::azblob::is_within(self, other)
+            }
             _ => false,
         }
     }
@@ -396,12 +426,17 @@ fn remote_error(role: &str, e: &Endpoint, err: opendal::Error) -> String {
     if matches!(e, Endpoint::Webdav { .. }) && err.kind() == opendal::ErrorKind::NotFound {
         return format!("{role} {e} does not exist");
     }
+    if text.contains("ContainerNotFound") {
+        return format!("{role} {e} does not exist (no such container)");
+    }
     if text.contains("NoSuchBucket") || text.contains("status: 404") {
         return format!("{role} {e} does not exist (no such bucket)");
     }
     if text.contains("status: 403")
         || text.contains("AccessDenied")
         || text.contains("InvalidAccessKeyId")
+        || text.contains("AuthenticationFailed")
+        || text.contains("AuthorizationFailure")
     {
         return format!("{role} {e}: access denied (check the credentials)");
     }
@@ -552,6 +587,12 @@ impl fmt::Display for Endpoint {
             Endpoint::Fs { root } => write!(f, "fs://{root}"),
             Endpoint::S3 { bucket, prefix, .. } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             Endpoint::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+            Endpoint::Azblob {
+                container, prefix, ..
+            } if prefix.is_empty() => write!(f, "azblob://{container}"),
+            Endpoint::Azblob {
+                container, prefix, ..
+            } => write!(f, "azblob://{container}/{prefix}"),
             Endpoint::Webdav { endpoint, root, .. } => {
                 let (scheme, host) = match endpoint.split_once("://") {
                     Some(("https", h)) => ("webdavs", h),
@@ -602,7 +643,7 @@ mod tests {
         let e = Endpoint::parse("gopher://x/y").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs)"
+            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs, azblob)"
         );
         assert!(matches!(
             Endpoint::parse("ftp:/x"),

@@ -2,6 +2,7 @@
 //! NATS subjects, human units and the error kinds callers branch on.
 
 pub mod api;
+pub mod azblob;
 pub mod checksum;
 pub mod confine;
 pub mod csv;

@@ -653,7 +653,8 @@ pub fn start_service(
         return None;
     }
     let port = btp_nats::launcher::free_port().unwrap();
-    let log = std::fs::File::create(dir.join(format!("{program}.log"))).unwrap();
+    let name = Path::new(program).file_name().unwrap().to_string_lossy();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new(program)
         .args(args.iter().map(|a| a.replace("{port}", &port.to_string())))
         .stdout(log.try_clone().unwrap())
@@ -862,4 +863,113 @@ pub fn start_seaweedfs(dir: &Path) -> Option<(Service, u16)> {
     );
     s3_http(s3, "DELETE", "/btp-ready", b"");
     Some((service, s3))
+}
+
+// ---- Azure Blob (Azurite) ----
+
+/// The well-known account of Azure's storage emulators (public, documented by Microsoft).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Starts Azurite's Blob service (installed by `ensure_azurite` into tests/azurite, or on PATH)
+/// on a free port with its data under `dir`, or None (skip) when it is missing outside CI, as
+/// is the Azure SDK for Python the tests read it with.
+pub fn start_azurite(dir: &Path) -> Option<(Service, u16)> {
+    let local =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/azurite/node_modules/.bin/azurite-blob");
+    let program = if local.exists() {
+        local.to_string_lossy().into_owned()
+    } else {
+        "azurite-blob".to_string()
+    };
+    let sdk = Command::new("python3")
+        .args(["-c", "import azure.storage.blob"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sdk {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "the Azure SDK for Python is required under CI (pip install azure-storage-blob)"
+            );
+        }
+        eprintln!("azure-storage-blob not installed: skipping");
+        return None;
+    }
+    let location = dir.join("azurite");
+    std::fs::create_dir_all(&location).unwrap();
+    let location = location.to_string_lossy().into_owned();
+    let args = [
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        "{port}",
+        "--location",
+        &location,
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--silent",
+    ];
+    start_service(&program, &args, dir, "npm install azurite")
+}
+
+/// The Blob service URL of the Azurite on `port` (path style: the account is the first segment).
+pub fn azurite_endpoint(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}")
+}
+
+/// `--src-opt`/`--dst-opt` arguments for the Azurite on `port`.
+pub fn azurite_opts(port: u16, side: &str) -> Vec<String> {
+    [
+        format!("endpoint={}", azurite_endpoint(port)),
+        format!("account_name={AZURITE_ACCOUNT}"),
+        format!("account_key={AZURITE_KEY}"),
+    ]
+    .into_iter()
+    .flat_map(|o| [format!("--{side}-opt"), o])
+    .collect()
+}
+
+/// Runs the Azure SDK for Python against the Azurite on `port` (tests/support/azblob_sdk.py)
+/// and returns its JSON answer.
+pub fn azure_sdk(port: u16, args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/azblob_sdk.py");
+    let conn = format!(
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
+        azurite_endpoint(port)
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .env("AZURE_STORAGE_CONNECTION_STRING", conn)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "azblob_sdk.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every committed blob of `container` -> size, listed by the Azure SDK.
+pub fn azure_objects(port: u16, container: &str) -> BTreeMap<String, u64> {
+    let v = azure_sdk(port, &["objects", container]);
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+/// Blobs of `container` with uncommitted blocks -> how many, listed by the Azure SDK.
+pub fn azure_staged(port: u16, container: &str) -> BTreeMap<String, u64> {
+    let v = azure_sdk(port, &["staged", container]);
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
 }
