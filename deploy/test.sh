@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_nats_server
 ensure_moto || { [ -z "${CI:-}" ] || exit 1; log "moto unavailable: S3 tests are skipped"; }
+ensure_fake_gcs || { [ -z "${CI:-}" ] || exit 1; log "fake-gcs-server unavailable: GCS tests are skipped"; }
 ensure_wsgidav || { [ -z "${CI:-}" ] || exit 1; log "wsgidav unavailable: WebDAV tests are skipped"; }
 ensure_prometheus || { [ -z "${CI:-}" ] || exit 1; log "prometheus unavailable: metrics checks are skipped"; }
 browser=1

@@ -56,6 +56,18 @@ impl From<btp_common::s3mp::S3Error> for JobError {
     }
 }
 
+impl From<btp_common::gcs::GcsError> for JobError {
+    /// 408, 429, 5xx and no answer are transient; the rest (401, 403, a missing bucket or
+    /// object: 404) permanent.
+    fn from(e: btp_common::gcs::GcsError) -> Self {
+        if e.is_transient() {
+            JobError::Transient(e.to_string())
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    }
+}
+
 impl From<btp_common::webdav::WebdavError> for JobError {
     fn from(e: btp_common::webdav::WebdavError) -> Self {
         if e.is_transient() {
