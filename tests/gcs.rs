@@ -1,7 +1,8 @@
 //! Google Cloud Storage, end to end against fake-gcs-server (a GCS emulator, started here on a
 //! free port): fs -> GCS -> fs with a large file composed from parts uploaded by two clients,
 //! `--verify checksum`, byte-identical; a re-run copies nothing; sync deletes; cancelling leaves
-//! no staged part; a missing bucket is a clear permanent error; the token never shows. Objects
+//! no staged part; a missing bucket is a clear permanent error; the token never shows; and the
+//! shared backend suite (tests/support/backends.rs). Objects
 //! are listed back through the JSON API with plain HTTP, parsed with serde_json.
 //!
 //! Where fake-gcs-server differs from GCS (none of it changes what these tests prove):
@@ -16,6 +17,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::backends::{backend_suite, Backend};
 use support::*;
 
 const TOKEN: &str = "ya29.gcs-t0ken-never-printed";
@@ -31,11 +33,59 @@ fn opts(port: u16, side: &str) -> Vec<String> {
     .collect()
 }
 
+/// fake-gcs-server as a backend of the shared suite, seen through plain HTTP to the JSON API.
+struct FakeGcs {
+    port: u16,
+    _service: Service,
+}
+
+impl Backend for FakeGcs {
+    fn name(&self) -> &str {
+        "fake-gcs-server"
+    }
+
+    fn url(&self, c: &str, prefix: &str) -> String {
+        format!("gs://{c}/{prefix}")
+    }
+
+    fn opts(&self, side: &str) -> Vec<String> {
+        opts(self.port, side)
+    }
+
+    fn create_container(&self, c: &str) {
+        gcs_create_bucket(self.port, c);
+    }
+
+    fn objects(&self, c: &str) -> std::collections::BTreeMap<String, u64> {
+        gcs_objects(self.port, c)
+    }
+
+    fn staged(&self, c: &str) -> usize {
+        staged(self.port, c).len()
+    }
+}
+
+#[test]
+fn gcs_passes_the_backend_suite() {
+    let tmp = test_dir();
+    let Some((service, port)) = start_fake_gcs(tmp.path()) else {
+        return;
+    };
+    let gcs = FakeGcs {
+        port,
+        _service: service,
+    };
+    backend_suite(&gcs, tmp.path());
+}
+
 /// Staged parts (and markers) of uploads in a bucket.
 fn staged(port: u16, bucket: &str) -> Vec<String> {
     gcs_objects(port, bucket)
         .into_keys()
-        .filter(|k| k.split('/').any(|seg| seg.starts_with('.') && seg.contains(".btp-")))
+        .filter(|k| {
+            k.split('/')
+                .any(|seg| seg.starts_with('.') && seg.contains(".btp-"))
+        })
         .collect()
 }
 
@@ -133,7 +183,10 @@ fn files_move_between_a_file_system_and_gcs_byte_for_byte() {
     assert_eq!(synced["task"]["files_deleted"], 1, "{synced}");
     assert_eq!(synced["task"]["bytes_copied"], 0);
     let objects = gcs_objects(port, "bucket-a");
-    assert!(!objects.contains_key(&format!("data/{gone}")), "{objects:?}");
+    assert!(
+        !objects.contains_key(&format!("data/{gone}")),
+        "{objects:?}"
+    );
     assert_eq!(objects.len() as u64, tree.files - 1);
 
     // A missing bucket is refused at create time with one clear line, and nothing is stored.
@@ -168,7 +221,10 @@ fn files_move_between_a_file_system_and_gcs_byte_for_byte() {
 
     // The token never shows: not in reports, task lists, logs or the store.
     for report in [&up, &down, &again, &synced] {
-        assert!(!report.to_string().contains(TOKEN), "a report shows the token");
+        assert!(
+            !report.to_string().contains(TOKEN),
+            "a report shows the token"
+        );
     }
     let listed =
         String::from_utf8(btp(&c.url, &["task", "list", "--output", "json"]).stdout).unwrap();
@@ -286,7 +342,11 @@ fn a_copy_into_a_composite_of_more_than_32_parts_is_composed_in_rounds() {
         .args(&args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Object stores keep no empty directories: the files, byte for byte.
     let files = tree_files(&src);
     assert_eq!(tree_files(&back), files);

