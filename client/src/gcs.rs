@@ -98,7 +98,7 @@ pub(crate) async fn part(
     }
     let name = staged_part(&file.path, upload_id, number);
     let (n, meta) =
-        crate::parts::upload_stream(vec![stream], ctx, md5, |body| c.upload(&name, len, body))
+        upload_primed(stream, ctx, md5, |body| c.upload(&name, len, body))
             .await?;
     if c.stat(&mark).await?.is_none() {
         c.delete(&name).await?;
@@ -214,7 +214,7 @@ pub(crate) async fn put(
 ) -> Result<u64, JobError> {
     let c = client(&job.dst)?;
     let mut md5 = (job.verify == btp_common::api::Verify::Checksum).then(Md5Stream::default);
-    let sent = crate::parts::upload_stream(vec![stream], ctx, md5.as_mut(), |body| {
+    let sent = upload_primed(stream, ctx, md5.as_mut(), |body| {
         c.upload(&f.path, f.size, body)
     })
     .await;
@@ -241,6 +241,42 @@ pub(crate) async fn put(
         let _ = c.delete(&f.path).await;
     }
     result
+}
+
+/// As `parts::upload_stream` for one stream, but the upload starts only once the source's first
+/// bytes arrived: a server that holds a lock while it receives an upload (fake-gcs-server holds
+/// its store's lock) must never wait for a read of itself that has not begun.
+async fn upload_primed<T, F>(
+    mut stream: opendal::BufferStream,
+    ctx: &JobContext<'_>,
+    mut md5: Option<&mut Md5Stream>,
+    upload: impl FnOnce(reqwest::Body) -> F,
+) -> Result<(u64, T), JobError>
+where
+    F: std::future::Future<Output = Result<T, gcs::GcsError>>,
+{
+    use futures::{SinkExt, TryStreamExt};
+    let first = stream.try_next().await?;
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let feed = async {
+        let mut n = 0u64;
+        let mut next = first;
+        while let Some(chunk) = next {
+            exec::pace(&chunk, ctx, md5.as_deref_mut()).await?;
+            n += chunk.len() as u64;
+            for piece in chunk {
+                if tx.send(Ok(piece)).await.is_err() {
+                    return Ok(n);
+                }
+            }
+            next = stream.try_next().await?;
+        }
+        drop(tx);
+        Ok::<_, JobError>(n)
+    };
+    let (fed, uploaded) = futures::join!(feed, upload(reqwest::Body::wrap_stream(rx)));
+    let n = fed?;
+    Ok((n, uploaded?))
 }
 
 #[cfg(test)]

@@ -126,7 +126,13 @@ impl GcsClient {
         else {
             return None;
         };
-        let http = reqwest::Client::new();
+        // A request that stalls (no byte either way for two minutes) fails as transient
+        // instead of holding its job forever.
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .build()
+            .unwrap_or_default();
         let ctx = Context::new()
             .with_env(OsEnv)
             .with_file_read(reqsign_file_read_tokio::TokioFileRead)
