@@ -97,9 +97,7 @@ pub(crate) async fn part(
         return Err(gone());
     }
     let name = staged_part(&file.path, upload_id, number);
-    let (n, meta) =
-        upload_primed(stream, ctx, md5, |body| c.upload(&name, len, body))
-            .await?;
+    let (n, meta) = upload_primed(stream, ctx, md5, |body| c.upload(&name, len, body)).await?;
     if c.stat(&mark).await?.is_none() {
         c.delete(&name).await?;
         return Err(gone());
