@@ -75,6 +75,7 @@ pub(crate) async fn begin(dst: &Endpoint, path: &str) -> Result<String, JobError
 /// Uploads one range of the file as a staged part; returns its tag. A part that finds the
 /// upload aborted (no marker) removes itself, so an abort leaves nothing staged however the
 /// two race.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn part(
     dst: &Endpoint,
     file: &FileEntry,
