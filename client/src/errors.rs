@@ -46,35 +46,29 @@ impl From<opendal::Error> for JobError {
     }
 }
 
-impl From<btp_common::s3mp::S3Error> for JobError {
-    fn from(e: btp_common::s3mp::S3Error) -> Self {
-        if e.is_transient() {
-            JobError::Transient(e.to_string())
-        } else {
-            JobError::Permanent(e.to_string())
+/// The errors of the storage clients of btp-common (S3, Azure Blob, GCS, WebDAV) say themselves
+/// whether they are worth retrying: 408, 429, 5xx and no answer are transient; the rest (401,
+/// 403, a missing container or object) permanent.
+macro_rules! classified_by_their_kind {
+    ($($t:ty),*) => {$(
+        impl From<$t> for JobError {
+            fn from(e: $t) -> Self {
+                if e.is_transient() {
+                    JobError::Transient(e.to_string())
+                } else {
+                    JobError::Permanent(e.to_string())
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl From<btp_common::azblob::AzureError> for JobError {
-    fn from(e: btp_common::azblob::AzureError) -> Self {
-        if e.is_transient() {
-            JobError::Transient(e.to_string())
-        } else {
-            JobError::Permanent(e.to_string())
-        }
-    }
-}
-
-impl From<btp_common::webdav::WebdavError> for JobError {
-    fn from(e: btp_common::webdav::WebdavError) -> Self {
-        if e.is_transient() {
-            JobError::Transient(e.to_string())
-        } else {
-            JobError::Permanent(e.to_string())
-        }
-    }
-}
+classified_by_their_kind!(
+    btp_common::s3mp::S3Error,
+    btp_common::azblob::AzureError,
+    btp_common::gcs::GcsError,
+    btp_common::webdav::WebdavError
+);
 
 impl From<std::io::Error> for JobError {
     fn from(e: std::io::Error) -> Self {

@@ -1157,6 +1157,10 @@ async fn copy_file(
             };
         }
     }
+    if matches!(job.dst, Endpoint::Gcs { .. }) && f.size > part_size(f.size) as u64 {
+        // More than one chunk: one streamed upload (see `gcs::put`).
+        return crate::gcs::put(job, f, stream, ctx).await;
+    }
     let mut writer = if ctx.multipart {
         // Object stores: files above the multipart threshold are Upload jobs; smaller ones
         // still go up in parts when large, sized so no file needs more than 9,000 parts.

@@ -7,6 +7,7 @@ mod dstpath;
 pub mod errors;
 pub mod exec;
 mod fswrite;
+mod gcs;
 pub mod limiter;
 mod local;
 pub mod parts;

@@ -92,6 +92,7 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
                 .create(&file.path, ct.as_deref())
                 .await?
         }
+        Endpoint::Gcs { .. } => crate::gcs::begin(&job.dst, &file.path).await?,
     };
     debug!(job = %job.id, path = %file.path, %upload_id, "upload begun");
     let body = ResultBody::Begun {
@@ -149,6 +150,23 @@ pub async fn part(
                 return Err(source_changed(file, len, n));
             }
             String::new()
+        }
+        Endpoint::Gcs { .. } => {
+            let (n, tag) = crate::gcs::part(
+                &job.dst,
+                file,
+                upload_id,
+                number,
+                len,
+                stream,
+                ctx,
+                md5.as_mut(),
+            )
+            .await?;
+            if n != len {
+                return Err(source_changed(file, len, n));
+            }
+            tag
         }
         Endpoint::Fs { root } if job.src.local_root().is_some() && md5.is_none() => {
             // Between two local files the kernel copies the range (no bytes through here), in
@@ -220,6 +238,7 @@ pub async fn part(
             // every block back otherwise.
             Endpoint::Azblob { .. } if etag.is_empty() => want.clone(),
             Endpoint::Azblob { .. } => etag.clone(),
+            Endpoint::Gcs { .. } => crate::gcs::stored_md5(&etag),
             Endpoint::Webdav { .. } => {
                 let part = staged_part(&file.path, upload_id, number);
                 let dst = job.dst.operator()?;
@@ -356,6 +375,7 @@ pub async fn complete(
         }
         Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
         Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
+        Endpoint::Gcs { .. } => crate::gcs::complete(job, &src, file, upload_id, parts).await,
     };
     if outcome.is_ok() {
         exec::keep_mtime(&job.dst, file);
@@ -617,6 +637,7 @@ pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result
     match dst {
         Endpoint::S3 { .. } => Ok(multipart(dst)?.abort(path, upload_id).await?),
         Endpoint::Azblob { .. } => Ok(crate::azblob::blocks(dst)?.discard(path).await?),
+        Endpoint::Gcs { .. } => crate::gcs::abort(dst, path, upload_id).await,
         Endpoint::Webdav { .. } => {
             let op = dst.operator()?;
             Ok(op

