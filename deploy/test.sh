@@ -12,6 +12,7 @@ ensure_rust
 ensure_nats_server
 ensure_moto || { [ -z "${CI:-}" ] || exit 1; log "moto unavailable: S3 tests are skipped"; }
 ensure_wsgidav || { [ -z "${CI:-}" ] || exit 1; log "wsgidav unavailable: WebDAV tests are skipped"; }
+ensure_sshd || { [ -z "${CI:-}" ] || exit 1; log "sshd unavailable: SFTP tests are skipped"; }
 ensure_prometheus || { [ -z "${CI:-}" ] || exit 1; log "prometheus unavailable: metrics checks are skipped"; }
 browser=1
 ensure_browser || { [ -z "${CI:-}" ] || exit 1; browser=0; log "chromium or npm unavailable: the console's browser test is skipped"; }

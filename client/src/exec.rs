@@ -346,6 +346,11 @@ impl DstEntries {
                 None => DstEntries::None,
             });
         }
+        if let Endpoint::Sftp { .. } = job.dst {
+            if !crate::sftp::listable(dst, &job.dst, dir).await? {
+                return Ok(DstEntries::None);
+            }
+        }
         match dst
             .lister_with(if dir.is_empty() { "/" } else { dir })
             .await
@@ -1109,6 +1114,9 @@ async fn copy_file(
     let mut stream = read_stream(&job.src, src, &f.path, ..).await?;
     if let Some(root) = job.dst.local_root() {
         return copy_to_fs(job, root, f, stream, ctx).await;
+    }
+    if let Endpoint::Sftp { .. } = job.dst {
+        return crate::sftp::copy_file(job, dst, f, stream, ctx).await;
     }
     if let Some(dav) = btp_common::webdav::WebdavClient::new(&job.dst) {
         if f.size >= SMALL_FILE {

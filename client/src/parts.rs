@@ -84,6 +84,7 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
                 .await?;
             id
         }
+        Endpoint::Sftp { .. } => crate::sftp::begin(job, &file.path).await?,
         Endpoint::S3 { .. } => {
             let ct = exec::content_type(&src, &job.src, &file.path).await;
             multipart(&job.dst)?
@@ -142,6 +143,11 @@ pub async fn part(
             if n != len {
                 return Err(source_changed(file, len, n));
             }
+            String::new()
+        }
+        Endpoint::Sftp { .. } => {
+            let (n, md5) = (len, md5.as_mut());
+            crate::sftp::part(job, file, upload_id, number, n, stream, ctx, md5).await?;
             String::new()
         }
         Endpoint::Fs { root } if job.src.local_root().is_some() && md5.is_none() => {
@@ -215,6 +221,8 @@ pub async fn part(
                 let dst = job.dst.operator()?;
                 exec::content_md5(&job.dst, &dst, &part, None).await?
             }
+            // Read back and compared by the part's write.
+            Endpoint::Sftp { .. } => want.clone(),
             Endpoint::Fs { root } => {
                 md5_of_file_range(&temp_path(root, &file.path, upload_id), offset, len).await?
             }
@@ -343,6 +351,14 @@ pub async fn complete(
         Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts).await,
         Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
         Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
+        Endpoint::Sftp { .. } => {
+            let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
+            match crate::sftp::complete(job, file, upload_id, &numbers, ctx).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(vanished(upload_id, file)),
+                Err(e) => Err(e),
+            }
+        }
     };
     if outcome.is_ok() {
         exec::keep_mtime(&job.dst, file);
@@ -608,6 +624,7 @@ pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result
                 .recursive(true)
                 .await?)
         }
+        Endpoint::Sftp { .. } => crate::sftp::abort(dst, path, upload_id).await,
         Endpoint::Fs { root } => {
             match tokio::fs::remove_file(temp_path(root, path, upload_id)).await {
                 Ok(()) => Ok(()),

@@ -58,6 +58,14 @@ pub(crate) async fn delete(
             }
             continue;
         }
+        if let btp_common::Endpoint::Sftp { .. } = job.dst {
+            // Never through a link on the way (deletes themselves do not follow links).
+            let parent = btp_common::paths::parent_dir(&f.path);
+            if let Err(e) = crate::sftp::check_dirs(&dst, &job.dst, parent).await {
+                fail(&f.path, f.size, e.to_string());
+                continue;
+            }
+        }
         if !f.path.ends_with('/') {
             match dst.delete(&f.path).await {
                 Ok(()) => deleted += 1,

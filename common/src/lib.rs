@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod filter;
 pub mod paths;
 pub mod s3mp;
+pub mod sftp;
 pub mod subjects;
 pub mod units;
 pub mod webdav;
