@@ -336,6 +336,7 @@ enum DstEntries {
     None,
     Local(crate::local::DstLister),
     Dal(opendal::Lister),
+    Listed(std::vec::IntoIter<(String, u64)>),
 }
 
 impl DstEntries {
@@ -347,9 +348,10 @@ impl DstEntries {
             });
         }
         if let Endpoint::Sftp { .. } = job.dst {
-            if !crate::sftp::listable(dst, &job.dst, dir).await? {
-                return Ok(DstEntries::None);
-            }
+            return Ok(match crate::sftp::dst_entries(&job.dst, dir).await? {
+                Some(entries) => DstEntries::Listed(entries.into_iter()),
+                None => DstEntries::None,
+            });
         }
         match dst
             .lister_with(if dir.is_empty() { "/" } else { dir })
@@ -365,6 +367,7 @@ impl DstEntries {
         match self {
             DstEntries::None => Ok(None),
             DstEntries::Local(l) => l.next().await,
+            DstEntries::Listed(l) => Ok(l.next()),
             DstEntries::Dal(l) => Ok(l
                 .try_next()
                 .await?
@@ -445,6 +448,12 @@ type DstIndex = std::collections::HashMap<String, (u64, Option<i64>)>;
 async fn destination_index(job: &Job, dir: &str) -> Result<Option<DstIndex>, JobError> {
     if job.compare != Compare::SizeMtime || job.dst.is_local() {
         return Ok(None);
+    }
+    if let Endpoint::Sftp { .. } = job.dst {
+        let files = crate::sftp::dst_files(&job.dst, dir).await?;
+        return Ok(files
+            .filter(|f| f.len() <= DST_INDEX_MAX)
+            .map(|f| f.into_iter().map(|(p, s, m)| (p, (s, m))).collect()));
     }
     let dst = job.dst.operator()?;
     let mut lister = match dst

@@ -59,12 +59,18 @@ pub(crate) async fn delete(
             continue;
         }
         if let btp_common::Endpoint::Sftp { .. } = job.dst {
-            // Never through a link on the way (deletes themselves do not follow links).
+            // Never through a link, on the way or inside.
+            let keep = |p: &str, size: u64| !filter.accepts(p, size);
             let parent = btp_common::paths::parent_dir(&f.path);
-            if let Err(e) = crate::sftp::check_dirs(&dst, &job.dst, parent).await {
-                fail(&f.path, f.size, e.to_string());
-                continue;
+            let done = match crate::sftp::check_dirs(&job.dst, parent).await {
+                Ok(()) => crate::sftp::delete_tree(&job.dst, &f.path, &keep, scoped).await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(n) => deleted += n,
+                Err(e) => fail(&f.path, f.size, e.to_string()),
             }
+            continue;
         }
         if !f.path.ends_with('/') {
             match dst.delete(&f.path).await {

@@ -9,20 +9,23 @@
 //! client), the Complete job streams the parts in order into a temporary file, renames it into
 //! place and removes the staging directory; an Abort job removes both.
 //!
-//! OpenDAL's SFTP service follows symbolic links in `stat` and in listings of a path that is a
-//! link, so before writing, listing or deleting below a directory, every directory on its way
-//! is checked to be a real directory in its parent's listing (where SFTP reports a link as
-//! neither file nor directory). Checked directories are remembered for a minute.
+//! OpenDAL's SFTP service follows symbolic links (its `stat`, and its listings, which stat
+//! every entry SFTP lists as neither file nor directory), so what must not follow them goes
+//! through a direct SFTP session (`btp_common::sftp::Raw`): before a write, a sync listing or
+//! a delete every directory on the way must be a real directory by `lstat` (checked ones are
+//! remembered for a minute); sync lists destination directories with each entry's own type
+//! and deletes links as links.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use opendal::{EntryMode, Operator};
+use opendal::Operator;
 
 use btp_common::api::Verify;
 use btp_common::checksum::Md5Stream;
 use btp_common::wire::{FileEntry, Job};
+use btp_common::sftp::{Kind, Raw};
 use btp_common::Endpoint;
 
 use crate::errors::JobError;
@@ -48,9 +51,9 @@ fn remember_safe(key: String) {
 }
 
 /// Ok when every existing directory on the way to `dir` (relative, `a/b/` or `a/b`) is a real
-/// directory; a symbolic link or a file on the way is a permanent error naming it. Missing
-/// directories are fine (they will be created).
-pub(crate) async fn check_dirs(dst: &Operator, ep: &Endpoint, dir: &str) -> Result<(), JobError> {
+/// directory (by `lstat`); a symbolic link or a file on the way is a permanent error naming
+/// it. Missing directories are fine (they will be created).
+pub(crate) async fn check_dirs(ep: &Endpoint, dir: &str) -> Result<(), JobError> {
     let dir = dir.trim_matches('/');
     if dir.is_empty() {
         return Ok(());
@@ -59,69 +62,137 @@ pub(crate) async fn check_dirs(dst: &Operator, ep: &Endpoint, dir: &str) -> Resu
     if known_safe(&key) {
         return Ok(());
     }
-    let mut parent = String::new();
+    let raw = Raw::get(ep).await?;
+    let mut here = String::new();
     for seg in dir.split('/') {
-        let here = format!("{parent}{seg}/");
-        let key_here = format!("{ep}\n{}", here.trim_end_matches('/'));
-        if !known_safe(&key_here) {
-            match kind_in_listing(dst, &parent, seg).await? {
-                Some(EntryMode::DIR) => remember_safe(key_here),
-                Some(EntryMode::FILE) => {
-                    return Err(JobError::Permanent(format!(
-                        "the destination has a file at {}, where the source has a directory",
-                        here.trim_end_matches('/')
-                    )))
-                }
-                Some(_) => {
-                    return Err(JobError::Permanent(format!(
-                        "the destination has a symbolic link at {}: writing through it would leave the destination",
-                        here.trim_end_matches('/')
-                    )))
-                }
-                None => return Ok(()),
-            }
+        if !here.is_empty() {
+            here.push('/');
         }
-        parent = here;
+        here.push_str(seg);
+        let key_here = format!("{ep}\n{here}");
+        if known_safe(&key_here) {
+            continue;
+        }
+        match raw.lstat(&here).await? {
+            Some(Kind::Dir) => remember_safe(key_here),
+            Some(Kind::File) => {
+                return Err(JobError::Permanent(format!(
+                    "the destination has a file at {here}, where the source has a directory"
+                )))
+            }
+            Some(Kind::Link) => {
+                return Err(JobError::Permanent(format!(
+                    "the destination has a symbolic link at {here}: writing through it would leave the destination"
+                )))
+            }
+            Some(Kind::Other) => {
+                return Err(JobError::Permanent(format!(
+                    "the destination has a special file at {here}, where the source has a directory"
+                )))
+            }
+            None => return Ok(()),
+        }
     }
     Ok(())
 }
 
-/// What `name` is in the listing of directory `parent` (`""` or `a/b/`): its mode as the
-/// server lists it (links are neither file nor directory), None when absent.
-async fn kind_in_listing(
-    dst: &Operator,
-    parent: &str,
-    name: &str,
-) -> Result<Option<EntryMode>, JobError> {
-    let mut lister = match dst
-        .lister_with(if parent.is_empty() { "/" } else { parent })
-        .await
-    {
-        Ok(l) => l,
-        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let (as_dir, as_other) = (format!("{parent}{name}/"), format!("{parent}{name}"));
-    while let Some(entry) = lister.try_next().await? {
-        if entry.path() == as_dir {
-            return Ok(Some(EntryMode::DIR));
-        }
-        if entry.path() == as_other {
-            return Ok(Some(entry.metadata().mode()));
-        }
+/// The entries of the destination directory `dir` (`""` or `a/b/`) for a sync, by their own
+/// types: `(path, size)`, directories ending in `/`, links as files (deleting one removes the
+/// link). None when it is missing, or when it or a directory on its way is not a real
+/// directory (a listing through a link would offer what the link points to for deletion).
+pub(crate) async fn dst_entries(
+    ep: &Endpoint,
+    dir: &str,
+) -> Result<Option<Vec<(String, u64)>>, JobError> {
+    match check_dirs(ep, dir).await {
+        Ok(()) => {}
+        Err(JobError::Permanent(_)) => return Ok(None),
+        Err(e) => return Err(e),
     }
-    Ok(None)
+    if !dir.is_empty() && Raw::get(ep).await?.lstat(dir).await? != Some(Kind::Dir) {
+        return Ok(None);
+    }
+    let Some(entries) = Raw::get(ep).await?.list(dir).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        entries
+            .into_iter()
+            .map(|e| match e.kind {
+                Kind::Dir => (format!("{dir}{}/", e.name), 0),
+                _ => (format!("{dir}{}", e.name), e.size),
+            })
+            .collect(),
+    ))
 }
 
-/// True when the destination directory `dir` of a sync may be listed: it and every directory
-/// on its way are real directories (a listing through a link would offer what the link points
-/// to for deletion).
-pub(crate) async fn listable(dst: &Operator, ep: &Endpoint, dir: &str) -> Result<bool, JobError> {
-    match check_dirs(dst, ep, dir).await {
-        Ok(()) => Ok(true),
-        Err(JobError::Permanent(_)) => Ok(false),
-        Err(e) => Err(e),
+/// The regular files of the destination directory `dir`: `(path, size, mtime)`, for the
+/// comparison of a List job; None when the directory cannot be listed as one.
+pub(crate) async fn dst_files(
+    ep: &Endpoint,
+    dir: &str,
+) -> Result<Option<Vec<(String, u64, Option<i64>)>>, JobError> {
+    if check_dirs(ep, dir).await.is_err() {
+        return Ok(None);
     }
+    let Some(entries) = Raw::get(ep).await?.list(dir).await? else {
+        return Ok(Some(Vec::new()));
+    };
+    Ok(Some(
+        entries
+            .into_iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| (format!("{dir}{}", e.name), e.size, e.mtime_ms))
+            .collect(),
+    ))
+}
+
+/// Deletes the destination directory `dir` (`a/b/`) of a sync and what is inside, links
+/// removed, never followed; with `scoped`, only the files `keep` does not hold, and no
+/// directory. Returns the files and links deleted.
+pub(crate) async fn delete_tree(
+    ep: &Endpoint,
+    dir: &str,
+    keep: &(dyn Fn(&str, u64) -> bool + Sync),
+    scoped: bool,
+) -> Result<u64, JobError> {
+    check_dirs(ep, dir).await?;
+    let raw = Raw::get(ep).await?;
+    match raw.lstat(dir).await? {
+        None => return Ok(0),
+        Some(Kind::Dir) => {}
+        Some(_) => {
+            raw.remove_file(dir).await?;
+            return Ok(1);
+        }
+    }
+    let mut deleted = 0u64;
+    // Depth first: directories are removed after what they hold.
+    let mut stack = vec![(dir.to_string(), false)];
+    while let Some((d, listed)) = stack.pop() {
+        if listed {
+            if !scoped {
+                raw.remove_dir(&d).await?;
+            }
+            continue;
+        }
+        stack.push((d.clone(), true));
+        for e in raw.list(&d).await?.unwrap_or_default() {
+            let path = format!("{d}{}", e.name);
+            if e.kind == Kind::Dir {
+                stack.push((format!("{path}/"), false));
+                continue;
+            }
+            if scoped && keep(&path, e.size) {
+                continue;
+            }
+            raw.remove_file(&path).await?;
+            if !exec::is_upload_temp(&path) {
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// The temporary name a file is written under before it is renamed over `path`.
@@ -239,7 +310,7 @@ pub(crate) async fn copy_file(
     stream: opendal::BufferStream,
     ctx: &JobContext<'_>,
 ) -> Result<u64, JobError> {
-    check_dirs(dst, &job.dst, btp_common::paths::parent_dir(&f.path)).await?;
+    check_dirs(&job.dst, btp_common::paths::parent_dir(&f.path)).await?;
     let temp = temp_name(&f.path, &uuid::Uuid::new_v4().simple().to_string());
     let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
     let n = write_checked(job, dst, &temp, f.size, vec![stream], ctx, true, md5.as_mut()).await?;
@@ -250,7 +321,7 @@ pub(crate) async fn copy_file(
 /// Starts an upload in parts: its staging directory.
 pub(crate) async fn begin(job: &Job, path: &str) -> Result<String, JobError> {
     let dst = job.dst.operator()?;
-    check_dirs(&dst, &job.dst, btp_common::paths::parent_dir(path)).await?;
+    check_dirs(&job.dst, btp_common::paths::parent_dir(path)).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     dst.create_dir(&staging_dir(path, &id)).await?;
     Ok(id)

@@ -222,6 +222,214 @@ pub fn cause(e: &opendal::Error) -> String {
     })
 }
 
+/// What a name is on the server, by `lstat` (links are not followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Link,
+    Other,
+}
+
+/// One entry of a directory listed with [`Raw::list`].
+#[derive(Clone, Debug)]
+pub struct RawEntry {
+    pub name: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime_ms: Option<i64>,
+}
+
+/// A direct SFTP session for what OpenDAL's service cannot do without following symbolic
+/// links: `lstat`, listings with each entry's own type, removing a link. One session per
+/// endpoint per process, made on first use. Unlike OpenDAL's connections it runs ssh with no
+/// configuration file of the machine's user (`-F /dev/null`).
+pub struct Raw {
+    sftp: openssh_sftp_client::Sftp,
+    root: std::path::PathBuf,
+}
+
+type Sessions = tokio::sync::Mutex<Vec<(Endpoint, std::sync::Arc<Raw>)>>;
+static SESSIONS: std::sync::OnceLock<Sessions> = std::sync::OnceLock::new();
+
+fn raw_error(e: openssh_sftp_client::Error, what: &str) -> opendal::Error {
+    use openssh_sftp_client::error::SftpErrorKind;
+    let kind = match &e {
+        openssh_sftp_client::Error::SftpError(SftpErrorKind::NoSuchFile, _) => {
+            opendal::ErrorKind::NotFound
+        }
+        openssh_sftp_client::Error::SftpError(SftpErrorKind::PermDenied, _) => {
+            opendal::ErrorKind::PermissionDenied
+        }
+        _ => opendal::ErrorKind::Unexpected,
+    };
+    let err = opendal::Error::new(kind, format!("sftp {what}: {e}"));
+    if kind == opendal::ErrorKind::Unexpected {
+        err.set_temporary()
+    } else {
+        err
+    }
+}
+
+fn kind_of(m: &openssh_sftp_client::metadata::MetaData) -> Kind {
+    match m.file_type() {
+        Some(t) if t.is_dir() => Kind::Dir,
+        Some(t) if t.is_file() => Kind::File,
+        Some(t) if t.is_symlink() => Kind::Link,
+        _ => Kind::Other,
+    }
+}
+
+impl Raw {
+    /// The session of `ep` (an SFTP endpoint), connecting when there is none yet.
+    pub async fn get(ep: &Endpoint) -> opendal::Result<std::sync::Arc<Raw>> {
+        let sessions = SESSIONS.get_or_init(|| tokio::sync::Mutex::new(Vec::new()));
+        let mut all = sessions.lock().await;
+        if let Some(i) = all.iter().position(|(e, _)| e == ep) {
+            let raw = all[i].1.clone();
+            if raw.sftp.fs().metadata("/").await.is_ok() {
+                return Ok(raw);
+            }
+            all.remove(i);
+        }
+        let raw = std::sync::Arc::new(Self::connect(ep).await?);
+        if all.len() >= 16 {
+            all.remove(0);
+        }
+        all.push((ep.clone(), raw.clone()));
+        Ok(raw)
+    }
+
+    async fn connect(ep: &Endpoint) -> opendal::Result<Raw> {
+        let Endpoint::Sftp {
+            user,
+            root,
+            key,
+            known_hosts_strategy,
+            ..
+        } = ep
+        else {
+            return Err(opendal::Error::new(
+                opendal::ErrorKind::ConfigInvalid,
+                "not an sftp endpoint",
+            ));
+        };
+        let mut b = openssh::SessionBuilder::default();
+        b.known_hosts_check(match known_hosts_strategy.as_deref() {
+            Some("accept") => openssh::KnownHosts::Accept,
+            Some("add") => openssh::KnownHosts::Add,
+            _ => openssh::KnownHosts::Strict,
+        });
+        b.config_file("/dev/null");
+        b.connect_timeout(std::time::Duration::from_secs(20));
+        if let Some(u) = user {
+            b.user(u.clone());
+        }
+        if let Some(k) = key {
+            b.keyfile(k);
+        }
+        let dest = format!("ssh://{}", self::host_of(ep));
+        let session = b.connect(&dest).await.map_err(|e| {
+            opendal::Error::new(opendal::ErrorKind::Unexpected, "ssh error").set_source(e)
+        })?;
+        let sftp = openssh_sftp_client::Sftp::from_session(session, Default::default())
+            .await
+            .map_err(|e| raw_error(e, "session"))?;
+        Ok(Raw {
+            sftp,
+            root: std::path::PathBuf::from(root),
+        })
+    }
+
+    fn full(&self, rel: &str) -> std::path::PathBuf {
+        let rel = rel.trim_matches('/');
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    /// What `rel` is, without following a link; None when it does not exist.
+    pub async fn lstat(&self, rel: &str) -> opendal::Result<Option<Kind>> {
+        match self.sftp.fs().symlink_metadata(self.full(rel)).await {
+            Ok(m) => Ok(Some(kind_of(&m))),
+            Err(openssh_sftp_client::Error::SftpError(
+                openssh_sftp_client::error::SftpErrorKind::NoSuchFile,
+                _,
+            )) => Ok(None),
+            Err(e) => Err(raw_error(e, &format!("lstat {rel}"))),
+        }
+    }
+
+    /// The entries of directory `rel` with their own types (a link is a link), without `.`
+    /// and `..`; None when it does not exist. Names that are not UTF-8 are left out.
+    pub async fn list(&self, rel: &str) -> opendal::Result<Option<Vec<RawEntry>>> {
+        use futures::StreamExt;
+        let dir = match self.sftp.fs().open_dir(self.full(rel)).await {
+            Ok(d) => d,
+            Err(openssh_sftp_client::Error::SftpError(
+                openssh_sftp_client::error::SftpErrorKind::NoSuchFile,
+                _,
+            )) => return Ok(None),
+            Err(e) => return Err(raw_error(e, &format!("opendir {rel}"))),
+        };
+        let mut entries = Vec::new();
+        let mut stream = std::pin::pin!(dir.read_dir());
+        while let Some(e) = stream.next().await {
+            let e = e.map_err(|e| raw_error(e, &format!("readdir {rel}")))?;
+            let Some(name) = e.filename().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let m = e.metadata();
+            entries.push(RawEntry {
+                name: name.to_string(),
+                kind: kind_of(&m),
+                size: m.len().unwrap_or(0),
+                mtime_ms: m
+                    .modified()
+                    .and_then(|t| t.as_system_time().duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64),
+            });
+        }
+        Ok(Some(entries))
+    }
+
+    /// Removes a file or a link (the link itself); gone already is fine.
+    pub async fn remove_file(&self, rel: &str) -> opendal::Result<()> {
+        match self.sftp.fs().remove_file(self.full(rel)).await {
+            Ok(()) => Ok(()),
+            Err(openssh_sftp_client::Error::SftpError(
+                openssh_sftp_client::error::SftpErrorKind::NoSuchFile,
+                _,
+            )) => Ok(()),
+            Err(e) => Err(raw_error(e, &format!("remove {rel}"))),
+        }
+    }
+
+    /// Removes an empty directory; gone already is fine.
+    pub async fn remove_dir(&self, rel: &str) -> opendal::Result<()> {
+        match self.sftp.fs().remove_dir(self.full(rel)).await {
+            Ok(()) => Ok(()),
+            Err(openssh_sftp_client::Error::SftpError(
+                openssh_sftp_client::error::SftpErrorKind::NoSuchFile,
+                _,
+            )) => Ok(()),
+            Err(e) => Err(raw_error(e, &format!("rmdir {rel}"))),
+        }
+    }
+}
+
+fn host_of(ep: &Endpoint) -> &str {
+    match ep {
+        Endpoint::Sftp { host, .. } => host,
+        _ => "",
+    }
+}
+
 impl Endpoint {
     /// The `ssh://[user@]host[:port]` an SFTP endpoint connects to.
     pub fn sftp_destination(&self) -> Option<String> {
