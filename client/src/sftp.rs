@@ -221,6 +221,8 @@ fn assembly_name(path: &str, upload_id: &str) -> String {
 /// Streams `streams`, in order, into `target` (`paced`: counted against speed limits) and
 /// returns the bytes written; checks the size stored and, when `md5` is given (it hashes the
 /// bytes sent), the MD5 of the stored file read back. `target` is removed on any failure.
+/// `raw`: written through the direct session, into an existing directory only (a part whose
+/// staging directory was removed by an abort must not bring it back).
 #[allow(clippy::too_many_arguments)]
 async fn write_checked(
     job: &Job,
@@ -231,10 +233,15 @@ async fn write_checked(
     ctx: &JobContext<'_>,
     paced: bool,
     mut md5: Option<&mut Md5Stream>,
+    raw: bool,
 ) -> Result<u64, JobError> {
     let mut written = 0u64;
     let result: Result<(), JobError> = async {
-        let mut writer = dst.writer(target).await?;
+        let mut writer = if raw {
+            Sink::Raw(Box::pin(Raw::get(&job.dst).await?.create(target).await?))
+        } else {
+            Sink::Dal(dst.writer(target).await?)
+        };
         let sent: Result<(), JobError> = async {
             for mut stream in streams {
                 while let Some(chunk) = stream.try_next().await? {
@@ -257,7 +264,7 @@ async fn write_checked(
             Ok(())
         }
         .await;
-        // SFTP writes in place: close the handle whatever happened, the caller removes it.
+        // SFTP writes in place: close the handle whatever happened; the file is removed below.
         let closed = writer.close().await;
         sent?;
         closed?;
@@ -291,6 +298,38 @@ async fn write_checked(
     }
 }
 
+/// Where [`write_checked`] writes.
+enum Sink {
+    Dal(opendal::Writer),
+    Raw(std::pin::Pin<Box<btp_common::sftp::RawFile>>),
+}
+
+impl Sink {
+    async fn write(&mut self, chunk: opendal::Buffer) -> Result<(), JobError> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            Sink::Dal(w) => Ok(w.write(chunk).await?),
+            Sink::Raw(f) => {
+                for piece in chunk {
+                    f.write_all(&piece).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), JobError> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            Sink::Dal(w) => {
+                w.close().await?;
+                Ok(())
+            }
+            Sink::Raw(f) => Ok(f.shutdown().await?),
+        }
+    }
+}
+
 /// Renames the finished temporary file over the target.
 async fn put_in_place(dst: &Operator, temp: &str, target: &str) -> Result<(), JobError> {
     match dst.rename(temp, target).await {
@@ -313,7 +352,18 @@ pub(crate) async fn copy_file(
     check_dirs(&job.dst, btp_common::paths::parent_dir(&f.path)).await?;
     let temp = temp_name(&f.path, &uuid::Uuid::new_v4().simple().to_string());
     let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
-    let n = write_checked(job, dst, &temp, f.size, vec![stream], ctx, true, md5.as_mut()).await?;
+    let n = write_checked(
+        job,
+        dst,
+        &temp,
+        f.size,
+        vec![stream],
+        ctx,
+        true,
+        md5.as_mut(),
+        false,
+    )
+    .await?;
     put_in_place(dst, &temp, &f.path).await?;
     Ok(n)
 }
@@ -341,15 +391,15 @@ pub(crate) async fn part(
     md5: Option<&mut Md5Stream>,
 ) -> Result<(), JobError> {
     let dst = job.dst.operator()?;
-    if !dst.exists(&staging_dir(&f.path, upload_id)).await? {
-        return Err(JobError::Permanent(format!(
-            "upload {upload_id} of {} no longer exists",
-            f.path
-        )));
-    }
     let part = staged_part(&f.path, upload_id, number);
-    write_checked(job, &dst, &part, len, vec![stream], ctx, true, md5).await?;
-    Ok(())
+    match write_checked(job, &dst, &part, len, vec![stream], ctx, true, md5, true).await {
+        Ok(_) => Ok(()),
+        // The staging directory is gone: the upload was aborted (or completed).
+        Err(JobError::Permanent(e)) if e.starts_with("not found") => Err(JobError::Permanent(
+            format!("upload {upload_id} of {} no longer exists", f.path),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Assembles the parts into the file, verifies it, puts it in place and removes the staging
@@ -374,7 +424,18 @@ pub(crate) async fn complete(
     let temp = assembly_name(&f.path, upload_id);
     // Assembling is not a transfer from the source: not counted against speed limits.
     let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
-    write_checked(job, &dst, &temp, f.size, streams, ctx, false, md5.as_mut()).await?;
+    write_checked(
+        job,
+        &dst,
+        &temp,
+        f.size,
+        streams,
+        ctx,
+        false,
+        md5.as_mut(),
+        false,
+    )
+    .await?;
     put_in_place(&dst, &temp, &f.path).await?;
     dst.delete_with(&staging).recursive(true).await?;
     Ok(true)

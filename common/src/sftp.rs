@@ -222,6 +222,9 @@ pub fn cause(e: &opendal::Error) -> String {
     })
 }
 
+/// A file of the server opened for writing through [`Raw`].
+pub type RawFile = openssh_sftp_client::file::TokioCompatFile;
+
 /// What a name is on the server, by `lstat` (links are not followed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -396,6 +399,24 @@ impl Raw {
             });
         }
         Ok(Some(entries))
+    }
+
+    /// Creates (or truncates) the file `rel` for writing, in an existing directory only: a
+    /// missing directory is a NotFound error (nothing is created on the way).
+    pub async fn create(
+        &self,
+        rel: &str,
+    ) -> opendal::Result<RawFile> {
+        let f = self
+            .sftp
+            .options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.full(rel))
+            .await
+            .map_err(|e| raw_error(e, &format!("create {rel}")))?;
+        Ok(RawFile::new(f))
     }
 
     /// Removes a file or a link (the link itself); gone already is fine.
