@@ -124,6 +124,7 @@ fn files_move_between_a_file_system_and_sftp_byte_for_byte() {
     std::os::unix::fs::symlink(&outside, &group).unwrap();
     let synced = run(&c, s, &url, &args(&[&strs(&["--mode", "sync"]), &sshd.opts("dst")]));
     assert_eq!(synced["task"]["state"], "failed", "{synced}");
+    assert_eq!(synced["task"]["files_deleted"], 2, "{synced}");
     assert!(!on_server.join("hash#1.txt").exists());
     assert!(std::fs::symlink_metadata(on_server.join("extra-link")).is_err());
     assert_eq!(
@@ -148,6 +149,7 @@ fn files_move_between_a_file_system_and_sftp_byte_for_byte() {
     std::fs::rename(served.join("group-03.real"), &group).unwrap();
     let synced = run(&c, s, &url, &args(&[&strs(&["--mode", "sync"]), &sshd.opts("dst")]));
     assert_eq!(synced["task"]["state"], "completed", "{synced}");
+    assert_eq!(synced["task"]["files_deleted"], 0, "{synced}");
     assert_same_tree(&src, &on_server);
     assert_eq!(leftovers(&served), Vec::<String>::new());
 }

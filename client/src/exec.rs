@@ -348,7 +348,7 @@ impl DstEntries {
             });
         }
         if let Endpoint::Sftp { .. } = job.dst {
-            return Ok(match crate::sftp::dst_entries(&job.dst, dir).await? {
+            return Ok(match crate::sftp::dst_entries(&job.id, &job.dst, dir).await? {
                 Some(entries) => DstEntries::Listed(entries.into_iter()),
                 None => DstEntries::None,
             });
@@ -450,7 +450,7 @@ async fn destination_index(job: &Job, dir: &str) -> Result<Option<DstIndex>, Job
         return Ok(None);
     }
     if let Endpoint::Sftp { .. } = job.dst {
-        let files = crate::sftp::dst_files(&job.dst, dir).await?;
+        let files = crate::sftp::dst_files(&job.id, &job.dst, dir).await?;
         return Ok(files
             .filter(|f| f.len() <= DST_INDEX_MAX)
             .map(|f| f.into_iter().map(|(p, s, m)| (p, (s, m))).collect()));

@@ -62,8 +62,8 @@ pub(crate) async fn delete(
             // Never through a link, on the way or inside.
             let keep = |p: &str, size: u64| !filter.accepts(p, size);
             let parent = btp_common::paths::parent_dir(&f.path);
-            let done = match crate::sftp::check_dirs(&job.dst, parent).await {
-                Ok(()) => crate::sftp::delete_tree(&job.dst, &f.path, &keep, scoped).await,
+            let done = match crate::sftp::check_dirs(&job.id, &job.dst, parent).await {
+                Ok(()) => crate::sftp::delete_tree(&job.id, &job.dst, &f.path, &keep, scoped).await,
                 Err(e) => Err(e),
             };
             match done {

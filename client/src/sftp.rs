@@ -31,7 +31,8 @@ use btp_common::Endpoint;
 use crate::errors::JobError;
 use crate::exec::{self, JobContext};
 
-/// How long a directory found real is trusted without another look.
+/// How long a directory found real is trusted without another look, within one job (as
+/// `dstpath::DstCheck` remembers them for its job).
 const SAFE_FOR: Duration = Duration::from_secs(60);
 
 static SAFE_DIRS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
@@ -51,14 +52,14 @@ fn remember_safe(key: String) {
 }
 
 /// Ok when every existing directory on the way to `dir` (relative, `a/b/` or `a/b`) is a real
-/// directory (by `lstat`); a symbolic link or a file on the way is a permanent error naming
+/// directory (by `lstat`; those found so are remembered for the rest of `job`); a symbolic link or a file on the way is a permanent error naming
 /// it. Missing directories are fine (they will be created).
-pub(crate) async fn check_dirs(ep: &Endpoint, dir: &str) -> Result<(), JobError> {
+pub(crate) async fn check_dirs(job: &str, ep: &Endpoint, dir: &str) -> Result<(), JobError> {
     let dir = dir.trim_matches('/');
     if dir.is_empty() {
         return Ok(());
     }
-    let key = format!("{ep}\n{dir}");
+    let key = format!("{job}\n{ep}\n{dir}");
     if known_safe(&key) {
         return Ok(());
     }
@@ -69,7 +70,7 @@ pub(crate) async fn check_dirs(ep: &Endpoint, dir: &str) -> Result<(), JobError>
             here.push('/');
         }
         here.push_str(seg);
-        let key_here = format!("{ep}\n{here}");
+        let key_here = format!("{job}\n{ep}\n{here}");
         if known_safe(&key_here) {
             continue;
         }
@@ -101,10 +102,11 @@ pub(crate) async fn check_dirs(ep: &Endpoint, dir: &str) -> Result<(), JobError>
 /// link). None when it is missing, or when it or a directory on its way is not a real
 /// directory (a listing through a link would offer what the link points to for deletion).
 pub(crate) async fn dst_entries(
+    job: &str,
     ep: &Endpoint,
     dir: &str,
 ) -> Result<Option<Vec<(String, u64)>>, JobError> {
-    match check_dirs(ep, dir).await {
+    match check_dirs(job, ep, dir).await {
         Ok(()) => {}
         Err(JobError::Permanent(_)) => return Ok(None),
         Err(e) => return Err(e),
@@ -129,10 +131,11 @@ pub(crate) async fn dst_entries(
 /// The regular files of the destination directory `dir`: `(path, size, mtime)`, for the
 /// comparison of a List job; None when the directory cannot be listed as one.
 pub(crate) async fn dst_files(
+    job: &str,
     ep: &Endpoint,
     dir: &str,
 ) -> Result<Option<Vec<(String, u64, Option<i64>)>>, JobError> {
-    if check_dirs(ep, dir).await.is_err() {
+    if check_dirs(job, ep, dir).await.is_err() {
         return Ok(None);
     }
     let Some(entries) = Raw::get(ep).await?.list(dir).await? else {
@@ -151,12 +154,13 @@ pub(crate) async fn dst_files(
 /// removed, never followed; with `scoped`, only the files `keep` does not hold, and no
 /// directory. Returns the files and links deleted.
 pub(crate) async fn delete_tree(
+    job: &str,
     ep: &Endpoint,
     dir: &str,
     keep: &(dyn Fn(&str, u64) -> bool + Sync),
     scoped: bool,
 ) -> Result<u64, JobError> {
-    check_dirs(ep, dir).await?;
+    check_dirs(job, ep, btp_common::paths::parent_dir(dir)).await?;
     let raw = Raw::get(ep).await?;
     match raw.lstat(dir).await? {
         None => return Ok(0),
@@ -349,7 +353,7 @@ pub(crate) async fn copy_file(
     stream: opendal::BufferStream,
     ctx: &JobContext<'_>,
 ) -> Result<u64, JobError> {
-    check_dirs(&job.dst, btp_common::paths::parent_dir(&f.path)).await?;
+    check_dirs(&job.id, &job.dst, btp_common::paths::parent_dir(&f.path)).await?;
     let temp = temp_name(&f.path, &uuid::Uuid::new_v4().simple().to_string());
     let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
     let n = write_checked(
@@ -371,7 +375,7 @@ pub(crate) async fn copy_file(
 /// Starts an upload in parts: its staging directory.
 pub(crate) async fn begin(job: &Job, path: &str) -> Result<String, JobError> {
     let dst = job.dst.operator()?;
-    check_dirs(&job.dst, btp_common::paths::parent_dir(path)).await?;
+    check_dirs(&job.id, &job.dst, btp_common::paths::parent_dir(path)).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     dst.create_dir(&staging_dir(path, &id)).await?;
     Ok(id)
@@ -412,6 +416,7 @@ pub(crate) async fn complete(
     ctx: &JobContext<'_>,
 ) -> Result<bool, JobError> {
     let dst = job.dst.operator()?;
+    check_dirs(&job.id, &job.dst, btp_common::paths::parent_dir(&f.path)).await?;
     let staging = staging_dir(&f.path, upload_id);
     if !dst.exists(&staging).await? {
         return Ok(false);
