@@ -122,7 +122,12 @@ fn files_move_between_a_file_system_and_sftp_byte_for_byte() {
     let group = on_server.join("group-03");
     std::fs::rename(&group, served.join("group-03.real")).unwrap();
     std::os::unix::fs::symlink(&outside, &group).unwrap();
-    let synced = run(&c, s, &url, &args(&[&strs(&["--mode", "sync"]), &sshd.opts("dst")]));
+    let synced = run(
+        &c,
+        s,
+        &url,
+        &args(&[&strs(&["--mode", "sync"]), &sshd.opts("dst")]),
+    );
     assert_eq!(synced["task"]["state"], "failed", "{synced}");
     assert_eq!(synced["task"]["files_deleted"], 2, "{synced}");
     assert!(!on_server.join("hash#1.txt").exists());
@@ -147,7 +152,12 @@ fn files_move_between_a_file_system_and_sftp_byte_for_byte() {
     // Once the link is gone, the same sync completes.
     std::fs::remove_file(&group).unwrap();
     std::fs::rename(served.join("group-03.real"), &group).unwrap();
-    let synced = run(&c, s, &url, &args(&[&strs(&["--mode", "sync"]), &sshd.opts("dst")]));
+    let synced = run(
+        &c,
+        s,
+        &url,
+        &args(&[&strs(&["--mode", "sync"]), &sshd.opts("dst")]),
+    );
     assert_eq!(synced["task"]["state"], "completed", "{synced}");
     assert_eq!(synced["task"]["files_deleted"], 0, "{synced}");
     assert_same_tree(&src, &on_server);
@@ -225,7 +235,14 @@ fn a_wrong_key_or_an_unknown_host_is_one_clear_error_without_secrets() {
     let private = std::fs::read_to_string(&wrong).unwrap();
     let secret_line = private.lines().nth(1).unwrap().to_string();
     let create = |opts: &[String]| {
-        let mut a = strs(&["task", "create", "--src", src.to_str().unwrap(), "--dst", &url]);
+        let mut a = strs(&[
+            "task",
+            "create",
+            "--src",
+            src.to_str().unwrap(),
+            "--dst",
+            &url,
+        ]);
         a.extend(opts.iter().cloned());
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         btp(&c.url, &a)
@@ -267,7 +284,14 @@ fn a_wrong_key_or_an_unknown_host_is_one_clear_error_without_secrets() {
     let with_pw = url.replacen('@', ":hunter2@", 1);
     let out = btp(
         &c.url,
-        &["task", "create", "--src", src.to_str().unwrap(), "--dst", &with_pw],
+        &[
+            "task",
+            "create",
+            "--src",
+            src.to_str().unwrap(),
+            "--dst",
+            &with_pw,
+        ],
     );
     let line = error_line(&out);
     assert!(line.contains("credentials in an endpoint URL"), "{line}");

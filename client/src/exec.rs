@@ -348,10 +348,12 @@ impl DstEntries {
             });
         }
         if let Endpoint::Sftp { .. } = job.dst {
-            return Ok(match crate::sftp::dst_entries(&job.id, &job.dst, dir).await? {
-                Some(entries) => DstEntries::Listed(entries.into_iter()),
-                None => DstEntries::None,
-            });
+            return Ok(
+                match crate::sftp::dst_entries(&job.id, &job.dst, dir).await? {
+                    Some(entries) => DstEntries::Listed(entries.into_iter()),
+                    None => DstEntries::None,
+                },
+            );
         }
         match dst
             .lister_with(if dir.is_empty() { "/" } else { dir })

@@ -24,8 +24,8 @@ use opendal::Operator;
 
 use btp_common::api::Verify;
 use btp_common::checksum::Md5Stream;
-use btp_common::wire::{FileEntry, Job};
 use btp_common::sftp::{Kind, Raw};
+use btp_common::wire::{FileEntry, Job};
 use btp_common::Endpoint;
 
 use crate::errors::JobError;

@@ -18,7 +18,8 @@ use crate::Endpoint;
 /// Options an `sftp://` endpoint takes.
 pub const SFTP_OPTIONS: &str = "key, known_hosts_strategy";
 
-const SFTP_CREDENTIALS_HINT: &str = "sftp://user@host/path with --dst-opt key=/path/to/private_key (or --src-opt for a source)";
+const SFTP_CREDENTIALS_HINT: &str =
+    "sftp://user@host/path with --dst-opt key=/path/to/private_key (or --src-opt for a source)";
 
 /// The accepted values of `known_hosts_strategy`.
 const STRATEGIES: [&str; 3] = ["strict", "add", "accept"];
@@ -394,7 +395,11 @@ impl Raw {
                 size: m.len().unwrap_or(0),
                 mtime_ms: m
                     .modified()
-                    .and_then(|t| t.as_system_time().duration_since(std::time::UNIX_EPOCH).ok())
+                    .and_then(|t| {
+                        t.as_system_time()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .ok()
+                    })
                     .map(|d| d.as_millis() as i64),
             });
         }
@@ -403,10 +408,7 @@ impl Raw {
 
     /// Creates (or truncates) the file `rel` for writing, in an existing directory only: a
     /// missing directory is a NotFound error (nothing is created on the way).
-    pub async fn create(
-        &self,
-        rel: &str,
-    ) -> opendal::Result<RawFile> {
+    pub async fn create(&self, rel: &str) -> opendal::Result<RawFile> {
         let f = self
             .sftp
             .options()
@@ -538,7 +540,10 @@ mod tests {
         let e = Endpoint::parse_with("sftp://h/x", &opts(&[("password", "pw")]))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("unknown option 'password' for sftp endpoints"), "{e}");
+        assert!(
+            e.starts_with("unknown option 'password' for sftp endpoints"),
+            "{e}"
+        );
         assert!(!e.contains("pw'"), "{e}");
         let e = Endpoint::parse_with("sftp://h/x", &opts(&[("known_hosts_strategy", "yolo")]))
             .unwrap_err()

@@ -914,7 +914,12 @@ pub fn start_sshd(dir: &Path) -> Option<Sshd> {
 impl Sshd {
     /// `sftp://user@127.0.0.1:PORT<path>` (`path` absolute).
     pub fn url(&self, path: &Path) -> String {
-        format!("sftp://{}@127.0.0.1:{}{}", self.user, self.port, path.display())
+        format!(
+            "sftp://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            path.display()
+        )
     }
 
     /// The options of an endpoint on this server (`side`: `src` or `dst`): the user key, and
