@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 pub use btp_nats::NatsServer;
 
+pub mod backends;
+
 pub fn btp_bin() -> &'static str {
     env!("CARGO_BIN_EXE_btp")
 }
