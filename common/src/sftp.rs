@@ -201,6 +201,7 @@ pub fn cause(e: &opendal::Error) -> String {
     // ssh's log (warnings first, the reason last): the last line that says something.
     let said = all
         .lines()
+        .rev()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
         .filter(|l| {
@@ -213,8 +214,8 @@ pub fn cause(e: &opendal::Error) -> String {
                 || l.contains("Load key")
                 || l.contains("No route")
         })
-        .last()
-        .map(str::to_string);
+        .map(str::to_string)
+        .next();
     said.unwrap_or_else(|| {
         lines
             .last()
