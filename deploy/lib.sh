@@ -165,6 +165,16 @@ ensure_fake_gcs() {
     [ -x "$bin" ]
 }
 
+# OpenSSH's server and client (the SFTP tests start sshd themselves; no system service needed).
+ensure_sshd() {
+    if [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1; then
+        return 0
+    fi
+    log "installing openssh-server and openssh-client (SFTP server for the tests)"
+    apt_install openssh-server openssh-client || return 1
+    [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1
+}
+
 # Headless Chromium (Debian's package) and playwright-core for the console's browser test.
 ensure_browser() {
     if ! command -v chromium >/dev/null 2>&1; then

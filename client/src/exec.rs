@@ -336,6 +336,7 @@ enum DstEntries {
     None,
     Local(crate::local::DstLister),
     Dal(opendal::Lister),
+    Listed(std::vec::IntoIter<(String, u64)>),
 }
 
 impl DstEntries {
@@ -345,6 +346,14 @@ impl DstEntries {
                 Some(l) => DstEntries::Local(l),
                 None => DstEntries::None,
             });
+        }
+        if let Endpoint::Sftp { .. } = job.dst {
+            return Ok(
+                match crate::sftp::dst_entries(&job.id, &job.dst, dir).await? {
+                    Some(entries) => DstEntries::Listed(entries.into_iter()),
+                    None => DstEntries::None,
+                },
+            );
         }
         match dst
             .lister_with(if dir.is_empty() { "/" } else { dir })
@@ -360,6 +369,7 @@ impl DstEntries {
         match self {
             DstEntries::None => Ok(None),
             DstEntries::Local(l) => l.next().await,
+            DstEntries::Listed(l) => Ok(l.next()),
             DstEntries::Dal(l) => Ok(l
                 .try_next()
                 .await?
@@ -440,6 +450,12 @@ type DstIndex = std::collections::HashMap<String, (u64, Option<i64>)>;
 async fn destination_index(job: &Job, dir: &str) -> Result<Option<DstIndex>, JobError> {
     if job.compare != Compare::SizeMtime || job.dst.is_local() {
         return Ok(None);
+    }
+    if let Endpoint::Sftp { .. } = job.dst {
+        let files = crate::sftp::dst_files(&job.id, &job.dst, dir).await?;
+        return Ok(files
+            .filter(|f| f.len() <= DST_INDEX_MAX)
+            .map(|f| f.into_iter().map(|(p, s, m)| (p, (s, m))).collect()));
     }
     let dst = job.dst.operator()?;
     let mut lister = match dst
@@ -1130,6 +1146,9 @@ async fn copy_file(
     let mut stream = read_stream(&job.src, src, &f.path, ..).await?;
     if let Some(root) = job.dst.local_root() {
         return copy_to_fs(job, root, f, stream, ctx).await;
+    }
+    if let Endpoint::Sftp { .. } = job.dst {
+        return crate::sftp::copy_file(job, dst, f, stream, ctx).await;
     }
     if let Some(dav) = btp_common::webdav::WebdavClient::new(&job.dst) {
         if f.size >= SMALL_FILE {

@@ -12,6 +12,7 @@ pub mod limiter;
 mod local;
 pub mod parts;
 mod prune;
+mod sftp;
 pub mod telemetry;
 pub mod worker;
 

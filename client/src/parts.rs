@@ -86,6 +86,7 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
         }
         // Blocks are staged on the blob itself, named after this id.
         Endpoint::Azblob { .. } => uuid::Uuid::new_v4().simple().to_string(),
+        Endpoint::Sftp { .. } => crate::sftp::begin(job, &file.path).await?,
         Endpoint::S3 { .. } => {
             let ct = exec::content_type(&src, &job.src, &file.path).await;
             multipart(&job.dst)?
@@ -168,6 +169,11 @@ pub async fn part(
             }
             tag
         }
+        Endpoint::Sftp { .. } => {
+            let (n, md5) = (len, md5.as_mut());
+            crate::sftp::part(job, file, upload_id, number, n, stream, ctx, md5).await?;
+            String::new()
+        }
         Endpoint::Fs { root } if job.src.local_root().is_some() && md5.is_none() => {
             // Between two local files the kernel copies the range (no bytes through here), in
             // chunks so that limits and cancellation still apply.
@@ -244,6 +250,8 @@ pub async fn part(
                 let dst = job.dst.operator()?;
                 exec::content_md5(&job.dst, &dst, &part, None).await?
             }
+            // Read back and compared by the part's write.
+            Endpoint::Sftp { .. } => want.clone(),
             Endpoint::Fs { root } => {
                 md5_of_file_range(&temp_path(root, &file.path, upload_id), offset, len).await?
             }
@@ -376,6 +384,14 @@ pub async fn complete(
         Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
         Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
         Endpoint::Gcs { .. } => crate::gcs::complete(job, &src, file, upload_id, parts).await,
+        Endpoint::Sftp { .. } => {
+            let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
+            match crate::sftp::complete(job, file, upload_id, &numbers, ctx).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(vanished(upload_id, file)),
+                Err(e) => Err(e),
+            }
+        }
     };
     if outcome.is_ok() {
         exec::keep_mtime(&job.dst, file);
@@ -645,6 +661,7 @@ pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result
                 .recursive(true)
                 .await?)
         }
+        Endpoint::Sftp { .. } => crate::sftp::abort(dst, path, upload_id).await,
         Endpoint::Fs { root } => {
             match tokio::fs::remove_file(temp_path(root, path, upload_id)).await {
                 Ok(()) => Ok(()),

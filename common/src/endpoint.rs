@@ -11,7 +11,7 @@ use opendal::Operator;
 use serde::{Deserialize, Serialize};
 
 /// Schemes this build understands.
-pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs, azblob, gs";
+pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs, azblob, gs, sftp";
 
 /// Options an `s3://` endpoint takes (`--src-opt` / `--dst-opt KEY=VALUE`).
 pub const S3_OPTIONS: &str =
@@ -92,6 +92,21 @@ pub enum Endpoint {
         #[serde(default)]
         anonymous: bool,
     },
+    /// A directory of an SFTP server: `sftp://[user@]host[:port]/path` (see `crate::sftp`).
+    Sftp {
+        /// `host` or `host:port`.
+        host: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// Absolute path on the server, normalized.
+        root: String,
+        /// Path of a private key file on the client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// `strict` (the default), `add` or `accept`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        known_hosts_strategy: Option<String>,
+    },
 }
 
 /// A credential: serialized as is (jobs need it), never shown by `Debug` or `Display`.
@@ -129,6 +144,12 @@ pub enum EndpointError {
     NoAccount { url: String },
     #[error("option '{key}' must be true or false")]
     NotABool { key: String },
+    #[error("option '{key}' {reason}")]
+    BadOption { key: String, reason: String },
+    #[error("'{url}' has an empty or invalid user name (use sftp://user@host/path)")]
+    BadUser { url: String },
+    #[error("'{url}' has an invalid port (1 to 65535)")]
+    BadPort { url: String },
     /// `user:password@` in a URL: it would show in task info, logs and `ps`. The URL is not
     /// repeated (it holds the password).
     #[error("credentials in an endpoint URL ({scheme}://...@{host}) are refused: give them as options, e.g. {hint}")]
@@ -184,6 +205,9 @@ impl Endpoint {
         }
         if let Some(rest) = url.strip_prefix("gs://") {
             return parse_gcs(url, rest, options);
+        }
+        if let Some(rest) = url.strip_prefix("sftp://") {
+            return crate::sftp::parse(url, rest, options);
         }
         for (prefix, http) in [("webdav://", "http"), ("webdavs://", "https")] {
             if let Some(rest) = url.strip_prefix(prefix) {
@@ -312,6 +336,7 @@ impl Endpoint {
                 }
                 Operator::new(b)
             }
+            Endpoint::Sftp { .. } => crate::sftp::operator(self),
         }
     }
 
@@ -361,7 +386,8 @@ impl Endpoint {
             Endpoint::S3 { .. }
             | Endpoint::Webdav { .. }
             | Endpoint::Azblob { .. }
-            | Endpoint::Gcs { .. } => Ok(()),
+            | Endpoint::Gcs { .. }
+            | Endpoint::Sftp { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("source {self} is not a directory")),
@@ -379,7 +405,8 @@ impl Endpoint {
             Endpoint::S3 { .. }
             | Endpoint::Webdav { .. }
             | Endpoint::Azblob { .. }
-            | Endpoint::Gcs { .. } => Ok(()),
+            | Endpoint::Gcs { .. }
+            | Endpoint::Sftp { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("destination {self} exists and is not a directory")),
@@ -413,7 +440,8 @@ impl Endpoint {
             Endpoint::S3 { .. }
             | Endpoint::Webdav { .. }
             | Endpoint::Azblob { .. }
-            | Endpoint::Gcs { .. } => None,
+            | Endpoint::Gcs { .. }
+            | Endpoint::Sftp { .. } => None,
         }
     }
 
@@ -474,6 +502,14 @@ impl Endpoint {
                     && e1 == e2
                     && Path::new(&format!("/{p1}")).starts_with(Path::new(&format!("/{p2}")))
             }
+            (
+                Endpoint::Sftp {
+                    host: h1, root: r1, ..
+                },
+                Endpoint::Sftp {
+                    host: h2, root: r2, ..
+                },
+            ) => h1 == h2 && Path::new(r1).starts_with(Path::new(r2)),
             _ => false,
         }
     }
@@ -482,6 +518,9 @@ impl Endpoint {
     pub async fn check_remote(&self, role: &str) -> Result<(), String> {
         if self.is_local() {
             return Ok(());
+        }
+        if let Endpoint::Sftp { .. } = self {
+            return crate::sftp::check(self, role).await;
         }
         let op = self.operator().map_err(|e| format!("{role} {self}: {e}"))?;
         let mut lister = match op.lister_with("/").await {
@@ -699,7 +738,7 @@ fn looks_like_scheme(s: &str) -> bool {
 }
 
 /// Lexically normalizes an absolute path: drops `.`, resolves `..`, removes trailing slashes.
-fn normalize(path: &Path) -> String {
+pub(crate) fn normalize(path: &Path) -> String {
     let mut out = PathBuf::from("/");
     for c in path.components() {
         match c {
@@ -739,6 +778,11 @@ impl fmt::Display for Endpoint {
                     if root == "/" { "" } else { root }
                 )
             }
+            Endpoint::Sftp { root, .. } => write!(
+                f,
+                "sftp://{}{root}",
+                self.sftp_destination().unwrap_or_default()
+            ),
         }
     }
 }
@@ -777,7 +821,7 @@ mod tests {
         let e = Endpoint::parse("gopher://x/y").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs, azblob, gs)"
+            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs, azblob, gs, sftp)"
         );
         assert!(matches!(
             Endpoint::parse("ftp:/x"),

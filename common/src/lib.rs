@@ -12,6 +12,7 @@ pub mod gcs;
 pub mod paths;
 pub mod s3mp;
 pub mod s3xml;
+pub mod sftp;
 pub mod subjects;
 pub mod units;
 pub mod webdav;

@@ -1082,3 +1082,172 @@ pub fn gcs_opts(port: u16, side: &str) -> Vec<String> {
     .flat_map(|o| [format!("--{side}-opt"), o])
     .collect()
 }
+
+// ---- SFTP (sshd) ----
+
+/// An OpenSSH server a test started on 127.0.0.1 with a throwaway host key, accepting one user
+/// key made for it; stopped (with the sessions it forked) when dropped.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    /// The private key the server accepts.
+    pub key: PathBuf,
+    /// The user the server lets in (the one running the tests).
+    pub user: String,
+    /// The test directory the keys and configuration are in.
+    pub dir: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // The sessions are children of the listener, in sessions of their own: stop them too.
+        let pid = self.child.id();
+        for child in children_of(pid) {
+            // SAFETY: kill(2) of a process this test's sshd forked.
+            unsafe { libc::kill(child as i32, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids whose parent is `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{n}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Makes an ed25519 key pair without a passphrase at `path` (and `path.pub`).
+pub fn ssh_keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "btp-test", "-f"])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `/usr/sbin/sshd -D -e` on a free port of 127.0.0.1, serving the file system over
+/// SFTP (`internal-sftp`) to the current user with a key made here; None (skip) when sshd is
+/// not installed outside CI. Nothing of the machine's ssh configuration is used: host key,
+/// authorized keys and configuration are files in `dir`.
+pub fn start_sshd(dir: &Path) -> Option<Sshd> {
+    let sshd = "/usr/sbin/sshd";
+    if !Path::new(sshd).exists() || Command::new("ssh-keygen").arg("-?").output().is_err() {
+        if std::env::var_os("CI").is_some() {
+            panic!("sshd is required under CI (apt-get install openssh-server openssh-client)");
+        }
+        eprintln!("sshd not installed: skipping");
+        return None;
+    }
+    // sshd's privilege separation directory (root only; made by the system service elsewhere).
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let dir = dir.join("sshd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (host_key, key) = (dir.join("host_key"), dir.join("user_key"));
+    ssh_keygen(&host_key);
+    ssh_keygen(&key);
+    let authorized = dir.join("authorized_keys");
+    std::fs::copy(dir.join("user_key.pub"), &authorized).unwrap();
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "ListenAddress 127.0.0.1\n\
+             HostKey {host}\n\
+             PidFile none\n\
+             AuthorizedKeysFile {auth}\n\
+             AuthenticationMethods publickey\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\n\
+             StrictModes no\n\
+             UsePAM no\n\
+             AllowUsers {user}\n\
+             MaxStartups 200\n\
+             MaxSessions 200\n\
+             Subsystem sftp internal-sftp\n",
+            host = host_key.display(),
+            auth = authorized.display(),
+        ),
+    )
+    .unwrap();
+    let port = btp_nats::launcher::free_port().unwrap();
+    let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+    let child = Command::new(sshd)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&config)
+        .arg("-p")
+        .arg(port.to_string())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut server = Sshd {
+        child,
+        port,
+        key,
+        user,
+        dir: dir.clone(),
+    };
+    wait_for("sshd to listen", Duration::from_secs(30), || {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!(
+                "sshd exited with {status}: {}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Some(server)
+}
+
+impl Sshd {
+    /// `sftp://user@127.0.0.1:PORT<path>` (`path` absolute).
+    pub fn url(&self, path: &Path) -> String {
+        format!(
+            "sftp://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            path.display()
+        )
+    }
+
+    /// The options of an endpoint on this server (`side`: `src` or `dst`): the user key, and
+    /// any host key accepted (it was made for this test).
+    pub fn opts(&self, side: &str) -> Vec<String> {
+        vec![
+            format!("--{side}-opt"),
+            format!("key={}", self.key.display()),
+            format!("--{side}-opt"),
+            "known_hosts_strategy=accept".to_string(),
+        ]
+    }
+}
