@@ -10,6 +10,7 @@ pub mod limiter;
 mod local;
 pub mod parts;
 mod prune;
+mod s3copy;
 pub mod telemetry;
 pub mod worker;
 
@@ -195,6 +196,7 @@ mod tests {
             attempt: 1,
             max_attempts: 3,
             speed_share: None,
+            server_side_copy: Default::default(),
             compare: Default::default(),
             verify: Default::default(),
             dry_run: false,

@@ -8,6 +8,7 @@ pub mod csv;
 pub mod endpoint;
 pub mod filter;
 pub mod paths;
+pub mod s3copy;
 pub mod s3mp;
 pub mod subjects;
 pub mod units;
