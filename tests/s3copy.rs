@@ -53,9 +53,10 @@ fn clients_that_copied_parts_server_side(dir: &Path, path: &str) -> Vec<String> 
             continue;
         }
         let log = std::fs::read_to_string(&p).unwrap();
-        if log.lines().any(|l| {
-            l.contains("part copied") && l.contains("server_side") && l.contains(path)
-        }) {
+        if log
+            .lines()
+            .any(|l| l.contains("part copied") && l.contains("server_side") && l.contains(path))
+        {
             out.push(name);
         }
     }
@@ -143,8 +144,14 @@ fn s3copy_suite(s3: &S3Server, dir: &Path) {
     assert_eq!(same["bad"], serde_json::json!([]), "{name}: {same}");
     for key in ["meta/small.txt", "meta/large.bin"] {
         let m = &same["meta"][key];
-        assert_eq!(m["ContentType"], "application/x-btp-test", "{name}: {key}: {m}");
-        assert_eq!(m["CacheControl"], "max-age=3600, private", "{name}: {key}: {m}");
+        assert_eq!(
+            m["ContentType"], "application/x-btp-test",
+            "{name}: {key}: {m}"
+        );
+        assert_eq!(
+            m["CacheControl"], "max-age=3600, private",
+            "{name}: {key}: {m}"
+        );
         assert_eq!(
             m["ContentDisposition"], "attachment; filename=\"report.bin\"",
             "{name}: {key}: {m}"
@@ -181,8 +188,7 @@ fn s3copy_suite(s3: &S3Server, dir: &Path) {
     assert_eq!(same["count"], files, "{name}: {same}");
     assert_eq!(same["bad"], serde_json::json!([]), "{name}: {same}");
     assert_eq!(
-        same["meta"]["meta/large.bin"]["Metadata"]["owner"],
-        "ops team",
+        same["meta"]["meta/large.bin"]["Metadata"]["owner"], "ops team",
         "{name}: {same}"
     );
 

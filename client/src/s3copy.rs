@@ -82,7 +82,12 @@ pub(crate) async fn copy_file(
         match cp.copy_object(&f.path, src_etag.as_deref()).await {
             Ok(e) => e,
             // The source changed since its stat: copied again as it is then.
-            Err(e) if e.status == Some(412) => return Err(JobError::Transient(format!("source {} changed during copy: {e}", f.path))),
+            Err(e) if e.status == Some(412) => {
+                return Err(JobError::Transient(format!(
+                    "source {} changed during copy: {e}",
+                    f.path
+                )))
+            }
             Err(e) => return Err(e.into()),
         }
     };

@@ -34,7 +34,8 @@ pub fn same_service(a: &Endpoint, b: &Endpoint) -> bool {
                 ..
             },
         ) => {
-            let base = |e: &Option<String>| e.as_deref().map(|s| s.trim_end_matches('/').to_string());
+            let base =
+                |e: &Option<String>| e.as_deref().map(|s| s.trim_end_matches('/').to_string());
             let region = |r: &Option<String>| r.as_deref().unwrap_or("us-east-1").to_string();
             base(e1) == base(e2)
                 && region(r1) == region(r2)
@@ -175,7 +176,11 @@ impl S3Copy {
         } else {
             format!("{}/{path}", self.src_prefix)
         };
-        format!("/{}/{}", encode(&self.src_bucket, true), encode(&key, false))
+        format!(
+            "/{}/{}",
+            encode(&self.src_bucket, true),
+            encode(&key, false)
+        )
     }
 
     /// Copies the object `path` (at most [`COPY_OBJECT_MAX`] bytes) with its metadata (the
@@ -339,8 +344,13 @@ mod tests {
             .unwrap()
         };
         assert!(same_service(&ep("s3://a/x", "k"), &ep("s3://b/y", "k")));
-        assert!(!same_service(&ep("s3://a/x", "k"), &ep("s3://b/y", "other")));
-        let local = Endpoint::Fs { root: "/tmp".into() };
+        assert!(!same_service(
+            &ep("s3://a/x", "k"),
+            &ep("s3://b/y", "other")
+        ));
+        let local = Endpoint::Fs {
+            root: "/tmp".into(),
+        };
         assert!(!same_service(&local, &ep("s3://b/y", "k")));
     }
 
