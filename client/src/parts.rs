@@ -538,6 +538,10 @@ async fn complete_webdav(
         dav.put(&file.path, file.size, body)
     })
     .await?;
+    // Assembling reads the destination's staged parts, not the source.
+    ctx.sink
+        .through
+        .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
     if n != file.size {
         return Err(JobError::Transient(format!(
             "{}: assembled {n} bytes from its parts, expected {}",

@@ -16,6 +16,9 @@ use btp_common::Endpoint;
 use crate::errors::JobError;
 use crate::exec::{self, JobContext};
 
+/// Part size of a copy above CopyObject's limit made inside one job.
+const COPY_PART: u64 = 512 << 20;
+
 /// The server-side copier of a job, when its task allows it and its endpoints share a service.
 pub(crate) fn copier(job: &Job) -> Option<S3Copy> {
     if job.server_side_copy == ServerSideCopy::Off {
@@ -109,7 +112,8 @@ async fn copy_in_parts(
     ctx: &JobContext<'_>,
 ) -> Result<String, JobError> {
     let upload_id = btp_common::s3copy::create_upload(&cp.dst, &f.path, meta).await?;
-    let part = exec::part_size(f.size) as u64;
+    // The service copies each part in one request: large parts, few requests.
+    let part = (exec::part_size(f.size) as u64).max(COPY_PART);
     let copied = async {
         let mut tags = Vec::new();
         let mut offset = 0u64;
