@@ -206,7 +206,7 @@ ssc_bench() {
 
 ssc_section() { # the markdown section of the server-side copy rows
     printf '%s\n' "## S3 -> S3 server-side copy" "" \
-        "Between two prefixes of one moto server (2 clients of $(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers, default part size and threshold: the large files go in 32 MiB parts; $BUILD build of btp). \`auto\` has moto copy the objects (CopyObject, UploadPartCopy); \`off\` streams them through the clients. Bytes through clients: the task's \`bytes_through_clients\`." "" \
+        "Between two prefixes of one moto server (2 clients of $(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers, default part size and threshold: the large files go in 32 MiB parts; $BUILD build of btp). \`auto\` has moto copy the objects (CopyObject, UploadPartCopy); \`off\` streams them through the clients. Bytes through clients: the task's \`bytes_through_clients\`. moto copies in its own (Python) process, so the time saved here is the clients' part of the work only; the bytes through clients are what a copy between buckets of a remote service no longer sends over the clients' network." "" \
         "| data set | mode | time | rate | bytes through clients |" "| --- | --- | --- | --- | --- |"
     printf '%s' "$SSC"
 }
