@@ -31,11 +31,13 @@ pub mod sql {
     /// Running tasks: `$1` running.
     pub const RUNNING_TASKS: &str =
         "SELECT id, tenant, epoch, created_ms FROM tasks WHERE state = $1";
-    /// Cancelled tasks (`$1`) with aborts still to publish, one row per waiting abort, found from
-    /// the partial index of pending aborts (cancelled tasks are kept forever).
-    pub const CANCELLED_WITH_ABORTS: &str =
-        "SELECT t.id, t.tenant, t.epoch, t.created_ms FROM jobs j CROSS JOIN tasks t \
-         ON t.id = j.task_id WHERE j.kind = 'abort' AND j.state = 'pending' AND t.state = $1";
+    /// Tasks with aborts still to publish, from the partial index of pending aborts (a cancelled
+    /// task waits for them; cancelled tasks are kept forever, so they are not looked through).
+    pub const TASKS_WITH_PENDING_ABORTS: &str =
+        "SELECT task_id FROM jobs WHERE kind = 'abort' AND state = 'pending' GROUP BY task_id";
+    /// Task `$1` if it is in state `$2`.
+    pub const TASK_IN_STATE: &str =
+        "SELECT id, tenant, epoch, created_ms FROM tasks WHERE id = $1 AND state = $2";
     /// The next pending jobs of task `$1` (state `$2`), at most `$3`, due by `$4`, of priority at
     /// most `$5`, in dispatch order.
     pub const PENDING_JOBS: &str =
@@ -513,20 +515,26 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(map_sqlx)?;
-        // Cancelled tasks too while aborts of their uploads wait (one row per waiting abort).
-        let cancelled: Vec<(String, String, i64, i64)> = sqlx::query_as(sql::CANCELLED_WITH_ABORTS)
-            .bind(TaskState::Cancelled.as_str())
+        // Cancelled tasks too while aborts of their uploads wait.
+        let aborting: Vec<String> = sqlx::query_scalar(sql::TASKS_WITH_PENDING_ABORTS)
             .fetch_all(&self.pool)
             .await
             .map_err(map_sqlx)?;
-        for t in cancelled {
-            if !rows.iter().any(|r| r.0 == t.0) {
-                rows.push(t);
-            }
+        for id in aborting {
+            let t: Option<(String, String, i64, i64)> = sqlx::query_as(sql::TASK_IN_STATE)
+                .bind(&id)
+                .bind(TaskState::Cancelled.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
+            rows.extend(t);
         }
         // Live tasks only: few rows, sorted here rather than by the database.
         rows.sort_by_key(|r| r.3);
-        Ok(rows.into_iter().map(|(id, tenant, epoch, _)| (id, tenant, epoch)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant, epoch, _)| (id, tenant, epoch))
+            .collect())
     }
 
     /// Running -> paused. Published jobs go back to pending (the caller purges them from the
@@ -734,14 +742,14 @@ impl Store {
         // Aborts and completions first (they free the store and finish files), then listings
         // (they find work), then copies and parts: the order of `prio`, read off an index.
         let rows = sqlx::query(sql::PENDING_JOBS)
-        .bind(task)
-        .bind(job_state::PENDING)
-        .bind(limit)
-        .bind(now)
-        .bind(if only_aborts { 0 } else { 3 })
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+            .bind(task)
+            .bind(job_state::PENDING)
+            .bind(limit)
+            .bind(now)
+            .bind(if only_aborts { 0 } else { 3 })
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         rows.iter()
             .map(|r| Ok((r.get(0), crate::seal::open(r.get(1))?, r.get(2))))
             .collect()
@@ -751,13 +759,13 @@ impl Store {
         let mut tx = self.begin().await?;
         for seq in seqs {
             sqlx::query(sql::MARK_PUBLISHED)
-            .bind(job_state::PUBLISHED)
-            .bind(task)
-            .bind(seq)
-            .bind(job_state::PENDING)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+                .bind(job_state::PUBLISHED)
+                .bind(task)
+                .bind(seq)
+                .bind(job_state::PENDING)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
         }
         tx.commit().await.map_err(map_sqlx)
     }
@@ -1213,11 +1221,11 @@ pub async fn load_job_tx(
     seq: i64,
 ) -> Result<Option<JobRow>, ApiError> {
     let row = sqlx::query(sql::JOB_BY_SEQ)
-    .bind(task)
-    .bind(seq)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(map_sqlx)?;
+        .bind(task)
+        .bind(seq)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
     row.map(|r| {
         Ok(JobRow {
             kind: r.get(0),
@@ -1322,21 +1330,21 @@ pub async fn finish_job(
     payload: Option<&str>,
 ) -> Result<(), ApiError> {
     sqlx::query(sql::FINISH_JOB)
-    .bind(state)
-    // Jobs the server failed itself (never published, or given up by JetStream) have no client.
-    .bind((!client.is_empty()).then_some(client))
-    .bind(attempts as i64)
-    .bind(now)
-    .bind(task)
-    .bind(seq)
-    // What stays of a payload is sealed like the payload was (it names the endpoints).
-    .bind(payload.map(|p| match p {
-        "" => String::new(),
-        p => crate::seal::seal(p.to_string()),
-    }))
-    .execute(&mut **tx)
-    .await
-    .map_err(map_sqlx)?;
+        .bind(state)
+        // Jobs the server failed itself (never published, or given up by JetStream) have no client.
+        .bind((!client.is_empty()).then_some(client))
+        .bind(attempts as i64)
+        .bind(now)
+        .bind(task)
+        .bind(seq)
+        // What stays of a payload is sealed like the payload was (it names the endpoints).
+        .bind(payload.map(|p| match p {
+            "" => String::new(),
+            p => crate::seal::seal(p.to_string()),
+        }))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
     Ok(())
 }
 
