@@ -169,6 +169,7 @@ async fn verify(
     if src_etag.as_deref() == Some(got) {
         return Ok(());
     }
+    tracing::info!(path = %f.path, source = ?src_etag, copy = got, "the ETags do not tell: the copy is read back");
     let want = match src_etag {
         Some(e) if btp_common::checksum::is_plain_md5(&e) => e,
         _ => {
