@@ -40,6 +40,8 @@ pub struct ResultSink {
     pub js: async_nats::jetstream::Context,
     pub client: String,
     pub attempt: u32,
+    /// Bytes read from the source by this client since the last result (sent with it).
+    pub through: std::sync::atomic::AtomicU64,
 }
 
 impl ResultSink {
@@ -60,6 +62,7 @@ impl ResultSink {
             seq,
             last,
             attempt: self.attempt,
+            bytes_through: self.through.swap(0, std::sync::atomic::Ordering::Relaxed),
             body,
         };
         let payload = serde_json::to_vec(&result).expect("serializing a result cannot fail");
@@ -673,6 +676,10 @@ pub(crate) async fn pace_bytes(n: u64, ctx: &JobContext<'_>) -> Result<(), JobEr
         l.acquire(n).await;
     }
     metrics::counter!(crate::telemetry::BYTES_COPIED).increment(n);
+    metrics::counter!(crate::telemetry::BYTES_THROUGH).increment(n);
+    ctx.sink
+        .through
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -1143,6 +1150,9 @@ async fn copy_file(
     ctx: &JobContext<'_>,
 ) -> Result<u64, JobError> {
     injected_fault(&f.path)?;
+    if let Some(cp) = crate::s3copy::copier(job) {
+        return crate::s3copy::copy_file(job, &cp, src, dst, f, ctx).await;
+    }
     let mut stream = read_stream(&job.src, src, &f.path, ..).await?;
     if let Some(root) = job.dst.local_root() {
         return copy_to_fs(job, root, f, stream, ctx).await;
@@ -1187,8 +1197,21 @@ async fn copy_file(
             .writer_with(&f.path)
             .chunk(part_size(f.size))
             .concurrent(4);
-        if let Some(ct) = content_type(src, &job.src, &f.path).await {
-            w = w.content_type(&ct);
+        let meta = crate::s3copy::object_meta(src, &job.src, &f.path).await;
+        if let Some(v) = &meta.content_type {
+            w = w.content_type(v);
+        }
+        if let Some(v) = &meta.cache_control {
+            w = w.cache_control(v);
+        }
+        if let Some(v) = &meta.content_encoding {
+            w = w.content_encoding(v);
+        }
+        if let Some(v) = &meta.content_disposition {
+            w = w.content_disposition(v);
+        }
+        if !meta.user.is_empty() {
+            w = w.user_metadata(meta.user.clone());
         }
         w.await?
     } else {

@@ -13,6 +13,7 @@ mod local;
 pub mod parts;
 mod prune;
 mod sftp;
+mod s3copy;
 pub mod telemetry;
 pub mod worker;
 
@@ -198,6 +199,7 @@ mod tests {
             attempt: 1,
             max_attempts: 3,
             speed_share: None,
+            server_side_copy: Default::default(),
             compare: Default::default(),
             verify: Default::default(),
             dry_run: false,

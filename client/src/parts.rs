@@ -88,10 +88,8 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
         Endpoint::Azblob { .. } => uuid::Uuid::new_v4().simple().to_string(),
         Endpoint::Sftp { .. } => crate::sftp::begin(job, &file.path).await?,
         Endpoint::S3 { .. } => {
-            let ct = exec::content_type(&src, &job.src, &file.path).await;
-            multipart(&job.dst)?
-                .create(&file.path, ct.as_deref())
-                .await?
+            let meta = crate::s3copy::object_meta(&src, &job.src, &file.path).await;
+            btp_common::s3copy::create_upload(&multipart(&job.dst)?, &file.path, &meta).await?
         }
         Endpoint::Gcs { .. } => crate::gcs::begin(&job.dst, &file.path).await?,
     };
@@ -121,6 +119,9 @@ pub async fn part(
     len: u64,
     ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
+    if let Some(cp) = crate::s3copy::copier(job) {
+        return crate::s3copy::part(job, &cp, file, upload_id, number, offset, len, ctx).await;
+    }
     let src = job.src.source_operator()?;
     let mut stream = exec::read_stream(&job.src, &src, &file.path, offset..offset + len).await?;
     let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
@@ -377,7 +378,7 @@ pub async fn complete(
         abort_upload(&job.dst, &file.path, upload_id).await?;
     }
     let outcome = match &job.dst {
-        Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts).await,
+        Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts, ctx).await,
         Endpoint::Azblob { .. } => {
             crate::azblob::complete(job, &src, &dst, file, upload_id, parts).await
         }
@@ -461,6 +462,7 @@ async fn complete_s3(
     file: &FileEntry,
     upload_id: &str,
     parts: &[PartDone],
+    ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
     let mp = multipart(&job.dst)?;
     let tags: Vec<PartTag> = parts
@@ -498,7 +500,17 @@ async fn complete_s3(
             file.size
         )));
     }
-    if job.verify == Verify::Checksum {
+    if job.verify == Verify::Checksum && crate::s3copy::copier(job).is_some() {
+        let got = etag.unwrap_or_else(|| {
+            meta.etag()
+                .map(btp_common::s3mp::unquote)
+                .unwrap_or_default()
+        });
+        if let Err(e) = crate::s3copy::verify_complete(job, dst, file, &got, ctx).await {
+            let _ = dst.delete(&file.path).await;
+            return Err(e);
+        }
+    } else if job.verify == Verify::Checksum {
         let md5s: Option<Vec<String>> = parts.iter().map(|p| p.md5.clone()).collect();
         let want = md5s.and_then(|m| checksum::multipart_etag(&m));
         let got = etag.unwrap_or_else(|| {
@@ -576,6 +588,10 @@ async fn complete_webdav(
         dav.put(&file.path, file.size, body)
     })
     .await?;
+    // Assembling reads the destination's staged parts, not the source.
+    ctx.sink
+        .through
+        .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
     if n != file.size {
         return Err(JobError::Transient(format!(
             "{}: assembled {n} bytes from its parts, expected {}",

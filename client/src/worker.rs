@@ -356,6 +356,7 @@ async fn run_job(
         js,
         client: cfg.id.clone(),
         attempt,
+        through: Default::default(),
     };
     // Confinement first: a refused job touches no file system.
     let refused = cfg.check_fs_paths(&job).err();

@@ -57,7 +57,7 @@ const PERMANENT_CODES: &[&str] = &[
 ];
 
 impl S3Error {
-    fn new(status: Option<u16>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: Option<u16>, message: impl Into<String>) -> Self {
         Self {
             status,
             code: None,
@@ -127,13 +127,13 @@ pub struct PartTag {
 }
 
 pub struct S3Multipart {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     signer: Signer<Credential>,
     /// `scheme://host[:port]` of the bucket, and the path before the key (`/bucket` in path style).
-    origin: String,
-    bucket_path: String,
+    pub(crate) origin: String,
+    pub(crate) bucket_path: String,
     /// Key prefix of the endpoint, without slashes at either end.
-    prefix: String,
+    pub(crate) prefix: String,
 }
 
 impl S3Multipart {
@@ -184,7 +184,7 @@ impl S3Multipart {
         })
     }
 
-    fn url(&self, path: &str, query: &str) -> String {
+    pub(crate) fn url(&self, path: &str, query: &str) -> String {
         let key = if self.prefix.is_empty() {
             path.trim_start_matches('/').to_string()
         } else {
@@ -198,7 +198,7 @@ impl S3Multipart {
         )
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: http::Method,
         url: &str,
@@ -367,7 +367,7 @@ impl S3Multipart {
 }
 
 /// The ETag header without its quotes.
-fn etag(h: &http::HeaderMap) -> Option<String> {
+pub(crate) fn etag(h: &http::HeaderMap) -> Option<String> {
     h.get("etag").and_then(|v| v.to_str().ok()).map(unquote)
 }
 
@@ -398,7 +398,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters (and `/` unless `strict`).
-fn encode(s: &str, strict: bool) -> String {
+pub(crate) fn encode(s: &str, strict: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {

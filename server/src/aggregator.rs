@@ -196,6 +196,7 @@ pub async fn fail_job(
         seq: 0,
         last: true,
         attempt,
+        bytes_through: 0,
         body: ResultBody::Failed { reason },
     };
     let mut tx = ctx.store.begin().await?;
@@ -331,7 +332,10 @@ pub async fn apply(
     };
     let dry_run = task.info.options.dry_run;
     let now = now_ms();
-    let mut delta = TaskDelta::default();
+    let mut delta = TaskDelta {
+        bytes_through: r.bytes_through as i64,
+        ..TaskDelta::default()
+    };
     let finished_state = if r.last { Some(job_state::DONE) } else { None };
     match &r.body {
         ResultBody::ListPage {
