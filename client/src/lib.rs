@@ -12,8 +12,8 @@ pub mod limiter;
 mod local;
 pub mod parts;
 mod prune;
-mod sftp;
 mod s3copy;
+mod sftp;
 pub mod telemetry;
 pub mod worker;
 
