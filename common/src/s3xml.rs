@@ -179,9 +179,12 @@ pub fn upload_id(root: &Element) -> Result<String, String> {
     }
 }
 
-/// The ETag (quotes included, as S3 writes it) of a `CompleteMultipartUploadResult`.
+/// The ETag (quotes included, as S3 writes it) of a `CompleteMultipartUploadResult` (S3's
+/// name; moto names it `CompleteMultipartUploadResponse`).
 pub fn completed_etag(root: &Element) -> Result<String, String> {
-    if root.name != "CompleteMultipartUploadResult" {
+    if root.name != "CompleteMultipartUploadResult"
+        && root.name != "CompleteMultipartUploadResponse"
+    {
         return Err(format!(
             "expected CompleteMultipartUploadResult, got <{}>",
             root.name
@@ -241,6 +244,13 @@ mod tests {
                 "\"3858f62230ac3c915f300c664312c11f-9\""
             );
         }
+        // As moto answers.
+        let moto = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<CompleteMultipartUploadResponse xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Location>http://b.s3.amazonaws.com/k</Location><Bucket>b</Bucket><Key>k</Key><ETag>\"cb8d7289925309a05b2db09b7709c264-1\"</ETag></CompleteMultipartUploadResponse>";
+        let root = parse(moto.as_bytes()).unwrap();
+        assert_eq!(
+            completed_etag(&root).unwrap(),
+            "\"cb8d7289925309a05b2db09b7709c264-1\""
+        );
         let root = parse(b"<CompleteMultipartUploadResult><Key>a &amp; b.bin</Key><ETag>x</ETag></CompleteMultipartUploadResult>").unwrap();
         assert_eq!(root.text_of("Key"), Some("a & b.bin"));
     }
