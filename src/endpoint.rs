@@ -26,7 +26,8 @@ pub enum EndpointCommand {
 pub struct EndpointCreateArgs {
     /// Name: lowercase letters, digits, '-' and '_'.
     pub name: String,
-    /// URL (fs:///path, s3://bucket/prefix, webdav://host/path) or an absolute path.
+    /// URL (fs:///path, s3://bucket/prefix, webdav://host/path, sftp://user@host/path) or an
+    /// absolute path.
     pub url: String,
     /// An option of the endpoint, KEY=VALUE, KEY=@FILE or KEY=env:NAME (as --src-opt of
     /// `task create`); repeatable.

@@ -41,7 +41,8 @@ pub struct CreateArgs {
 #[derive(Args, Clone, Default)]
 pub struct EndpointOpts {
     /// An option of the source endpoint, KEY=VALUE (S3: endpoint, region, access_key_id,
-    /// secret_access_key, session_token, virtual_host; WebDAV: username, password); repeatable.
+    /// secret_access_key, session_token, virtual_host; WebDAV: username, password; SFTP: key,
+    /// known_hosts_strategy); repeatable.
     /// KEY=@FILE takes the value from a file, KEY=env:NAME from the environment (keeps secrets
     /// out of `ps`).
     #[arg(long = "src-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]

@@ -339,6 +339,7 @@ enum DstEntries {
     None,
     Local(crate::local::DstLister),
     Dal(opendal::Lister),
+    Listed(std::vec::IntoIter<(String, u64)>),
 }
 
 impl DstEntries {
@@ -348,6 +349,14 @@ impl DstEntries {
                 Some(l) => DstEntries::Local(l),
                 None => DstEntries::None,
             });
+        }
+        if let Endpoint::Sftp { .. } = job.dst {
+            return Ok(
+                match crate::sftp::dst_entries(&job.id, &job.dst, dir).await? {
+                    Some(entries) => DstEntries::Listed(entries.into_iter()),
+                    None => DstEntries::None,
+                },
+            );
         }
         match dst
             .lister_with(if dir.is_empty() { "/" } else { dir })
@@ -363,6 +372,7 @@ impl DstEntries {
         match self {
             DstEntries::None => Ok(None),
             DstEntries::Local(l) => l.next().await,
+            DstEntries::Listed(l) => Ok(l.next()),
             DstEntries::Dal(l) => Ok(l
                 .try_next()
                 .await?
@@ -443,6 +453,12 @@ type DstIndex = std::collections::HashMap<String, (u64, Option<i64>)>;
 async fn destination_index(job: &Job, dir: &str) -> Result<Option<DstIndex>, JobError> {
     if job.compare != Compare::SizeMtime || job.dst.is_local() {
         return Ok(None);
+    }
+    if let Endpoint::Sftp { .. } = job.dst {
+        let files = crate::sftp::dst_files(&job.id, &job.dst, dir).await?;
+        return Ok(files
+            .filter(|f| f.len() <= DST_INDEX_MAX)
+            .map(|f| f.into_iter().map(|(p, s, m)| (p, (s, m))).collect()));
     }
     let dst = job.dst.operator()?;
     let mut lister = match dst
@@ -969,7 +985,9 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 /// `BTP_FAULT_GROW=TEXT` appends to a (local) source file whose path contains TEXT just before
 /// its first copy (or upload) reads it, as if it changed after the listing;
 /// `BTP_FAULT_ABORT_BEFORE_COMPLETE=TEXT` aborts the first upload of each path containing TEXT
-/// just before its Complete job completes it, as a lifecycle rule would.
+/// just before its Complete job completes it, as a lifecycle rule would;
+/// `BTP_FAULT_GARBLE_COMPLETION=TEXT` changes a digit of the ETag in every S3 completion answer
+/// for a path containing TEXT, as a garbled answer (or one read wrong) would.
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
@@ -978,6 +996,7 @@ struct Faults {
     midway_errors: std::sync::atomic::AtomicI64,
     grow: Option<String>,
     abort_before_complete: Option<String>,
+    garble_completion: Option<String>,
     /// Paths the one-time faults happened to already.
     grown: std::sync::Mutex<std::collections::HashSet<String>>,
     aborted: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -995,6 +1014,7 @@ fn faults() -> &'static Faults {
         crash: text_fault("BTP_FAULT_CRASH"),
         grow: text_fault("BTP_FAULT_GROW"),
         abort_before_complete: text_fault("BTP_FAULT_ABORT_BEFORE_COMPLETE"),
+        garble_completion: text_fault("BTP_FAULT_GARBLE_COMPLETION"),
         list_page_delay: std::env::var("BTP_FAULT_LIST_PAGE_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -1054,6 +1074,23 @@ pub(crate) fn injected_growth(src: &Endpoint, path: &str) {
 pub(crate) fn injected_abort_before_complete(path: &str) -> bool {
     let f = faults();
     once(&f.abort_before_complete, &f.aborted, path)
+}
+
+/// `BTP_FAULT_GARBLE_COMPLETION`: the ETag of a completion answer for `path`, one digit changed.
+pub(crate) fn injected_garbled_completion(path: &str, etag: String) -> String {
+    let garble = faults()
+        .garble_completion
+        .as_deref()
+        .is_some_and(|t| path.contains(t));
+    if !garble {
+        return etag;
+    }
+    tracing::warn!(path, "injected garbled completion answer");
+    let mut chars: Vec<char> = etag.chars().collect();
+    if let Some(c) = chars.iter_mut().find(|c| c.is_ascii_hexdigit()) {
+        *c = if *c == '0' { '1' } else { '0' };
+    }
+    chars.into_iter().collect()
 }
 
 /// A fault naming part of a path, when set.
@@ -1120,6 +1157,9 @@ async fn copy_file(
     if let Some(root) = job.dst.local_root() {
         return copy_to_fs(job, root, f, stream, ctx).await;
     }
+    if let Endpoint::Sftp { .. } = job.dst {
+        return crate::sftp::copy_file(job, dst, f, stream, ctx).await;
+    }
     if let Some(dav) = btp_common::webdav::WebdavClient::new(&job.dst) {
         if f.size >= SMALL_FILE {
             // OpenDAL's WebDAV writer would hold the whole file: stream it instead.
@@ -1145,6 +1185,10 @@ async fn copy_file(
                 }
             };
         }
+    }
+    if matches!(job.dst, Endpoint::Gcs { .. }) && f.size > part_size(f.size) as u64 {
+        // More than one chunk: one streamed upload (see `gcs::put`).
+        return crate::gcs::put(job, f, stream, ctx).await;
     }
     let mut writer = if ctx.multipart {
         // Object stores: files above the multipart threshold are Upload jobs; smaller ones

@@ -2,14 +2,17 @@
 //! from a durable consumer shared with the other clients, and runs them on a pool of workers.
 
 pub mod agent;
+mod azblob;
 mod dstpath;
 pub mod errors;
 pub mod exec;
 mod fswrite;
+mod gcs;
 pub mod limiter;
 mod local;
 pub mod parts;
 mod prune;
+mod sftp;
 mod s3copy;
 pub mod telemetry;
 pub mod worker;

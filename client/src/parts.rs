@@ -84,10 +84,14 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
                 .await?;
             id
         }
+        // Blocks are staged on the blob itself, named after this id.
+        Endpoint::Azblob { .. } => uuid::Uuid::new_v4().simple().to_string(),
+        Endpoint::Sftp { .. } => crate::sftp::begin(job, &file.path).await?,
         Endpoint::S3 { .. } => {
             let meta = crate::s3copy::object_meta(&src, &job.src, &file.path).await;
             btp_common::s3copy::create_upload(&multipart(&job.dst)?, &file.path, &meta).await?
         }
+        Endpoint::Gcs { .. } => crate::gcs::begin(&job.dst, &file.path).await?,
     };
     debug!(job = %job.id, path = %file.path, %upload_id, "upload begun");
     let body = ResultBody::Begun {
@@ -133,6 +137,10 @@ pub async fn part(
             }
             etag
         }
+        Endpoint::Azblob { .. } => {
+            let md5 = md5.as_mut();
+            crate::azblob::put_part(job, file, upload_id, number, len, stream, ctx, md5).await?
+        }
         Endpoint::Webdav { .. } => {
             let dav = webdav(&job.dst)?;
             let part = staged_part(&file.path, upload_id, number);
@@ -143,6 +151,28 @@ pub async fn part(
             if n != len {
                 return Err(source_changed(file, len, n));
             }
+            String::new()
+        }
+        Endpoint::Gcs { .. } => {
+            let (n, tag) = crate::gcs::part(
+                &job.dst,
+                file,
+                upload_id,
+                number,
+                len,
+                stream,
+                ctx,
+                md5.as_mut(),
+            )
+            .await?;
+            if n != len {
+                return Err(source_changed(file, len, n));
+            }
+            tag
+        }
+        Endpoint::Sftp { .. } => {
+            let (n, md5) = (len, md5.as_mut());
+            crate::sftp::part(job, file, upload_id, number, n, stream, ctx, md5).await?;
             String::new()
         }
         Endpoint::Fs { root } if job.src.local_root().is_some() && md5.is_none() => {
@@ -211,11 +241,18 @@ pub async fn part(
     if let Some(want) = &md5 {
         let got = match &job.dst {
             Endpoint::S3 { .. } => etag.clone(),
+            // Azure's MD5 of the block it received, when it gives one; the Complete job reads
+            // every block back otherwise.
+            Endpoint::Azblob { .. } if etag.is_empty() => want.clone(),
+            Endpoint::Azblob { .. } => etag.clone(),
+            Endpoint::Gcs { .. } => crate::gcs::stored_md5(&etag),
             Endpoint::Webdav { .. } => {
                 let part = staged_part(&file.path, upload_id, number);
                 let dst = job.dst.operator()?;
                 exec::content_md5(&job.dst, &dst, &part, None).await?
             }
+            // Read back and compared by the part's write.
+            Endpoint::Sftp { .. } => want.clone(),
             Endpoint::Fs { root } => {
                 md5_of_file_range(&temp_path(root, &file.path, upload_id), offset, len).await?
             }
@@ -342,8 +379,20 @@ pub async fn complete(
     }
     let outcome = match &job.dst {
         Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts, ctx).await,
+        Endpoint::Azblob { .. } => {
+            crate::azblob::complete(job, &src, &dst, file, upload_id, parts).await
+        }
         Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
         Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
+        Endpoint::Gcs { .. } => crate::gcs::complete(job, &src, file, upload_id, parts).await,
+        Endpoint::Sftp { .. } => {
+            let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
+            match crate::sftp::complete(job, file, upload_id, &numbers, ctx).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(vanished(upload_id, file)),
+                Err(e) => Err(e),
+            }
+        }
     };
     if outcome.is_ok() {
         exec::keep_mtime(&job.dst, file);
@@ -400,7 +449,7 @@ async fn report(
 /// lifecycle rule, someone's cleanup), or completed by an earlier run of the Complete job whose
 /// result was lost and whose object cannot be told apart from another one. Never a success: the
 /// file is copied again from the start (or fails when its attempts are used up).
-fn vanished(upload_id: &str, file: &FileEntry) -> JobError {
+pub(crate) fn vanished(upload_id: &str, file: &FileEntry) -> JobError {
     JobError::Transient(format!(
         "upload vanished before completion (upload {upload_id} of {})",
         file.path
@@ -424,7 +473,7 @@ async fn complete_s3(
         })
         .collect();
     let etag = match mp.complete(&file.path, upload_id, &tags).await {
-        Ok(e) => Some(e),
+        Ok(e) => Some(exec::injected_garbled_completion(&file.path, e)),
         Err(e) => {
             // Gone (S3 answers NoSuchUpload; some compatible servers, moto among them, an
             // internal error): completed by an earlier run whose result was lost, or aborted.
@@ -472,7 +521,8 @@ async fn complete_s3(
         if want.as_deref() != Some(got.as_str()) {
             let _ = dst.delete(&file.path).await;
             return Err(JobError::Transient(format!(
-                "checksum mismatch: {} was stored with ETag {got}, its source parts give {}",
+                "{}: {} was stored with ETag {got}, its source parts give {}",
+                checksum::MISMATCH,
                 file.path,
                 want.unwrap_or_else(|| "nothing".into())
             )));
@@ -563,7 +613,8 @@ async fn complete_webdav(
         if got != want {
             let _ = dst.delete(&file.path).await;
             return Err(JobError::Transient(format!(
-                "checksum mismatch: {} reads back as md5 {got}, its parts gave {want}",
+                "{}: {} reads back as md5 {got}, its parts gave {want}",
+                checksum::MISMATCH,
                 file.path
             )));
         }
@@ -617,6 +668,8 @@ async fn complete_fs(
 pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result<(), JobError> {
     match dst {
         Endpoint::S3 { .. } => Ok(multipart(dst)?.abort(path, upload_id).await?),
+        Endpoint::Azblob { .. } => Ok(crate::azblob::blocks(dst)?.discard(path).await?),
+        Endpoint::Gcs { .. } => crate::gcs::abort(dst, path, upload_id).await,
         Endpoint::Webdav { .. } => {
             let op = dst.operator()?;
             Ok(op
@@ -624,6 +677,7 @@ pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result
                 .recursive(true)
                 .await?)
         }
+        Endpoint::Sftp { .. } => crate::sftp::abort(dst, path, upload_id).await,
         Endpoint::Fs { root } => {
             match tokio::fs::remove_file(temp_path(root, path, upload_id)).await {
                 Ok(()) => Ok(()),

@@ -58,6 +58,20 @@ pub(crate) async fn delete(
             }
             continue;
         }
+        if let btp_common::Endpoint::Sftp { .. } = job.dst {
+            // Never through a link, on the way or inside.
+            let keep = |p: &str, size: u64| !filter.accepts(p, size);
+            let parent = btp_common::paths::parent_dir(&f.path);
+            let done = match crate::sftp::check_dirs(&job.id, &job.dst, parent).await {
+                Ok(()) => crate::sftp::delete_tree(&job.id, &job.dst, &f.path, &keep, scoped).await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(n) => deleted += n,
+                Err(e) => fail(&f.path, f.size, e.to_string()),
+            }
+            continue;
+        }
         if !f.path.ends_with('/') {
             match dst.delete(&f.path).await {
                 Ok(()) => deleted += 1,

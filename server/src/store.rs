@@ -1620,6 +1620,8 @@ pub mod upload_state {
     pub const DONE: &str = "done";
     pub const ABORTING: &str = "aborting";
     pub const ABORTED: &str = "aborted";
+    /// Completed, then deleted: the stored checksum was not the source's.
+    pub const MISMATCHED: &str = "mismatched";
 }
 
 /// A multipart upload of one large file.
@@ -1761,6 +1763,23 @@ pub async fn set_upload_state(
         .await
         .map_err(map_sqlx)?;
     Ok(())
+}
+
+/// How many uploads of `path` in the task ended in a checksum mismatch.
+pub async fn mismatched_uploads(tx: &mut Tx<'_>, task: &str, path: &str) -> Result<i64, ApiError> {
+    let files: Vec<String> =
+        sqlx::query_scalar("SELECT file FROM uploads WHERE task_id = $1 AND state = $2")
+            .bind(task)
+            .bind(upload_state::MISMATCHED)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(map_sqlx)?;
+    let mut n = 0;
+    for f in files {
+        let f: btp_common::wire::FileEntry = from_json(&f)?;
+        n += (f.path == path) as i64;
+    }
+    Ok(n)
 }
 
 /// Uploads of a task still open on the store (their parts would be orphaned): (id, path).
