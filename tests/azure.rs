@@ -9,51 +9,14 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::backends::{backend_suite, Backend};
+use support::backends::{backend_suite, Azurite};
 use support::*;
-
-/// Azurite seen through Microsoft's Python SDK.
-struct Azurite {
-    port: u16,
-    _service: Service,
-}
-
-impl Backend for Azurite {
-    fn name(&self) -> &str {
-        "azurite"
-    }
-
-    fn url(&self, c: &str, prefix: &str) -> String {
-        format!("azblob://{c}/{prefix}")
-    }
-
-    fn opts(&self, side: &str) -> Vec<String> {
-        azurite_opts(self.port, side)
-    }
-
-    fn create_container(&self, c: &str) {
-        azure_sdk(self.port, &["create", c]);
-    }
-
-    fn objects(&self, c: &str) -> BTreeMap<String, u64> {
-        azure_objects(self.port, c)
-    }
-
-    /// Uncommitted blocks, over all blobs of the container.
-    fn staged(&self, c: &str) -> usize {
-        azure_staged(self.port, c).values().sum::<u64>() as usize
-    }
-}
 
 #[test]
 fn azurite_passes_the_backend_suite() {
     let tmp = test_dir();
-    let Some((service, port)) = start_azurite(tmp.path()) else {
+    let Some(azurite) = Azurite::start(tmp.path()) else {
         return;
-    };
-    let azurite = Azurite {
-        port,
-        _service: service,
     };
     backend_suite(&azurite, tmp.path());
 }

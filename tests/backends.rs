@@ -1,9 +1,10 @@
-//! The backend suite (tests/support/backends.rs) against S3 servers: moto and SeaweedFS here; every other
-//! backend runs the same body from its own test file.
+//! The backend suite (tests/support/backends.rs) against S3 servers, moto and SeaweedFS, here
+//! (every other backend runs the same body from its own test file); and tasks between different
+//! backends, one after the other.
 
 mod support;
 
-use support::backends::{backend_suite, S3Server};
+use support::backends::{backend_chain, backend_suite, Azurite, FakeGcs, S3Server, SftpServer};
 use support::test_dir;
 
 #[test]
@@ -22,4 +23,20 @@ fn seaweedfs_passes_the_backend_suite() {
         return;
     };
     backend_suite(&weed, tmp.path());
+}
+
+/// Tasks between different backends: fs -> Azure Blob -> S3 -> SFTP -> GCS -> fs.
+#[test]
+fn tasks_move_between_different_backends() {
+    let tmp = test_dir();
+    let dir = tmp.path();
+    let (Some(azure), Some(s3), Some(sftp), Some(gcs)) = (
+        Azurite::start(dir),
+        S3Server::moto(dir),
+        SftpServer::start(dir),
+        FakeGcs::start(dir, "token-of-the-chain"),
+    ) else {
+        return;
+    };
+    backend_chain(&[&azure, &s3, &sftp, &gcs], dir);
 }

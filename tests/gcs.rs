@@ -17,7 +17,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::backends::{backend_suite, Backend};
+use support::backends::{backend_suite, gcs_staged, FakeGcs};
 use support::*;
 
 const TOKEN: &str = "ya29.gcs-t0ken-never-printed";
@@ -33,60 +33,13 @@ fn opts(port: u16, side: &str) -> Vec<String> {
     .collect()
 }
 
-/// fake-gcs-server as a backend of the shared suite, seen through plain HTTP to the JSON API.
-struct FakeGcs {
-    port: u16,
-    _service: Service,
-}
-
-impl Backend for FakeGcs {
-    fn name(&self) -> &str {
-        "fake-gcs-server"
-    }
-
-    fn url(&self, c: &str, prefix: &str) -> String {
-        format!("gs://{c}/{prefix}")
-    }
-
-    fn opts(&self, side: &str) -> Vec<String> {
-        opts(self.port, side)
-    }
-
-    fn create_container(&self, c: &str) {
-        gcs_create_bucket(self.port, c);
-    }
-
-    fn objects(&self, c: &str) -> std::collections::BTreeMap<String, u64> {
-        gcs_objects(self.port, c)
-    }
-
-    fn staged(&self, c: &str) -> usize {
-        staged(self.port, c).len()
-    }
-}
-
 #[test]
 fn gcs_passes_the_backend_suite() {
     let tmp = test_dir();
-    let Some((service, port)) = start_fake_gcs(tmp.path()) else {
+    let Some(gcs) = FakeGcs::start(tmp.path(), TOKEN) else {
         return;
     };
-    let gcs = FakeGcs {
-        port,
-        _service: service,
-    };
     backend_suite(&gcs, tmp.path());
-}
-
-/// Staged parts (and markers) of uploads in a bucket.
-fn staged(port: u16, bucket: &str) -> Vec<String> {
-    gcs_objects(port, bucket)
-        .into_keys()
-        .filter(|k| {
-            k.split('/')
-                .any(|seg| seg.starts_with('.') && seg.contains(".btp-"))
-        })
-        .collect()
 }
 
 #[test]
@@ -149,7 +102,7 @@ fn files_move_between_a_file_system_and_gcs_byte_for_byte() {
         .map(|(k, v)| (format!("data/{k}"), v))
         .collect();
     assert_eq!(gcs_objects(port, "bucket-a"), want);
-    assert!(staged(port, "bucket-a").is_empty());
+    assert!(gcs_staged(port, "bucket-a").is_empty());
 
     // GCS -> fs, compared byte for byte with the original tree.
     let back = tmp.path().join("back");
@@ -279,12 +232,12 @@ fn cancelling_a_composed_copy_leaves_no_staged_part() {
     let id = btp_json(&c.url, &args)["id"].as_str().unwrap().to_string();
     // Mid-copy: some parts are staged.
     wait_for("parts staged", Duration::from_secs(60), || {
-        (staged(port, "bucket-c").len() >= 3).then_some(())
+        (gcs_staged(port, "bucket-c").len() >= 3).then_some(())
     });
     let t = btp_json(&c.url, &["task", "cancel", &id]);
     assert_eq!(t["state"], "cancelled");
     wait_for("the staged parts deleted", Duration::from_secs(30), || {
-        staged(port, "bucket-c").is_empty().then_some(())
+        gcs_staged(port, "bucket-c").is_empty().then_some(())
     });
     // And it stays so: no part of the cancelled task is staged again, no file appears.
     std::thread::sleep(Duration::from_secs(3));

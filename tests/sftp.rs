@@ -325,64 +325,11 @@ fn a_wrong_key_or_an_unknown_host_is_one_clear_error_without_secrets() {
     assert!(!missing.exists());
 }
 
-/// The backend suite's view of an sshd: containers are directories under `root`, which the
-/// server serves; what it stores is read from the local disk with std::fs.
-struct SftpBackend {
-    sshd: Sshd,
-    root: std::path::PathBuf,
-}
-
-impl support::backends::Backend for SftpBackend {
-    fn name(&self) -> &str {
-        "sshd"
-    }
-
-    fn url(&self, c: &str, prefix: &str) -> String {
-        let mut p = self.root.join(c);
-        if !prefix.is_empty() {
-            p = p.join(prefix);
-        }
-        self.sshd.url(&p)
-    }
-
-    fn opts(&self, side: &str) -> Vec<String> {
-        self.sshd.opts(side)
-    }
-
-    fn create_container(&self, c: &str) {
-        std::fs::create_dir_all(self.root.join(c)).unwrap();
-    }
-
-    fn objects(&self, c: &str) -> std::collections::BTreeMap<String, u64> {
-        walk(&self.root.join(c))
-            .into_iter()
-            .filter_map(|(p, size)| Some((p.to_string_lossy().into_owned(), size?)))
-            .collect()
-    }
-
-    fn staged(&self, c: &str) -> usize {
-        // Temporary files and staging directories, each counted once (not what a staging
-        // directory holds).
-        walk(&self.root.join(c))
-            .keys()
-            .filter(|p| {
-                let segs: Vec<String> = p.iter().map(|s| s.to_string_lossy().into()).collect();
-                let staged = |n: &String| n.starts_with('.') && n.contains(".btp-");
-                let (last, above) = segs.split_last().unwrap();
-                staged(last) && !above.iter().any(staged)
-            })
-            .count()
-    }
-}
-
 #[test]
 fn sshd_passes_the_backend_suite() {
     let tmp = test_dir();
-    let Some(sshd) = start_sshd(tmp.path()) else {
+    let Some(sftp) = support::backends::SftpServer::start(tmp.path()) else {
         return;
     };
-    let root = tmp.path().join("served");
-    std::fs::create_dir_all(&root).unwrap();
-    let b = SftpBackend { sshd, root };
-    support::backends::backend_suite(&b, tmp.path());
+    support::backends::backend_suite(&sftp, tmp.path());
 }

@@ -261,6 +261,76 @@ pub fn backend_suite(b: &dyn Backend, dir: &Path) {
     }
 }
 
+/// Tasks between different backends, one after the other: fs -> the first store, then each
+/// store to the next, then the last back to fs, every hop with `--verify checksum` and the large
+/// file in parts over two clients; each store holds the tree after its hop and nothing staged,
+/// and the tree that comes back is byte for byte the one that left.
+pub fn backend_chain(stores: &[&dyn Backend], dir: &Path) {
+    for b in stores {
+        b.create_container("hop");
+    }
+    let src = dir.join("src");
+    let tree = gen_tree(&src, 60, big_size());
+    std::fs::remove_dir(src.join("empty-dir")).unwrap();
+    let files = tree_files(&src);
+    let mut c = Cluster::start(dir, &[]);
+    c.add_client(&["--workers", "4"]);
+    c.add_client(&["--workers", "4"]);
+    let checked = [
+        "--verify",
+        "checksum",
+        "--multipart-threshold",
+        "8MiB",
+        "--part-size",
+        "5MiB",
+    ];
+    let hop = |from: Option<&dyn Backend>, to: Option<&dyn Backend>, dst_path: &Path| {
+        let src_url = from.map_or(src.to_str().unwrap().to_string(), |b| b.url("hop", "tree"));
+        let dst_url = to.map_or(dst_path.to_str().unwrap().to_string(), |b| {
+            b.url("hop", "tree")
+        });
+        let mut args: Vec<String> = ["task", "create", "--src", &src_url, "--dst", &dst_url]
+            .map(String::from)
+            .to_vec();
+        args.push("--start".into());
+        args.extend(from.map(|b| b.opts("src")).unwrap_or_default());
+        args.extend(to.map(|b| b.opts("dst")).unwrap_or_default());
+        args.extend(checked.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let id = btp_json(&c.url, &args)["id"].as_str().unwrap().to_string();
+        wait_task(&c.url, &id, Duration::from_secs(600));
+        let r = c.report(&id);
+        let t = &r["task"];
+        let what = format!("{src_url} -> {dst_url}");
+        assert_eq!(t["state"], "completed", "{what}: {r}");
+        assert_eq!(t["files_copied"], tree.files, "{what}: {r}");
+        assert_eq!(t["bytes_copied"], tree.bytes, "{what}: {r}");
+        assert_eq!(
+            report_entries(&c.url, &id).len() as u64,
+            tree.files,
+            "{what}: every file once in the per-file report"
+        );
+        if let Some(b) = to {
+            assert_eq!(
+                objects_under(b, "hop", "tree"),
+                under("tree", &files),
+                "{what}: {} holds the tree",
+                b.name()
+            );
+            assert_eq!(b.staged("hop"), 0, "{what}: staged parts left");
+        }
+        eprintln!("{what}: done");
+    };
+    let back = dir.join("back");
+    let mut from: Option<&dyn Backend> = None;
+    for b in stores {
+        hop(from, Some(*b), &back);
+        from = Some(*b);
+    }
+    hop(from, None, &back);
+    assert_same_tree(&src, &back);
+}
+
 // ---- S3 servers (moto, SeaweedFS), seen through boto3 ----
 
 /// An S3-compatible server started by the test, seen through boto3 (AWS's own SDK).
@@ -358,5 +428,177 @@ impl Backend for S3Server {
             \x20   n += len(page.get('Uploads', []))\n\
             print(n)\n";
         self.boto3(script, &[c]).trim().parse().unwrap()
+    }
+}
+
+// ---- Azure Blob (Azurite), seen through Microsoft's Python SDK ----
+
+pub struct Azurite {
+    pub port: u16,
+    pub _service: Service,
+}
+
+impl Azurite {
+    /// Azurite on a free port, or None (skip) when it is not installed outside CI.
+    pub fn start(dir: &Path) -> Option<Azurite> {
+        let (service, port) = start_azurite(dir)?;
+        Some(Azurite {
+            port,
+            _service: service,
+        })
+    }
+}
+
+impl Backend for Azurite {
+    fn name(&self) -> &str {
+        "azurite"
+    }
+
+    fn url(&self, c: &str, prefix: &str) -> String {
+        format!("azblob://{c}/{prefix}")
+    }
+
+    fn opts(&self, side: &str) -> Vec<String> {
+        azurite_opts(self.port, side)
+    }
+
+    fn create_container(&self, c: &str) {
+        azure_sdk(self.port, &["create", c]);
+    }
+
+    fn objects(&self, c: &str) -> BTreeMap<String, u64> {
+        azure_objects(self.port, c)
+    }
+
+    /// Uncommitted blocks, over all blobs of the container.
+    fn staged(&self, c: &str) -> usize {
+        azure_staged(self.port, c).values().sum::<u64>() as usize
+    }
+}
+
+// ---- Google Cloud Storage (fake-gcs-server), seen through plain HTTP to the JSON API ----
+
+pub struct FakeGcs {
+    pub port: u16,
+    /// A bearer token the endpoint sends (the emulator ignores it).
+    token: String,
+    pub _service: Service,
+}
+
+impl FakeGcs {
+    /// fake-gcs-server on a free port, or None (skip) when it is not installed outside CI.
+    pub fn start(dir: &Path, token: &str) -> Option<FakeGcs> {
+        let (service, port) = start_fake_gcs(dir)?;
+        Some(FakeGcs {
+            port,
+            token: token.to_string(),
+            _service: service,
+        })
+    }
+}
+
+/// Staged parts (and markers) of uploads in a bucket.
+pub fn gcs_staged(port: u16, bucket: &str) -> Vec<String> {
+    gcs_objects(port, bucket)
+        .into_keys()
+        .filter(|k| {
+            k.split('/')
+                .any(|seg| seg.starts_with('.') && seg.contains(".btp-"))
+        })
+        .collect()
+}
+
+impl Backend for FakeGcs {
+    fn name(&self) -> &str {
+        "fake-gcs-server"
+    }
+
+    fn url(&self, c: &str, prefix: &str) -> String {
+        format!("gs://{c}/{prefix}")
+    }
+
+    fn opts(&self, side: &str) -> Vec<String> {
+        [
+            format!("endpoint=http://127.0.0.1:{}", self.port),
+            format!("token={}", self.token),
+        ]
+        .into_iter()
+        .flat_map(|o| [format!("--{side}-opt"), o])
+        .collect()
+    }
+
+    fn create_container(&self, c: &str) {
+        gcs_create_bucket(self.port, c);
+    }
+
+    fn objects(&self, c: &str) -> BTreeMap<String, u64> {
+        gcs_objects(self.port, c)
+    }
+
+    fn staged(&self, c: &str) -> usize {
+        gcs_staged(self.port, c).len()
+    }
+}
+
+// ---- SFTP (OpenSSH's sshd), seen on the local disk it serves ----
+
+/// Containers are directories under `root`, which the server serves; what it stores is read
+/// from the local disk with std::fs.
+pub struct SftpServer {
+    pub sshd: Sshd,
+    pub root: std::path::PathBuf,
+}
+
+impl SftpServer {
+    /// sshd on a free port serving `dir/served`, or None (skip) when it is not installed
+    /// outside CI.
+    pub fn start(dir: &Path) -> Option<SftpServer> {
+        let sshd = start_sshd(dir)?;
+        let root = dir.join("served");
+        std::fs::create_dir_all(&root).unwrap();
+        Some(SftpServer { sshd, root })
+    }
+}
+
+impl Backend for SftpServer {
+    fn name(&self) -> &str {
+        "sshd"
+    }
+
+    fn url(&self, c: &str, prefix: &str) -> String {
+        let mut p = self.root.join(c);
+        if !prefix.is_empty() {
+            p = p.join(prefix);
+        }
+        self.sshd.url(&p)
+    }
+
+    fn opts(&self, side: &str) -> Vec<String> {
+        self.sshd.opts(side)
+    }
+
+    fn create_container(&self, c: &str) {
+        std::fs::create_dir_all(self.root.join(c)).unwrap();
+    }
+
+    fn objects(&self, c: &str) -> BTreeMap<String, u64> {
+        walk(&self.root.join(c))
+            .into_iter()
+            .filter_map(|(p, size)| Some((p.to_string_lossy().into_owned(), size?)))
+            .collect()
+    }
+
+    fn staged(&self, c: &str) -> usize {
+        // Temporary files and staging directories, each counted once (not what a staging
+        // directory holds).
+        walk(&self.root.join(c))
+            .keys()
+            .filter(|p| {
+                let segs: Vec<String> = p.iter().map(|s| s.to_string_lossy().into()).collect();
+                let staged = |n: &String| n.starts_with('.') && n.contains(".btp-");
+                let (last, above) = segs.split_last().unwrap();
+                staged(last) && !above.iter().any(staged)
+            })
+            .count()
     }
 }
