@@ -8,10 +8,15 @@
 #   SMALL_FILES   files of data set (a) (default 20000), SMALL_SIZE bytes each (default 4096)
 #   BIG_FILES     files of data set (b) (default 8), BIG_MIB MiB each (default 256)
 #   RUNS          runs per tool and data set (default 3); WORKERS concurrency (default 8)
+#   BTP_BIN       a btp binary to run instead of building a release one (BUILD=debug to say so)
 #   S3_SMALL_FILES, S3_BIG_FILES  data sets (d) and (e), fs -> S3 on a local moto server
 #                 (defaults 2000 and 2; S3_SMALL_FILES=0 skips both)
 #   SCALE_FILES   empty files for the scale run (default 0: skipped; the figure to run is 1000000)
 #   LIMIT_MIB     speed limit of the limit-accuracy run in MiB/s (default 40; 0 skips it)
+#   SSC_FILES     S3 -> S3 on one moto server, server-side copy against client-side copy: this
+#                 many files of SSC_MIB MiB (defaults 4 and 64) plus SSC_SMALL files of 4 KiB
+#                 (default 200); SSC_FILES=0 skips it. SSC_ONLY=1 runs only this and replaces its
+#                 section of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -26,17 +31,26 @@ WORKERS=${WORKERS:-8}
 SCALE_FILES=${SCALE_FILES:-0}
 S3_SMALL_FILES=${S3_SMALL_FILES:-2000}
 S3_BIG_FILES=${S3_BIG_FILES:-2}
+SSC_FILES=${SSC_FILES:-4}
+SSC_MIB=${SSC_MIB:-64}
+SSC_SMALL=${SSC_SMALL:-200}
+SSC_ONLY=${SSC_ONLY:-0}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 
 ensure_rust
 ensure_nats_server
 command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
 [ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
-[ "$S3_SMALL_FILES" -eq 0 ] || ensure_moto
+[ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] || ensure_moto
 
-log "building btp (release)"
-cargo build --release --locked --bin btp
-BTP="${CARGO_TARGET_DIR:-$PWD/target}/release/btp"
+if [ -n "${BTP_BIN:-}" ]; then
+    BTP=$BTP_BIN # a binary already built (BUILD says which profile, for the notes)
+else
+    log "building btp (release)"
+    cargo build --release --locked --bin btp
+    BTP="${CARGO_TARGET_DIR:-$PWD/target}/release/btp"
+fi
+BUILD=${BUILD:-release}
 NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 
 rm -rf "$BENCH_DIR"
@@ -64,6 +78,7 @@ gen_big() { # dir count mib
     for i in $(seq 1 "$2"); do head -c $(( $3 * 1024 * 1024 )) /dev/urandom > "$1/big-$i.bin"; done
 }
 
+if [ "$SSC_ONLY" != 1 ]; then
 log "generating data sets in $BENCH_DIR"
 gen_small "$BENCH_DIR/small" "$SMALL_FILES" "$SMALL_SIZE"
 gen_big "$BENCH_DIR/big" "$BIG_FILES" "$BIG_MIB"
@@ -75,6 +90,7 @@ if [ "$S3_SMALL_FILES" -gt 0 ]; then
     for i in $(seq 1 "$S3_BIG_FILES"); do
         [ -f "$BENCH_DIR/big/big-$i.bin" ] && ln "$BENCH_DIR/big/big-$i.bin" "$BENCH_DIR/s3big/"
     done
+fi
 fi
 
 now() { date +%s.%N; }
@@ -159,6 +175,63 @@ s3_start() {
 }
 
 s3_stop() { kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true; }
+
+# S3 -> S3 on one moto server: the same objects copied by the service (CopyObject,
+# UploadPartCopy) and through the clients (--server-side-copy off), from the same source
+# prefix. Sets SSC to the section's table rows.
+ssc_bench() {
+    local src=$BENCH_DIR/ssc mode line id t sec through bytes
+    gen_small "$src/small" "$SSC_SMALL" 4096
+    gen_big "$src/big" "$SSC_FILES" "$SSC_MIB"
+    s3_start
+    local opts=("${S3_OPTS[@]}" --src-opt "endpoint=http://127.0.0.1:$S3_PORT" --src-opt region=us-east-1
+        --src-opt access_key_id=bench --src-opt secret_access_key=bench-secret)
+    cluster_start
+    cluster_run "$src" s3://bench/ssc-src "${S3_OPTS[@]}" > /dev/null
+    SSC=""
+    for mode in auto off; do
+        line=$(cluster_run s3://bench/ssc-src "s3://bench/ssc-$mode" "${opts[@]}" --server-side-copy "$mode")
+        id=$(cat "$BENCH_DIR/last-task")
+        t=$("$BTP" task get "$id" -o json)
+        through=$(echo "$t" | sed -n 's/^  "bytes_through_clients": \([0-9]*\),$/\1/p')
+        bytes=$(echo "$t" | sed -n 's/^  "bytes_copied": \([0-9]*\),$/\1/p')
+        sec=${line%% *}
+        SSC+="| $(( SSC_FILES + SSC_SMALL )) files, $(( bytes / 1048576 )) MiB | --server-side-copy $mode | $(printf '%.2f' "$sec") s | $(printf '%.1f' "$(echo "$bytes / 1048576 / $sec" | bc -l)") MiB/s | $(( through / 1048576 )) MiB |"$'\n'
+        log "server-side copy $mode: $sec s, $through bytes through clients"
+    done
+    cluster_stop
+    s3_stop
+    rm -rf "$src"
+}
+
+ssc_section() { # the markdown section of the server-side copy rows
+    printf '%s\n' "## S3 -> S3 server-side copy" "" \
+        "Between two prefixes of one moto server (2 clients of $(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers, default part size and threshold: the large files go in 32 MiB parts; $BUILD build of btp). \`auto\` has moto copy the objects (CopyObject, UploadPartCopy); \`off\` streams them through the clients. Bytes through clients: the task's \`bytes_through_clients\`. moto copies in its own (Python) process, so the time saved here is the clients' part of the work only; the bytes through clients are what a copy between buckets of a remote service no longer sends over the clients' network." "" \
+        "| data set | mode | time | rate | bytes through clients |" "| --- | --- | --- | --- | --- |"
+    printf '%s' "$SSC"
+}
+
+if [ "$SSC_ONLY" = 1 ]; then
+    rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+    ssc_bench
+    ssc_section > "$BENCH_DIR/ssc.md"
+    python3 - "$OUT" "$BENCH_DIR/ssc.md" <<'PY'
+import sys, re
+out, new = sys.argv[1], open(sys.argv[2]).read()
+text = open(out).read()
+head = "## S3 -> S3 server-side copy"
+if head in text:
+    start = text.index(head)
+    nxt = text.find("\n## ", start + len(head))
+    text = text[:start] + new + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
+else:
+    text = text.rstrip("\n") + "\n\n" + new
+open(out, "w").write(text)
+print(new)
+PY
+    log "wrote the server-side copy section of $OUT"
+    exit 0
+fi
 
 bench_set() { # name kind (fs: to a directory, with cp; s3: to the moto bucket)
     local name=$1 kind=$2 src=$BENCH_DIR/$1 dst files bytes tools=(cp rclone btp-copy btp-cluster)
@@ -252,10 +325,16 @@ if [ "$SCALE_FILES" -gt 0 ]; then
     rm -rf "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst"
 fi
 
-python3 - "$RESULTS" "$OUT" "$BENCH_DIR" "$WORKERS" "$RUNS" "$SCALE" "$LIMIT" <<'PY'
+SSC=""
+[ "$SSC_FILES" -eq 0 ] || ssc_bench
+SSC_MD=""
+[ -z "$SSC" ] || SSC_MD=$(ssc_section)
+
+python3 - "$RESULTS" "$OUT" "$BENCH_DIR" "$WORKERS" "$RUNS" "$SCALE" "$LIMIT" "$SSC_MD" <<'PY'
 import sys, platform, subprocess, datetime
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 out, where, workers, runs, scale, limit = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+ssc = sys.argv[8]
 by = {}
 for name, tool, sec, files, size, rss, rss2 in rows:
     by.setdefault(name, {})[tool] = (float(sec), int(files), int(size), int(rss), int(rss2))
@@ -300,6 +379,8 @@ if scale:
               "directory (SQLite store).", "",
               "| run | time | rate | server peak RSS | client peak RSS | get / report | store |",
               "| --- | --- | --- | --- | --- | --- | --- |", scale, ""]
+if ssc:
+    lines += [ssc, ""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY

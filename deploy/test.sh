@@ -11,7 +11,10 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_nats_server
 ensure_moto || { [ -z "${CI:-}" ] || exit 1; log "moto unavailable: S3 tests are skipped"; }
+ensure_seaweedfs || { [ -z "${CI:-}" ] || exit 1; log "seaweedfs unavailable: its S3 tests are skipped"; }
+ensure_fake_gcs || { [ -z "${CI:-}" ] || exit 1; log "fake-gcs-server unavailable: GCS tests are skipped"; }
 ensure_wsgidav || { [ -z "${CI:-}" ] || exit 1; log "wsgidav unavailable: WebDAV tests are skipped"; }
+ensure_azurite || { [ -z "${CI:-}" ] || exit 1; log "azurite unavailable: Azure tests are skipped"; }
 ensure_sshd || { [ -z "${CI:-}" ] || exit 1; log "sshd unavailable: SFTP tests are skipped"; }
 ensure_prometheus || { [ -z "${CI:-}" ] || exit 1; log "prometheus unavailable: metrics checks are skipped"; }
 browser=1

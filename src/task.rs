@@ -156,6 +156,11 @@ pub struct PlanOpts {
     /// With `--mode sync`: also delete destination files the filters leave out.
     #[arg(long)]
     pub delete_excluded: bool,
+    /// Between two endpoints of one S3 service (same endpoint, region and credentials):
+    /// `auto` has the service copy the objects (CopyObject, UploadPartCopy; no byte through a
+    /// client), `off` copies them through the clients.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+    pub server_side_copy: String,
 }
 
 /// Turns a local path argument into an absolute one; URLs are passed on as they are.
@@ -213,6 +218,8 @@ pub fn create_request(
             filter,
             links: btp_common::api::Links::parse(&plan.links).unwrap_or_default(),
             delete_excluded: plan.delete_excluded,
+            server_side_copy: btp_common::api::ServerSideCopy::parse(&plan.server_side_copy)
+                .unwrap_or_default(),
             ..TaskOptions::default()
         },
         start,

@@ -1,4 +1,4 @@
-//! The backend suite (tests/support/backends.rs) against S3 servers: moto here; every other
+//! The backend suite (tests/support/backends.rs) against S3 servers: moto and SeaweedFS here; every other
 //! backend runs the same body from its own test file.
 
 mod support;
@@ -13,4 +13,13 @@ fn moto_passes_the_backend_suite() {
         return;
     };
     backend_suite(&moto, tmp.path());
+}
+
+#[test]
+fn seaweedfs_passes_the_backend_suite() {
+    let tmp = test_dir();
+    let Some(weed) = S3Server::seaweedfs(tmp.path()) else {
+        return;
+    };
+    backend_suite(&weed, tmp.path());
 }

@@ -1001,6 +1001,7 @@ fn forged(
         seq: 0,
         last,
         attempt: 1,
+        bytes_through: 0,
         body,
     })
     .unwrap()

@@ -46,25 +46,29 @@ impl From<opendal::Error> for JobError {
     }
 }
 
-impl From<btp_common::s3mp::S3Error> for JobError {
-    fn from(e: btp_common::s3mp::S3Error) -> Self {
-        if e.is_transient() {
-            JobError::Transient(e.to_string())
-        } else {
-            JobError::Permanent(e.to_string())
+/// The errors of the storage clients of btp-common (S3, Azure Blob, GCS, WebDAV) say themselves
+/// whether they are worth retrying: 408, 429, 5xx and no answer are transient; the rest (401,
+/// 403, a missing container or object) permanent.
+macro_rules! classified_by_their_kind {
+    ($($t:ty),*) => {$(
+        impl From<$t> for JobError {
+            fn from(e: $t) -> Self {
+                if e.is_transient() {
+                    JobError::Transient(e.to_string())
+                } else {
+                    JobError::Permanent(e.to_string())
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl From<btp_common::webdav::WebdavError> for JobError {
-    fn from(e: btp_common::webdav::WebdavError) -> Self {
-        if e.is_transient() {
-            JobError::Transient(e.to_string())
-        } else {
-            JobError::Permanent(e.to_string())
-        }
-    }
-}
+classified_by_their_kind!(
+    btp_common::s3mp::S3Error,
+    btp_common::azblob::AzureError,
+    btp_common::gcs::GcsError,
+    btp_common::webdav::WebdavError
+);
 
 impl From<std::io::Error> for JobError {
     fn from(e: std::io::Error) -> Self {
@@ -221,6 +225,44 @@ mod tests {
         let nf = io_error("read", "a/f", std::io::ErrorKind::NotFound.into());
         assert!(!nf.is_transient());
         assert!(nf.to_string().starts_with("not found: read a/f"), "{nf}");
+    }
+
+    #[test]
+    fn s3_error_documents_map_to_transient_or_permanent_by_their_code() {
+        use btp_common::s3mp::S3Error;
+        let doc = |code: &str| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>x</Message><Key>a &#34;b&#34; &amp; c</Key><RequestId>r</RequestId></Error>"
+            )
+        };
+        for code in [
+            "SlowDown",
+            "InternalError",
+            "ServiceUnavailable",
+            "RequestTimeout",
+        ] {
+            // RequestTimeout comes with a 400, an InternalError may come inside a 200: the
+            // code decides, not the status.
+            for status in [400, 500, 503] {
+                let e = JobError::from(S3Error::from_answer(status, doc(code).as_bytes()));
+                assert!(e.is_transient(), "{code} {status}: {e}");
+            }
+        }
+        for code in [
+            "AccessDenied",
+            "NoSuchBucket",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+        ] {
+            for status in [403, 404, 500] {
+                let e = JobError::from(S3Error::from_answer(status, doc(code).as_bytes()));
+                assert!(!e.is_transient(), "{code} {status}: {e}");
+                assert!(e.to_string().contains(code), "{e}");
+            }
+        }
+        // An answer without an error document: the status decides.
+        assert!(JobError::from(S3Error::from_answer(503, b"")).is_transient());
+        assert!(!JobError::from(S3Error::from_answer(403, b"")).is_transient());
     }
 
     #[test]

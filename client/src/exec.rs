@@ -40,6 +40,8 @@ pub struct ResultSink {
     pub js: async_nats::jetstream::Context,
     pub client: String,
     pub attempt: u32,
+    /// Bytes read from the source by this client since the last result (sent with it).
+    pub through: std::sync::atomic::AtomicU64,
 }
 
 impl ResultSink {
@@ -60,6 +62,7 @@ impl ResultSink {
             seq,
             last,
             attempt: self.attempt,
+            bytes_through: self.through.swap(0, std::sync::atomic::Ordering::Relaxed),
             body,
         };
         let payload = serde_json::to_vec(&result).expect("serializing a result cannot fail");
@@ -673,6 +676,10 @@ pub(crate) async fn pace_bytes(n: u64, ctx: &JobContext<'_>) -> Result<(), JobEr
         l.acquire(n).await;
     }
     metrics::counter!(crate::telemetry::BYTES_COPIED).increment(n);
+    metrics::counter!(crate::telemetry::BYTES_THROUGH).increment(n);
+    ctx.sink
+        .through
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -978,7 +985,9 @@ pub(crate) fn keep_mtime(dst: &Endpoint, f: &FileEntry) {
 /// `BTP_FAULT_GROW=TEXT` appends to a (local) source file whose path contains TEXT just before
 /// its first copy (or upload) reads it, as if it changed after the listing;
 /// `BTP_FAULT_ABORT_BEFORE_COMPLETE=TEXT` aborts the first upload of each path containing TEXT
-/// just before its Complete job completes it, as a lifecycle rule would.
+/// just before its Complete job completes it, as a lifecycle rule would;
+/// `BTP_FAULT_GARBLE_COMPLETION=TEXT` changes a digit of the ETag in every S3 completion answer
+/// for a path containing TEXT, as a garbled answer (or one read wrong) would.
 struct Faults {
     write_errors: std::sync::atomic::AtomicI64,
     unreadable: Option<String>,
@@ -987,6 +996,7 @@ struct Faults {
     midway_errors: std::sync::atomic::AtomicI64,
     grow: Option<String>,
     abort_before_complete: Option<String>,
+    garble_completion: Option<String>,
     /// Paths the one-time faults happened to already.
     grown: std::sync::Mutex<std::collections::HashSet<String>>,
     aborted: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -1004,6 +1014,7 @@ fn faults() -> &'static Faults {
         crash: text_fault("BTP_FAULT_CRASH"),
         grow: text_fault("BTP_FAULT_GROW"),
         abort_before_complete: text_fault("BTP_FAULT_ABORT_BEFORE_COMPLETE"),
+        garble_completion: text_fault("BTP_FAULT_GARBLE_COMPLETION"),
         list_page_delay: std::env::var("BTP_FAULT_LIST_PAGE_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -1065,6 +1076,23 @@ pub(crate) fn injected_abort_before_complete(path: &str) -> bool {
     once(&f.abort_before_complete, &f.aborted, path)
 }
 
+/// `BTP_FAULT_GARBLE_COMPLETION`: the ETag of a completion answer for `path`, one digit changed.
+pub(crate) fn injected_garbled_completion(path: &str, etag: String) -> String {
+    let garble = faults()
+        .garble_completion
+        .as_deref()
+        .is_some_and(|t| path.contains(t));
+    if !garble {
+        return etag;
+    }
+    tracing::warn!(path, "injected garbled completion answer");
+    let mut chars: Vec<char> = etag.chars().collect();
+    if let Some(c) = chars.iter_mut().find(|c| c.is_ascii_hexdigit()) {
+        *c = if *c == '0' { '1' } else { '0' };
+    }
+    chars.into_iter().collect()
+}
+
 /// A fault naming part of a path, when set.
 fn text_fault(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|s| !s.is_empty())
@@ -1122,6 +1150,9 @@ async fn copy_file(
     ctx: &JobContext<'_>,
 ) -> Result<u64, JobError> {
     injected_fault(&f.path)?;
+    if let Some(cp) = crate::s3copy::copier(job) {
+        return crate::s3copy::copy_file(job, &cp, src, dst, f, ctx).await;
+    }
     let mut stream = read_stream(&job.src, src, &f.path, ..).await?;
     if let Some(root) = job.dst.local_root() {
         return copy_to_fs(job, root, f, stream, ctx).await;
@@ -1155,6 +1186,10 @@ async fn copy_file(
             };
         }
     }
+    if matches!(job.dst, Endpoint::Gcs { .. }) && f.size > part_size(f.size) as u64 {
+        // More than one chunk: one streamed upload (see `gcs::put`).
+        return crate::gcs::put(job, f, stream, ctx).await;
+    }
     let mut writer = if ctx.multipart {
         // Object stores: files above the multipart threshold are Upload jobs; smaller ones
         // still go up in parts when large, sized so no file needs more than 9,000 parts.
@@ -1162,8 +1197,21 @@ async fn copy_file(
             .writer_with(&f.path)
             .chunk(part_size(f.size))
             .concurrent(4);
-        if let Some(ct) = content_type(src, &job.src, &f.path).await {
-            w = w.content_type(&ct);
+        let meta = crate::s3copy::object_meta(src, &job.src, &f.path).await;
+        if let Some(v) = &meta.content_type {
+            w = w.content_type(v);
+        }
+        if let Some(v) = &meta.cache_control {
+            w = w.cache_control(v);
+        }
+        if let Some(v) = &meta.content_encoding {
+            w = w.content_encoding(v);
+        }
+        if let Some(v) = &meta.content_disposition {
+            w = w.content_disposition(v);
+        }
+        if !meta.user.is_empty() {
+            w = w.user_metadata(meta.user.clone());
         }
         w.await?
     } else {

@@ -2,14 +2,17 @@
 //! from a durable consumer shared with the other clients, and runs them on a pool of workers.
 
 pub mod agent;
+mod azblob;
 mod dstpath;
 pub mod errors;
 pub mod exec;
 mod fswrite;
+mod gcs;
 pub mod limiter;
 mod local;
 pub mod parts;
 mod prune;
+mod s3copy;
 mod sftp;
 pub mod telemetry;
 pub mod worker;
@@ -196,6 +199,7 @@ mod tests {
             attempt: 1,
             max_attempts: 3,
             speed_share: None,
+            server_side_copy: Default::default(),
             compare: Default::default(),
             verify: Default::default(),
             dry_run: false,

@@ -84,13 +84,14 @@ pub async fn upload(job: &Job, file: &FileEntry, ctx: &JobContext<'_>) -> Result
                 .await?;
             id
         }
+        // Blocks are staged on the blob itself, named after this id.
+        Endpoint::Azblob { .. } => uuid::Uuid::new_v4().simple().to_string(),
         Endpoint::Sftp { .. } => crate::sftp::begin(job, &file.path).await?,
         Endpoint::S3 { .. } => {
-            let ct = exec::content_type(&src, &job.src, &file.path).await;
-            multipart(&job.dst)?
-                .create(&file.path, ct.as_deref())
-                .await?
+            let meta = crate::s3copy::object_meta(&src, &job.src, &file.path).await;
+            btp_common::s3copy::create_upload(&multipart(&job.dst)?, &file.path, &meta).await?
         }
+        Endpoint::Gcs { .. } => crate::gcs::begin(&job.dst, &file.path).await?,
     };
     debug!(job = %job.id, path = %file.path, %upload_id, "upload begun");
     let body = ResultBody::Begun {
@@ -118,6 +119,9 @@ pub async fn part(
     len: u64,
     ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
+    if let Some(cp) = crate::s3copy::copier(job) {
+        return crate::s3copy::part(job, &cp, file, upload_id, number, offset, len, ctx).await;
+    }
     let src = job.src.source_operator()?;
     let mut stream = exec::read_stream(&job.src, &src, &file.path, offset..offset + len).await?;
     let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
@@ -133,6 +137,10 @@ pub async fn part(
             }
             etag
         }
+        Endpoint::Azblob { .. } => {
+            let md5 = md5.as_mut();
+            crate::azblob::put_part(job, file, upload_id, number, len, stream, ctx, md5).await?
+        }
         Endpoint::Webdav { .. } => {
             let dav = webdav(&job.dst)?;
             let part = staged_part(&file.path, upload_id, number);
@@ -144,6 +152,23 @@ pub async fn part(
                 return Err(source_changed(file, len, n));
             }
             String::new()
+        }
+        Endpoint::Gcs { .. } => {
+            let (n, tag) = crate::gcs::part(
+                &job.dst,
+                file,
+                upload_id,
+                number,
+                len,
+                stream,
+                ctx,
+                md5.as_mut(),
+            )
+            .await?;
+            if n != len {
+                return Err(source_changed(file, len, n));
+            }
+            tag
         }
         Endpoint::Sftp { .. } => {
             let (n, md5) = (len, md5.as_mut());
@@ -216,6 +241,11 @@ pub async fn part(
     if let Some(want) = &md5 {
         let got = match &job.dst {
             Endpoint::S3 { .. } => etag.clone(),
+            // Azure's MD5 of the block it received, when it gives one; the Complete job reads
+            // every block back otherwise.
+            Endpoint::Azblob { .. } if etag.is_empty() => want.clone(),
+            Endpoint::Azblob { .. } => etag.clone(),
+            Endpoint::Gcs { .. } => crate::gcs::stored_md5(&etag),
             Endpoint::Webdav { .. } => {
                 let part = staged_part(&file.path, upload_id, number);
                 let dst = job.dst.operator()?;
@@ -348,9 +378,13 @@ pub async fn complete(
         abort_upload(&job.dst, &file.path, upload_id).await?;
     }
     let outcome = match &job.dst {
-        Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts).await,
+        Endpoint::S3 { .. } => complete_s3(job, &dst, file, upload_id, parts, ctx).await,
+        Endpoint::Azblob { .. } => {
+            crate::azblob::complete(job, &src, &dst, file, upload_id, parts).await
+        }
         Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
         Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
+        Endpoint::Gcs { .. } => crate::gcs::complete(job, &src, file, upload_id, parts).await,
         Endpoint::Sftp { .. } => {
             let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
             match crate::sftp::complete(job, file, upload_id, &numbers, ctx).await {
@@ -415,7 +449,7 @@ async fn report(
 /// lifecycle rule, someone's cleanup), or completed by an earlier run of the Complete job whose
 /// result was lost and whose object cannot be told apart from another one. Never a success: the
 /// file is copied again from the start (or fails when its attempts are used up).
-fn vanished(upload_id: &str, file: &FileEntry) -> JobError {
+pub(crate) fn vanished(upload_id: &str, file: &FileEntry) -> JobError {
     JobError::Transient(format!(
         "upload vanished before completion (upload {upload_id} of {})",
         file.path
@@ -428,6 +462,7 @@ async fn complete_s3(
     file: &FileEntry,
     upload_id: &str,
     parts: &[PartDone],
+    ctx: &JobContext<'_>,
 ) -> Result<(), JobError> {
     let mp = multipart(&job.dst)?;
     let tags: Vec<PartTag> = parts
@@ -438,7 +473,7 @@ async fn complete_s3(
         })
         .collect();
     let etag = match mp.complete(&file.path, upload_id, &tags).await {
-        Ok(e) => Some(e),
+        Ok(e) => Some(exec::injected_garbled_completion(&file.path, e)),
         Err(e) => {
             // Gone (S3 answers NoSuchUpload; some compatible servers, moto among them, an
             // internal error): completed by an earlier run whose result was lost, or aborted.
@@ -465,7 +500,17 @@ async fn complete_s3(
             file.size
         )));
     }
-    if job.verify == Verify::Checksum {
+    if job.verify == Verify::Checksum && crate::s3copy::copier(job).is_some() {
+        let got = etag.unwrap_or_else(|| {
+            meta.etag()
+                .map(btp_common::s3mp::unquote)
+                .unwrap_or_default()
+        });
+        if let Err(e) = crate::s3copy::verify_complete(job, dst, file, &got, ctx).await {
+            let _ = dst.delete(&file.path).await;
+            return Err(e);
+        }
+    } else if job.verify == Verify::Checksum {
         let md5s: Option<Vec<String>> = parts.iter().map(|p| p.md5.clone()).collect();
         let want = md5s.and_then(|m| checksum::multipart_etag(&m));
         let got = etag.unwrap_or_else(|| {
@@ -476,7 +521,8 @@ async fn complete_s3(
         if want.as_deref() != Some(got.as_str()) {
             let _ = dst.delete(&file.path).await;
             return Err(JobError::Transient(format!(
-                "checksum mismatch: {} was stored with ETag {got}, its source parts give {}",
+                "{}: {} was stored with ETag {got}, its source parts give {}",
+                checksum::MISMATCH,
                 file.path,
                 want.unwrap_or_else(|| "nothing".into())
             )));
@@ -542,6 +588,10 @@ async fn complete_webdav(
         dav.put(&file.path, file.size, body)
     })
     .await?;
+    // Assembling reads the destination's staged parts, not the source.
+    ctx.sink
+        .through
+        .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
     if n != file.size {
         return Err(JobError::Transient(format!(
             "{}: assembled {n} bytes from its parts, expected {}",
@@ -563,7 +613,8 @@ async fn complete_webdav(
         if got != want {
             let _ = dst.delete(&file.path).await;
             return Err(JobError::Transient(format!(
-                "checksum mismatch: {} reads back as md5 {got}, its parts gave {want}",
+                "{}: {} reads back as md5 {got}, its parts gave {want}",
+                checksum::MISMATCH,
                 file.path
             )));
         }
@@ -617,6 +668,8 @@ async fn complete_fs(
 pub async fn abort_upload(dst: &Endpoint, path: &str, upload_id: &str) -> Result<(), JobError> {
     match dst {
         Endpoint::S3 { .. } => Ok(multipart(dst)?.abort(path, upload_id).await?),
+        Endpoint::Azblob { .. } => Ok(crate::azblob::blocks(dst)?.discard(path).await?),
+        Endpoint::Gcs { .. } => crate::gcs::abort(dst, path, upload_id).await,
         Endpoint::Webdav { .. } => {
             let op = dst.operator()?;
             Ok(op

@@ -356,6 +356,7 @@ async fn run_job(
         js,
         client: cfg.id.clone(),
         attempt,
+        through: Default::default(),
     };
     // Confinement first: a refused job touches no file system.
     let refused = cfg.check_fs_paths(&job).err();
@@ -365,7 +366,12 @@ async fn run_job(
         last_attempt,
         attempt,
         retry_after,
-        multipart: matches!(job.dst, btp_common::Endpoint::S3 { .. }),
+        multipart: matches!(
+            job.dst,
+            btp_common::Endpoint::S3 { .. }
+                | btp_common::Endpoint::Azblob { .. }
+                | btp_common::Endpoint::Gcs { .. }
+        ),
         limiter: limiter.as_deref(),
         task_limiter: task_limiter.as_deref(),
     };

@@ -157,6 +157,32 @@ impl Verify {
     }
 }
 
+/// Whether objects are copied by the store itself when source and destination are on one
+/// service (S3: CopyObject and UploadPartCopy), so that no byte goes through a client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerSideCopy {
+    /// Server-side wherever source and destination are on the same service.
+    #[default]
+    Auto,
+    /// Always through the clients.
+    Off,
+}
+
+impl ServerSideCopy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(ServerSideCopy::Auto),
+            "off" => Some(ServerSideCopy::Off),
+            _ => None,
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        *self == ServerSideCopy::Auto
+    }
+}
+
 /// What a task does with destination files that are not in the source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -220,6 +246,8 @@ pub struct TaskOptions {
     /// Sync: also delete destination files the filters leave out (by default a sync deletes
     /// only what is in the filters' scope).
     pub delete_excluded: bool,
+    /// Copies between two endpoints of one S3 service made by the service itself.
+    pub server_side_copy: ServerSideCopy,
 }
 
 /// What a task does with symbolic links of a file-system source (`--links`).
@@ -283,6 +311,7 @@ impl Default for TaskOptions {
             filter: Default::default(),
             links: Links::Copy,
             delete_excluded: false,
+            server_side_copy: ServerSideCopy::Auto,
         }
     }
 }
@@ -432,6 +461,9 @@ pub struct TaskInfo {
     /// In a dry run, `files_copied`/`bytes_copied`/`files_deleted` count what would change.
     #[serde(default)]
     pub files_deleted: u64,
+    /// Bytes clients read from the source to copy them (0 for server-side copies).
+    #[serde(default)]
+    pub bytes_through_clients: u64,
     /// Times a file was scheduled again after a transient error.
     pub files_retried: u64,
     /// Highest copy speed seen so far (over a sliding window), bytes per second.
@@ -479,6 +511,7 @@ impl TaskInfo {
             bytes_excluded: 0,
             deletes_failed: 0,
             files_deleted: 0,
+            bytes_through_clients: 0,
             bytes_skipped: 0,
             files_failed: 0,
             bytes_failed: 0,

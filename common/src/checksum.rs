@@ -37,6 +37,14 @@ pub fn is_plain_md5(etag: &str) -> bool {
     etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// How the reason of a file whose copy does not hash as its source begins.
+pub const MISMATCH: &str = "checksum mismatch";
+
+/// True for the reason of a copy whose checksum was not its source's.
+pub fn is_mismatch(reason: &str) -> bool {
+    reason.starts_with(MISMATCH)
+}
+
 /// The ETag S3 gives an object completed from parts with these (hex) MD5s: the MD5 of the
 /// parts' binary MD5s, then `-` and the number of parts.
 pub fn multipart_etag(part_md5s: &[String]) -> Option<String> {

@@ -11,11 +11,14 @@ use opendal::Operator;
 use serde::{Deserialize, Serialize};
 
 /// Schemes this build understands.
-pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs, sftp";
+pub const SUPPORTED_SCHEMES: &str = "fs, s3, webdav, webdavs, azblob, gs, sftp";
 
 /// Options an `s3://` endpoint takes (`--src-opt` / `--dst-opt KEY=VALUE`).
 pub const S3_OPTIONS: &str =
     "endpoint, region, access_key_id, secret_access_key, session_token, virtual_host";
+
+/// Options a `gs://` endpoint takes.
+pub const GCS_OPTIONS: &str = "credential, token, endpoint, anonymous";
 
 /// Options a `webdav://` endpoint takes.
 pub const WEBDAV_OPTIONS: &str = "username, password";
@@ -54,6 +57,40 @@ pub enum Endpoint {
         username: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<Secret>,
+    },
+    /// A container (and prefix) of Azure Blob storage: `azblob://container/prefix`.
+    Azblob {
+        container: String,
+        /// Blob name prefix without leading or trailing `/`; empty for the whole container.
+        prefix: String,
+        /// The service URL (`https://<account>.blob.core.windows.net` when not given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account_key: Option<Secret>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sas_token: Option<Secret>,
+    },
+    /// A bucket (and prefix) of Google Cloud Storage: `gs://bucket/prefix`. Without `credential`
+    /// or `token` the client's default Google credentials are used (GOOGLE_APPLICATION_CREDENTIALS,
+    /// the well-known file, VM metadata); `anonymous` sends no credentials (emulators).
+    Gcs {
+        bucket: String,
+        /// Prefix inside the bucket without leading or trailing `/`; empty for the whole bucket.
+        prefix: String,
+        /// The JSON API's `scheme://host[:port]` (emulators); GCS itself by default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        /// Service-account JSON (as is, or in base64).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<Secret>,
+        /// An OAuth2 bearer token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<Secret>,
+        #[serde(default)]
+        anonymous: bool,
     },
     /// A directory of an SFTP server: `sftp://[user@]host[:port]/path` (see `crate::sftp`).
     Sftp {
@@ -101,6 +138,10 @@ pub enum EndpointError {
     },
     #[error("'{url}' names no host (use webdav://host:port/path)")]
     NoHost { url: String },
+    #[error("'{url}' names no container (use azblob://container/prefix)")]
+    NoContainer { url: String },
+    #[error("'{url}' needs an account: give --src-opt/--dst-opt account_name=NAME (and account_key or sas_token), or endpoint=URL")]
+    NoAccount { url: String },
     #[error("option '{key}' must be true or false")]
     NotABool { key: String },
     #[error("option '{key}' {reason}")]
@@ -121,10 +162,16 @@ pub enum EndpointError {
 
 const WEBDAV_CREDENTIALS_HINT: &str =
     "--dst-opt username=NAME --dst-opt password=@/path/to/file (or --src-opt for a source)";
+const GCS_CREDENTIALS_HINT: &str =
+    "--dst-opt credential=@/path/to/key.json or --dst-opt token=@/path/to/file (or --src-opt for a source)";
 const S3_CREDENTIALS_HINT: &str = "--dst-opt access_key_id=ID --dst-opt secret_access_key=@/path/to/file (or --src-opt for a source)";
 
 /// Refuses `user[:password]@` in the authority of `url` (`scheme://authority/...`).
-fn refuse_userinfo(scheme: &str, authority: &str, hint: &'static str) -> Result<(), EndpointError> {
+pub(crate) fn refuse_userinfo(
+    scheme: &str,
+    authority: &str,
+    hint: &'static str,
+) -> Result<(), EndpointError> {
     match authority.rsplit_once('@') {
         Some((_, host)) => Err(EndpointError::CredentialsInUrl {
             scheme: scheme.to_string(),
@@ -152,6 +199,12 @@ impl Endpoint {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             return parse_s3(url, rest, options);
+        }
+        if let Some(rest) = url.strip_prefix("azblob://") {
+            return crate::azblob::parse(url, rest, options);
+        }
+        if let Some(rest) = url.strip_prefix("gs://") {
+            return parse_gcs(url, rest, options);
         }
         if let Some(rest) = url.strip_prefix("sftp://") {
             return crate::sftp::parse(url, rest, options);
@@ -252,6 +305,37 @@ impl Endpoint {
                 }
                 Operator::new(b)
             }
+            Endpoint::Azblob { .. } => crate::azblob::operator(self),
+            Endpoint::Gcs {
+                bucket,
+                prefix,
+                endpoint,
+                credential,
+                token,
+                anonymous,
+            } => {
+                static HTTP: std::sync::Once = std::sync::Once::new();
+                HTTP.call_once(opendal::install_default);
+                let mut b = opendal::services::Gcs::default()
+                    .bucket(bucket)
+                    .root(&format!("/{prefix}"));
+                if let Some(e) = endpoint {
+                    b = b.endpoint(e);
+                }
+                if let Some(c) = credential {
+                    b = b.credential(&crate::gcs::credential_base64(&c.0));
+                }
+                if let Some(t) = token {
+                    b = b.token(t.0.clone());
+                }
+                if *anonymous {
+                    b = b
+                        .skip_signature()
+                        .disable_vm_metadata()
+                        .disable_config_load();
+                }
+                Operator::new(b)
+            }
             Endpoint::Sftp { .. } => crate::sftp::operator(self),
         }
     }
@@ -299,7 +383,11 @@ impl Endpoint {
     /// (Object stores are checked by [`Endpoint::check_remote`].)
     pub fn check_source(&self) -> Result<(), String> {
         match self {
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Sftp { .. } => Ok(()),
+            Endpoint::S3 { .. }
+            | Endpoint::Webdav { .. }
+            | Endpoint::Azblob { .. }
+            | Endpoint::Gcs { .. }
+            | Endpoint::Sftp { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("source {self} is not a directory")),
@@ -314,7 +402,11 @@ impl Endpoint {
     /// Checks that this endpoint can be a task's destination: a directory or nothing yet.
     pub fn check_destination(&self) -> Result<(), String> {
         match self {
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Sftp { .. } => Ok(()),
+            Endpoint::S3 { .. }
+            | Endpoint::Webdav { .. }
+            | Endpoint::Azblob { .. }
+            | Endpoint::Gcs { .. }
+            | Endpoint::Sftp { .. } => Ok(()),
             Endpoint::Fs { root } => match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => Ok(()),
                 Ok(_) => Err(format!("destination {self} exists and is not a directory")),
@@ -345,7 +437,11 @@ impl Endpoint {
     pub fn local_root(&self) -> Option<&str> {
         match self {
             Endpoint::Fs { root } => Some(root),
-            Endpoint::S3 { .. } | Endpoint::Webdav { .. } | Endpoint::Sftp { .. } => None,
+            Endpoint::S3 { .. }
+            | Endpoint::Webdav { .. }
+            | Endpoint::Azblob { .. }
+            | Endpoint::Gcs { .. }
+            | Endpoint::Sftp { .. } => None,
         }
     }
 
@@ -385,6 +481,27 @@ impl Endpoint {
                     ..
                 },
             ) => e1 == e2 && Path::new(r1).starts_with(Path::new(r2)),
+            (Endpoint::Azblob { .. }, Endpoint::Azblob { .. }) => {
+                crate::azblob::is_within(self, other)
+            }
+            (
+                Endpoint::Gcs {
+                    bucket: b1,
+                    prefix: p1,
+                    endpoint: e1,
+                    ..
+                },
+                Endpoint::Gcs {
+                    bucket: b2,
+                    prefix: p2,
+                    endpoint: e2,
+                    ..
+                },
+            ) => {
+                b1 == b2
+                    && e1 == e2
+                    && Path::new(&format!("/{p1}")).starts_with(Path::new(&format!("/{p2}")))
+            }
             (
                 Endpoint::Sftp {
                     host: h1, root: r1, ..
@@ -432,12 +549,17 @@ fn remote_error(role: &str, e: &Endpoint, err: opendal::Error) -> String {
     if matches!(e, Endpoint::Webdav { .. }) && err.kind() == opendal::ErrorKind::NotFound {
         return format!("{role} {e} does not exist");
     }
+    if text.contains("ContainerNotFound") {
+        return format!("{role} {e} does not exist (no such container)");
+    }
     if text.contains("NoSuchBucket") || text.contains("status: 404") {
         return format!("{role} {e} does not exist (no such bucket)");
     }
     if text.contains("status: 403")
         || text.contains("AccessDenied")
         || text.contains("InvalidAccessKeyId")
+        || text.contains("AuthenticationFailed")
+        || text.contains("AuthorizationFailure")
     {
         return format!("{role} {e}: access denied (check the credentials)");
     }
@@ -523,6 +645,54 @@ fn parse_s3(
     Ok(ep)
 }
 
+fn parse_gcs(
+    url: &str,
+    rest: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<Endpoint, EndpointError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    refuse_userinfo("gs", bucket, GCS_CREDENTIALS_HINT)?;
+    if let Some(e) = options.get("endpoint") {
+        if let Some((scheme, rest)) = e.split_once("://") {
+            let authority = rest.split('/').next().unwrap_or(rest);
+            refuse_userinfo(scheme, authority, GCS_CREDENTIALS_HINT)?;
+        }
+    }
+    if bucket.is_empty() {
+        return Err(EndpointError::NoBucket {
+            url: url.to_string(),
+        });
+    }
+    let (mut endpoint, mut credential, mut token, mut anonymous) = (None, None, None, false);
+    for (k, v) in options {
+        match k.as_str() {
+            "endpoint" => endpoint = Some(v.trim_end_matches('/').to_string()),
+            "credential" => credential = Some(Secret(v.clone())),
+            "token" => token = Some(Secret(v.clone())),
+            "anonymous" => {
+                anonymous = v
+                    .parse()
+                    .map_err(|_| EndpointError::NotABool { key: k.clone() })?
+            }
+            _ => {
+                return Err(EndpointError::UnknownOption {
+                    key: k.clone(),
+                    scheme: "gs",
+                    known: GCS_OPTIONS,
+                })
+            }
+        }
+    }
+    Ok(Endpoint::Gcs {
+        bucket: bucket.to_string(),
+        prefix: prefix.trim_matches('/').to_string(),
+        endpoint,
+        credential,
+        token,
+        anonymous,
+    })
+}
+
 fn parse_webdav(
     url: &str,
     http: &str,
@@ -588,6 +758,14 @@ impl fmt::Display for Endpoint {
             Endpoint::Fs { root } => write!(f, "fs://{root}"),
             Endpoint::S3 { bucket, prefix, .. } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             Endpoint::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+            Endpoint::Azblob {
+                container, prefix, ..
+            } if prefix.is_empty() => write!(f, "azblob://{container}"),
+            Endpoint::Azblob {
+                container, prefix, ..
+            } => write!(f, "azblob://{container}/{prefix}"),
+            Endpoint::Gcs { bucket, prefix, .. } if prefix.is_empty() => write!(f, "gs://{bucket}"),
+            Endpoint::Gcs { bucket, prefix, .. } => write!(f, "gs://{bucket}/{prefix}"),
             Endpoint::Webdav { endpoint, root, .. } => {
                 let (scheme, host) = match endpoint.split_once("://") {
                     Some(("https", h)) => ("webdavs", h),
@@ -643,7 +821,7 @@ mod tests {
         let e = Endpoint::parse("gopher://x/y").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs, sftp)"
+            "unsupported endpoint scheme 'gopher' in 'gopher://x/y' (supported: fs, s3, webdav, webdavs, azblob, gs, sftp)"
         );
         assert!(matches!(
             Endpoint::parse("ftp:/x"),
@@ -699,6 +877,63 @@ mod tests {
         assert!(inner.is_within(&Endpoint::parse("s3://b/a").unwrap()));
         assert!(!inner.is_within(&Endpoint::parse("s3://b/ab").unwrap()));
         assert!(!inner.is_within(&Endpoint::parse("s3://c/a").unwrap()));
+    }
+
+    #[test]
+    fn gcs_urls_take_options_and_never_show_secrets() {
+        let opts: std::collections::BTreeMap<String, String> = [
+            ("endpoint", "http://127.0.0.1:4443/"),
+            ("token", "TOPSECRET-TOKEN"),
+            ("credential", r#"{"private_key":"TOPSECRET-KEY"}"#),
+            ("anonymous", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let e = Endpoint::parse_with("gs://bucket/some/prefix/", &opts).unwrap();
+        assert_eq!(e.to_string(), "gs://bucket/some/prefix");
+        let debug = format!("{e:?}");
+        assert!(!debug.contains("TOPSECRET"), "{debug}");
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("TOPSECRET-TOKEN"), "jobs carry the secret");
+        assert_eq!(serde_json::from_str::<Endpoint>(&json).unwrap(), e);
+        let Endpoint::Gcs { endpoint, .. } = &e else {
+            panic!("not gcs: {e:?}");
+        };
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:4443"));
+        assert!(e.operator().is_ok());
+        assert_eq!(Endpoint::parse("gs://b").unwrap().to_string(), "gs://b");
+        assert!(matches!(
+            Endpoint::parse("gs:///x"),
+            Err(EndpointError::NoBucket { .. })
+        ));
+        let bad: std::collections::BTreeMap<String, String> =
+            [("region".to_string(), "eu".to_string())].into();
+        let err = Endpoint::parse_with("gs://b", &bad)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unknown option 'region' for gs endpoints (known: credential, token, endpoint, anonymous)"
+        );
+        let notbool = [("anonymous".to_string(), "yes".to_string())].into();
+        assert!(matches!(
+            Endpoint::parse_with("gs://b", &notbool),
+            Err(EndpointError::NotABool { .. })
+        ));
+        let e = Endpoint::parse("gs://tok:hunter2@b/x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("credentials in an endpoint URL") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let inner = Endpoint::parse("gs://b/a/b").unwrap();
+        assert!(inner.is_within(&Endpoint::parse("gs://b/a").unwrap()));
+        assert!(inner.is_within(&Endpoint::parse("gs://b").unwrap()));
+        assert!(!inner.is_within(&Endpoint::parse("gs://b/ab").unwrap()));
+        assert!(!inner.is_within(&Endpoint::parse("gs://c/a").unwrap()));
+        assert!(!inner.is_within(&Endpoint::parse("s3://b/a").unwrap()));
     }
 
     #[test]

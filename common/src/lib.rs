@@ -2,13 +2,17 @@
 //! NATS subjects, human units and the error kinds callers branch on.
 
 pub mod api;
+pub mod azblob;
 pub mod checksum;
 pub mod confine;
 pub mod csv;
 pub mod endpoint;
 pub mod filter;
+pub mod gcs;
 pub mod paths;
+pub mod s3copy;
 pub mod s3mp;
+pub mod s3xml;
 pub mod sftp;
 pub mod subjects;
 pub mod units;

@@ -11,32 +11,99 @@ use reqsign_core::{Context, OsEnv, Signer};
 
 use crate::Endpoint;
 
-/// An S3 error: the HTTP status (None when the request did not get an answer) and S3's message.
+/// An S3 error: the HTTP status (None when the request did not get an answer), the `Code` of
+/// S3's error document when it sent one, and its message.
 #[derive(Debug, Clone)]
 pub struct S3Error {
     pub status: Option<u16>,
+    pub code: Option<String>,
     pub message: String,
 }
 
+/// Error codes worth another attempt: throttling, and the server's own trouble.
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "OperationAborted",
+];
+
+/// Error codes no retry can fix: credentials, permissions, missing buckets or uploads, requests
+/// the server refuses as they are.
+const PERMANENT_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccountProblem",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "NoSuchBucket",
+    "NoSuchKey",
+    "NoSuchUpload",
+    "InvalidBucketName",
+    "InvalidPart",
+    "InvalidPartOrder",
+    "EntityTooSmall",
+    "EntityTooLarge",
+    "InvalidArgument",
+    "InvalidRequest",
+    "MalformedXML",
+    "NotImplemented",
+];
+
 impl S3Error {
-    fn new(status: Option<u16>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: Option<u16>, message: impl Into<String>) -> Self {
         Self {
             status,
+            code: None,
             message: message.into(),
         }
     }
 
-    /// Worth trying again: no answer, throttling or a server error.
+    /// The error of an answer with HTTP status `status` and body `body`: S3's error document
+    /// (`<Error><Code>..</Code><Message>..</Message></Error>`) when the body is one.
+    pub fn from_answer(status: u16, body: &[u8]) -> Self {
+        match crate::s3xml::parse(body)
+            .ok()
+            .and_then(|root| crate::s3xml::error(&root))
+        {
+            Some((code, msg)) => Self {
+                status: Some(status),
+                message: format!("{code} {msg}").trim().to_string(),
+                code: (!code.is_empty()).then_some(code),
+            },
+            None => {
+                let reason = http::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("no error document");
+                Self::new(Some(status), reason)
+            }
+        }
+    }
+
+    /// Worth trying again: no answer, throttling or a server error. S3's error code decides
+    /// where there is one (an `InternalError` inside a 200 answer is transient, a
+    /// `NotImplemented` 501 is not); the HTTP status otherwise.
     pub fn is_transient(&self) -> bool {
-        match self.status {
-            None => true,
-            Some(s) => s == 429 || s >= 500,
+        match self.code.as_deref() {
+            Some(c) if TRANSIENT_CODES.contains(&c) => true,
+            Some(c) if PERMANENT_CODES.contains(&c) => false,
+            _ => match self.status {
+                None => true,
+                Some(s) => s == 408 || s == 429 || s >= 500,
+            },
         }
     }
 
     /// The upload no longer exists (aborted or completed).
     pub fn is_no_such_upload(&self) -> bool {
-        self.status == Some(404) && self.message.contains("NoSuchUpload")
+        self.code.as_deref() == Some("NoSuchUpload")
     }
 }
 
@@ -60,13 +127,13 @@ pub struct PartTag {
 }
 
 pub struct S3Multipart {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     signer: Signer<Credential>,
     /// `scheme://host[:port]` of the bucket, and the path before the key (`/bucket` in path style).
-    origin: String,
-    bucket_path: String,
+    pub(crate) origin: String,
+    pub(crate) bucket_path: String,
     /// Key prefix of the endpoint, without slashes at either end.
-    prefix: String,
+    pub(crate) prefix: String,
 }
 
 impl S3Multipart {
@@ -117,7 +184,7 @@ impl S3Multipart {
         })
     }
 
-    fn url(&self, path: &str, query: &str) -> String {
+    pub(crate) fn url(&self, path: &str, query: &str) -> String {
         let key = if self.prefix.is_empty() {
             path.trim_start_matches('/').to_string()
         } else {
@@ -131,7 +198,7 @@ impl S3Multipart {
         )
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: http::Method,
         url: &str,
@@ -165,17 +232,12 @@ impl S3Multipart {
             .bytes()
             .await
             .map_err(|e| S3Error::new(None, error_chain(&e)))?;
-        let text = String::from_utf8_lossy(&body);
-        // CompleteMultipartUpload may answer 200 with an error in the body.
-        if !status.is_success() || text.contains("<Error>") {
-            let code = tag(&text, "Code").unwrap_or_default();
-            let msg = tag(&text, "Message").unwrap_or_default();
-            let status = if status.is_success() {
-                500
-            } else {
-                status.as_u16()
-            };
-            return Err(S3Error::new(Some(status), format!("{code} {msg}").trim()));
+        if !status.is_success() {
+            return Err(S3Error::from_answer(status.as_u16(), &body));
+        }
+        // CompleteMultipartUpload may answer 200 with an error document in the body.
+        if crate::s3xml::parse(&body).is_ok_and(|root| root.name == "Error") {
+            return Err(S3Error::from_answer(500, &body));
         }
         Ok((headers, body))
     }
@@ -190,8 +252,7 @@ impl S3Multipart {
         let (_, body) = self
             .send(http::Method::POST, &url, &headers, reqwest::Body::from(""))
             .await?;
-        tag(&String::from_utf8_lossy(&body), "UploadId")
-            .ok_or_else(|| S3Error::new(Some(500), "no UploadId in the answer"))
+        answer(&body, crate::s3xml::upload_id)
     }
 
     /// Uploads one part (1-based `number`) of `len` bytes from `body`; returns its ETag.
@@ -219,23 +280,13 @@ impl S3Multipart {
         upload_id: &str,
         parts: &[PartTag],
     ) -> Result<String, S3Error> {
-        let mut xml = String::from("<CompleteMultipartUpload>");
-        for p in parts {
-            xml.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>\"{}\"</ETag></Part>",
-                p.number, p.etag
-            ));
-        }
-        xml.push_str("</CompleteMultipartUpload>");
+        let xml = crate::s3xml::complete_request(parts.iter().map(|p| (p.number, p.etag.as_str())));
         let url = self.url(path, &format!("uploadId={}", encode(upload_id, true)));
         let headers = [("content-type", "application/xml".to_string())];
         let (_, body) = self
             .send(http::Method::POST, &url, &headers, reqwest::Body::from(xml))
             .await?;
-        let text = String::from_utf8_lossy(&body);
-        Ok(tag(&text, "ETag")
-            .map(|e| unquote(&e.replace("&quot;", "\"")))
-            .unwrap_or_default())
+        answer(&body, crate::s3xml::completed_etag).map(|e| unquote(&e))
     }
 
     /// True while the upload exists (ListParts answers), false once it is aborted or completed.
@@ -269,31 +320,54 @@ impl S3Multipart {
 
     /// Incomplete multipart uploads under the endpoint's prefix: (key, upload id).
     pub async fn list_uploads(&self) -> Result<Vec<(String, String)>, S3Error> {
-        let query = if self.prefix.is_empty() {
-            "uploads=".to_string()
-        } else {
-            format!(
-                "prefix={}&uploads=",
-                encode(&format!("{}/", self.prefix), true)
-            )
-        };
-        let url = format!("{}{}/?{query}", self.origin, self.bucket_path);
-        let (_, body) = self
-            .send(http::Method::GET, &url, &[], reqwest::Body::from(""))
-            .await?;
-        let text = String::from_utf8_lossy(&body);
+        self.list_uploads_by(1000).await
+    }
+
+    /// [`Self::list_uploads`] asking for pages of at most `page` uploads, following the
+    /// listing's markers (`NextKeyMarker`, `NextUploadIdMarker`) until it is no longer truncated.
+    pub async fn list_uploads_by(&self, page: u32) -> Result<Vec<(String, String)>, S3Error> {
         let mut out = Vec::new();
-        for upload in text.split("<Upload>").skip(1) {
-            if let (Some(k), Some(id)) = (tag(upload, "Key"), tag(upload, "UploadId")) {
-                out.push((k, id));
+        let mut marker: Option<(Option<String>, String)> = None;
+        loop {
+            // In the order SigV4 sorts them. Without a key marker (SeaweedFS pages by upload id
+            // alone) the upload id marker goes alone.
+            let mut query = Vec::new();
+            if let Some((Some(key), _)) = &marker {
+                query.push(format!("key-marker={}", encode(key, true)));
+            }
+            query.push(format!("max-uploads={page}"));
+            if !self.prefix.is_empty() {
+                query.push(format!(
+                    "prefix={}",
+                    encode(&format!("{}/", self.prefix), true)
+                ));
+            }
+            if let Some((_, id)) = marker.as_ref().filter(|(_, id)| !id.is_empty()) {
+                query.push(format!("upload-id-marker={}", encode(id, true)));
+            }
+            query.push("uploads=".into());
+            let url = format!("{}{}/?{}", self.origin, self.bucket_path, query.join("&"));
+            let (_, body) = self
+                .send(http::Method::GET, &url, &[], reqwest::Body::from(""))
+                .await?;
+            let listed = answer(&body, crate::s3xml::uploads_page)?;
+            out.extend(listed.uploads);
+            match listed.next {
+                Some(next) if marker.as_ref() != Some(&next) => marker = Some(next),
+                Some(_) => {
+                    return Err(S3Error::new(
+                        Some(500),
+                        "the listing of uploads does not advance",
+                    ))
+                }
+                None => return Ok(out),
             }
         }
-        Ok(out)
     }
 }
 
 /// The ETag header without its quotes.
-fn etag(h: &http::HeaderMap) -> Option<String> {
+pub(crate) fn etag(h: &http::HeaderMap) -> Option<String> {
     h.get("etag").and_then(|v| v.to_str().ok()).map(unquote)
 }
 
@@ -302,12 +376,15 @@ pub fn unquote(e: &str) -> String {
     e.trim().trim_matches('"').to_string()
 }
 
-/// Text of the first `<name>...</name>` element.
-fn tag(xml: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let start = xml.find(&open)? + open.len();
-    let end = xml[start..].find(&format!("</{name}>"))? + start;
-    Some(xml[start..end].to_string())
+/// What `read` finds in the XML document of a successful answer; an answer that is no such
+/// document is a server error.
+fn answer<T>(
+    body: &[u8],
+    read: impl FnOnce(&crate::s3xml::Element) -> Result<T, String>,
+) -> Result<T, S3Error> {
+    crate::s3xml::parse(body)
+        .and_then(|root| read(&root))
+        .map_err(|e| S3Error::new(Some(500), format!("unexpected answer: {e}")))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -321,7 +398,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters (and `/` unless `strict`).
-fn encode(s: &str, strict: bool) -> String {
+pub(crate) fn encode(s: &str, strict: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
@@ -340,12 +417,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_encoded_once_and_tags_are_read() {
+    fn keys_are_encoded_once() {
         assert_eq!(encode("a b/c+d.txt", false), "a%20b/c%2Bd.txt");
         assert_eq!(encode("x/y=", true), "x%2Fy%3D");
-        let xml = "<R><UploadId>abc</UploadId><ETag>&quot;e1&quot;</ETag></R>";
-        assert_eq!(tag(xml, "UploadId").as_deref(), Some("abc"));
-        assert_eq!(tag(xml, "Missing"), None);
         assert_eq!(unquote("\"e1\""), "e1");
+    }
+
+    #[test]
+    fn error_documents_decide_transient_or_permanent() {
+        let doc = |code: &str| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>m &amp; n</Message><RequestId>r</RequestId></Error>"
+            )
+        };
+        for (status, code, transient) in [
+            (503, "SlowDown", true),
+            (500, "InternalError", true),
+            (503, "ServiceUnavailable", true),
+            (400, "RequestTimeout", true),
+            (403, "AccessDenied", false),
+            (404, "NoSuchBucket", false),
+            (403, "InvalidAccessKeyId", false),
+            (403, "SignatureDoesNotMatch", false),
+            (501, "NotImplemented", false),
+            (404, "NoSuchUpload", false),
+        ] {
+            let e = S3Error::from_answer(status, doc(code).as_bytes());
+            assert_eq!(e.code.as_deref(), Some(code));
+            assert_eq!(e.is_transient(), transient, "{code}");
+            assert_eq!(e.to_string(), format!("S3 answered {status}: {code} m & n"));
+            assert_eq!(e.is_no_such_upload(), code == "NoSuchUpload");
+        }
+        // No error document: the status decides.
+        let e = S3Error::from_answer(503, b"");
+        assert!(e.is_transient() && e.code.is_none(), "{e}");
+        assert_eq!(e.to_string(), "S3 answered 503: Service Unavailable");
+        assert!(!S3Error::from_answer(403, b"<html>no</html>").is_transient());
+        assert!(S3Error::new(None, "connection reset").is_transient());
     }
 }

@@ -34,7 +34,14 @@ pub struct Job {
     /// `Limit` control messages update it while the task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_share: Option<u64>,
+    /// Whether the store copies objects itself where source and destination share it.
+    #[serde(default, skip_serializing_if = "crate::api::ServerSideCopy::is_auto")]
+    pub server_side_copy: crate::api::ServerSideCopy,
     pub kind: JobKind,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn one() -> u32 {
@@ -240,6 +247,9 @@ pub struct JobResult {
     pub last: bool,
     /// Delivery attempt that produced this result (1 for the first).
     pub attempt: u32,
+    /// Bytes the client read from the source for this result (0 when the store copied them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_through: u64,
     pub body: ResultBody,
 }
 
@@ -455,6 +465,7 @@ mod tests {
             attempt: 1,
             max_attempts: 3,
             speed_share: None,
+            server_side_copy: Default::default(),
             compare: Default::default(),
             verify: Default::default(),
             dry_run: false,

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::planner;
 use crate::store::{self, job_state, Schedule, Store, TaskDelta, Tx};
+use btp_common::checksum;
 
 /// What applying one result did.
 #[derive(Debug, PartialEq, Eq)]
@@ -195,6 +196,7 @@ pub async fn fail_job(
         seq: 0,
         last: true,
         attempt,
+        bytes_through: 0,
         body: ResultBody::Failed { reason },
     };
     let mut tx = ctx.store.begin().await?;
@@ -330,7 +332,10 @@ pub async fn apply(
     };
     let dry_run = task.info.options.dry_run;
     let now = now_ms();
-    let mut delta = TaskDelta::default();
+    let mut delta = TaskDelta {
+        bytes_through: r.bytes_through as i64,
+        ..TaskDelta::default()
+    };
     let finished_state = if r.last { Some(job_state::DONE) } else { None };
     match &r.body {
         ResultBody::ListPage {
@@ -409,6 +414,10 @@ pub async fn apply(
                 store::record_change(tx, task_id, "copy", &f.path, f.size).await?;
             }
             delta.bytes_copied = *bytes_copied as i64;
+            let (mut failures, mut retry) = (
+                std::borrow::Cow::Borrowed(failures.as_slice()),
+                std::borrow::Cow::Borrowed(retry.as_slice()),
+            );
             if job.kind == "complete" {
                 // The worker aborts an upload it could not complete correctly itself.
                 let JobKind::Complete {
@@ -423,7 +432,19 @@ pub async fn apply(
                     // Its parts' bytes, counted as they came, are not copied after all: the
                     // file is copied again from the start, or fails.
                     delta.bytes_copied -= file.size as i64;
-                    store::upload_state::ABORTED
+                    if retry.iter().any(|f| checksum::is_mismatch(&f.reason)) {
+                        // A whole file whose stored checksum is not its source's is uploaded
+                        // again once (a part garbled on its way), not for every attempt: a
+                        // second mismatch is the store's or the link's, and fails the file.
+                        let before = store::mismatched_uploads(tx, task_id, &file.path).await?;
+                        if before + 1 >= MISMATCHED_UPLOADS {
+                            failures.to_mut().extend(retry.iter().cloned());
+                            retry = std::borrow::Cow::Borrowed(&[]);
+                        }
+                        store::upload_state::MISMATCHED
+                    } else {
+                        store::upload_state::ABORTED
+                    }
                 };
                 store::set_upload_state(tx, task_id, &upload_id, state).await?;
             }
@@ -444,7 +465,7 @@ pub async fn apply(
                     client_key(&task.info.tenant, &r.client),
                 ));
             }
-            record_failures(tx, task_id, seq, failures, &mut delta).await?;
+            record_failures(tx, task_id, seq, &failures, &mut delta).await?;
             if !retry.is_empty() {
                 // Only the files that failed transiently run again, after their backoff.
                 let entries = retry
@@ -838,6 +859,10 @@ async fn fail_upload(
     store::insert_jobs(tx, task, first, vec![abort], Schedule::NOW).await?;
     Ok(true)
 }
+
+/// Uploads of one large file that may end in a checksum mismatch before the file fails: the
+/// first upload and one more.
+const MISMATCHED_UPLOADS: i64 = 2;
 
 async fn record_failures(
     tx: &mut Tx<'_>,

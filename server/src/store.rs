@@ -1076,7 +1076,8 @@ const TASK_COLUMNS: &str =
     "id, tenant, state, src, dst, options, created_ms, started_ms, finished_ms, \
     files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
     lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch, peak_bps, \
-    files_skipped, bytes_skipped, files_excluded, files_deleted, bytes_excluded, deletes_failed";
+    files_skipped, bytes_skipped, files_excluded, files_deleted, bytes_excluded, deletes_failed, \
+    bytes_through";
 
 fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
@@ -1105,6 +1106,7 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
         bytes_excluded: n(26),
         deletes_failed: n(27),
         files_deleted: n(25),
+        bytes_through_clients: n(28),
         files_failed: n(13),
         bytes_failed: n(14),
         listing_done: n(15) > 0 && n(15) == n(16),
@@ -1168,6 +1170,7 @@ pub async fn insert_jobs(
             attempt: schedule.attempt,
             max_attempts: task.info.options.max_attempts,
             speed_share: task.info.options.speed_limit,
+            server_side_copy: task.info.options.server_side_copy,
             compare: task.info.options.compare,
             verify: task.info.options.verify,
             dry_run: task.info.options.dry_run,
@@ -1255,6 +1258,7 @@ pub struct TaskDelta {
     pub bytes_excluded: i64,
     pub files_deleted: i64,
     pub deletes_failed: i64,
+    pub bytes_through: i64,
 }
 
 pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Result<(), ApiError> {
@@ -1267,7 +1271,7 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
          files_retried = files_retried + $13, files_skipped = files_skipped + $14, \
          bytes_skipped = bytes_skipped + $15, files_excluded = files_excluded + $16, \
          files_deleted = files_deleted + $17, bytes_excluded = bytes_excluded + $18, \
-         deletes_failed = deletes_failed + $19 WHERE id = $12",
+         deletes_failed = deletes_failed + $19, bytes_through = bytes_through + $20 WHERE id = $12",
     )
     .bind(d.files_found)
     .bind(d.bytes_found)
@@ -1288,6 +1292,7 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
     .bind(d.files_deleted)
     .bind(d.bytes_excluded)
     .bind(d.deletes_failed)
+    .bind(d.bytes_through)
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;
@@ -1615,6 +1620,8 @@ pub mod upload_state {
     pub const DONE: &str = "done";
     pub const ABORTING: &str = "aborting";
     pub const ABORTED: &str = "aborted";
+    /// Completed, then deleted: the stored checksum was not the source's.
+    pub const MISMATCHED: &str = "mismatched";
 }
 
 /// A multipart upload of one large file.
@@ -1756,6 +1763,23 @@ pub async fn set_upload_state(
         .await
         .map_err(map_sqlx)?;
     Ok(())
+}
+
+/// How many uploads of `path` in the task ended in a checksum mismatch.
+pub async fn mismatched_uploads(tx: &mut Tx<'_>, task: &str, path: &str) -> Result<i64, ApiError> {
+    let files: Vec<String> =
+        sqlx::query_scalar("SELECT file FROM uploads WHERE task_id = $1 AND state = $2")
+            .bind(task)
+            .bind(upload_state::MISMATCHED)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(map_sqlx)?;
+    let mut n = 0;
+    for f in files {
+        let f: btp_common::wire::FileEntry = from_json(&f)?;
+        n += (f.path == path) as i64;
+    }
+    Ok(n)
 }
 
 /// Uploads of a task still open on the store (their parts would be orphaned): (id, path).

@@ -95,6 +95,7 @@ fn result(task: &str, seq: i64, page: u32, last: bool, body: ResultBody) -> JobR
         seq: page,
         last,
         attempt: 1,
+        bytes_through: 0,
         body,
     }
 }
@@ -616,6 +617,7 @@ on_every_backend!(a_job_the_server_fails_itself_has_no_client, |store| {
         let failed = JobResult {
             client: String::new(),
             attempt: 3,
+            bytes_through: 0,
             ..result(
                 "t10",
                 1,

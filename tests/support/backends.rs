@@ -279,6 +279,16 @@ impl S3Server {
         })
     }
 
+    /// SeaweedFS's S3 gateway, or None (skip) when it is not installed outside CI.
+    pub fn seaweedfs(dir: &Path) -> Option<S3Server> {
+        let (service, port) = start_seaweedfs(dir)?;
+        Some(S3Server {
+            name: "seaweedfs".into(),
+            port,
+            _service: service,
+        })
+    }
+
     /// Runs a boto3 script with `s3` bound to a client of this server; its standard output.
     pub fn boto3(&self, script: &str, args: &[&str]) -> String {
         let prelude = format!(

