@@ -19,6 +19,7 @@ use reqsign_azure_storage::{Credential, RequestSigner, StaticCredentialProvider}
 use reqsign_core::{Context, OsEnv, Signer};
 
 use crate::endpoint::{refuse_userinfo, EndpointError, Secret};
+use crate::rest::{encode, error_chain};
 use crate::Endpoint;
 
 /// The REST API version of every request.
@@ -540,31 +541,6 @@ fn block_list(body: &[u8], section: &str) -> Vec<(String, u64)> {
                     last.1 = text.trim().parse().unwrap_or(0);
                 }
             }
-        }
-    }
-    out
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s = format!("{s}: {c}");
-        src = c.source();
-    }
-    s
-}
-
-/// Percent-encodes everything but unreserved characters (and `/` unless `strict`).
-fn encode(s: &str, strict: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if !strict => out.push('/'),
-            _ => out.push_str(&format!("%{b:02X}")),
         }
     }
     out

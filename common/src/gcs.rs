@@ -16,6 +16,7 @@ use reqsign_google::{
     TokenCredentialProvider,
 };
 
+use crate::rest::error_chain;
 use crate::Endpoint;
 
 /// Where GCS answers when no `endpoint` option is given.
@@ -432,28 +433,9 @@ fn error_message(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(200).collect()
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s = format!("{s}: {c}");
-        src = c.source();
-    }
-    s
-}
-
 /// Percent-encodes everything but unreserved characters (object names go in one segment).
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    crate::rest::encode(s, true)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod filter;
 pub mod gcs;
 pub mod paths;
+pub mod rest;
 pub mod s3copy;
 pub mod s3mp;
 pub mod s3xml;

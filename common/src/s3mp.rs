@@ -9,6 +9,7 @@ use bytes::Bytes;
 use reqsign_aws_v4::{Credential, EnvCredentialProvider, RequestSigner, StaticCredentialProvider};
 use reqsign_core::{Context, OsEnv, Signer};
 
+pub(crate) use crate::rest::{encode, error_chain};
 use crate::Endpoint;
 
 /// An S3 error: the HTTP status (None when the request did not get an answer), the `Code` of
@@ -385,31 +386,6 @@ fn answer<T>(
     crate::s3xml::parse(body)
         .and_then(|root| read(&root))
         .map_err(|e| S3Error::new(Some(500), format!("unexpected answer: {e}")))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s = format!("{s}: {c}");
-        src = c.source();
-    }
-    s
-}
-
-/// Percent-encodes everything but unreserved characters (and `/` unless `strict`).
-pub(crate) fn encode(s: &str, strict: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if !strict => out.push('/'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
