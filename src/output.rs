@@ -156,6 +156,14 @@ pub fn report(r: &Report) {
         println!();
         failures(&r.failures);
     }
+    if !r.not_kept.is_empty() {
+        println!();
+        let mut rows = vec![["COPIED PATH", "METADATA NOT KEPT"].map(String::from).to_vec()];
+        for f in &r.not_kept {
+            rows.push(vec![f.path.clone(), f.what.clone()]);
+        }
+        table(&rows);
+    }
     if !r.changes.is_empty() {
         println!();
         let mut rows = vec![["DRY RUN", "SIZE", "PATH"].map(String::from).to_vec()];

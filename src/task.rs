@@ -161,6 +161,11 @@ pub struct PlanOpts {
     /// client), `off` copies them through the clients.
     #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
     pub server_side_copy: String,
+    /// Metadata to keep beyond mode and modification time (always kept on file systems):
+    /// `owner` gives file-system copies the source's owner and group (the client must run as
+    /// root; where it cannot, or the destination has no owners, the per-file report says so).
+    #[arg(long, value_parser = ["owner"])]
+    pub preserve: Vec<String>,
 }
 
 /// Turns a local path argument into an absolute one; URLs are passed on as they are.
@@ -220,6 +225,11 @@ pub fn create_request(
             delete_excluded: plan.delete_excluded,
             server_side_copy: btp_common::api::ServerSideCopy::parse(&plan.server_side_copy)
                 .unwrap_or_default(),
+            preserve: plan
+                .preserve
+                .iter()
+                .filter_map(|p| btp_common::api::Preserve::parse(p))
+                .collect(),
             ..TaskOptions::default()
         },
         start,
@@ -319,7 +329,7 @@ async fn files(api: &ApiClient, a: IdArgs) -> anyhow::Result<()> {
     if matches!(out, Output::Csv) {
         print!(
             "{}",
-            btp_common::csv::line(&["path", "size", "outcome", "reason"])
+            btp_common::csv::line(&["path", "size", "outcome", "reason", "not_kept"])
         );
     }
     let mut after = None;
@@ -341,15 +351,24 @@ async fn files(api: &ApiClient, a: IdArgs) -> anyhow::Result<()> {
                         f.path.as_str(),
                         &f.size.to_string(),
                         f.outcome.as_str(),
-                        &f.reason
+                        &f.reason,
+                        &f.not_kept,
                     ])
                 )?,
-                Output::Table if f.reason.is_empty() => writeln!(
+                Output::Table if f.reason.is_empty() && f.not_kept.is_empty() => writeln!(
                     stdout,
                     "{:<8}  {:>14}  {}",
                     f.outcome.as_str(),
                     f.size,
                     f.path
+                )?,
+                Output::Table if f.reason.is_empty() => writeln!(
+                    stdout,
+                    "{:<8}  {:>14}  {}  (not kept: {})",
+                    f.outcome.as_str(),
+                    f.size,
+                    f.path,
+                    f.not_kept
                 )?,
                 Output::Table => writeln!(
                     stdout,

@@ -687,7 +687,7 @@ fn the_http_gateway_answers_like_the_nats_api_with_the_same_tokens() {
     assert_eq!(csv(Some(&other)).0, 404, "another tenant's report");
     assert_eq!(
         csv(Some(&acme)),
-        (200, "path,size,status,attempts,reason\n".to_string()),
+        (200, "path,size,status,attempts,reason,not_kept\n".to_string()),
         "a task not started has no files yet"
     );
     // A taken address fails the server's start with one line.
@@ -1019,6 +1019,7 @@ fn forged_copy(files: u64) -> btp_common::wire::ResultBody {
         would_copy: vec![],
         up_to_date: vec![],
         changed: vec![],
+        not_kept: vec![],
     }
 }
 

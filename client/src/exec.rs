@@ -223,6 +223,7 @@ async fn list(
     let policy = crate::local::LinkPolicy {
         links: opts.links,
         dst_holds_links: job.dst.is_local(),
+        owner: job.preserve_owner,
     };
     let mut lister = Entries::open(&job.src, dir, policy).await?;
     let dst_index = destination_index(job, dir).await?;
@@ -260,8 +261,10 @@ async fn list(
                     page.note(path, size, Outcome::Excluded, String::new());
                 }
                 EntryMode::FILE => {
-                    let mut f = FileEntry::new(path, size, entry.mtime_ms);
+                    let mut f = FileEntry::new(path, size, entry.mtime_ms).with_posix(entry.posix);
                     f.link = entry.link;
+                    // Room the mode (and owner) take in the page.
+                    page.bytes += if f.uid.is_some() { 40 } else { 12 } * f.mode.is_some() as u64;
                     let index = dst_index.as_ref().filter(|_| f.link.is_none());
                     match index.map(|index| index.get(path)) {
                         Some(Some(&(dst_size, dst_ms))) if is_up_to_date(&f, dst_size, dst_ms) => {
@@ -423,6 +426,7 @@ impl Entries {
             mode: m.mode(),
             size: m.content_length(),
             mtime_ms: mtime_ms(m),
+            posix: Default::default(),
             link: None,
             problem: None,
         };
@@ -501,7 +505,8 @@ pub const SMALL_FILES_IN_FLIGHT: usize = 16;
 
 /// What happened to one file of a Copy job.
 enum FileOutcome {
-    Copied(u64),
+    /// Copied: its bytes, and what of its metadata the destination could not keep.
+    Copied(u64, String),
     Skipped,
     WouldCopy,
     Failed(JobError),
@@ -525,7 +530,7 @@ async fn one_file<'f>(
     }
     match copy_file(job, src, dst, f, ctx).await {
         // File-system copies got their modification time before they were put in place.
-        Ok(n) => (f, FileOutcome::Copied(n)),
+        Ok((n, lost)) => (f, FileOutcome::Copied(n, lost)),
         Err(e) => (f, FileOutcome::Failed(e)),
     }
 }
@@ -599,6 +604,7 @@ pub(crate) fn skipped_body(f: &FileEntry, changed: bool) -> ResultBody {
         would_copy: Vec::new(),
         up_to_date: vec![f.path.clone()],
         changed: changed.then(|| f.clone()).into_iter().collect(),
+        not_kept: Vec::new(),
     }
 }
 
@@ -615,6 +621,7 @@ pub(crate) fn would_copy_body(f: &FileEntry, changed: bool) -> ResultBody {
         would_copy: vec![f.clone()],
         up_to_date: Vec::new(),
         changed: changed.then(|| f.clone()).into_iter().collect(),
+        not_kept: Vec::new(),
     }
 }
 
@@ -755,6 +762,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
             would_copy: files.to_vec(),
             up_to_date: Vec::new(),
             changed: Vec::new(),
+            not_kept: Vec::new(),
         };
         return ctx.sink.send(job, 0, true, body).await;
     };
@@ -770,6 +778,23 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
         (current.as_slice(), changed)
     } else {
         (files, Vec::new())
+    };
+    // Entries without the source's mode (a retry of a report of an earlier build, `btp task
+    // retry`) get it from the source now.
+    let filled: Vec<FileEntry>;
+    let files = if job.src.local_root().is_some()
+        && files.iter().any(|f| f.mode.is_none() && f.link.is_none())
+    {
+        filled = files
+            .iter()
+            .map(|f| match f.link {
+                None => crate::keep::fill_posix(job, f),
+                Some(_) => f.clone(),
+            })
+            .collect();
+        filled.as_slice()
+    } else {
+        files
     };
     for f in files {
         injected_growth(&job.src, &f.path);
@@ -803,7 +828,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
             (
                 f,
                 match o {
-                    Ok(crate::local::Local::Copied(n)) => FileOutcome::Copied(n),
+                    Ok(crate::local::Local::Copied(n, lost)) => FileOutcome::Copied(n, lost),
                     Ok(crate::local::Local::Skipped) => FileOutcome::Skipped,
                     Err(e) => FileOutcome::Failed(e),
                 },
@@ -833,6 +858,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
     let (mut failures, mut retry) = (Vec::new(), Vec::new());
     let mut would_copy = Vec::new();
     let mut up_to_date = Vec::new();
+    let mut not_kept = Vec::new();
     for (f, outcome) in outcomes {
         match outcome {
             FileOutcome::WouldCopy => {
@@ -840,9 +866,10 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
                 bytes_copied += f.size;
                 would_copy.push(f.clone());
             }
-            FileOutcome::Copied(n) => {
+            FileOutcome::Copied(n, lost) => {
                 files_copied += 1;
                 bytes_copied += n;
+                not_kept.extend(crate::keep::entry(&f.path, lost));
                 metrics::counter!(crate::telemetry::FILES_COPIED).increment(1);
             }
             FileOutcome::Skipped => {
@@ -859,6 +886,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
                     reason: e.to_string(),
                     attempts: ctx.attempt,
                     mtime_ms: f.mtime_ms,
+                    posix: f.posix(),
                 };
                 if e.is_transient() && !ctx.last_attempt {
                     debug!(job = %job.id, path = %f.path, error = %e, "file will be retried");
@@ -885,6 +913,7 @@ async fn copy(job: &Job, files: &[FileEntry], ctx: &JobContext<'_>) -> Result<()
         would_copy,
         up_to_date,
         changed,
+        not_kept,
     };
     ctx.sink.send(job, 0, true, body).await
 }
@@ -913,7 +942,7 @@ async fn copy_link(job: &Job, f: &FileEntry) -> FileOutcome {
     let done =
         tokio::task::spawn_blocking(move || crate::local::copy_link(&root, &rel, &target)).await;
     match done {
-        Ok(Ok(crate::local::Local::Copied(n))) => FileOutcome::Copied(n),
+        Ok(Ok(crate::local::Local::Copied(n, _))) => FileOutcome::Copied(n, String::new()),
         Ok(Ok(crate::local::Local::Skipped)) => FileOutcome::Skipped,
         // Permanent: a link is not scheduled again (a retry would copy it as a file).
         Ok(Err(e)) => FileOutcome::Failed(JobError::Permanent(e.to_string())),
@@ -1148,17 +1177,31 @@ async fn copy_file(
     dst: &Operator,
     f: &FileEntry,
     ctx: &JobContext<'_>,
-) -> Result<u64, JobError> {
+) -> Result<(u64, String), JobError> {
     injected_fault(&f.path)?;
     if let Some(cp) = crate::s3copy::copier(job) {
-        return crate::s3copy::copy_file(job, &cp, src, dst, f, ctx).await;
+        // The service copies the metadata with the object.
+        let n = crate::s3copy::copy_file(job, &cp, src, dst, f, ctx).await?;
+        return Ok((n, String::new()));
     }
-    let mut stream = read_stream(&job.src, src, &f.path, ..).await?;
+    // What the destination cannot hold of the source object's metadata, looked up while the
+    // read starts.
+    let (meta, stream) = futures::join!(
+        crate::keep::source_object_meta(job, src, &f.path),
+        read_stream(&job.src, src, &f.path, ..)
+    );
+    let mut stream = stream?;
+    let meta_lost = meta
+        .map(|m| crate::keep::object_meta_lost(job, &f.path, &m))
+        .unwrap_or_default();
+    let lost = crate::keep::join(&[&meta_lost, &crate::keep::posix_lost(job, f)]);
     if let Some(root) = job.dst.local_root() {
-        return copy_to_fs(job, root, f, stream, ctx).await;
+        let (n, fs_lost) = copy_to_fs(job, root, f, stream, ctx).await?;
+        return Ok((n, crate::keep::join(&[&lost, &fs_lost])));
     }
     if let Endpoint::Sftp { .. } = job.dst {
-        return crate::sftp::copy_file(job, dst, f, stream, ctx).await;
+        let n = crate::sftp::copy_file(job, dst, f, stream, ctx).await?;
+        return Ok((n, lost));
     }
     if let Some(dav) = btp_common::webdav::WebdavClient::new(&job.dst) {
         if f.size >= SMALL_FILE {
@@ -1178,7 +1221,7 @@ async fn copy_file(
                 Err(e) => Err(e),
             };
             return match result {
-                Ok(()) => Ok(f.size),
+                Ok(()) => Ok((f.size, lost)),
                 Err(e) => {
                     let _ = dst.delete(&f.path).await;
                     Err(e)
@@ -1188,7 +1231,8 @@ async fn copy_file(
     }
     if matches!(job.dst, Endpoint::Gcs { .. }) && f.size > part_size(f.size) as u64 {
         // More than one chunk: one streamed upload (see `gcs::put`).
-        return crate::gcs::put(job, f, stream, ctx).await;
+        let n = crate::gcs::put(job, f, stream, ctx).await?;
+        return Ok((n, lost));
     }
     let mut writer = if ctx.multipart {
         // Object stores: files above the multipart threshold are Upload jobs; smaller ones
@@ -1262,7 +1306,7 @@ async fn copy_file(
         let _ = dst.delete(&f.path).await;
         return Err(e);
     }
-    Ok(written)
+    Ok((written, lost))
 }
 
 /// Runs `op` on the blocking pool.
@@ -1309,7 +1353,7 @@ async fn copy_to_fs(
     f: &FileEntry,
     mut stream: opendal::BufferStream,
     ctx: &JobContext<'_>,
-) -> Result<u64, JobError> {
+) -> Result<(u64, String), JobError> {
     let target = std::path::Path::new(root).join(&f.path);
     let shown = std::sync::Arc::new(target.to_string_lossy().into_owned());
     let s = shown.clone();
@@ -1363,7 +1407,8 @@ async fn copy_to_fs(
     let mtime = f
         .mtime_ms
         .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
-    blocking(move || {
+    let posix = f.posix();
+    let lost = blocking(move || {
         let err = |op: &str, e: std::io::Error| errors::io_error(op, &shown, e);
         let stored = out.stored_len().map_err(|e| err("stat", e))?;
         if stored != written {
@@ -1380,11 +1425,12 @@ async fn copy_to_fs(
                 return Err(md5_mismatch(&got, &want));
             }
         }
+        out.keep(posix);
         out.commit(mtime, true, crate::fswrite::Before::Unknown)
             .map_err(|e| err("rename", e))
     })
     .await?;
-    Ok(written)
+    Ok((written, lost))
 }
 
 /// Checks a file written by one writer: on S3 from what the write returned, without another

@@ -40,6 +40,8 @@ pub(crate) struct FsWrite {
     meta: Option<Owner>,
     /// Its size then.
     len: Option<u64>,
+    /// The source file's mode and owner, given to the new file before it has its final name.
+    want: btp_common::wire::Posix,
 }
 
 impl FsWrite {
@@ -80,6 +82,7 @@ impl FsWrite {
                     named: None,
                     meta: None,
                     len: None,
+                    want: Default::default(),
                 });
             }
             let e = io::Error::last_os_error();
@@ -104,6 +107,7 @@ impl FsWrite {
                         named: Some(temp),
                         meta: None,
                         len: None,
+                        want: Default::default(),
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -143,20 +147,36 @@ impl FsWrite {
         }
     }
 
-    /// Makes the new file the target: gives it `mtime` (best effort, as every copy), flushes it
-    /// to disk when `sync`, and puts it under the final name. An unnamed file is linked there
-    /// directly when there is no target yet (one system call); one that replaces a file first
-    /// gets the mode and owner of the file it replaces (an overwrite in place kept them) and is
-    /// renamed over it. `before` saves the look at the target where the caller had one.
+    /// The new file is to get the source file's mode (and owner and group, where `p` has
+    /// them) instead of those of the file it replaces.
+    pub(crate) fn keep(&mut self, p: btp_common::wire::Posix) {
+        self.want = p;
+    }
+
+    /// Makes the new file the target: gives it `mtime` (best effort, as every copy) and the
+    /// source's mode and owner ([`FsWrite::keep`]), flushes it to disk when `sync`, and puts it
+    /// under the final name; all of it before the name, so no one ever sees the target with
+    /// another mode. An unnamed file is linked there directly when there is no target yet (one
+    /// system call); one that replaces a file first gets the mode and owner of the file it
+    /// replaces where the source gave none (an overwrite in place kept them) and is renamed
+    /// over it. `before` saves the look at the target where the caller had one.
+    ///
+    /// Returns what of the source's mode and owner the file could not get ("" when all),
+    /// such as `owner (chown: Operation not permitted)` for a client that is not root.
     pub(crate) fn commit(
         mut self,
         mtime: Option<std::time::SystemTime>,
         sync: bool,
         before: Before,
-    ) -> io::Result<()> {
+    ) -> io::Result<String> {
         if let Some(t) = mtime {
             let _ = self.file.set_modified(t);
         }
+        let lost = if self.want.is_empty() {
+            String::new()
+        } else {
+            self.settle(None, true)
+        };
         if sync {
             self.file.sync_all()?;
         }
@@ -164,7 +184,7 @@ impl FsWrite {
             Before::Present(m) => Some(m),
             Before::Absent | Before::Unknown if self.named.is_none() => {
                 match self.link(&self.target) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return Ok(lost),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(e),
                 }
@@ -174,7 +194,7 @@ impl FsWrite {
             Before::Unknown => std::fs::metadata(&self.target).ok(),
         };
         if let Some(old) = old.filter(|m| m.is_file()) {
-            self.keep_mode_and_owner(&old);
+            self.settle(Some(&old), false);
         }
         if self.named.is_none() {
             self.named = Some(self.link_temp()?);
@@ -182,27 +202,53 @@ impl FsWrite {
         let temp = self.named.as_ref().expect("named above");
         std::fs::rename(temp, &self.target)?;
         self.named = None;
-        Ok(())
+        Ok(lost)
     }
 
-    /// Best effort: the permissions and owner of the file replaced (`old`), where they differ.
-    fn keep_mode_and_owner(&mut self, old: &std::fs::Metadata) {
+    /// Gives the new file the source's mode and owner, and what the source did not give of the
+    /// file it replaces (`old`), where they differ. `report`: the names of what the source gave
+    /// and the file could not take; otherwise best effort.
+    fn settle(&mut self, old: Option<&std::fs::Metadata>, report: bool) -> String {
         let new = match self.meta.take() {
             Some(m) => m,
             None => match self.file.metadata() {
                 Ok(m) => Owner::of(&m),
-                Err(_) => return,
+                Err(e) => return if report { format!("mode (stat: {e})") } else { String::new() },
             },
         };
-        let old = Owner::of(old);
+        let old = old.map(Owner::of);
+        let uid = self.want.uid.or(old.as_ref().map(|o| o.uid));
+        let gid = self.want.gid.or(old.as_ref().map(|o| o.gid));
+        let mode = self.want.mode.or(old.as_ref().map(|o| o.mode));
+        let mut lost = Vec::new();
+        let mut now = new;
         // The owner first: a change of owner clears set-user-ID and set-group-ID bits.
-        let chowned = (old.uid, old.gid) != (new.uid, new.gid)
-            && std::os::unix::fs::fchown(&self.file, Some(old.uid), Some(old.gid)).is_ok();
-        if old.mode != new.mode || (chowned && old.mode & 0o6000 != 0) {
-            let _ = self
-                .file
-                .set_permissions(std::fs::Permissions::from_mode(old.mode));
+        let mut chowned = false;
+        if (uid.is_some() && uid != Some(now.uid)) || (gid.is_some() && gid != Some(now.gid)) {
+            match std::os::unix::fs::fchown(&self.file, uid, gid) {
+                Ok(()) => {
+                    chowned = true;
+                    (now.uid, now.gid) = (uid.unwrap_or(now.uid), gid.unwrap_or(now.gid));
+                }
+                Err(e) if report && self.want.uid.is_some() => {
+                    lost.push(format!("owner (chown: {})", crate::keep::short(&e)))
+                }
+                Err(_) => {}
+            }
         }
+        if let Some(mode) = mode {
+            if mode != now.mode || (chowned && mode & 0o6000 != 0) {
+                match self.file.set_permissions(std::fs::Permissions::from_mode(mode)) {
+                    Ok(()) => now.mode = mode,
+                    Err(e) if report && self.want.mode.is_some() => {
+                        lost.push(format!("mode (chmod: {})", crate::keep::short(&e)))
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        self.meta = Some(now);
+        lost.join(", ")
     }
 
     /// Gives the unnamed file a temporary name beside the target.
@@ -451,6 +497,52 @@ mod tests {
         w.commit(None, false, Before::Absent).unwrap();
         assert_eq!(std::fs::read(&fresh).unwrap(), b"g");
         assert_eq!(others(dir.path(), &["f", "g"]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_source_mode_and_owner_win_over_the_replaced_file_and_are_there_before_the_name() {
+        use btp_common::wire::Posix;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        for named in [false, true] {
+            // A new file: linked (or renamed) with the source's mode, whatever the umask.
+            let target = dir.path().join(format!("new-{named}"));
+            let mut w = FsWrite::open(&target, named).unwrap();
+            w.write_all(b"x").unwrap();
+            w.keep(Posix {
+                mode: Some(0o751),
+                ..Posix::default()
+            });
+            assert_eq!(w.commit(None, false, Before::Unknown).unwrap(), "");
+            assert_eq!(mode(&target), 0o751);
+            // Replacing a file of another mode: the source's wins.
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).unwrap();
+            let mut w = FsWrite::open(&target, named).unwrap();
+            w.write_all(b"y").unwrap();
+            w.keep(Posix {
+                mode: Some(0o4700),
+                ..Posix::default()
+            });
+            assert_eq!(w.commit(None, false, Before::Unknown).unwrap(), "");
+            assert_eq!(mode(&target), 0o4700);
+        }
+        // The owner, where this process may give it (as root); set-user-ID survives the chown.
+        let target = dir.path().join("owned");
+        let mut w = FsWrite::create(&target).unwrap();
+        w.write_all(b"z").unwrap();
+        w.keep(Posix {
+            mode: Some(0o4750),
+            uid: Some(4321),
+            gid: Some(8765),
+        });
+        let lost = w.commit(None, false, Before::Unknown).unwrap();
+        let m = std::fs::metadata(&target).unwrap();
+        if lost.is_empty() {
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (4321, 8765, 0o4750));
+        } else {
+            assert!(lost.starts_with("owner (chown: "), "{lost}");
+            assert_eq!(m.mode() & 0o7777, 0o4750);
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod exec;
 mod fswrite;
 mod gcs;
+mod keep;
 pub mod limiter;
 mod local;
 pub mod parts;
@@ -200,6 +201,7 @@ mod tests {
             max_attempts: 3,
             speed_share: None,
             server_side_copy: Default::default(),
+            preserve_owner: false,
             compare: Default::default(),
             verify: Default::default(),
             dry_run: false,

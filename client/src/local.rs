@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use btp_common::api::{Compare, Links, Verify};
-use btp_common::wire::{FileEntry, Job, Outcome};
+use btp_common::wire::{FileEntry, Job, Outcome, Posix};
 
 use crate::errors::{io_error, JobError};
 use crate::exec::{JobContext, SMALL_FILE};
@@ -17,7 +17,8 @@ use crate::fswrite::{Before, FsWrite};
 
 /// What happened to a file.
 pub(crate) enum Local {
-    Copied(u64),
+    /// Copied, its bytes and what of its metadata it could not keep ("" when all).
+    Copied(u64, String),
     Skipped,
 }
 
@@ -90,19 +91,19 @@ async fn run_group<'f>(
     group: Vec<&'f FileEntry>,
     ctx: &JobContext<'_>,
 ) -> Vec<(&'f FileEntry, Result<Local, JobError>)> {
-    let owned: Vec<(String, u64, Option<i64>)> = group
+    let owned: Vec<(String, u64, Option<i64>, Posix)> = group
         .iter()
-        .map(|f| (f.path.clone(), f.size, f.mtime_ms))
+        .map(|f| (f.path.clone(), f.size, f.mtime_ms, f.posix()))
         .collect();
     let (s, cancel) = (setting.clone(), ctx.cancel.clone());
     let outcomes = tokio::task::spawn_blocking(move || {
         owned
             .iter()
-            .map(|(rel, size, mtime_ms)| {
+            .map(|(rel, size, mtime_ms, posix)| {
                 if cancel.is_cancelled() {
                     return Err(JobError::Cancelled);
                 }
-                s.one(rel, *size, *mtime_ms)
+                s.one(rel, *size, *mtime_ms, *posix)
             })
             .collect::<Vec<_>>()
     })
@@ -117,7 +118,7 @@ async fn run_group<'f>(
     let copied: u64 = outcomes
         .iter()
         .map(|o| match o {
-            Ok(Local::Copied(n)) => *n,
+            Ok(Local::Copied(n, _)) => *n,
             _ => 0,
         })
         .sum();
@@ -138,7 +139,13 @@ struct Setting {
 }
 
 impl Setting {
-    fn one(&self, rel: &str, size: u64, mtime_ms: Option<i64>) -> Result<Local, JobError> {
+    fn one(
+        &self,
+        rel: &str,
+        size: u64,
+        mtime_ms: Option<i64>,
+        posix: Posix,
+    ) -> Result<Local, JobError> {
         let file = Paths {
             rel: rel.to_string(),
             src: self.src.join(rel),
@@ -158,7 +165,7 @@ impl Setting {
             Before::Unknown
         };
         crate::exec::injected_fault(rel)?;
-        copy_blocking(&file, size, mtime_ms, self.check_bytes, before)
+        copy_blocking(&file, size, mtime_ms, posix, self.check_bytes, before)
     }
 }
 
@@ -170,6 +177,8 @@ pub(crate) struct Listed {
     pub mode: opendal::EntryMode,
     pub size: u64,
     pub mtime_ms: Option<i64>,
+    /// A file's mode (and owner, when asked).
+    pub posix: Posix,
     pub link: Option<String>,
     pub problem: Option<(Outcome, String)>,
 }
@@ -181,6 +190,7 @@ impl Listed {
             mode: opendal::EntryMode::Unknown,
             size: 0,
             mtime_ms: None,
+            posix: Posix::default(),
             link: None,
             problem: Some((outcome, reason.into())),
         }
@@ -196,6 +206,8 @@ pub(crate) struct LinkPolicy {
     pub links: Links,
     /// The destination can hold a link (a file system).
     pub dst_holds_links: bool,
+    /// `--preserve owner`: files are listed with their owner and group.
+    pub owner: bool,
 }
 
 /// The entries of one local directory, read with `read_dir` in batches in the blocking pool
@@ -333,6 +345,7 @@ fn read_batch(
                                 mode: opendal::EntryMode::FILE,
                                 size: 0,
                                 mtime_ms: mtime_of(&meta),
+                                posix: Posix::default(),
                                 link: Some(t.to_string()),
                                 problem: None,
                             },
@@ -400,6 +413,11 @@ fn read_batch(
             mode,
             size,
             mtime_ms: mtime_of(&meta),
+            posix: if meta.is_file() {
+                crate::keep::posix_of(&meta, policy.owner)
+            } else {
+                Posix::default()
+            },
             link: None,
             problem: None,
         });
@@ -567,7 +585,7 @@ pub(crate) fn copy_link(dst_root: &Path, rel: &str, target: &str) -> Result<Loca
         }
         return Err(io_error("create link", rel, e));
     }
-    Ok(Local::Copied(0))
+    Ok(Local::Copied(0, String::new()))
 }
 
 /// A random number for temporary names.
@@ -676,6 +694,7 @@ fn copy_blocking(
     p: &Paths,
     size: u64,
     mtime_ms: Option<i64>,
+    posix: Posix,
     check_bytes: bool,
     before: Before,
 ) -> Result<Local, JobError> {
@@ -689,7 +708,7 @@ fn copy_blocking(
             data.len()
         )));
     }
-    write_checked(p, &data, mtime_ms, check_bytes, before)
+    write_checked(p, &data, mtime_ms, posix, check_bytes, before)
 }
 
 /// Writes `data` beside the destination, checks what landed there and only then puts it under
@@ -698,6 +717,7 @@ fn write_checked(
     p: &Paths,
     data: &[u8],
     mtime_ms: Option<i64>,
+    posix: Posix,
     check_bytes: bool,
     before: Before,
 ) -> Result<Local, JobError> {
@@ -723,9 +743,11 @@ fn write_checked(
     // Best effort, as for every copy: a failure only costs a re-copy on the next run.
     let mtime = mtime_ms
         .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
-    out.commit(mtime, false, before)
+    out.keep(posix);
+    let lost = out
+        .commit(mtime, false, before)
         .map_err(|e| err("rename", e))?;
-    Ok(Local::Copied(size))
+    Ok(Local::Copied(size, lost))
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -755,8 +777,8 @@ mod tests {
         let mtime = 1_600_000_000_123;
         assert!(!up_to_date(&p.dst, 11, Some(mtime)));
         assert!(matches!(
-            copy_blocking(&p, 11, Some(mtime), true, Before::Unknown),
-            Ok(Local::Copied(11))
+            copy_blocking(&p, 11, Some(mtime), Posix::default(), true, Before::Unknown),
+            Ok(Local::Copied(11, _))
         ));
         assert_eq!(std::fs::read(&p.dst).unwrap(), b"hello world");
         assert!(up_to_date(&p.dst, 11, Some(mtime)));
@@ -770,7 +792,7 @@ mod tests {
         let p = paths(dir.path());
         std::fs::create_dir_all(p.src.parent().unwrap()).unwrap();
         std::fs::write(&p.src, b"grown since listed").unwrap();
-        let e = copy_blocking(&p, 5, None, false, Before::Unknown)
+        let e = copy_blocking(&p, 5, None, Posix::default(), false, Before::Unknown)
             .err()
             .unwrap();
         assert!(e.is_transient(), "{e}");
@@ -780,7 +802,7 @@ mod tests {
         std::fs::remove_file(&p.src).unwrap();
         std::fs::create_dir_all(p.dst.parent().unwrap()).unwrap();
         std::fs::write(&p.dst, b"older").unwrap();
-        let e = copy_blocking(&p, 5, None, false, Before::Unknown)
+        let e = copy_blocking(&p, 5, None, Posix::default(), false, Before::Unknown)
             .err()
             .unwrap();
         assert!(!e.is_transient(), "{e}");
@@ -794,6 +816,7 @@ mod tests {
     const FOLLOW: LinkPolicy = LinkPolicy {
         links: Links::Follow,
         dst_holds_links: true,
+        owner: false,
     };
 
     #[tokio::test]

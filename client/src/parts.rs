@@ -20,6 +20,7 @@ use btp_common::wire::{FileEntry, FileFailure, Job, PartDone, ResultBody};
 use btp_common::Endpoint;
 
 use crate::errors::JobError;
+use crate::keep;
 use crate::exec::{self, JobContext, COPY_CHUNK};
 
 /// The temporary file parts of `path` go to on a file system destination.
@@ -371,8 +372,19 @@ pub async fn complete(
     {
         abort_upload(&job.dst, &file.path, upload_id).await?;
         let e = JobError::Transient(format!("source {} changed during copy", file.path));
-        return report(job, file, ctx, Err(e)).await;
+        return report(job, file, ctx, Err(e), String::new()).await;
     }
+    // What the destination cannot hold of the source's metadata (the stat above has it).
+    let meta_lost = if keep::needs_object_meta(job) {
+        keep::object_meta_lost(
+            job,
+            &file.path,
+            &btp_common::s3copy::ObjectMeta::from_stat(&now),
+        )
+    } else {
+        String::new()
+    };
+    let mut lost = keep::join(&[&meta_lost, &keep::posix_lost(job, file)]);
     if exec::injected_abort_before_complete(&file.path) {
         warn!(path = %file.path, %upload_id, "injected abort of the upload before its completion");
         abort_upload(&job.dst, &file.path, upload_id).await?;
@@ -383,7 +395,13 @@ pub async fn complete(
             crate::azblob::complete(job, &src, &dst, file, upload_id, parts).await
         }
         Endpoint::Webdav { .. } => complete_webdav(job, &dst, file, upload_id, parts, ctx).await,
-        Endpoint::Fs { root } => complete_fs(root, &dst, file, upload_id).await,
+        Endpoint::Fs { root } => match complete_fs(root, &dst, file, upload_id).await {
+            Ok(fs_lost) => {
+                lost = keep::join(&[&lost, &fs_lost]);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
         Endpoint::Gcs { .. } => crate::gcs::complete(job, &src, file, upload_id, parts).await,
         Endpoint::Sftp { .. } => {
             let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
@@ -397,7 +415,7 @@ pub async fn complete(
     if outcome.is_ok() {
         exec::keep_mtime(&job.dst, file);
     }
-    report(job, file, ctx, outcome).await
+    report(job, file, ctx, outcome, lost).await
 }
 
 /// Sends the result of a Complete job: the file copied, to be retried, or failed.
@@ -406,6 +424,7 @@ async fn report(
     file: &FileEntry,
     ctx: &JobContext<'_>,
     outcome: Result<(), JobError>,
+    lost: String,
 ) -> Result<(), JobError> {
     let (mut failures, mut retry) = (Vec::new(), Vec::new());
     match outcome {
@@ -418,6 +437,7 @@ async fn report(
                 reason: e.to_string(),
                 attempts: ctx.attempt,
                 mtime_ms: file.mtime_ms,
+                posix: file.posix(),
             };
             if e.is_transient() && !ctx.last_attempt {
                 warn!(job = %job.id, path = %file.path, error = %e, "the file will be copied again");
@@ -429,6 +449,11 @@ async fn report(
         }
     }
     let copied = failures.is_empty() && retry.is_empty();
+    let not_kept = if copied {
+        keep::entry(&file.path, lost).into_iter().collect()
+    } else {
+        Vec::new()
+    };
     let body = ResultBody::Copy {
         files_copied: copied as u64,
         // The bytes were counted part by part.
@@ -441,6 +466,7 @@ async fn report(
         would_copy: Vec::new(),
         up_to_date: Vec::new(),
         changed: Vec::new(),
+        not_kept,
     };
     ctx.sink.send(job, 0, true, body).await
 }
@@ -628,14 +654,24 @@ async fn complete_fs(
     dst: &Operator,
     file: &FileEntry,
     upload_id: &str,
-) -> Result<(), JobError> {
+) -> Result<String, JobError> {
     let temp = temp_path(root, &file.path, upload_id);
     let target = std::path::Path::new(root).join(&file.path);
     match tokio::fs::metadata(&temp).await {
         Ok(m) if m.len() == file.size => {
-            tokio::fs::File::open(&temp).await?.sync_all().await?;
+            // Modification time, mode and owner before the file has its name.
+            let (posix, mtime) = (file.posix(), file.mtime_ms.map(|ms| {
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+            }));
+            let f = tokio::fs::File::open(&temp).await?.into_std().await;
+            let lost = tokio::task::spawn_blocking(move || {
+                let lost = keep::apply(&f, posix, mtime);
+                f.sync_all().map(|()| lost)
+            })
+            .await
+            .map_err(|e| JobError::Transient(format!("completion stopped: {e}")))??;
             tokio::fs::rename(&temp, &target).await?;
-            Ok(())
+            Ok(lost)
         }
         Ok(m) => Err(JobError::Permanent(format!(
             "{} has {} bytes in its upload, expected {}",
@@ -655,7 +691,7 @@ async fn complete_fs(
                 (Some(m), Some(ms))
                     if m.content_length() == file.size && exec::mtime_ms(&m) == Some(ms) =>
                 {
-                    Ok(())
+                    Ok(String::new())
                 }
                 _ => Err(vanished(upload_id, file)),
             }

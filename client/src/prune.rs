@@ -31,6 +31,7 @@ pub(crate) async fn delete(
                 reason: format!("not deleted: {reason}"),
                 attempts: ctx.attempt,
                 mtime_ms: None,
+                posix: Default::default(),
             });
         } else {
             more_failures += 1;
@@ -117,6 +118,7 @@ pub(crate) async fn delete(
             reason: format!("{more_failures} more entries could not be deleted"),
             attempts: ctx.attempt,
             mtime_ms: None,
+            posix: Default::default(),
         });
     }
     let body = ResultBody::Deleted { deleted, failures };

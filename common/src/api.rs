@@ -248,6 +248,27 @@ pub struct TaskOptions {
     pub delete_excluded: bool,
     /// Copies between two endpoints of one S3 service made by the service itself.
     pub server_side_copy: ServerSideCopy,
+    /// Metadata kept beyond what every copy keeps (`--preserve owner`: owner and group).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preserve: Vec<Preserve>,
+}
+
+/// What `--preserve` adds to the metadata a copy keeps. File-system copies always keep the
+/// mode and modification time; S3 copies the content headers and user metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preserve {
+    /// The owner and group (uid, gid) of file-system files: needs root on the client.
+    Owner,
+}
+
+impl Preserve {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Preserve::Owner),
+            _ => None,
+        }
+    }
 }
 
 /// What a task does with symbolic links of a file-system source (`--links`).
@@ -285,6 +306,11 @@ impl Links {
 }
 
 impl TaskOptions {
+    /// `--preserve owner` was asked.
+    pub fn preserve_owner(&self) -> bool {
+        self.preserve.contains(&Preserve::Owner)
+    }
+
     /// Part size for a file of `size` bytes.
     pub fn part_size_for(&self, size: u64) -> u64 {
         self.part_size
@@ -312,6 +338,7 @@ impl Default for TaskOptions {
             links: Links::Copy,
             delete_excluded: false,
             server_side_copy: ServerSideCopy::Auto,
+            preserve: Vec::new(),
         }
     }
 }
@@ -552,6 +579,10 @@ pub struct Report {
     /// A dry run's findings: what would be copied and deleted (paged like `failures`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<Change>,
+    /// Copied files whose destination could not hold some of their metadata, by path (paged
+    /// like `failures`); the whole list is in `task.files`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_kept: Vec<crate::wire::NotKept>,
 }
 
 /// A change a dry run found.
@@ -683,6 +714,10 @@ pub struct DoneFile {
     /// Attempts made on a failed file.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// Metadata of a copied file its destination could not hold (`content-type, mode`...);
+    /// absent when everything was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub not_kept: String,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -107,9 +107,21 @@ impl ObjectMeta {
         out
     }
 
-    /// What a file system cannot hold of it, for the per-file report ("" when nothing).
-    pub fn not_kept_on_fs(&self) -> String {
+    /// What a file system cannot hold of it, for the per-file report ("" when nothing). A file
+    /// system's content type is its name: the object's is lost unless it is the one `guessed`
+    /// from the name, or the default type a store gives objects without one.
+    pub fn not_kept_on_fs(&self, guessed: Option<&str>) -> String {
         let mut lost = Vec::new();
+        if let Some(ct) = &self.content_type {
+            let base = ct.split(';').next().unwrap_or("").trim();
+            let default = ["binary/octet-stream", "application/octet-stream"]
+                .iter()
+                .any(|d| base.eq_ignore_ascii_case(d));
+            let same = guessed.is_some_and(|g| base.eq_ignore_ascii_case(g));
+            if !base.is_empty() && !default && !same {
+                lost.push("content-type".to_string());
+            }
+        }
         if self.cache_control.is_some() {
             lost.push("cache-control".to_string());
         }
@@ -365,6 +377,10 @@ mod tests {
         let h = m.headers();
         assert!(h.contains(&("content-type".into(), "text/plain".into())));
         assert!(h.contains(&("x-amz-meta-owner".into(), "ops".into())));
-        assert_eq!(m.not_kept_on_fs(), "cache-control, x-amz-meta-owner");
+        assert_eq!(m.not_kept_on_fs(Some("text/plain")), "cache-control, x-amz-meta-owner");
+        assert_eq!(
+            m.not_kept_on_fs(None),
+            "content-type, cache-control, x-amz-meta-owner"
+        );
     }
 }

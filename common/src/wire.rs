@@ -37,6 +37,10 @@ pub struct Job {
     /// Whether the store copies objects itself where source and destination share it.
     #[serde(default, skip_serializing_if = "crate::api::ServerSideCopy::is_auto")]
     pub server_side_copy: crate::api::ServerSideCopy,
+    /// `--preserve owner`: file-system copies get the source's owner and group too (listings
+    /// of file systems then carry them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_owner: bool,
     pub kind: JobKind,
 }
 
@@ -160,6 +164,14 @@ pub struct FileEntry {
     /// and not copied.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// Permission bits (`st_mode & 0o7777`) of a file of a file-system source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Owner and group of a file of a file-system source, listed only with `--preserve owner`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
 }
 
 impl FileEntry {
@@ -172,8 +184,54 @@ impl FileEntry {
             stale: false,
             link: None,
             skipped: false,
+            mode: None,
+            uid: None,
+            gid: None,
         }
     }
+
+    /// The source file's mode and owner as this entry carries them.
+    pub fn posix(&self) -> Posix {
+        Posix {
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+
+    /// Takes the mode and owner of `p`.
+    pub fn with_posix(mut self, p: Posix) -> Self {
+        (self.mode, self.uid, self.gid) = (p.mode, p.uid, p.gid);
+        self
+    }
+}
+
+/// Mode and owner of a file-system source file, carried from its listing to its copy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Posix {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+impl Posix {
+    pub fn is_empty(&self) -> bool {
+        self.mode.is_none() && self.uid.is_none() && self.gid.is_none()
+    }
+}
+
+/// A copied file whose destination could not hold some of its metadata: `what` names it
+/// (`content-type`, `cache-control`, `x-amz-meta-<key>`, `mode`, `owner`, ...), comma-separated,
+/// with the reason where one helps (`owner (chown: Operation not permitted)`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotKept {
+    pub path: String,
+    pub what: String,
 }
 
 /// What became of a listed entry that gets no copy: the per-file report's outcome.
@@ -227,7 +285,7 @@ pub struct Noted {
 impl FileEntry {
     /// Approximate size of this entry in a JSON page, used to bound pages.
     pub fn wire_len(&self) -> u64 {
-        self.path.len() as u64 + 48
+        self.path.len() as u64 + 48 + if self.posix().is_empty() { 0 } else { 40 }
     }
 }
 
@@ -307,6 +365,9 @@ pub enum ResultBody {
         /// now, which this copy used (and counted). The server corrects the bytes found.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         changed: Vec<FileEntry>,
+        /// Copied files whose destination could not hold some of their metadata (only those).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        not_kept: Vec<NotKept>,
     },
     /// An Upload job started the upload of its file.
     Begun {
@@ -344,6 +405,9 @@ pub struct FileFailure {
     /// Kept so a retried copy still gets the source's modification time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ms: Option<i64>,
+    /// Kept so a retried copy still gets the source's mode and owner.
+    #[serde(default, skip_serializing_if = "Posix::is_empty")]
+    pub posix: Posix,
 }
 
 /// Heartbeat of a client on core NATS; its first one registers the client.
@@ -466,6 +530,7 @@ mod tests {
             max_attempts: 3,
             speed_share: None,
             server_side_copy: Default::default(),
+            preserve_owner: false,
             compare: Default::default(),
             verify: Default::default(),
             dry_run: false,

@@ -408,8 +408,10 @@ pub async fn apply(
             retry_after_ms,
             would_copy,
             changed,
+            not_kept,
             ..
         } => {
+            store::record_not_kept(tx, task_id, seq, not_kept).await?;
             for f in would_copy {
                 store::record_change(tx, task_id, "copy", &f.path, f.size).await?;
             }
@@ -470,7 +472,7 @@ pub async fn apply(
                 // Only the files that failed transiently run again, after their backoff.
                 let entries = retry
                     .iter()
-                    .map(|f| FileEntry::new(f.path.clone(), f.size, f.mtime_ms))
+                    .map(|f| FileEntry::new(f.path.clone(), f.size, f.mtime_ms).with_posix(f.posix))
                     .collect();
                 let kinds = planner::pack_copies(entries, &task.info.options);
                 let schedule = Schedule {
@@ -610,6 +612,7 @@ pub async fn apply(
                         reason: format!("listing failed: {reason}"),
                         attempts: r.attempt,
                         mtime_ms: None,
+                        posix: Default::default(),
                     };
                     store::record_failure(tx, task_id, "dir", &f, seq).await?;
                     delta.dirs_failed = 1;
@@ -720,6 +723,7 @@ async fn apply_noted(
                 reason: n.reason.clone(),
                 attempts: attempt,
                 mtime_ms: None,
+                posix: Default::default(),
             };
             store::record_failure(tx, task, "entry", &f, seq).await?;
             delta.files_failed += 1;
@@ -809,6 +813,7 @@ fn failure(f: &FileEntry, reason: String, attempts: u32) -> FileFailure {
         reason,
         attempts,
         mtime_ms: f.mtime_ms,
+        posix: f.posix(),
     }
 }
 

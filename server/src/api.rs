@@ -552,6 +552,18 @@ impl Api {
             loop {
                 let jobs = store.done_file_jobs(&req.id, after, JOBS).await?;
                 let full = jobs.len() as i64 == JOBS;
+                let mut not_kept = match (jobs.first(), jobs.last()) {
+                    (Some((first, _)), Some((last, _))) => {
+                        store.not_kept(&req.id, *first, *last).await?
+                    }
+                    _ => Default::default(),
+                };
+                let mut done_file = |seq: i64, f: btp_common::wire::FileEntry| {
+                    let lost = not_kept.remove(&(seq, f.path.clone()));
+                    let mut d = done_file(f);
+                    d.not_kept = lost.unwrap_or_default();
+                    d
+                };
                 for (seq, payload) in jobs {
                     after = seq;
                     let job: btp_common::wire::Job =
@@ -560,17 +572,17 @@ impl Api {
                         })?;
                     match job.kind {
                         JobKind::Copy { files: batch } => {
-                            files.extend(batch.into_iter().map(done_file))
+                            files.extend(batch.into_iter().map(|f| done_file(seq, f)))
                         }
                         // A large file, once its upload is complete.
-                        JobKind::Complete { file, .. } => files.push(done_file(file)),
+                        JobKind::Complete { file, .. } => files.push(done_file(seq, file)),
                         // Kept by an Upload job that found its file up to date, or by stores of
                         // earlier builds; a large file whose upload failed later is in the
                         // failures instead.
                         JobKind::Upload { file, .. }
                             if !store.has_failure(&req.id, &file.path).await? =>
                         {
-                            files.push(done_file(file));
+                            files.push(done_file(seq, file));
                         }
                         _ => {}
                     }
@@ -650,6 +662,13 @@ impl Api {
                 .into_iter()
                 .map(|(action, path, size)| btp_common::api::Change { action, path, size })
                 .collect(),
+            not_kept: store
+                .not_kept_page(
+                    &req.id,
+                    req.failures_limit as i64,
+                    req.failures_offset as i64,
+                )
+                .await?,
             task,
             duration_ms,
             avg_bytes_per_sec: avg.round(),
@@ -1023,6 +1042,7 @@ fn done_file(f: btp_common::wire::FileEntry) -> DoneFile {
         },
         reason: String::new(),
         attempts: 0,
+        not_kept: String::new(),
     }
 }
 

@@ -400,7 +400,9 @@ async fn report_csv(api: &Api, body: &[u8], token: Option<String>) -> Response<B
             return json(status_of(&out), out);
         }
     };
-    let header = btp_common::csv::line(&["path", "size", "status", "attempts", "reason"]);
+    let header = btp_common::csv::line(&[
+        "path", "size", "status", "attempts", "reason", "not_kept",
+    ]);
     let api = api.clone();
     let rows = futures::stream::once(async move { Bytes::from(header) }).chain(
         futures::stream::unfold(CsvAt::Files(None), move |at| {
@@ -452,6 +454,7 @@ async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Optio
                             f.outcome.as_str(),
                             &attempts,
                             &f.reason,
+                            &f.not_kept,
                         ]));
                     }
                     let next = match page.next {
@@ -467,7 +470,7 @@ async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Optio
 }
 
 fn cut_line(e: &ApiError) -> String {
-    btp_common::csv::line(&["#error", "", "", "", &e.message])
+    btp_common::csv::line(&["#error", "", "", "", &e.message, ""])
 }
 
 /// A path as it may be quoted in an error (bounded).

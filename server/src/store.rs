@@ -795,6 +795,7 @@ impl Store {
             "entries",
             "deletions",
             "dirty_dirs",
+            "not_kept",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE task_id = $1"))
                 .bind(id)
@@ -879,6 +880,7 @@ impl Store {
                 reason: r.get(2),
                 attempts: r.get::<i64, _>(3) as u32,
                 mtime_ms: None,
+                posix: Default::default(),
             })
             .collect())
     }
@@ -906,6 +908,55 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.get(0), crate::seal::open(r.get(1))?)))
             .collect()
+    }
+
+    /// What the files copied by jobs `first..=last` of a task could not keep, by job and path
+    /// (only files with something not kept have a row).
+    pub async fn not_kept(
+        &self,
+        task: &str,
+        first: i64,
+        last: i64,
+    ) -> Result<std::collections::HashMap<(i64, String), String>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT job_seq, path, what FROM not_kept WHERE task_id = $1 \
+             AND job_seq >= $2 AND job_seq <= $3",
+        )
+        .bind(task)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get::<i64, _>(0), r.get::<String, _>(1)), r.get(2)))
+            .collect())
+    }
+
+    /// Copied files that could not keep some of their metadata, by path, paged.
+    pub async fn not_kept_page(
+        &self,
+        task: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<btp_common::wire::NotKept>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT path, what FROM not_kept WHERE task_id = $1 ORDER BY path LIMIT $2 OFFSET $3",
+        )
+        .bind(task)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .iter()
+            .map(|r| btp_common::wire::NotKept {
+                path: r.get(0),
+                what: r.get(1),
+            })
+            .collect())
     }
 
     /// Entries the listing settled without a copy (up to date, excluded, skipped with a
@@ -936,6 +987,7 @@ impl Store {
                         .ok_or_else(|| ApiError::internal(format!("bad outcome {outcome}")))?,
                     reason: r.get(3),
                     attempts: 0,
+                    not_kept: String::new(),
                 })
             })
             .collect()
@@ -968,6 +1020,7 @@ impl Store {
                 outcome: btp_common::wire::Outcome::Failed,
                 reason: r.get(2),
                 attempts: r.get::<i64, _>(3) as u32,
+                not_kept: String::new(),
             })
             .collect())
     }
@@ -1171,6 +1224,7 @@ pub async fn insert_jobs(
             max_attempts: task.info.options.max_attempts,
             speed_share: task.info.options.speed_limit,
             server_side_copy: task.info.options.server_side_copy,
+            preserve_owner: task.info.options.preserve_owner(),
             compare: task.info.options.compare,
             verify: task.info.options.verify,
             dry_run: task.info.options.dry_run,
@@ -1504,6 +1558,7 @@ pub async fn finish_task_if_done(
             ),
             attempts: 0,
             mtime_ms: None,
+            posix: Default::default(),
         };
         record_failure(tx, task, "task", &f, -1).await?;
     }
@@ -1803,6 +1858,29 @@ pub async fn open_uploads(tx: &mut Tx<'_>, task: &str) -> Result<Vec<(String, St
 }
 
 /// Records what a dry run found would change (`copy` or `delete`).
+/// Copied files of job `seq` whose destination could not hold some of their metadata.
+pub async fn record_not_kept(
+    tx: &mut Tx<'_>,
+    task: &str,
+    seq: i64,
+    files: &[btp_common::wire::NotKept],
+) -> Result<(), ApiError> {
+    for f in files {
+        sqlx::query(
+            "INSERT INTO not_kept (task_id, job_seq, path, what) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (task_id, job_seq, path) DO NOTHING",
+        )
+        .bind(task)
+        .bind(seq)
+        .bind(&f.path)
+        .bind(&f.what)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    }
+    Ok(())
+}
+
 pub async fn record_change(
     tx: &mut Tx<'_>,
     task: &str,

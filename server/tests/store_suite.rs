@@ -118,6 +118,7 @@ fn copy_ok(n: u64, bytes: u64) -> ResultBody {
         up_to_date: Vec::new(),
         would_copy: vec![],
         changed: vec![],
+        not_kept: vec![],
         files_copied: n,
         bytes_copied: bytes,
         files_skipped: 0,
@@ -249,6 +250,7 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
         apply_one(&store, &page).await;
         let failure = |p: &str| FileFailure {
             mtime_ms: None,
+            posix: Default::default(),
             path: p.into(),
             size: 7,
             reason: "permission denied".into(),
@@ -258,6 +260,7 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
             up_to_date: Vec::new(),
             would_copy: vec![],
             changed: vec![],
+            not_kept: vec![],
             files_copied: 1,
             files_skipped: 0,
             bytes_skipped: 0,
@@ -327,6 +330,7 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
         .await;
         let retry = vec![FileFailure {
             mtime_ms: None,
+            posix: Default::default(),
             path: "f001".into(),
             size: 3,
             reason: "timeout".into(),
@@ -336,6 +340,7 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
             up_to_date: Vec::new(),
             would_copy: vec![],
             changed: vec![],
+            not_kept: vec![],
             files_copied: 1,
             files_skipped: 0,
             bytes_skipped: 0,

@@ -291,6 +291,8 @@ pub struct ReportEntry {
     pub size: u64,
     pub outcome: String,
     pub reason: String,
+    /// Metadata the destination could not keep ("" when all).
+    pub not_kept: String,
 }
 
 /// The whole per-file report (`btp task files --output json`), by path; panics when a path is
@@ -321,6 +323,7 @@ pub fn report_entries_env(
             size: f["size"].as_u64().unwrap(),
             outcome: f["outcome"].as_str().unwrap().to_string(),
             reason: f["reason"].as_str().unwrap_or_default().to_string(),
+            not_kept: f["not_kept"].as_str().unwrap_or_default().to_string(),
         };
         if let Some(before) = files.insert(path.clone(), entry.clone()) {
             panic!("{path} is in the report twice: {before:?} and {entry:?}");
