@@ -158,7 +158,9 @@ pub fn report(r: &Report) {
     }
     if !r.not_kept.is_empty() {
         println!();
-        let mut rows = vec![["COPIED PATH", "METADATA NOT KEPT"].map(String::from).to_vec()];
+        let mut rows = vec![["COPIED PATH", "METADATA NOT KEPT"]
+            .map(String::from)
+            .to_vec()];
         for f in &r.not_kept {
             rows.push(vec![f.path.clone(), f.what.clone()]);
         }

@@ -29,12 +29,42 @@ struct Spec {
 
 /// Small files (copied in one blocking call), a streamed one (above 256 KiB) and one in parts.
 const TREE: [Spec; 6] = [
-    Spec { path: "private.txt", size: 1200, mode: 0o600, mtime_ms: 1_500_000_000_000 },
-    Spec { path: "group/readable.csv", size: 10, mode: 0o640, mtime_ms: 1_600_000_000_123 },
-    Spec { path: "bin/tool.sh", size: 300, mode: 0o755, mtime_ms: 1_650_000_000_000 },
-    Spec { path: "bin/setuid", size: 64, mode: 0o4755, mtime_ms: 1_650_000_001_000 },
-    Spec { path: "streamed.dat", size: 700 << 10, mode: 0o640, mtime_ms: 1_400_000_000_500 },
-    Spec { path: "large/parts.bin", size: 13 << 20, mode: 0o751, mtime_ms: 1_450_000_000_000 },
+    Spec {
+        path: "private.txt",
+        size: 1200,
+        mode: 0o600,
+        mtime_ms: 1_500_000_000_000,
+    },
+    Spec {
+        path: "group/readable.csv",
+        size: 10,
+        mode: 0o640,
+        mtime_ms: 1_600_000_000_123,
+    },
+    Spec {
+        path: "bin/tool.sh",
+        size: 300,
+        mode: 0o755,
+        mtime_ms: 1_650_000_000_000,
+    },
+    Spec {
+        path: "bin/setuid",
+        size: 64,
+        mode: 0o4755,
+        mtime_ms: 1_650_000_001_000,
+    },
+    Spec {
+        path: "streamed.dat",
+        size: 700 << 10,
+        mode: 0o640,
+        mtime_ms: 1_400_000_000_500,
+    },
+    Spec {
+        path: "large/parts.bin",
+        size: 13 << 20,
+        mode: 0o751,
+        mtime_ms: 1_450_000_000_000,
+    },
 ];
 
 fn make_tree(root: &Path, owner: Option<(u32, u32)>) {
@@ -111,8 +141,11 @@ fn file_system_copies_keep_modes_and_mtimes_and_with_preserve_owner_owners() {
     // A file already there with other permissions is replaced by one with the source's.
     std::fs::create_dir_all(&plain).unwrap();
     std::fs::write(plain.join("private.txt"), b"old").unwrap();
-    std::fs::set_permissions(plain.join("private.txt"), std::fs::Permissions::from_mode(0o666))
-        .unwrap();
+    std::fs::set_permissions(
+        plain.join("private.txt"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     let (_, id) = run_task(&c, src.to_str().unwrap(), plain.to_str().unwrap(), &[]);
     assert_same_tree(&src, &plain);
     let got = stat_tree(&plain);
@@ -122,11 +155,18 @@ fn file_system_copies_keep_modes_and_mtimes_and_with_preserve_owner_owners() {
         let (g_mode, g_uid, g_gid, g_ms) = got[rel];
         assert_eq!(g_mode, *mode, "{rel}: mode {g_mode:o}, source {mode:o}");
         assert_eq!(g_ms, *ms, "{rel}: modification time");
-        assert_eq!((g_uid, g_gid), me, "{rel}: owned by the client without --preserve owner");
+        assert_eq!(
+            (g_uid, g_gid),
+            me,
+            "{rel}: owned by the client without --preserve owner"
+        );
     }
     let lost = not_kept(&c, &id);
     assert_eq!(lost.len(), TREE.len());
-    assert!(lost.values().all(|w| w.is_empty()), "nothing lost: {lost:?}");
+    assert!(
+        lost.values().all(|w| w.is_empty()),
+        "nothing lost: {lost:?}"
+    );
 
     // With --preserve owner, as root: owners and groups too.
     if !root {
@@ -141,7 +181,11 @@ fn file_system_copies_keep_modes_and_mtimes_and_with_preserve_owner_owners() {
         &["--preserve", "owner"],
     );
     assert_same_tree(&src, &owned);
-    assert_eq!(stat_tree(&owned), want, "mode, owner, group and time of every file");
+    assert_eq!(
+        stat_tree(&owned),
+        want,
+        "mode, owner, group and time of every file"
+    );
     for (rel, (mode, uid, gid, _)) in stat_tree(&owned) {
         assert_eq!((uid, gid), (1234, 5678), "{rel}");
         if rel == "bin/setuid" {
@@ -149,7 +193,10 @@ fn file_system_copies_keep_modes_and_mtimes_and_with_preserve_owner_owners() {
         }
     }
     let lost = not_kept(&c, &id);
-    assert!(lost.values().all(|w| w.is_empty()), "nothing lost: {lost:?}");
+    assert!(
+        lost.values().all(|w| w.is_empty()),
+        "nothing lost: {lost:?}"
+    );
 }
 
 /// A client that is not root cannot give files another owner: with `--preserve owner` every
@@ -193,7 +240,12 @@ fn an_owner_a_client_cannot_give_is_in_the_report() {
     let url = c.url.clone();
     wait_for("client nobody online", Duration::from_secs(30), || {
         let l = btp_json(&url, &["client", "list"]);
-        l["clients"].as_array().unwrap().iter().any(|c| c["id"] == "nobody").then_some(())
+        l["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == "nobody")
+            .then_some(())
     });
     let (_, id) = run_task(
         &c,
@@ -205,7 +257,11 @@ fn an_owner_a_client_cannot_give_is_in_the_report() {
     assert_same_tree(&src, &dst);
     let want = stat_tree(&src);
     for (rel, (mode, uid, gid, ms)) in stat_tree(&dst) {
-        assert_eq!((mode, ms), (want[&rel].0, want[&rel].3), "{rel}: mode and time kept");
+        assert_eq!(
+            (mode, ms),
+            (want[&rel].0, want[&rel].3),
+            "{rel}: mode and time kept"
+        );
         assert_eq!((uid, gid), (65534, 65534), "{rel}: the client's own");
     }
     let lost = not_kept(&c, &id);
@@ -268,7 +324,10 @@ fn s3_metadata_a_file_system_cannot_hold_and_modes_an_object_store_cannot_are_re
         ("deep/all.bin", 300 << 10),
         ("large.bin", 13 << 20),
     ] {
-        assert!(std::fs::read(dst.join(rel)).unwrap() == expect(size), "{rel}: bytes");
+        assert!(
+            std::fs::read(dst.join(rel)).unwrap() == expect(size),
+            "{rel}: bytes"
+        );
     }
     let lost = not_kept(&c, &id);
     let want: BTreeMap<String, String> = [
@@ -287,14 +346,22 @@ fn s3_metadata_a_file_system_cannot_hold_and_modes_an_object_store_cannot_are_re
     .into_iter()
     .map(|(p, w)| (p.to_string(), w.to_string()))
     .collect();
-    assert_eq!(lost, want, "the not_kept column names exactly what each file lost");
+    assert_eq!(
+        lost, want,
+        "the not_kept column names exactly what each file lost"
+    );
     // The report lists them too, by path.
     let report = c.report(&id);
     let listed: BTreeMap<String, String> = report["not_kept"]
         .as_array()
         .unwrap_or_else(|| panic!("{report}"))
         .iter()
-        .map(|n| (n["path"].as_str().unwrap().into(), n["what"].as_str().unwrap().into()))
+        .map(|n| {
+            (
+                n["path"].as_str().unwrap().into(),
+                n["what"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     let non_empty: BTreeMap<String, String> =
         want.into_iter().filter(|(_, w)| !w.is_empty()).collect();
@@ -302,8 +369,14 @@ fn s3_metadata_a_file_system_cannot_hold_and_modes_an_object_store_cannot_are_re
     // And the per-file CSV has the column.
     let csv = btp(&c.url, &["task", "files", &id, "--output", "csv"]);
     let csv = String::from_utf8(csv.stdout).unwrap();
-    assert!(csv.starts_with("path,size,outcome,reason,not_kept\n"), "{csv}");
-    assert!(csv.contains("typed.bin,100,copied,,content-type\n"), "{csv}");
+    assert!(
+        csv.starts_with("path,size,outcome,reason,not_kept\n"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("typed.bin,100,copied,,content-type\n"),
+        "{csv}"
+    );
 
     // fs -> S3: a file's mode has no place on an object store; named only when --preserve
     // owner asks for file attributes. The content type is guessed from the name (boto3 sees it).
@@ -313,7 +386,12 @@ fn s3_metadata_a_file_system_cannot_hold_and_modes_an_object_store_cannot_are_re
         let mut args = opts("dst");
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let (_, id) = run_task(&c, src.to_str().unwrap(), &format!("s3://meta/{prefix}"), &args);
+        let (_, id) = run_task(
+            &c,
+            src.to_str().unwrap(),
+            &format!("s3://meta/{prefix}"),
+            &args,
+        );
         not_kept(&c, &id)
     };
     let plain = run_up("plain", &[]);

@@ -687,7 +687,10 @@ fn the_http_gateway_answers_like_the_nats_api_with_the_same_tokens() {
     assert_eq!(csv(Some(&other)).0, 404, "another tenant's report");
     assert_eq!(
         csv(Some(&acme)),
-        (200, "path,size,status,attempts,reason,not_kept\n".to_string()),
+        (
+            200,
+            "path,size,status,attempts,reason,not_kept\n".to_string()
+        ),
         "a task not started has no files yet"
     );
     // A taken address fails the server's start with one line.

@@ -213,7 +213,13 @@ impl FsWrite {
             Some(m) => m,
             None => match self.file.metadata() {
                 Ok(m) => Owner::of(&m),
-                Err(e) => return if report { format!("mode (stat: {e})") } else { String::new() },
+                Err(e) => {
+                    return if report {
+                        format!("mode (stat: {e})")
+                    } else {
+                        String::new()
+                    }
+                }
             },
         };
         let old = old.map(Owner::of);
@@ -238,7 +244,10 @@ impl FsWrite {
         }
         if let Some(mode) = mode {
             if mode != now.mode || (chowned && mode & 0o6000 != 0) {
-                match self.file.set_permissions(std::fs::Permissions::from_mode(mode)) {
+                match self
+                    .file
+                    .set_permissions(std::fs::Permissions::from_mode(mode))
+                {
                     Ok(()) => now.mode = mode,
                     Err(e) if report && self.want.mode.is_some() => {
                         lost.push(format!("mode (chmod: {})", crate::keep::short(&e)))

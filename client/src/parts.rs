@@ -20,8 +20,8 @@ use btp_common::wire::{FileEntry, FileFailure, Job, PartDone, ResultBody};
 use btp_common::Endpoint;
 
 use crate::errors::JobError;
-use crate::keep;
 use crate::exec::{self, JobContext, COPY_CHUNK};
+use crate::keep;
 
 /// The temporary file parts of `path` go to on a file system destination.
 fn temp_path(root: &str, path: &str, upload_id: &str) -> PathBuf {
@@ -660,9 +660,12 @@ async fn complete_fs(
     match tokio::fs::metadata(&temp).await {
         Ok(m) if m.len() == file.size => {
             // Modification time, mode and owner before the file has its name.
-            let (posix, mtime) = (file.posix(), file.mtime_ms.map(|ms| {
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
-            }));
+            let (posix, mtime) = (
+                file.posix(),
+                file.mtime_ms.map(|ms| {
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+                }),
+            );
             let f = tokio::fs::File::open(&temp).await?.into_std().await;
             let lost = tokio::task::spawn_blocking(move || {
                 let lost = keep::apply(&f, posix, mtime);

@@ -377,7 +377,10 @@ mod tests {
         let h = m.headers();
         assert!(h.contains(&("content-type".into(), "text/plain".into())));
         assert!(h.contains(&("x-amz-meta-owner".into(), "ops".into())));
-        assert_eq!(m.not_kept_on_fs(Some("text/plain")), "cache-control, x-amz-meta-owner");
+        assert_eq!(
+            m.not_kept_on_fs(Some("text/plain")),
+            "cache-control, x-amz-meta-owner"
+        );
         assert_eq!(
             m.not_kept_on_fs(None),
             "content-type, cache-control, x-amz-meta-owner"

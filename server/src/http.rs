@@ -400,9 +400,8 @@ async fn report_csv(api: &Api, body: &[u8], token: Option<String>) -> Response<B
             return json(status_of(&out), out);
         }
     };
-    let header = btp_common::csv::line(&[
-        "path", "size", "status", "attempts", "reason", "not_kept",
-    ]);
+    let header =
+        btp_common::csv::line(&["path", "size", "status", "attempts", "reason", "not_kept"]);
     let api = api.clone();
     let rows = futures::stream::once(async move { Bytes::from(header) }).chain(
         futures::stream::unfold(CsvAt::Files(None), move |at| {
