@@ -694,3 +694,59 @@ on_every_backend!(
         assert!(store.tasks("acme", None, 10, 0).await.unwrap().is_empty());
     })
 );
+
+on_every_backend!(
+    metadata_not_kept_is_stored_for_those_files_only_once_and_goes_with_the_task,
+    |store| Box::pin(async move {
+        let t = new_task(&store, "tk", TaskOptions::default()).await;
+        store.start_task(&t, 1).await.unwrap();
+        let page = ResultBody::ListPage {
+            noted: Vec::new(),
+            extra: Vec::new(),
+            excluded: 0,
+            deleted: vec![],
+            skipped: 0,
+            bytes_skipped: 0,
+            files: files(3, 5),
+            dirs: vec![],
+        };
+        apply_one(&store, &result("tk", 0, 0, true, page)).await;
+        let lost = |p: &str, w: &str| btp_common::wire::NotKept {
+            path: p.into(),
+            what: w.into(),
+        };
+        let mut body = copy_ok(3, 15);
+        if let ResultBody::Copy { not_kept, .. } = &mut body {
+            *not_kept = vec![
+                lost("f002", "owner (chown: Operation not permitted)"),
+                lost("f000", "content-type, x-amz-meta-color"),
+            ];
+        }
+        let r = result("tk", 1, 0, true, body);
+        apply_one(&store, &r).await;
+        // A redelivered result changes nothing.
+        apply_one(&store, &r).await;
+        let by_job = store.not_kept("tk", 1, 1).await.unwrap();
+        assert_eq!(by_job.len(), 2, "{by_job:?}");
+        assert_eq!(
+            by_job[&(1, "f000".to_string())],
+            "content-type, x-amz-meta-color"
+        );
+        assert!(
+            !by_job.contains_key(&(1, "f001".to_string())),
+            "nothing lost: no row"
+        );
+        assert!(store.not_kept("tk", 2, 9).await.unwrap().is_empty());
+        let page = store.not_kept_page("tk", 1, 1).await.unwrap();
+        assert_eq!(
+            page,
+            vec![lost("f002", "owner (chown: Operation not permitted)")]
+        );
+        assert_eq!(
+            store.task("tk").await.unwrap().info.state,
+            TaskState::Completed
+        );
+        store.delete_task("tk").await.unwrap();
+        assert!(store.not_kept_page("tk", 10, 0).await.unwrap().is_empty());
+    })
+);
