@@ -264,7 +264,11 @@ async fn list(
                     let mut f = FileEntry::new(path, size, entry.mtime_ms).with_posix(entry.posix);
                     f.link = entry.link;
                     // Room the mode (and owner) take in the page.
-                    page.bytes += if f.uid.is_some() { 40 } else { 12 } * f.mode.is_some() as u64;
+                    page.bytes += match (f.mode, f.uid) {
+                        (None, _) => 0,
+                        (Some(_), None) => 12,
+                        (Some(_), Some(_)) => 40,
+                    };
                     let index = dst_index.as_ref().filter(|_| f.link.is_none());
                     match index.map(|index| index.get(path)) {
                         Some(Some(&(dst_size, dst_ms))) if is_up_to_date(&f, dst_size, dst_ms) => {
