@@ -414,3 +414,45 @@ fn s3_metadata_a_file_system_cannot_hold_and_modes_an_object_store_cannot_are_re
         .collect();
     assert_eq!(sizes, tree_files(&src), "every file uploaded");
 }
+
+/// SFTP destinations get the source's mode, and with `--preserve owner` its owner and group
+/// (setstat on the temporary file before its rename), small files and files in parts alike.
+#[test]
+fn sftp_copies_keep_modes_and_with_preserve_owner_owners() {
+    let tmp = test_dir();
+    let Some(sshd) = start_sshd(tmp.path()) else {
+        return;
+    };
+    let root = is_root();
+    let src = tmp.path().join("src");
+    make_tree(&src, root.then_some((1234, 5678)));
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "4"]);
+    c.add_client(&["--workers", "4"]);
+    let want = stat_tree(&src);
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let mut runs = vec![("plain", vec![])];
+    if root {
+        runs.push(("owned", vec!["--preserve", "owner"]));
+    } else {
+        eprintln!("not root: skipping the --preserve owner copy (chown needs root)");
+    }
+    for (name, extra) in runs {
+        let on_server = served.join(name);
+        let mut args: Vec<String> = sshd.opts("dst");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let (_, id) = run_task(&c, src.to_str().unwrap(), &sshd.url(&on_server), &args);
+        assert_same_tree(&src, &on_server);
+        for (rel, (mode, uid, gid, _)) in stat_tree(&on_server) {
+            assert_eq!(mode, want[&rel].0, "{name}: {rel}: mode {mode:o}");
+            if name == "owned" {
+                assert_eq!((uid, gid), (1234, 5678), "{name}: {rel}");
+            }
+        }
+        let lost = not_kept(&c, &id);
+        assert_eq!(lost.len(), TREE.len());
+        assert!(lost.values().all(|w| w.is_empty()), "{name}: {lost:?}");
+    }
+}

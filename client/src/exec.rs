@@ -1204,8 +1204,8 @@ async fn copy_file(
         return Ok((n, crate::keep::join(&[&lost, &fs_lost])));
     }
     if let Endpoint::Sftp { .. } = job.dst {
-        let n = crate::sftp::copy_file(job, dst, f, stream, ctx).await?;
-        return Ok((n, lost));
+        let (n, sftp_lost) = crate::sftp::copy_file(job, dst, f, stream, ctx).await?;
+        return Ok((n, crate::keep::join(&[&lost, &sftp_lost])));
     }
     if let Some(dav) = btp_common::webdav::WebdavClient::new(&job.dst) {
         if f.size >= SMALL_FILE {

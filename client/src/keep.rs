@@ -4,7 +4,8 @@
 //! * File-system sources carry each file's mode, and with `--preserve owner` its owner and group,
 //!   from the listing ([`posix_of`]) to the copy. A file-system destination gets them on the new
 //!   file before it has its final name (`fswrite::FsWrite::keep`). Other destinations have no
-//!   place for them: with `--preserve owner` the report names `mode, owner`.
+//!   place for them but SFTP (setstat on the temporary file before its rename): with
+//!   `--preserve owner` the report names `mode, owner`.
 //! * Object-store sources (S3) carry content type, cache control, content encoding, content
 //!   disposition and user metadata (`btp_common::s3copy::ObjectMeta`). Object stores keep them;
 //!   file systems, SFTP and WebDAV cannot, and the report names those the object had.
@@ -57,10 +58,12 @@ pub(crate) fn object_meta_lost(job: &Job, path: &str, meta: &ObjectMeta) -> Stri
     meta.not_kept_on_fs(crate::exec::guess_content_type(path))
 }
 
-/// What a destination other than a file system cannot hold of a file's mode and owner: named
-/// only when `--preserve owner` asked for them (object stores never hold modes).
+/// What a destination other than a file system or SFTP (which get them, `sftp::keep_mode_owner`)
+/// cannot hold of a file's mode and owner: named only when `--preserve owner` asked for them
+/// (object stores never hold modes).
 pub(crate) fn posix_lost(job: &Job, f: &FileEntry) -> String {
-    if job.dst.is_local() || !job.preserve_owner || f.mode.is_none() {
+    let holds = job.dst.is_local() || matches!(job.dst, Endpoint::Sftp { .. });
+    if holds || !job.preserve_owner || f.mode.is_none() {
         return String::new();
     }
     "mode, owner".to_string()

@@ -406,8 +406,11 @@ pub async fn complete(
         Endpoint::Sftp { .. } => {
             let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
             match crate::sftp::complete(job, file, upload_id, &numbers, ctx).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(vanished(upload_id, file)),
+                Ok(Some(sftp_lost)) => {
+                    lost = keep::join(&[&lost, &sftp_lost]);
+                    Ok(())
+                }
+                Ok(None) => Err(vanished(upload_id, file)),
                 Err(e) => Err(e),
             }
         }

@@ -352,7 +352,7 @@ pub(crate) async fn copy_file(
     f: &FileEntry,
     stream: opendal::BufferStream,
     ctx: &JobContext<'_>,
-) -> Result<u64, JobError> {
+) -> Result<(u64, String), JobError> {
     check_dirs(&job.id, &job.dst, btp_common::paths::parent_dir(&f.path)).await?;
     let temp = temp_name(&f.path, &uuid::Uuid::new_v4().simple().to_string());
     let mut md5 = (job.verify == Verify::Checksum).then(Md5Stream::default);
@@ -368,8 +368,22 @@ pub(crate) async fn copy_file(
         false,
     )
     .await?;
+    let lost = keep_mode_owner(job, f, &temp).await;
     put_in_place(dst, &temp, &f.path).await?;
-    Ok(n)
+    Ok((n, lost))
+}
+
+/// Gives the temporary file `temp` the source file's mode (and with `--preserve owner` its owner
+/// and group) before it takes the final name; returns what the server refused.
+async fn keep_mode_owner(job: &Job, f: &FileEntry, temp: &str) -> String {
+    let owner = f.uid.zip(f.gid);
+    if f.mode.is_none() && owner.is_none() {
+        return String::new();
+    }
+    match Raw::get(&job.dst).await {
+        Ok(raw) => raw.set_mode_owner(temp, f.mode, owner).await,
+        Err(e) => format!("mode (sftp session: {e})"),
+    }
 }
 
 /// Starts an upload in parts: its staging directory.
@@ -407,19 +421,20 @@ pub(crate) async fn part(
 }
 
 /// Assembles the parts into the file, verifies it, puts it in place and removes the staging
-/// directory. `Ok(false)`: the staging directory is gone (completed before, or removed).
+/// directory; what of the source's mode and owner the server refused. `Ok(None)`: the staging
+/// directory is gone (completed before, or removed).
 pub(crate) async fn complete(
     job: &Job,
     f: &FileEntry,
     upload_id: &str,
     numbers: &[u32],
     ctx: &JobContext<'_>,
-) -> Result<bool, JobError> {
+) -> Result<Option<String>, JobError> {
     let dst = job.dst.operator()?;
     check_dirs(&job.id, &job.dst, btp_common::paths::parent_dir(&f.path)).await?;
     let staging = staging_dir(&f.path, upload_id);
     if !dst.exists(&staging).await? {
-        return Ok(false);
+        return Ok(None);
     }
     let mut streams = Vec::with_capacity(numbers.len());
     for n in numbers {
@@ -441,9 +456,10 @@ pub(crate) async fn complete(
         false,
     )
     .await?;
+    let lost = keep_mode_owner(job, f, &temp).await;
     put_in_place(&dst, &temp, &f.path).await?;
     dst.delete_with(&staging).recursive(true).await?;
-    Ok(true)
+    Ok(Some(lost))
 }
 
 /// Removes what an upload left: its staging directory and its temporary file.
