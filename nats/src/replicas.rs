@@ -27,6 +27,14 @@ pub async fn apply(js: &jetstream::Context, replicas: usize) -> anyhow::Result<(
         (1..=MAX_REPLICAS).contains(&replicas),
         "--replicas {replicas}: JetStream keeps 1 to {MAX_REPLICAS} replicas"
     );
+    // A single nats-server accepts a stream with more replicas than it can keep (as one), so
+    // that is refused here, before anything changes.
+    if replicas > 1 && js.client().server_info().cluster.is_none() {
+        anyhow::bail!(
+            "--replicas {replicas}: the NATS server is not part of a cluster and cannot hold {replicas} replicas; \
+             run a JetStream cluster of at least {replicas} nodes (see `btp nats config --cluster`) or use --replicas 1"
+        );
+    }
     for config in [
         topology::jobs_stream_config(),
         topology::results_stream_config(),
@@ -49,7 +57,7 @@ enum Failure {
 }
 
 /// Sorts a JetStream API error by its code.
-fn sort(code: Option<usize>, e: anyhow::Error) -> Failure {
+fn sort(code: Option<u64>, e: anyhow::Error) -> Failure {
     match code {
         // 10074: replicas > 1 in non-clustered mode; 10005: no suitable peers for placement;
         // 10023: insufficient resources.
@@ -62,7 +70,7 @@ fn sort(code: Option<usize>, e: anyhow::Error) -> Failure {
 
 fn create_failure(e: context::CreateStreamError) -> Failure {
     match e.kind() {
-        context::CreateStreamErrorKind::JetStream(j) => sort(Some(j.code()), e.into()),
+        context::CreateStreamErrorKind::JetStream(j) => sort(Some(j.error_code().0), e.into()),
         context::CreateStreamErrorKind::TimedOut
         | context::CreateStreamErrorKind::JetStreamUnavailable => sort(None, e.into()),
         _ => Failure::Other(e.into()),
@@ -101,14 +109,14 @@ async fn try_stream(
                 .map_err(|e| Failure::NotReady(e.into()))
         }
         Err(e) => match e.kind() {
-            context::GetStreamErrorKind::JetStream(j) if j.code() == 10059 => js
+            context::GetStreamErrorKind::JetStream(j) if j.error_code().0 == 10059 => js
                 .create_stream(stream::Config {
                     num_replicas: replicas,
                     ..config.clone()
                 })
                 .await
                 .map_err(create_failure),
-            context::GetStreamErrorKind::JetStream(j) => Err(sort(Some(j.code()), e.into())),
+            context::GetStreamErrorKind::JetStream(j) => Err(sort(Some(j.error_code().0), e.into())),
             _ => Err(Failure::NotReady(e.into())),
         },
     }
@@ -170,11 +178,18 @@ async fn consumers_with_replicas(stream: &stream::Stream, replicas: usize) -> an
                 ..info.config.clone()
             })
             .await
-            .with_context(|| {
-                format!(
-                    "set the replicas of consumer {} of stream {name} to {replicas}",
-                    info.name
-                )
+            .map_err(|e| {
+                let code = match e.kind() {
+                    stream::ConsumerUpdateErrorKind::JetStream(j) => Some(j.error_code().0),
+                    _ => None,
+                };
+                match sort(code, e.into()) {
+                    Failure::Refused(why) => refused(&name, replicas, &why),
+                    Failure::NotReady(e) | Failure::Other(e) => e.context(format!(
+                        "set the replicas of consumer {} of stream {name} to {replicas}",
+                        info.name
+                    )),
+                }
             })?;
     }
     Ok(())
