@@ -114,7 +114,12 @@ struct NatsConfigArgs {
     cluster: Option<u8>,
     /// The host of each node, as the other nodes reach it (in order; one per node, repeatable
     /// or comma-separated). Default: nats-1, nats-2, ... (the compose service names).
-    #[arg(long = "node-host", value_name = "HOST", value_delimiter = ',', requires = "cluster")]
+    #[arg(
+        long = "node-host",
+        value_name = "HOST",
+        value_delimiter = ',',
+        requires = "cluster"
+    )]
     node_hosts: Vec<String>,
     /// Port the nodes route to each other on.
     #[arg(long, default_value_t = 6222, requires = "cluster")]

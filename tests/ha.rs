@@ -211,7 +211,10 @@ impl Database {
             return None;
         }
         let name = format!("btp_{tag}_{}", std::process::id());
-        psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
         psql(&admin, &format!("CREATE DATABASE {name}")).expect("create database");
         let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
         Some(Database { admin, name, url })
@@ -239,18 +242,31 @@ fn log_of(c: &Cluster, p: &Proc) -> String {
     std::fs::read_to_string(c.dir.join(format!("{}.log", p.name))).unwrap_or_default()
 }
 
-#[test]
-fn the_leading_server_killed_mid_task_hands_over_to_its_standby() {
+/// Two servers on a fresh PostgreSQL database (on `nats_nodes` nats-servers, 1: a single one),
+/// a task of 5,000 files and a 256 MiB file: once a quarter is copied, the leader is killed
+/// with SIGKILL (and with `kill_nats_too` the node leading the jobs stream at the same
+/// moment, restarted later); the standby leads within the 10 s and the task completes.
+fn leader_killed_mid_task(nats_nodes: usize, kill_nats_too: bool) {
     let Some(db) = Database::create("ha") else {
         return;
     };
     let tmp = test_dir();
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-    let tree = gen_tree(&src, 3000, 64 << 20);
-    let mut c = Cluster::start(
-        tmp.path(),
-        &["--database-url", &db.url, "--ack-wait", "4s"],
-    );
+    let tree = gen_tree(&src, 5000, 256 << 20);
+    let replicas = nats_nodes.to_string();
+    let args = [
+        "--database-url",
+        &db.url,
+        "--ack-wait",
+        "4s",
+        "--replicas",
+        &replicas,
+    ];
+    let mut c = if nats_nodes == 1 {
+        Cluster::start(tmp.path(), &args)
+    } else {
+        Cluster::start_with_nats_cluster(tmp.path(), &args, nats_nodes)
+    };
     let first = c.server.as_ref().unwrap().pid();
     assert!(leader(&c.url).ends_with(&format!("/{first}")));
     let standby = c.spawn_server();
@@ -265,21 +281,50 @@ fn the_leading_server_killed_mid_task_hands_over_to_its_standby() {
     c.add_client(CLIENT);
     let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
     c.wait_progress(&id, &tree, 0.25);
+    let node = kill_nats_too.then(|| {
+        let (_, name) = topology(&c.url);
+        name.trim_start_matches("node-").parse::<usize>().unwrap()
+    });
     let killed = Instant::now();
     sigkill(c.server.take().unwrap());
+    if let Some(i) = node {
+        eprintln!("killing node-{i}, the leader of the jobs stream, with the leading server");
+        if i == 0 {
+            c.nats.kill()
+        } else {
+            c.peers[i - 1].kill()
+        }
+    }
     // The CLI waits across the gap: this call returns once the standby answers.
     let now = leader(&c.url);
     let takeover = killed.elapsed();
     eprintln!("the standby took over in {:.2} s", takeover.as_secs_f64());
-    assert!(
-        now.ends_with(&format!("/{}", standby.pid())),
-        "{now} leads"
-    );
+    assert!(now.ends_with(&format!("/{}", standby.pid())), "{now} leads");
     assert!(takeover < Duration::from_secs(10), "the issue's bound");
     c.server = Some(standby);
-    wait_task(&c.url, &id, Duration::from_secs(300));
+    if let Some(i) = node {
+        c.wait_progress(&id, &tree, 0.6);
+        eprintln!("restarting node-{i}");
+        if i == 0 {
+            c.nats.restart()
+        } else {
+            c.peers[i - 1].restart()
+        }
+        .unwrap();
+    }
+    wait_task(&c.url, &id, Duration::from_secs(600));
     assert_complete(&c.report(&id), &tree, &src, &dst);
     assert_eq!(task_files(&c.url, &id), tree_files(&src));
+}
+
+#[test]
+fn the_leading_server_killed_mid_task_hands_over_to_its_standby() {
+    leader_killed_mid_task(1, false);
+}
+
+#[test]
+fn a_nats_node_and_the_leading_server_killed_together_lose_nothing() {
+    leader_killed_mid_task(3, true);
 }
 
 #[test]
@@ -296,5 +341,8 @@ fn a_second_server_on_one_sqlite_file_is_refused() {
     assert!(line.contains("in use by another btp server"), "{line}");
     assert!(line.contains("PostgreSQL"), "{line}");
     // The first one still serves.
-    assert_eq!(btp_json(&c.url, &["server", "health"])["database"], "sqlite");
+    assert_eq!(
+        btp_json(&c.url, &["server", "health"])["database"],
+        "sqlite"
+    );
 }

@@ -28,7 +28,9 @@ pub fn server_addrs(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
     for part in urls.split(',') {
         let part = part.trim();
         if part.is_empty() {
-            anyhow::bail!("invalid NATS URL list '{urls}': an empty entry (separate URLs with one comma)");
+            anyhow::bail!(
+                "invalid NATS URL list '{urls}': an empty entry (separate URLs with one comma)"
+            );
         }
         let addr = part
             .parse::<async_nats::ServerAddr>()
@@ -70,12 +72,17 @@ mod tests {
 
     #[test]
     fn a_url_list_is_split_and_checked() {
-        let a = server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,127.0.0.1:4224").unwrap();
+        let a =
+            server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,127.0.0.1:4224").unwrap();
         assert_eq!(a.len(), 3);
         assert_eq!(a[1].port(), 4223);
-        let e = server_addrs("nats://a:1,,nats://b:2").unwrap_err().to_string();
+        let e = server_addrs("nats://a:1,,nats://b:2")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("empty entry"), "{e}");
-        let e = server_addrs("nats://a:1,http://b:2").unwrap_err().to_string();
+        let e = server_addrs("nats://a:1,http://b:2")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'http://b:2'"), "{e}");
     }
 }

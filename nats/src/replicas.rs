@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, context, stream};
 use futures::TryStreamExt as _;
 use tracing::info;
@@ -35,13 +34,28 @@ pub async fn apply(js: &jetstream::Context, replicas: usize) -> anyhow::Result<(
              run a JetStream cluster of at least {replicas} nodes (see `btp nats config --cluster`) or use --replicas 1"
         );
     }
+    // Short requests: a stream whose leader was just lost answers nothing until its group
+    // elects another (a few seconds), and each try should not wait JetStream's default 5 s.
+    let mut js = js.clone();
+    js.set_timeout(Duration::from_secs(1));
+    let js = &js;
     for config in [
         topology::jobs_stream_config(),
         topology::results_stream_config(),
         topology::dead_jobs_stream_config(),
     ] {
-        let stream = stream_with_replicas(js, config, replicas).await?;
-        consumers_with_replicas(&stream, replicas).await?;
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            let stream = stream_with_replicas(js, config.clone(), replicas).await?;
+            match consumers_with_replicas(&stream, replicas).await {
+                Ok(()) => break,
+                Err(Failure::Refused(why)) => return Err(refused(&config.name, replicas, &why)),
+                Err(Failure::NotReady(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(Failure::NotReady(e) | Failure::Other(e)) => return Err(e),
+            }
+        }
     }
     Ok(())
 }
@@ -116,7 +130,9 @@ async fn try_stream(
                 })
                 .await
                 .map_err(create_failure),
-            context::GetStreamErrorKind::JetStream(j) => Err(sort(Some(j.error_code().0), e.into())),
+            context::GetStreamErrorKind::JetStream(j) => {
+                Err(sort(Some(j.error_code().0), e.into()))
+            }
             _ => Err(Failure::NotReady(e.into())),
         },
     }
@@ -147,26 +163,28 @@ async fn stream_with_replicas(
     }
 }
 
+/// The distinct nodes of a RAFT group (while it grows its leader may be listed among its
+/// replicas too).
+fn group_size(c: &stream::ClusterInfo) -> usize {
+    let mut names: std::collections::BTreeSet<&str> =
+        c.replicas.iter().map(|p| p.name.as_str()).collect();
+    names.extend(c.leader.as_deref());
+    names.len().max(1)
+}
+
 /// Every consumer of `stream` with `replicas` replicas. A consumer created with no count of
 /// its own (0: its stream's) that already has that many peers is left alone.
-async fn consumers_with_replicas(stream: &stream::Stream, replicas: usize) -> anyhow::Result<()> {
+async fn consumers_with_replicas(stream: &stream::Stream, replicas: usize) -> Result<(), Failure> {
     let name = stream.cached_info().config.name.clone();
-    let infos: Vec<consumer::Info> = stream
-        .consumers()
-        .try_collect()
-        .await
-        .with_context(|| format!("list the consumers of stream {name}"))?;
+    let infos: Vec<consumer::Info> = stream.consumers().try_collect().await.map_err(|e| {
+        Failure::NotReady(
+            anyhow::Error::new(e).context(format!("list the consumers of stream {name}")),
+        )
+    })?;
     for info in infos {
-        let peers = info
-            .cluster
-            .as_ref()
-            .filter(|c| c.leader.is_some())
-            .map(|c| 1 + c.replicas.len())
-            .unwrap_or(1);
-        let have = if info.config.num_replicas == 0 {
-            peers
-        } else {
-            info.config.num_replicas
+        let have = match info.config.num_replicas {
+            0 => info.cluster.as_ref().map(group_size).unwrap_or(1),
+            n => n,
         };
         if have == replicas {
             continue;
@@ -183,12 +201,16 @@ async fn consumers_with_replicas(stream: &stream::Stream, replicas: usize) -> an
                     stream::ConsumerUpdateErrorKind::JetStream(j) => Some(j.error_code().0),
                     _ => None,
                 };
-                match sort(code, e.into()) {
-                    Failure::Refused(why) => refused(&name, replicas, &why),
-                    Failure::NotReady(e) | Failure::Other(e) => e.context(format!(
-                        "set the replicas of consumer {} of stream {name} to {replicas}",
+                let context = format!(
+                    "set the replicas of consumer {} of stream {name} to {replicas}",
+                    info.name
+                );
+                match sort(code, anyhow::Error::new(e).context(context)) {
+                    Failure::Refused(_) => Failure::Refused(format!(
+                        "consumer {}: no room for its replicas",
                         info.name
                     )),
+                    f => f,
                 }
             })?;
     }
