@@ -168,7 +168,7 @@ fn a_nats_node_killed_mid_task_loses_nothing() {
         &mut c.peers[i - 1]
     };
     node.kill();
-    c.wait_progress(&id, &tree, 0.6);
+    progress_or_end(&c, &id, &tree, 0.6);
     eprintln!("restarting {leader}");
     let node = if i == 0 {
         &mut c.nats
@@ -179,6 +179,17 @@ fn a_nats_node_killed_mid_task_loses_nothing() {
     wait_task(&c.url, &id, Duration::from_secs(600));
     assert_complete(&c.report(&id), &tree, &src, &dst);
     assert_eq!(task_files(&c.url, &id), tree_files(&src));
+}
+
+/// Waits until `fraction` of the files are copied or the task ended (the moment to bring a
+/// killed node back; the task may well finish without it).
+fn progress_or_end(c: &Cluster, id: &str, tree: &TreeStats, fraction: f64) {
+    wait_for("task progress", Duration::from_secs(300), || {
+        let out = btp(&c.url, &["task", "get", id, "--output", "json"]);
+        let t: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let copied = t["files_copied"].as_u64()? as f64;
+        (t["state"] != "running" || copied >= fraction * tree.files as f64).then_some(())
+    });
 }
 
 /// `psql` on the machine's PostgreSQL; None when it is not reachable.
@@ -303,7 +314,7 @@ fn leader_killed_mid_task(nats_nodes: usize, kill_nats_too: bool) {
     assert!(takeover < Duration::from_secs(10), "the issue's bound");
     c.server = Some(standby);
     if let Some(i) = node {
-        c.wait_progress(&id, &tree, 0.6);
+        progress_or_end(&c, &id, &tree, 0.6);
         eprintln!("restarting node-{i}");
         if i == 0 {
             c.nats.restart()
