@@ -20,7 +20,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "BeyondTP: distributed data migration over NATS JetStream"
 )]
 struct Cli {
-    /// NATS server of the BeyondTP cluster.
+    /// NATS server of the BeyondTP cluster; several nodes of one NATS cluster separated by
+    /// commas (`nats://a:4222,nats://b:4222`): the first that answers is used, and a lost
+    /// connection moves to another.
     #[arg(
         long,
         global = true,
@@ -106,6 +108,22 @@ struct NatsConfigArgs {
     /// JetStream store directory.
     #[arg(long, default_value = "/var/lib/nats/jetstream")]
     store_dir: PathBuf,
+    /// Write the configuration of each node of a JetStream cluster of N nodes (at least 3):
+    /// DIR/node-1/nats-server.conf, ... with the same users.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
+    cluster: Option<u8>,
+    /// The host of each node, as the other nodes reach it (in order; one per node, repeatable
+    /// or comma-separated). Default: nats-1, nats-2, ... (the compose service names).
+    #[arg(
+        long = "node-host",
+        value_name = "HOST",
+        value_delimiter = ',',
+        requires = "cluster"
+    )]
+    node_hosts: Vec<String>,
+    /// Port the nodes route to each other on.
+    #[arg(long, default_value_t = 6222, requires = "cluster")]
+    route_port: u16,
 }
 
 #[derive(Args, Clone)]
@@ -192,6 +210,11 @@ pub struct ServerRunArgs {
     /// mode 0600, when missing). Keep it: stored tasks cannot be run without it.
     #[arg(long, env = "BTP_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
+    /// Replicas of the JetStream streams and consumers: 3 on a 3-node NATS cluster (at most
+    /// its number of nodes, 5 at most). Existing streams and consumers are changed to it at
+    /// start.
+    #[arg(long, env = "BTP_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
     #[command(flatten)]
     pub queue: QueueOpts,
 }
@@ -480,13 +503,45 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nats {
             command: NatsCommand::Config(a),
         } => {
-            let path = btp_nats::auth::write_config(&btp_nats::auth::ConfigSpec {
+            let spec = btp_nats::auth::ConfigSpec {
                 dir: &a.dir,
                 listen: &a.listen,
                 store_dir: &a.store_dir,
                 tenants: &a.tenants,
-            })?;
-            println!("wrote {}", path.display());
+            };
+            match a.cluster {
+                None => {
+                    let path = btp_nats::auth::write_config(&spec)?;
+                    println!("wrote {}", path.display());
+                }
+                Some(n) => {
+                    let n = n as usize;
+                    let hosts: Vec<String> = if a.node_hosts.is_empty() {
+                        (1..=n).map(|i| format!("nats-{i}")).collect()
+                    } else {
+                        a.node_hosts.clone()
+                    };
+                    anyhow::ensure!(
+                        hosts.len() == n,
+                        "--node-host: {} hosts for --cluster {n}; give one per node",
+                        hosts.len()
+                    );
+                    let cluster = btp_nats::auth::ClusterSpec {
+                        hosts: &hosts,
+                        route_port: a.route_port,
+                    };
+                    for (path, host) in btp_nats::auth::write_cluster_config(&spec, &cluster)?
+                        .iter()
+                        .zip(&hosts)
+                    {
+                        println!("wrote {} (node on {host})", path.display());
+                    }
+                    let port = a.listen.rsplit(':').next().unwrap_or("4222");
+                    let urls: Vec<String> =
+                        hosts.iter().map(|h| format!("nats://{h}:{port}")).collect();
+                    println!("--nats-url {}", urls.join(","));
+                }
+            }
             println!(
                 "server: --nats-creds {}",
                 a.dir.join("server.creds").display()

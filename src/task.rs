@@ -422,6 +422,7 @@ pub async fn health(url: &str, o: OutputOpts) -> anyhow::Result<ExitCode> {
             vec!["Version".into(), h.version.clone()],
             vec!["API".into(), h.api.clone()],
             vec!["Database".into(), h.database.clone()],
+            vec!["Leader".into(), h.leader.clone()],
             vec!["Clients online".into(), h.clients_online.to_string()],
             vec!["Tasks running".into(), h.tasks_running.to_string()],
         ])

@@ -30,6 +30,7 @@ fn a_job_too_large_to_publish_fails_alone_and_other_tasks_complete() {
     let max_payload = 16 << 10;
     let nats = btp_nats::launcher::Options {
         max_payload: Some(max_payload),
+        ..Default::default()
     };
     let mut c = Cluster::start_with_nats(tmp.path(), &[], nats);
     c.add_client(&["--workers", "2"]);

@@ -629,6 +629,10 @@ pub struct Health {
     pub database: String,
     pub clients_online: u64,
     pub tasks_running: u64,
+    /// The server answering, which is the one that leads (`host/pid`); standby servers sharing
+    /// its PostgreSQL store answer nothing until they lead.
+    #[serde(default)]
+    pub leader: String,
 }
 
 /// Published on `btp.events.<tenant>.task` whenever a task changes state.

@@ -7,6 +7,9 @@ use btp_common::subjects;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// How long a request is sent again while no server answers it.
+pub const NO_SERVER_WAIT: Duration = Duration::from_secs(15);
+
 #[derive(Clone)]
 pub struct ApiClient {
     nats: async_nats::Client,
@@ -50,22 +53,41 @@ impl ApiClient {
         req: &Req,
     ) -> Result<Resp, CallError> {
         let body = serde_json::to_vec(req).map_err(|e| CallError::Transport(e.to_string()))?;
-        let mut request = async_nats::Request::new()
-            .payload(body.into())
-            .timeout(Some(self.timeout));
-        if let Some(t) = &self.token {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(btp_common::api::TOKEN_HEADER, t.as_str());
-            request = request.headers(headers);
+        let request = || {
+            let mut request = async_nats::Request::new()
+                .payload(body.clone().into())
+                .timeout(Some(self.timeout));
+            if let Some(t) = &self.token {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(btp_common::api::TOKEN_HEADER, t.as_str());
+                request = request.headers(headers);
+            }
+            request
+        };
+        // No server answering is retried for a while: between a leader's death and its
+        // standby's takeover, or while the server restarts. Nothing received the request,
+        // so sending it again is safe.
+        let deadline = tokio::time::Instant::now() + NO_SERVER_WAIT;
+        let reply = loop {
+            match self
+                .nats
+                .send_request(subjects::api(verb), request())
+                .await
+            {
+                Err(e)
+                    if e.kind() == async_nats::RequestErrorKind::NoResponders
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                r => break r,
+            }
         }
-        let reply = self
-            .nats
-            .send_request(subjects::api(verb), request)
-            .await
-            .map_err(|e| match e.kind() {
+        .map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => CallError::Transport(format!(
-                    "no BeyondTP server answers on {} (start `btp server run` or `btp standalone`)",
-                    self.url
+                    "no BeyondTP server answers on {} (start `btp server run` or `btp standalone`; waited {}s)",
+                    self.url,
+                    NO_SERVER_WAIT.as_secs()
                 )),
                 async_nats::RequestErrorKind::TimedOut => CallError::Transport(format!(
                     "the server on {} did not answer {verb} in time",

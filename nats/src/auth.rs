@@ -155,11 +155,21 @@ pub struct ConfigSpec<'a> {
     pub tenants: &'a [String],
 }
 
-/// Writes `nats-server.conf`, `server.creds` and `tenant-<name>.creds` into `spec.dir` (mode
-/// 0600). Existing credentials files are kept, so running it again with one more tenant keeps
-/// every other password (then reload nats-server: `nats-server --signal reload`). Returns the
-/// configuration file's path.
-pub fn write_config(spec: &ConfigSpec<'_>) -> anyhow::Result<PathBuf> {
+/// The nodes of a JetStream cluster: the host each node is reached at by the others (one per
+/// node), and the port they route on.
+pub struct ClusterSpec<'a> {
+    pub hosts: &'a [String],
+    pub route_port: u16,
+}
+
+/// The NATS user the cluster's nodes connect their routes with.
+pub const ROUTE_USER: &str = "btp-route";
+
+/// The name of generated clusters.
+pub const CLUSTER_NAME: &str = "btp";
+
+/// The `authorization` block of the users: the server, and each tenant.
+fn users_block(spec: &ConfigSpec<'_>) -> anyhow::Result<String> {
     for t in spec.tenants {
         btp_common::api::check_tenant_name(t)?;
     }
@@ -182,19 +192,84 @@ pub fn write_config(spec: &ConfigSpec<'_>) -> anyhow::Result<PathBuf> {
             list(&subscribe)
         ));
     }
-    let text = format!(
+    Ok(format!(
+        "authorization {{\n  users = [\n{}\n  ]\n}}\n",
+        users.join("\n")
+    ))
+}
+
+fn header(spec: &ConfigSpec<'_>) -> String {
+    format!(
         "# nats-server configuration of a multi-tenant BeyondTP cluster, written by `btp nats config`.\n\
          # Holds passwords: keep it readable by nats-server only.\n\
          listen: {}\n\
-         jetstream {{\n    store_dir: {}\n}}\n\
-         authorization {{\n  users = [\n{}\n  ]\n}}\n",
+         jetstream {{\n    store_dir: {}\n}}\n",
         quoted(spec.listen),
         quoted(&spec.store_dir.to_string_lossy()),
-        users.join("\n")
-    );
+    )
+}
+
+/// Writes `nats-server.conf`, `server.creds` and `tenant-<name>.creds` into `spec.dir` (mode
+/// 0600). Existing credentials files are kept, so running it again with one more tenant keeps
+/// every other password (then reload nats-server: `nats-server --signal reload`). Returns the
+/// configuration file's path.
+pub fn write_config(spec: &ConfigSpec<'_>) -> anyhow::Result<PathBuf> {
+    let users = users_block(spec)?;
+    let text = format!("{}{users}", header(spec));
     let path = spec.dir.join("nats-server.conf");
     write_private(&path, &text)?;
     Ok(path)
+}
+
+/// Like [`write_config`] for each node of a JetStream cluster: `node-<i>/nats-server.conf`
+/// (i from 1) with the node's `server_name` (`nats-<i>`), the cluster block (routes to every
+/// node, authenticated by the route user of `cluster-route.creds`) and the same users and
+/// credentials files as a single server. Returns the paths.
+pub fn write_cluster_config(
+    spec: &ConfigSpec<'_>,
+    cluster: &ClusterSpec<'_>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let n = cluster.hosts.len();
+    if n < 3 {
+        bail!("--cluster {n}: a JetStream cluster needs at least 3 nodes to keep working when one is lost");
+    }
+    for h in cluster.hosts {
+        if h.is_empty() || h.contains([':', '/', '@', ' ', ',']) {
+            bail!("--node-host '{h}': expected a host name or IPv4 address (no port)");
+        }
+    }
+    let users = users_block(spec)?;
+    let route = credentials(&spec.dir.join("cluster-route.creds"), ROUTE_USER)?;
+    let routes = cluster
+        .hosts
+        .iter()
+        .map(|h| {
+            quoted(&format!(
+                "nats-route://{}:{}@{h}:{}",
+                route.user, route.password, cluster.route_port
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(",\n    ");
+    let mut paths = Vec::new();
+    for i in 1..=n {
+        let text = format!(
+            "{}server_name: {}\n\
+             cluster {{\n  name: {}\n  listen: {}\n  authorization {{ user: {}, password: {} }}\n  routes: [\n    {routes}\n  ]\n}}\n{users}",
+            header(spec),
+            quoted(&format!("nats-{i}")),
+            quoted(CLUSTER_NAME),
+            quoted(&format!("0.0.0.0:{}", cluster.route_port)),
+            quoted(&route.user),
+            quoted(&route.password),
+        );
+        let dir = spec.dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let path = dir.join("nats-server.conf");
+        write_private(&path, &text)?;
+        paths.push(path);
+    }
+    Ok(paths)
 }
 
 #[cfg(test)]
@@ -248,5 +323,66 @@ mod tests {
             store_dir: &store,
         })
         .is_err());
+    }
+
+    #[test]
+    fn cluster_config_routes_every_node_with_the_same_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("js");
+        let tenants = vec!["acme".to_string()];
+        let spec = ConfigSpec {
+            dir: dir.path(),
+            listen: "0.0.0.0:4222",
+            store_dir: &store,
+            tenants: &tenants,
+        };
+        let hosts: Vec<String> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+            .map(String::from)
+            .to_vec();
+        let paths = write_cluster_config(
+            &spec,
+            &ClusterSpec {
+                hosts: &hosts,
+                route_port: 6222,
+            },
+        )
+        .unwrap();
+        assert_eq!(paths.len(), 3);
+        let acme = Credentials::read(&dir.path().join("tenant-acme.creds")).unwrap();
+        let route = Credentials::read(&dir.path().join("cluster-route.creds")).unwrap();
+        for (i, p) in paths.iter().enumerate() {
+            let text = std::fs::read_to_string(p).unwrap();
+            assert!(text.contains(&format!("server_name: \"nats-{}\"", i + 1)));
+            for h in &hosts {
+                assert!(text.contains(&format!("@{h}:6222")), "{text}");
+            }
+            assert!(text.contains(&acme.password));
+            assert!(text.contains(&route.password));
+            if let Ok(bin) = crate::launcher::find_binary() {
+                // nats-server itself accepts it.
+                let out = std::process::Command::new(bin)
+                    .arg("-t")
+                    .arg("-c")
+                    .arg(p)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let two = &hosts[..2];
+        let e = write_cluster_config(
+            &spec,
+            &ClusterSpec {
+                hosts: two,
+                route_port: 6222,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least 3 nodes"), "{e}");
     }
 }

@@ -21,6 +21,51 @@ pub struct NatsServer {
 pub struct Options {
     /// Largest message a client may publish (nats-server's default: 1 MiB).
     pub max_payload: Option<usize>,
+    /// This server is a node of a cluster.
+    pub cluster: Option<ClusterNode>,
+}
+
+/// A node of a JetStream cluster of launched servers: its name and its route port, and the
+/// route ports of every node (its own included, which nats-server skips).
+#[derive(Clone, Debug)]
+pub struct ClusterNode {
+    pub server_name: String,
+    pub route_port: u16,
+    pub routes: Vec<u16>,
+}
+
+/// The name of the clusters [`start_cluster`] starts.
+pub const CLUSTER_NAME: &str = "btp";
+
+/// Starts a JetStream cluster of `nodes` servers on free ports, node `i` with its store in
+/// `dir/node-<i>`. JetStream elects its leaders a few seconds after the nodes are up; the
+/// server waits for that when it sets up its streams ([`crate::replicas::apply`]).
+pub fn start_cluster(dir: &Path, nodes: usize) -> anyhow::Result<Vec<NatsServer>> {
+    let routes = (0..nodes)
+        .map(|_| free_port())
+        .collect::<anyhow::Result<Vec<u16>>>()?;
+    (0..nodes)
+        .map(|i| {
+            let options = Options {
+                cluster: Some(ClusterNode {
+                    server_name: format!("node-{i}"),
+                    route_port: routes[i],
+                    routes: routes.clone(),
+                }),
+                ..Default::default()
+            };
+            NatsServer::start_with(&dir.join(format!("node-{i}")), None, options)
+        })
+        .collect()
+}
+
+/// The URL list (`nats://a,nats://b,...`) of servers.
+pub fn url_list(servers: &[NatsServer]) -> String {
+    servers
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Finds the `nats-server` binary: `$BTP_NATS_SERVER`, then `PATH`, then `/usr/sbin`.
@@ -80,12 +125,27 @@ impl NatsServer {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = self.store_dir.join("nats-server.log");
         let mut cmd = Command::new(&self.binary);
+        // Only a configuration file sets these.
+        let mut conf = String::new();
         if let Some(n) = self.options.max_payload {
-            // Only a configuration file sets it.
-            let conf = self.store_dir.join("nats-server.conf");
-            std::fs::write(&conf, format!("max_payload: {n}\n"))
-                .with_context(|| format!("write {}", conf.display()))?;
-            cmd.arg("-c").arg(&conf);
+            conf.push_str(&format!("max_payload: {n}\n"));
+        }
+        if let Some(c) = &self.options.cluster {
+            let routes = c
+                .routes
+                .iter()
+                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            conf.push_str(&format!(
+                "server_name: \"{}\"\ncluster {{\n  name: \"{CLUSTER_NAME}\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{routes}]\n}}\n",
+                c.server_name, c.route_port
+            ));
+        }
+        if !conf.is_empty() {
+            let path = self.store_dir.join("nats-server.conf");
+            std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
+            cmd.arg("-c").arg(&path);
         }
         let child = cmd
             .args([

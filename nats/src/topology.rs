@@ -28,30 +28,54 @@ impl Default for ConsumerSettings {
     }
 }
 
-/// Creates (or finds) the jobs and results streams.
+/// The jobs stream: a work queue of `btp.jobs.<tenant>.<task>`.
+pub fn jobs_stream_config() -> stream::Config {
+    stream::Config {
+        name: subjects::JOBS_STREAM.to_string(),
+        subjects: vec!["btp.jobs.>".to_string()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// The results stream: a work queue of `btp.results.<tenant>.<task>`, consumed by the server.
+pub fn results_stream_config() -> stream::Config {
+    stream::Config {
+        name: subjects::RESULTS_STREAM.to_string(),
+        subjects: vec!["btp.results.>".to_string()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// The stream keeping JetStream's max-deliveries advisories of the jobs stream.
+pub fn dead_jobs_stream_config() -> stream::Config {
+    stream::Config {
+        name: subjects::DEAD_JOBS_STREAM.to_string(),
+        subjects: vec![subjects::max_deliveries_advisories()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    }
+}
+
+/// Creates (or finds) the jobs and results streams. A stream created here has one replica;
+/// the server sets the count it is configured with ([`crate::replicas::apply`]) before it
+/// creates anything else, and consumers created later inherit their stream's count.
 pub async fn ensure_streams(
     js: &jetstream::Context,
 ) -> anyhow::Result<(stream::Stream, stream::Stream)> {
     let jobs = js
-        .get_or_create_stream(stream::Config {
-            name: subjects::JOBS_STREAM.to_string(),
-            subjects: vec!["btp.jobs.>".to_string()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        .get_or_create_stream(jobs_stream_config())
         .await
         .context("create the jobs stream")?;
     let results = js
-        .get_or_create_stream(stream::Config {
-            name: subjects::RESULTS_STREAM.to_string(),
-            subjects: vec!["btp.results.>".to_string()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        .get_or_create_stream(results_stream_config())
         .await
         .context("create the results stream")?;
     Ok((jobs, results))
@@ -87,14 +111,7 @@ pub async fn jobs_consumer(
 /// for the next one instead of being lost (the job would stay unfinished forever).
 pub async fn dead_jobs_consumer(js: &jetstream::Context) -> anyhow::Result<consumer::PullConsumer> {
     let stream = js
-        .get_or_create_stream(stream::Config {
-            name: subjects::DEAD_JOBS_STREAM.to_string(),
-            subjects: vec![subjects::max_deliveries_advisories()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        })
+        .get_or_create_stream(dead_jobs_stream_config())
         .await
         .context("create the dead jobs stream")?;
     stream
@@ -138,6 +155,11 @@ pub async fn results_consumer(js: &jetstream::Context) -> anyhow::Result<consume
         .await
         .context("create the results consumer")?;
     let have = &consumer.cached_info().config;
+    // Its replica count is the server's `--replicas` (set by `replicas::apply`): keep it.
+    let config = consumer::pull::Config {
+        num_replicas: have.num_replicas,
+        ..config
+    };
     if have.max_deliver != config.max_deliver
         || have.ack_wait != config.ack_wait
         || have.max_ack_pending != config.max_ack_pending

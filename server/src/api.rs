@@ -755,6 +755,7 @@ impl Api {
                 .collect::<std::collections::HashSet<_>>()
                 .len() as u64,
             tasks_running: running.len() as u64,
+            leader: crate::leader::server_id(),
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod dead;
 pub mod dispatcher;
 pub mod events;
 pub mod http;
+pub mod leader;
 pub mod planner;
 pub mod seal;
 pub mod speed;
@@ -31,6 +32,9 @@ pub struct ServerConfig {
     /// Most published-but-unfinished jobs per task.
     pub window: i64,
     pub consumer: btp_nats::topology::ConsumerSettings,
+    /// Replicas of the streams and consumers (`--replicas`; at most the JetStream cluster's
+    /// nodes). Applied at start, to existing streams and consumers too.
+    pub replicas: usize,
     /// SHA-256 (hex) of the admin token; None: no tokens, one default tenant.
     pub admin_hash: Option<String>,
     /// Serve the JSON HTTP gateway of the API here.
@@ -67,7 +71,10 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
             if !addr.ip().is_loopback() && cfg.admin_hash.is_none() && cfg.console_token.is_none() {
                 warn!(%addr, "the console and the HTTP API are reachable from the network without a token: set --admin-token-file");
             }
-            Some(http::bind(addr).await?)
+            // Bound again once this server leads: a standby must not take connections it
+            // would not answer.
+            drop(http::bind(addr).await?);
+            Some(addr)
         }
         None => None,
     };
@@ -78,9 +85,29 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
             btp_common::api::MAX_ATTEMPTS_LIMIT
         );
     }
+    let postgres = !cfg.database_url.starts_with("sqlite:");
+    // SQLite: refused before anything opens the file when another server uses it.
+    let sqlite_lock = if postgres {
+        None
+    } else {
+        Some(leader::lock_sqlite(&cfg.database_url)?)
+    };
     let store = Store::open(&cfg.database_url).await?;
     let nats = btp_nats::connect(&cfg.nats_url, "btp-server").await?;
+    // PostgreSQL: one server leads, the others wait here (answering nothing) for their turn.
+    let leadership = match sqlite_lock {
+        Some(lock) => lock,
+        None => match leader::lead_postgres(&cfg.database_url, &cancel).await? {
+            Some(l) => l,
+            None => return Ok(()),
+        },
+    };
+    let http = match http {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
     let js = async_nats::jetstream::new(nats.clone());
+    btp_nats::replicas::apply(&js, cfg.replicas).await?;
     btp_nats::topology::ensure_streams(&js).await?;
     btp_nats::topology::jobs_consumer(&js, btp_common::DEFAULT_TENANT, &cfg.consumer).await?;
     for t in store.tenants().await? {
@@ -88,6 +115,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     }
     info!(
         nats = %cfg.nats_url,
+        replicas = cfg.replicas,
         database = store.backend(),
         tokens = cfg.admin_hash.is_some(),
         "server started"
@@ -105,6 +133,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
     };
 
     let mut parts = tokio::task::JoinSet::new();
+    parts.spawn(leadership.hold(cancel.clone()));
     let api = api::Api {
         ctx: ctx.clone(),
         admin_hash: cfg.admin_hash.clone(),

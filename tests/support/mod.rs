@@ -418,10 +418,12 @@ pub fn error_line(out: &Output) -> String {
 pub struct Cluster {
     pub dir: PathBuf,
     pub nats: NatsServer,
+    /// The other nodes when `nats` is the first node of a NATS cluster.
+    pub peers: Vec<NatsServer>,
     pub server: Option<Proc>,
     pub clients: Vec<Proc>,
     pub url: String,
-    server_args: Vec<String>,
+    pub server_args: Vec<String>,
 }
 
 impl Cluster {
@@ -437,10 +439,22 @@ impl Cluster {
         nats: btp_nats::launcher::Options,
     ) -> Cluster {
         let nats = NatsServer::start_with(&dir.join("nats"), None, nats).unwrap();
-        let url = nats.url();
+        Self::start_on(dir, server_args, vec![nats])
+    }
+
+    /// Like `start`, on a JetStream cluster of `nodes` nats-servers; `url` lists them all.
+    pub fn start_with_nats_cluster(dir: &Path, server_args: &[&str], nodes: usize) -> Cluster {
+        let nodes = btp_nats::launcher::start_cluster(&dir.join("nats"), nodes).unwrap();
+        Self::start_on(dir, server_args, nodes)
+    }
+
+    fn start_on(dir: &Path, server_args: &[&str], mut nodes: Vec<NatsServer>) -> Cluster {
+        let url = btp_nats::launcher::url_list(&nodes);
+        let nats = nodes.remove(0);
         let mut c = Cluster {
             dir: dir.to_path_buf(),
             nats,
+            peers: nodes,
             server: None,
             clients: Vec::new(),
             url,
@@ -451,6 +465,19 @@ impl Cluster {
     }
 
     pub fn start_server(&mut self) {
+        self.server = Some(self.spawn_server());
+        let url = self.url.clone();
+        wait_for("server", Duration::from_secs(60), || {
+            btp(&url, &["server", "health"])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// Starts one more `btp server run` with the cluster's arguments, without waiting for it
+    /// (a standby does not answer).
+    pub fn spawn_server(&self) -> Proc {
         let data = self.dir.join("server");
         let mut args = vec![
             "server".to_string(),
@@ -461,19 +488,7 @@ impl Cluster {
         args.extend(self.server_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let n = self.dir.read_dir().unwrap().count();
-        self.server = Some(Proc::spawn(
-            &format!("server-{n}"),
-            &self.url,
-            &args,
-            &self.dir,
-        ));
-        let url = self.url.clone();
-        wait_for("server", Duration::from_secs(30), || {
-            btp(&url, &["server", "health"])
-                .status
-                .success()
-                .then_some(())
-        });
+        Proc::spawn(&format!("server-{n}"), &self.url, &args, &self.dir)
     }
 
     /// Starts a client `client-<i>` with extra arguments and waits until it is online.
