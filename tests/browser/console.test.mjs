@@ -254,9 +254,10 @@ try {
     const file = path.join(ARTIFACTS, `report-${id}.csv`);
     await download.saveAs(file);
     const rows = parseCsv(fs.readFileSync(file, 'utf8'));
-    assert.deepEqual(rows[0], ['path', 'size', 'status', 'attempts', 'reason']);
-    const listed = rows.slice(1).map(([p, size, status]) => {
+    assert.deepEqual(rows[0], ['path', 'size', 'status', 'attempts', 'reason', 'not_kept']);
+    const listed = rows.slice(1).map(([p, size, status, , , notKept]) => {
       assert.equal(status, 'copied');
+      assert.equal(notKept, '', `${p}: a file-system copy lost metadata`);
       return `${p}\t${size}`;
     }).sort();
     const src = walk(srcRoot).map(([p, s]) => `${p}\t${s}`).sort();
