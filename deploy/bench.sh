@@ -17,6 +17,10 @@
 #                 many files of SSC_MIB MiB (defaults 4 and 64) plus SSC_SMALL files of 4 KiB
 #                 (default 200); SSC_FILES=0 skips it. SSC_ONLY=1 runs only this and replaces its
 #                 section of BENCHMARKS.md.
+#   HA_SMALL, HA_BIG  the replicated-cluster comparison: HA_SMALL files of 4 KiB (default 5000)
+#                 and HA_BIG files of 256 MiB (default 2), fs -> fs through one nats-server
+#                 (--replicas 1) and through a 3-node JetStream cluster (--replicas 3);
+#                 HA_SMALL=0 skips it. HA_ONLY=1 runs only this and replaces its section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -35,6 +39,9 @@ SSC_FILES=${SSC_FILES:-4}
 SSC_MIB=${SSC_MIB:-64}
 SSC_SMALL=${SSC_SMALL:-200}
 SSC_ONLY=${SSC_ONLY:-0}
+HA_SMALL=${HA_SMALL:-5000}
+HA_BIG=${HA_BIG:-2}
+HA_ONLY=${HA_ONLY:-0}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 
 ensure_rust
@@ -78,7 +85,7 @@ gen_big() { # dir count mib
     for i in $(seq 1 "$2"); do head -c $(( $3 * 1024 * 1024 )) /dev/urandom > "$1/big-$i.bin"; done
 }
 
-if [ "$SSC_ONLY" != 1 ]; then
+if [ "$SSC_ONLY" != 1 ] && [ "$HA_ONLY" != 1 ]; then
 log "generating data sets in $BENCH_DIR"
 gen_small "$BENCH_DIR/small" "$SMALL_FILES" "$SMALL_SIZE"
 gen_big "$BENCH_DIR/big" "$BIG_FILES" "$BIG_MIB"
@@ -108,18 +115,37 @@ timed() {
 
 vmhwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# A cluster: nats-server, server, two client processes of WORKERS/2 workers each.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A cluster: nats-server (NODES=3: a JetStream cluster of three, each with its own store and
+# route port), server (SERVER_ARGS added to `server run`), two client processes of WORKERS/2
+# workers each.
 cluster_start() {
-    local dir=$BENCH_DIR/cluster
+    local dir=$BENCH_DIR/cluster nodes=${NODES:-1} i urls="" routes=""
     rm -rf "$dir"; mkdir -p "$dir"
-    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    "$NATS" -a 127.0.0.1 -p "$PORT" -js -sd "$dir/nats" > "$dir/nats.log" 2>&1 &
-    NATS_PID=$!
-    export BTP_NATS_URL="nats://127.0.0.1:$PORT"
-    for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
-    "$BTP" server run --data-dir "$dir/server" > "$dir/server.log" 2>&1 &
+    local ports=() route_ports=()
+    for i in $(seq 1 "$nodes"); do ports+=("$(free_port)"); route_ports+=("$(free_port)"); done
+    for i in $(seq 0 $(( nodes - 1 ))); do
+        urls+="${urls:+,}nats://127.0.0.1:${ports[$i]}"
+        routes+="${routes:+,}nats://127.0.0.1:${route_ports[$i]}"
+    done
+    NATS_PIDS=()
+    for i in $(seq 0 $(( nodes - 1 ))); do
+        local cluster_flags=()
+        [ "$nodes" -gt 1 ] && cluster_flags=(-n "node-$i" --cluster_name btp-bench
+            --cluster "nats://127.0.0.1:${route_ports[$i]}" --routes "$routes")
+        "$NATS" -a 127.0.0.1 -p "${ports[$i]}" -js -sd "$dir/nats-$i" "${cluster_flags[@]}" \
+            > "$dir/nats-$i.log" 2>&1 &
+        NATS_PIDS+=($!)
+    done
+    export BTP_NATS_URL=$urls
+    for i in $(seq 0 $(( nodes - 1 ))); do
+        for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/${ports[$i]}") 2>/dev/null && break; sleep 0.05; done
+    done
+    # shellcheck disable=SC2086
+    "$BTP" server run --data-dir "$dir/server" ${SERVER_ARGS:-} > "$dir/server.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 1 100); do "$BTP" task list > /dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 1 600); do "$BTP" task list > /dev/null 2>&1 && break; sleep 0.1; done
     local half=$(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 ))
     "$BTP" client run --id bench-1 --workers "$half" > "$dir/c1.log" 2>&1 &
     C1_PID=$!
@@ -134,8 +160,8 @@ cluster_start() {
 cluster_stop() {
     kill -TERM "$C1_PID" "$C2_PID" "$SERVER_PID" 2>/dev/null || true
     wait "$C1_PID" "$C2_PID" "$SERVER_PID" 2>/dev/null || true
-    kill -TERM "$NATS_PID" 2>/dev/null || true
-    wait "$NATS_PID" 2>/dev/null || true
+    kill -TERM "${NATS_PIDS[@]}" 2>/dev/null || true
+    wait "${NATS_PIDS[@]}" 2>/dev/null || true
 }
 
 # One cluster run: prints "seconds server_rss client_rss" (duration from the task's report).
@@ -160,7 +186,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # The S3 side: a moto server on a free port, a bucket, and rclone configured through its
 # environment (remote `btps3:`).
 s3_start() {
-    S3_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    S3_PORT=$(free_port)
     moto_server -H 127.0.0.1 -p "$S3_PORT" > "$BENCH_DIR/moto.log" 2>&1 &
     MOTO_PID=$!
     for _ in $(seq 1 200); do (echo > "/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.05; done
@@ -211,15 +237,12 @@ ssc_section() { # the markdown section of the server-side copy rows
     printf '%s' "$SSC"
 }
 
-if [ "$SSC_ONLY" = 1 ]; then
-    rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
-    ssc_bench
-    ssc_section > "$BENCH_DIR/ssc.md"
-    python3 - "$OUT" "$BENCH_DIR/ssc.md" <<'PY'
-import sys, re
-out, new = sys.argv[1], open(sys.argv[2]).read()
+# Replaces the section of OUT headed by $1 (up to the next "## ") with the file $2, or appends it.
+replace_section() {
+    python3 - "$OUT" "$1" "$2" <<'PY'
+import sys
+out, head, new = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
 text = open(out).read()
-head = "## S3 -> S3 server-side copy"
 if head in text:
     start = text.index(head)
     nxt = text.find("\n## ", start + len(head))
@@ -229,7 +252,62 @@ else:
 open(out, "w").write(text)
 print(new)
 PY
+}
+
+# The same copies through one nats-server (streams with 1 replica) and through a 3-node
+# JetStream cluster (streams and consumers with 3 replicas): what replication costs. Sets HA to
+# the section's table rows.
+ha_bench() {
+    local src=$BENCH_DIR/ha set nodes line runs_s r
+    gen_small "$src/small" "$HA_SMALL" 4096
+    gen_big "$src/big" "$HA_BIG" 256
+    HA=""
+    for set in small big; do
+        local files bytes
+        files=$(find "$src/$set" -type f | wc -l)
+        bytes=$(du -sb --apparent-size "$src/$set" | cut -f1)
+        local one=""
+        for nodes in 1 3; do
+            NODES=$nodes SERVER_ARGS="--replicas $nodes" cluster_start
+            runs_s=""
+            for r in $(seq 1 "$RUNS"); do
+                rm -rf "$BENCH_DIR/ha-dst"
+                line=$(cluster_run "$src/$set" "$BENCH_DIR/ha-dst")
+                runs_s+="${line%% *}"$'\n'
+            done
+            NODES=$nodes cluster_stop
+            local sec
+            sec=$(printf '%s' "$runs_s" | median)
+            [ "$nodes" = 1 ] && one=$sec
+            local topo="1 nats-server, --replicas 1"
+            [ "$nodes" = 3 ] && topo="3-node JetStream cluster, --replicas 3"
+            HA+="| $files files, $(( bytes / 1048576 )) MiB | $topo | $(printf '%.2f' "$sec") s | $(printf '%.0f' "$(echo "$files / $sec" | bc -l)") files/s | $(printf '%.1f' "$(echo "$bytes / 1048576 / $sec" | bc -l)") MiB/s | $(printf '%.2f' "$(echo "$one / $sec" | bc -l)")x |"$'\n'
+            log "ha: $set on $nodes node(s): $sec s"
+        done
+    done
+    rm -rf "$src" "$BENCH_DIR/ha-dst"
+}
+
+ha_section() {
+    printf '%s\n' "## Replicated cluster throughput" "" \
+        "fs -> fs on tmpfs, 2 clients of $(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers, median of $RUNS runs, $BUILD build of btp, all processes on one machine of $(nproc) cores (the three nats-servers share its cores with the server and the clients, so this is the CPU cost of replication, not a network's latency). Time from the task's report. The last column is the speed against the single node." "" \
+        "| data set | NATS | time | files/s | MiB/s | vs 1 node |" "| --- | --- | --- | --- | --- | --- |"
+    printf '%s' "$HA"
+}
+
+if [ "$SSC_ONLY" = 1 ]; then
+    rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+    ssc_bench
+    ssc_section > "$BENCH_DIR/ssc.md"
+    replace_section "## S3 -> S3 server-side copy" "$BENCH_DIR/ssc.md"
     log "wrote the server-side copy section of $OUT"
+    exit 0
+fi
+if [ "$HA_ONLY" = 1 ]; then
+    ha_bench
+    ha_section > "$BENCH_DIR/ha.md"
+    replace_section "## Replicated cluster throughput" "$BENCH_DIR/ha.md"
+    log "wrote the replicated cluster section of $OUT"
     exit 0
 fi
 
@@ -329,12 +407,18 @@ SSC=""
 [ "$SSC_FILES" -eq 0 ] || ssc_bench
 SSC_MD=""
 [ -z "$SSC" ] || SSC_MD=$(ssc_section)
+HA=""
+[ "$HA_SMALL" -eq 0 ] || ha_bench
+HA_MD=""
+[ -z "$HA" ] || HA_MD=$(ha_section)
 
-python3 - "$RESULTS" "$OUT" "$BENCH_DIR" "$WORKERS" "$RUNS" "$SCALE" "$LIMIT" "$SSC_MD" <<'PY'
-import sys, platform, subprocess, datetime
+python3 - "$RESULTS" "$OUT" "$BENCH_DIR" "$WORKERS" "$RUNS" "$SCALE" "$LIMIT" "$SSC_MD" "$HA_MD" <<'PY'
+import sys, platform, subprocess, datetime, os
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 out, where, workers, runs, scale, limit = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
-ssc = sys.argv[8]
+ssc, ha = sys.argv[8], sys.argv[9]
+# Sections of the old file this run does not write (measured by tests or other runs) are kept.
+old = open(out).read().split("\n## ")[1:] if os.path.exists(out) else []
 by = {}
 for name, tool, sec, files, size, rss, rss2 in rows:
     by.setdefault(name, {})[tool] = (float(sec), int(files), int(size), int(rss), int(rss2))
@@ -381,6 +465,12 @@ if scale:
               "| --- | --- | --- | --- | --- | --- | --- |", scale, ""]
 if ssc:
     lines += [ssc, ""]
+if ha:
+    lines += [ha, ""]
+written = {l.split("\n", 1)[0][3:] for l in lines if l.startswith("## ")}
+for section in old:
+    if section.split("\n", 1)[0] not in written:
+        lines += ["## " + section.rstrip("\n"), ""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY

@@ -35,6 +35,7 @@ fi
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
+
 # Clippy lints the workspace's crates while they are built for the tests (clippy-driver as the
 # workspace wrapper, as `cargo clippy` runs it, with -D warnings), so the build happens once
 # instead of a check build and a test build. Dependencies are built by rustc alone either way.
@@ -48,10 +49,44 @@ else
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-    log "building and running tests (cargo nextest)"
+    log "building tests (cargo nextest)"
+    cargo nextest run --workspace --locked --no-run
+else
+    log "building tests (cargo test)"
+    cargo test --workspace --locked --no-run
+fi
+
+# The previous version, for the rolling-upgrade test (tests/upgrade.rs): the commit named in
+# deploy/previous-version, built in a target directory of its own that starts with hard links
+# to this build's dependencies, so that only BeyondTP's own crates are compiled again.
+target=${CARGO_TARGET_DIR:-$PWD/target}
+previous=$(grep -v '^#' deploy/previous-version | head -n 1)
+if git cat-file -e "$previous^{commit}" 2>/dev/null; then
+    log "building the previous version ${previous:0:12} for the upgrade test"
+    out=$target/previous
+    rm -rf "$out"
+    mkdir -p "$out/src" "$out/target/debug"
+    git archive "$previous" | tar -x -m -C "$out/src"
+    for d in deps build .fingerprint; do cp -al "$target/debug/$d" "$out/target/debug/"; done
+    rm -rf "$out/target/debug/.fingerprint"/btp-* "$out/target/debug/build"/btp-* \
+        "$out/target/debug/deps"/btp-* "$out/target/debug/deps"/libbtp_*
+    env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS CARGO_INCREMENTAL=0 \
+        cargo build --locked --quiet --manifest-path "$out/src/Cargo.toml" \
+        --target-dir "$out/target" --bin btp
+    cp "$out/target/debug/btp" "$out/btp"
+    export BTP_PREVIOUS_BIN="$out/btp"
+elif [ -n "${CI:-}" ]; then
+    log "deploy/previous-version names $previous, which this clone does not have"
+    exit 1
+else
+    log "the previous version $previous is not in this clone: the upgrade test is skipped"
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+    log "running tests (cargo nextest)"
     cargo nextest run --workspace --locked --no-fail-fast
 else
-    log "building and running tests (cargo test)"
+    log "running tests (cargo test)"
     cargo test --workspace --locked --no-fail-fast
 fi
 

@@ -70,7 +70,10 @@ fn s3copy_suite(s3: &S3Server, dir: &Path) {
         support::backends::Backend::create_container(s3, b);
     }
     let src = dir.join("src");
-    let tree = gen_tree(&src, 60, 24 << 20);
+    // The large file makes 8 parts of 5 MiB, twice what one client's 4 workers hold at once:
+    // both clients take some whatever the order of their pulls (of 5, one client could take
+    // all).
+    let tree = gen_tree(&src, 60, 40 << 20);
     std::fs::remove_dir(src.join("empty-dir")).unwrap();
 
     let mut c = Cluster::start(dir, &[]);

@@ -67,8 +67,20 @@ impl Proc {
         log_dir: &Path,
         env: &[(&str, &str)],
     ) -> Proc {
+        Self::spawn_bin(Path::new(btp_bin()), name, nats_url, args, log_dir, env)
+    }
+
+    /// Like `spawn_env`, running another `btp` binary (an earlier version, for upgrades).
+    pub fn spawn_bin(
+        bin: &Path,
+        name: &str,
+        nats_url: &str,
+        args: &[&str],
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("log file");
-        let child = Command::new(btp_bin())
+        let child = Command::new(bin)
             .args(args)
             .envs(env.iter().copied())
             .env("BTP_NATS_URL", nats_url)
@@ -464,15 +476,39 @@ impl Cluster {
         c
     }
 
+    /// Starts the server and waits until it answers. On a JetStream cluster under load, moving
+    /// streams to another replica count takes a while, so the wait is long; a server that exits
+    /// meanwhile, or never answers, fails the test with the end of its log.
     pub fn start_server(&mut self) {
-        self.server = Some(self.spawn_server());
+        let mut server = self.spawn_server();
         let url = self.url.clone();
-        wait_for("server", Duration::from_secs(60), || {
-            btp(&url, &["server", "health"])
-                .status
-                .success()
-                .then_some(())
-        });
+        let log = self.dir.join(format!("{}.log", server.name));
+        let tail = || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if btp(&url, &["server", "health"]).status.success() {
+                break;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited ({status}) before answering:\n{}",
+                    server.name,
+                    tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not answer within 180 s:\n{}",
+                server.name,
+                tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.server = Some(server);
     }
 
     /// Starts one more `btp server run` with the cluster's arguments, without waiting for it
