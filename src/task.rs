@@ -122,6 +122,8 @@ pub struct PlanOpts {
     #[arg(long, value_parser = btp_common::units::parse_rate)]
     pub speed_limit: Option<u64>,
     /// Files of at least this size are copied in parts, in parallel on all workers, e.g. 64MiB.
+    /// Between two file systems the default (64MiB) means 1GiB: below that one kernel copy of
+    /// the whole file is faster; any other value applies as given.
     #[arg(long, default_value = "64MiB")]
     pub multipart_threshold: String,
     /// Size of those parts (raised for huge files: no file needs more than 9,000 parts).

@@ -33,6 +33,9 @@ fn two_clients_migrate_a_deep_tree_byte_identical_and_the_report_counts_it() {
             "--start",
             "--batch-files",
             "20",
+            // In parts (between file systems the default splits only files of 1 GiB).
+            "--multipart-threshold",
+            "32MiB",
         ],
     );
     let id = t["id"].as_str().unwrap().to_string();

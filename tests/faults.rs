@@ -30,7 +30,10 @@ fn survives(fault: impl FnOnce(&mut Cluster)) {
     let mut c = Cluster::start(tmp.path(), SERVER);
     c.add_client(CLIENT);
     c.add_client(CLIENT);
-    let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
+    // Parts between two file systems too (there the default splits only files of 1 GiB), so
+    // that faults land in the middle of parts.
+    let parts = ["--batch-files", "50", "--multipart-threshold", "32MiB"];
+    let id = c.start_task(&src, &dst, &parts);
     c.wait_progress(&id, &tree, 0.25);
     fault(&mut c);
     wait_task(&c.url, &id, Duration::from_secs(300));

@@ -22,6 +22,10 @@ const CLIENT: &[&str] = &[
     "4s",
 ];
 
+/// Task options: the large file in parts (between file systems the default splits only files
+/// of 1 GiB), so that faults land in the middle of parts.
+const PARTS: &[&str] = &["--batch-files", "50", "--multipart-threshold", "32MiB"];
+
 fn sigkill(p: Proc) {
     unsafe { libc::kill(p.pid() as i32, libc::SIGKILL) };
     drop(p);
@@ -156,7 +160,7 @@ fn a_nats_node_killed_mid_task_loses_nothing() {
     wait_replicas(&c.url, 3);
     c.add_client(CLIENT);
     c.add_client(CLIENT);
-    let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
+    let id = c.start_task(&src, &dst, PARTS);
     c.wait_progress(&id, &tree, 0.25);
     // The node leading the jobs stream: the worst one to lose.
     let (_, leader) = topology(&c.url);
@@ -290,7 +294,7 @@ fn leader_killed_mid_task(nats_nodes: usize, kill_nats_too: bool) {
     }
     c.add_client(CLIENT);
     c.add_client(CLIENT);
-    let id = c.start_task(&src, &dst, &["--batch-files", "50"]);
+    let id = c.start_task(&src, &dst, PARTS);
     c.wait_progress(&id, &tree, 0.25);
     let node = kill_nats_too.then(|| {
         let (_, name) = topology(&c.url);

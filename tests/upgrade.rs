@@ -156,6 +156,11 @@ fn a_rolling_upgrade_from_the_previous_version_loses_nothing() {
             "--start",
             "--batch-files",
             "50",
+            // The large file in parts, copied by old and new clients.
+            "--multipart-threshold",
+            "8MiB",
+            "--part-size",
+            "5MiB",
             "--output",
             "json",
         ],

@@ -1188,6 +1188,14 @@ async fn copy_file(
         let n = crate::s3copy::copy_file(job, &cp, src, dst, f, ctx).await?;
         return Ok((n, String::new()));
     }
+    if let Some(roots) = crate::local::roots(job) {
+        if job.verify != Verify::Checksum && f.link.is_none() {
+            // Between two local file systems, with nothing to hash: the kernel copies.
+            let (n, fs_lost) = crate::local::copy_whole(roots, f, ctx).await?;
+            let lost = crate::keep::posix_lost(job, f);
+            return Ok((n, crate::keep::join(&[&lost, &fs_lost])));
+        }
+    }
     // What the destination cannot hold of the source object's metadata, looked up while the
     // read starts.
     let (meta, stream) = futures::join!(

@@ -116,6 +116,13 @@ impl FsWrite {
         }
     }
 
+    /// The new file, for writes that do not go through [`FsWrite::write_all`] (a range copied
+    /// in the kernel).
+    pub(crate) fn file(&mut self) -> &File {
+        (self.meta, self.len) = (None, None);
+        &self.file
+    }
+
     pub(crate) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         (self.meta, self.len) = (None, None);
         self.file.write_all(data)

@@ -608,9 +608,19 @@ pub(crate) const RANGE_CHUNK: u64 = 8 << 20;
 /// inside the kernel (`copy_file_range`; `pread`/`pwrite` where the file systems do not allow
 /// it); returns the bytes copied, fewer than `len` only at the end of the source.
 pub(crate) fn copy_range(src: &Path, dst: &Path, offset: u64, len: u64) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
     let input = std::fs::File::open(src)?;
     let output = std::fs::OpenOptions::new().write(true).open(dst)?;
+    copy_range_between(&input, &output, offset, len)
+}
+
+/// [`copy_range`] between two open files.
+pub(crate) fn copy_range_between(
+    input: &std::fs::File,
+    output: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
     let mut done = 0u64;
     while done < len {
         let (mut off_in, mut off_out) = ((offset + done) as i64, (offset + done) as i64);
@@ -633,7 +643,7 @@ pub(crate) fn copy_range(src: &Path, dst: &Path, offset: u64, len: u64) -> std::
                 let e = std::io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {
-                        return copy_range_plain(&input, &output, offset + done, len - done)
+                        return copy_range_plain(input, output, offset + done, len - done)
                             .map(|m| done + m);
                     }
                     Some(libc::EINTR) => continue,
@@ -643,6 +653,81 @@ pub(crate) fn copy_range(src: &Path, dst: &Path, offset: u64, len: u64) -> std::
         }
     }
     Ok(done)
+}
+
+/// Copies one file between two local file systems inside the kernel, in [`RANGE_CHUNK`]
+/// pieces (speed limits, progress and cancellation apply between them), into a new file that
+/// replaces the target only once it is whole: the large-file path of a Copy job when nothing
+/// has to read the bytes (no checksum). Returns the bytes copied and the metadata not kept.
+pub(crate) async fn copy_whole(
+    (src_root, dst_root): (&str, &str),
+    f: &FileEntry,
+    ctx: &JobContext<'_>,
+) -> Result<(u64, String), JobError> {
+    let src = Path::new(src_root).join(&f.path);
+    let target = Path::new(dst_root).join(&f.path);
+    let shown = target.to_string_lossy().into_owned();
+    let (rel, s) = (f.path.clone(), shown.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let input = std::fs::File::open(&src).map_err(|e| io_error("open", &rel, e))?;
+        let out = FsWrite::create(&target).map_err(|e| io_error("create", &s, e))?;
+        Ok::<_, JobError>((input, out))
+    })
+    .await
+    .map_err(|e| JobError::Transient(format!("copy stopped: {e}")))?;
+    let (mut input, mut out) = opened?;
+    let mut n = 0u64;
+    loop {
+        if ctx.cancel.is_cancelled() {
+            return Err(JobError::Cancelled);
+        }
+        let first = n == 0;
+        let (rel, s) = (f.path.clone(), shown.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let copied = copy_range_between(&input, out.file(), n, RANGE_CHUNK)
+                .map_err(|e| io_error("copy", &s, e))?;
+            if first {
+                crate::exec::injected_midway_fault(&rel)?;
+            }
+            Ok::<_, JobError>((input, out, copied))
+        })
+        .await
+        .map_err(|e| JobError::Transient(format!("copy stopped: {e}")))?;
+        let copied;
+        (input, out, copied) = done?;
+        crate::exec::pace_bytes(copied, ctx).await?;
+        n += copied;
+        // Past the listed size: the source grew; short of a chunk: its end.
+        if copied < RANGE_CHUNK || n > f.size {
+            break;
+        }
+    }
+    drop(input);
+    if n != f.size {
+        return Err(JobError::Transient(format!(
+            "source changed during copy: listed {} bytes, read {n}",
+            f.size
+        )));
+    }
+    let mtime = f
+        .mtime_ms
+        .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
+    let posix = f.posix();
+    let lost = tokio::task::spawn_blocking(move || {
+        let err = |op: &str, e: std::io::Error| io_error(op, &shown, e);
+        let stored = out.stored_len().map_err(|e| err("stat", e))?;
+        if stored != n {
+            return Err(JobError::Transient(format!(
+                "size mismatch: {stored} bytes at the destination, {n} read from the source"
+            )));
+        }
+        out.keep(posix);
+        out.commit(mtime, true, Before::Unknown)
+            .map_err(|e| err("rename", e))
+    })
+    .await
+    .map_err(|e| JobError::Transient(format!("copy stopped: {e}")))??;
+    Ok((n, lost))
 }
 
 fn copy_range_plain(

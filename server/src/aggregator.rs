@@ -384,7 +384,11 @@ pub async fn apply(
                     store::record_deletion(tx, task_id, &dir, f).await?;
                 }
             }
-            let mut kinds = planner::pack_copies(files.clone(), &task.info.options);
+            let mut kinds = planner::pack_copies(
+                files.clone(),
+                &task.info.options,
+                planner::multipart_threshold(&task),
+            );
             delta.lists_total = dirs.len() as i64;
             kinds.extend(
                 dirs.iter()
@@ -474,7 +478,11 @@ pub async fn apply(
                     .iter()
                     .map(|f| FileEntry::new(f.path.clone(), f.size, f.mtime_ms).with_posix(f.posix))
                     .collect();
-                let kinds = planner::pack_copies(entries, &task.info.options);
+                let kinds = planner::pack_copies(
+                    entries,
+                    &task.info.options,
+                    planner::multipart_threshold(&task),
+                );
                 let schedule = Schedule {
                     attempt: r.attempt + 1,
                     not_before_ms: now + *retry_after_ms as i64,

@@ -4,15 +4,33 @@
 use btp_common::api::TaskOptions;
 use btp_common::wire::{FileEntry, JobKind};
 
+/// Between two local file systems, a file is split into parts from this size on (unless the
+/// task sets a threshold other than the default): below it one job copying the whole file in
+/// the kernel (`copy_file_range`) is faster than the Upload, Part and Complete jobs of a split
+/// and their round trips through the server.
+pub const LOCAL_MULTIPART_THRESHOLD: u64 = 1 << 30;
+
+/// The size from which the files of `task` are split into parts.
+pub fn multipart_threshold(task: &crate::store::TaskRow) -> u64 {
+    let given = task.info.options.multipart_threshold;
+    let local = task.src.is_local() && task.dst.is_local();
+    if local && given == TaskOptions::default().multipart_threshold {
+        given.max(LOCAL_MULTIPART_THRESHOLD)
+    } else {
+        given
+    }
+}
+
 /// Packs files into Copy batches of at most `batch_files` files and about `batch_bytes` bytes;
-/// a file larger than `batch_bytes` gets a batch of its own, a file of at least
-/// `multipart_threshold` bytes an Upload job (its parts become jobs of their own). Order is kept.
-pub fn pack_copies(files: Vec<FileEntry>, opts: &TaskOptions) -> Vec<JobKind> {
+/// a file larger than `batch_bytes` gets a batch of its own, a file of at least `threshold`
+/// bytes (see [`multipart_threshold`]) an Upload job (its parts become jobs of their own).
+/// Order is kept.
+pub fn pack_copies(files: Vec<FileEntry>, opts: &TaskOptions, threshold: u64) -> Vec<JobKind> {
     let mut jobs = Vec::new();
     let mut batch: Vec<FileEntry> = Vec::new();
     let mut batch_bytes = 0u64;
     for f in files {
-        if f.size >= opts.multipart_threshold {
+        if f.size >= threshold {
             jobs.push(JobKind::Upload {
                 part_size: opts.part_size_for(f.size),
                 file: f,
@@ -91,7 +109,7 @@ mod tests {
         };
         let files = (0..5).map(|i| file(&format!("f{i}"), 1)).collect();
         assert_eq!(
-            sizes(&pack_copies(files, &opts)),
+            sizes(&pack_copies(files, &opts, opts.multipart_threshold)),
             vec![vec![1, 1], vec![1, 1], vec![1]]
         );
     }
@@ -111,7 +129,7 @@ mod tests {
             file("d", 0),
         ];
         assert_eq!(
-            sizes(&pack_copies(files, &opts)),
+            sizes(&pack_copies(files, &opts, opts.multipart_threshold)),
             vec![vec![4, 4], vec![4], vec![50], vec![0]]
         );
     }
@@ -123,7 +141,11 @@ mod tests {
             part_size: 40,
             ..Default::default()
         };
-        let jobs = pack_copies(vec![file("a", 10), file("big", 100)], &opts);
+        let jobs = pack_copies(
+            vec![file("a", 10), file("big", 100)],
+            &opts,
+            opts.multipart_threshold,
+        );
         assert_eq!(jobs.len(), 2);
         let JobKind::Upload { file: f, part_size } = &jobs[0] else {
             panic!("not an upload: {:?}", jobs[0]);
@@ -152,6 +174,6 @@ mod tests {
 
     #[test]
     fn no_files_make_no_jobs() {
-        assert!(pack_copies(Vec::new(), &TaskOptions::default()).is_empty());
+        assert!(pack_copies(Vec::new(), &TaskOptions::default(), 1).is_empty());
     }
 }

@@ -660,7 +660,8 @@ impl Store {
             }
         }
         let opts = &task.info.options;
-        let mut kinds = crate::planner::pack_copies(files, opts);
+        let threshold = crate::planner::multipart_threshold(task);
+        let mut kinds = crate::planner::pack_copies(files, opts, threshold);
         let n_dirs = dirs.len() as i64;
         kinds.extend(dirs.into_iter().map(|d| crate::planner::list_job(d, opts)));
         let jobs_total: i64 = sqlx::query_scalar("SELECT jobs_total FROM tasks WHERE id = $1")
