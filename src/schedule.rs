@@ -132,11 +132,19 @@ fn schedule_rows(s: &ScheduleInfo) -> Vec<Vec<String>> {
 }
 
 fn list_rows(l: &ScheduleList) -> Vec<Vec<String>> {
-    let mut rows = vec![
-        ["NAME", "STATE", "FIRES", "TZ", "NEXT", "RUNS", "LAST TASK", "SOURCE", "DESTINATION"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut rows = vec![[
+        "NAME",
+        "STATE",
+        "FIRES",
+        "TZ",
+        "NEXT",
+        "RUNS",
+        "LAST TASK",
+        "SOURCE",
+        "DESTINATION",
+    ]
+    .map(String::from)
+    .to_vec()];
     rows.extend(l.schedules.iter().map(|s| {
         vec![
             s.name.clone(),

@@ -143,8 +143,8 @@ fn an_interval_schedule_fires_runs_that_copy_only_what_changed() {
     assert_eq!(r3["bytes_copied"], 16, "{r3}");
     assert_eq!(r3["files_skipped"], tree.files, "{r3}");
     assert_same_tree(&src, &dst);
-    let table = String::from_utf8_lossy(&btp(&url, &["schedule", "runs", "sync-10s"]).stdout)
-        .to_string();
+    let table =
+        String::from_utf8_lossy(&btp(&url, &["schedule", "runs", "sync-10s"]).stdout).to_string();
     for r in [&r1, &r2, &r3] {
         assert!(table.contains(r["task"].as_str().unwrap()), "{table}");
     }
@@ -154,9 +154,11 @@ fn an_interval_schedule_fires_runs_that_copy_only_what_changed() {
     assert_eq!(p["state"], "paused", "{p}");
     assert!(p.get("paused_reason").is_none(), "{p}");
     let due = p["next_fire_ms"].as_i64().unwrap();
-    wait_for("the paused firing time to pass", Duration::from_secs(30), || {
-        (now_ms() > due + 3_000).then_some(())
-    });
+    wait_for(
+        "the paused firing time to pass",
+        Duration::from_secs(30),
+        || (now_ms() > due + 3_000).then_some(()),
+    );
     assert_eq!(runs(&url, None, "sync-10s").len(), 3);
     let before = now_ms();
     let r = json(&url, None, &["schedule", "resume", "sync-10s"]);
@@ -200,7 +202,10 @@ fn a_server_killed_across_a_firing_fires_it_once_when_back() {
     let r2 = wait_run(&url, None, "every-15s", 2);
     assert_eq!(r2["outcome"], "completed", "{r2}");
     assert_eq!(r2["fire_ms"].as_i64().unwrap(), due, "{r2}");
-    assert!(r2["at_ms"].as_i64().unwrap() > due + 3_000, "fired late: {r2}");
+    assert!(
+        r2["at_ms"].as_i64().unwrap() > due + 3_000,
+        "fired late: {r2}"
+    );
     assert_eq!(r2["files_copied"], 0, "{r2}");
     assert_eq!(r2["files_skipped"], tree.files, "{r2}");
     let s = json(&url, None, &["schedule", "get", "every-15s"]);
@@ -334,7 +339,13 @@ fn bad_input_creates_nothing_and_tenants_see_only_their_schedules() {
     assert!(e.contains("invalid cron pattern '0 2 * *'"), "{e}");
     let e = create(&["nightly", "--cron", "0 25 * * *"]);
     assert!(e.contains("invalid cron pattern '0 25 * * *'"), "{e}");
-    let e = create(&["nightly", "--cron", "0 2 * * *", "--timezone", "Mars/Olympus"]);
+    let e = create(&[
+        "nightly",
+        "--cron",
+        "0 2 * * *",
+        "--timezone",
+        "Mars/Olympus",
+    ]);
     assert!(e.contains("unknown time zone 'Mars/Olympus'"), "{e}");
     let e = create(&["Nightly", "--cron", "0 2 * * *"]);
     assert!(e.contains("invalid schedule name 'Nightly'"), "{e}");
@@ -346,8 +357,15 @@ fn bad_input_creates_nothing_and_tenants_see_only_their_schedules() {
         &url,
         acme,
         &[
-            "schedule", "create", "nightly", "--cron", "0 2 * * *", "--src", "/no/such/dir",
-            "--dst", d,
+            "schedule",
+            "create",
+            "nightly",
+            "--cron",
+            "0 2 * * *",
+            "--src",
+            "/no/such/dir",
+            "--dst",
+            d,
         ],
     );
     assert!(!out.status.success());

@@ -383,9 +383,7 @@ async fn tick(api: &Api) -> Result<(), ApiError> {
             Err(e) if e.code == ErrorCode::NotFound => run_outcome::DELETED,
             Err(e) => return Err(e),
         };
-        store
-            .settle_run(&r, run_outcome::STARTED, to, "")
-            .await?;
+        store.settle_run(&r, run_outcome::STARTED, to, "").await?;
         paused_notice(api, &r).await;
     }
     let now = now_ms();
@@ -415,10 +413,7 @@ async fn tick(api: &Api) -> Result<(), ApiError> {
             ),
             None => (crate::api::new_task_id(), String::new()),
         };
-        let Some(seq) = store
-            .claim_firing(&s, next, now, &task_id, &reason)
-            .await?
-        else {
+        let Some(seq) = store.claim_firing(&s, next, now, &task_id, &reason).await? else {
             continue; // Paused, deleted or fired meanwhile.
         };
         if task_id.is_empty() {
@@ -539,7 +534,10 @@ mod tests {
         assert!(e.starts_with("invalid cron pattern '0 2 * *'"), "{e}");
         let e = When::new("61 * * * *", 0, "").err().unwrap().message;
         assert!(e.starts_with("invalid cron pattern"), "{e}");
-        let e = When::new("0 2 * * *", 0, "Mars/Olympus").err().unwrap().message;
+        let e = When::new("0 2 * * *", 0, "Mars/Olympus")
+            .err()
+            .unwrap()
+            .message;
         assert!(e.starts_with("unknown time zone 'Mars/Olympus'"), "{e}");
         let e = When::new("0 2 * * *", 10, "").err().unwrap().message;
         assert!(e.contains("not both"), "{e}");
