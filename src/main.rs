@@ -4,6 +4,7 @@
 mod endpoint;
 mod output;
 mod run;
+mod schedule;
 mod task;
 mod tenant;
 
@@ -74,6 +75,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: tenant::TokenCommand,
+    },
+    /// Recurring tasks: fired by a cron pattern or an interval, each run an incremental copy.
+    Schedule {
+        #[command(subcommand)]
+        command: schedule::ScheduleCommand,
     },
     /// Named sources and destinations with their credentials (`--src NAME:/path`).
     Endpoint {
@@ -500,6 +506,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenant { command } => tenant::tenant(&url, command).await,
         Command::Token { command } => tenant::token(&url, command).await,
         Command::Endpoint { command } => endpoint::endpoint(&url, command).await,
+        Command::Schedule { command } => schedule::schedule(&url, command).await,
         Command::Nats {
             command: NatsCommand::Config(a),
         } => {

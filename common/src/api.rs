@@ -31,6 +31,13 @@ pub mod verbs {
     pub const ENDPOINT_CREATE: &str = "endpoint.create";
     pub const ENDPOINT_LIST: &str = "endpoint.list";
     pub const ENDPOINT_DELETE: &str = "endpoint.delete";
+    pub const SCHEDULE_CREATE: &str = "schedule.create";
+    pub const SCHEDULE_LIST: &str = "schedule.list";
+    pub const SCHEDULE_GET: &str = "schedule.get";
+    pub const SCHEDULE_PAUSE: &str = "schedule.pause";
+    pub const SCHEDULE_RESUME: &str = "schedule.resume";
+    pub const SCHEDULE_DELETE: &str = "schedule.delete";
+    pub const SCHEDULE_RUNS: &str = "schedule.runs";
 }
 
 /// NATS header carrying the API token of a request.
@@ -919,4 +926,140 @@ pub fn join_url(base: &str, path: &str) -> Result<String, ApiError> {
         return Ok(base.to_string());
     }
     Ok(format!("{}/{sub}", base.trim_end_matches('/')))
+}
+
+/// Failed runs in a row after which a schedule pauses itself, unless `max_failures` says.
+pub const DEFAULT_MAX_FAILURES: u32 = 3;
+
+/// `schedule.create`: a task template fired by a cron pattern (`cron`, in `timezone`) or every
+/// `every_secs` seconds. Each firing creates and starts a task from `task` as `task.create`
+/// would (`task.start` is ignored), unless the previous run is still going.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSchedule {
+    pub name: String,
+    /// A cron pattern: 5 fields (minute hour day month weekday), or 6 with seconds first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// A fixed interval in seconds; the first run is one interval after the creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+    /// IANA time zone of the cron pattern (`Europe/Paris`); UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Failed runs in a row after which the schedule pauses itself (3 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u32>,
+    pub task: CreateTask,
+}
+
+/// `schedule.get`, `schedule.pause`, `schedule.resume`, `schedule.delete`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRef {
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleState {
+    Active,
+    Paused,
+}
+
+impl ScheduleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleState::Active => "active",
+            ScheduleState::Paused => "paused",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(ScheduleState::Active),
+            "paused" => Some(ScheduleState::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// A schedule as the API shows it: the template's endpoints without credentials (option keys
+/// only) and its task options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    pub name: String,
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+    pub timezone: String,
+    pub state: ScheduleState,
+    /// Why the schedule paused itself (empty when paused by a user, or active).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub paused_reason: String,
+    pub max_failures: u32,
+    /// Failed runs in a row so far.
+    pub failures: u32,
+    /// When it fires next (UTC milliseconds); a paused schedule fires once resumed.
+    pub next_fire_ms: i64,
+    pub src: String,
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub src_option_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dst_option_keys: Vec<String>,
+    pub options: TaskOptions,
+    pub created_ms: i64,
+    /// Runs recorded (skipped ones included).
+    pub runs: u64,
+    /// The task of the latest run that created one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_task: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleInfo>,
+}
+
+/// `schedule.runs`: a schedule's history, newest first, paged.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRunsRequest {
+    pub name: String,
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// One run of a schedule, with its task's state and counters as they are now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRun {
+    pub seq: u64,
+    /// The firing time this run stands for (a run after a restart may be recorded later).
+    pub fire_ms: i64,
+    pub at_ms: i64,
+    /// `pending`, `started`, `completed`, `failed`, `cancelled`, `deleted` (its task was
+    /// deleted), `skipped` (the previous run was still going) or `error` (no task could be
+    /// created or started).
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
+    pub files_copied: u64,
+    pub bytes_copied: u64,
+    pub files_skipped: u64,
+    pub files_failed: u64,
+    /// From the task's start to its end (or now while it runs).
+    pub duration_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleRunList {
+    pub runs: Vec<ScheduleRun>,
 }

@@ -213,6 +213,19 @@ impl Api {
             verbs::TOKEN_CREATE => encode(self.create_token(decode_req(payload)).await),
             verbs::TOKEN_LIST => encode(self.tokens(decode_req(payload)).await),
             verbs::TOKEN_DELETE => encode(self.delete_token(decode_req(payload)).await),
+            verbs::SCHEDULE_CREATE => {
+                encode(self.create_schedule(decode_req(payload), tenant).await)
+            }
+            verbs::SCHEDULE_LIST => encode(self.list_schedules(decode_req(payload), tenant).await),
+            verbs::SCHEDULE_GET => encode(self.get_schedule(decode_req(payload), tenant).await),
+            verbs::SCHEDULE_PAUSE => encode(self.pause_schedule(decode_req(payload), tenant).await),
+            verbs::SCHEDULE_RESUME => {
+                encode(self.resume_schedule(decode_req(payload), tenant).await)
+            }
+            verbs::SCHEDULE_DELETE => {
+                encode(self.delete_schedule(decode_req(payload), tenant).await)
+            }
+            verbs::SCHEDULE_RUNS => encode(self.schedule_runs(decode_req(payload), tenant).await),
             _ => self.handle_task(verb, payload).await,
         }
     }
@@ -318,7 +331,16 @@ impl Api {
         req: Result<CreateTask, ApiError>,
         tenant: &str,
     ) -> Result<TaskInfo, ApiError> {
-        let req = req?;
+        self.create_task_as(req?, tenant, new_task_id()).await
+    }
+
+    /// Checks a task request as `task.create` does, storing nothing: its endpoints parse, are
+    /// reachable and may be touched, its options are valid. Returns the endpoints.
+    pub(crate) async fn check_task(
+        &self,
+        req: &CreateTask,
+        tenant: &str,
+    ) -> Result<(Endpoint, Endpoint), ApiError> {
         let src = self
             .endpoint_of(tenant, &req.src, &req.src_options, "source")
             .await?;
@@ -353,11 +375,21 @@ impl Api {
                 }
             }
         }
+        Ok((src, dst))
+    }
+
+    /// `task.create` under a given task id (a schedule's firing claims its id first).
+    pub(crate) async fn create_task_as(
+        &self,
+        req: CreateTask,
+        tenant: &str,
+        id: String,
+    ) -> Result<TaskInfo, ApiError> {
+        let (src, dst) = self.check_task(&req, tenant).await?;
         if req.start {
             // Nothing is created when the start would be refused.
             self.check_quota(tenant).await?;
         }
-        let id = new_task_id();
         let info = TaskInfo::new(
             id.clone(),
             tenant.to_string(),
@@ -373,6 +405,13 @@ impl Api {
             return self.start(Ok(TaskRef { id })).await;
         }
         Ok(info)
+    }
+
+    pub(crate) async fn start_task(
+        &self,
+        req: Result<TaskRef, ApiError>,
+    ) -> Result<TaskInfo, ApiError> {
+        self.start(req).await
     }
 
     async fn start(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
@@ -1027,7 +1066,7 @@ fn check_page(limit: u32, offset: u64) -> Result<(), ApiError> {
 }
 
 /// A short random task id (12 hex digits).
-fn new_task_id() -> String {
+pub(crate) fn new_task_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 

@@ -11,6 +11,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod planner;
+pub mod schedule;
 pub mod seal;
 pub mod speed;
 pub mod store;
@@ -143,6 +144,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         let guard = http::Guard::new(addr, &cfg.http_allowed_hosts, cfg.console_token.as_deref());
         parts.spawn(http::serve(listener, api.clone(), guard, cancel.clone()));
     }
+    parts.spawn(schedule::run(api.clone(), cancel.clone()));
     parts.spawn(api::serve(nats.clone(), api, cancel.clone()));
     parts.spawn(agents::run(
         nats.clone(),

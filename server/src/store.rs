@@ -347,9 +347,19 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(map_sqlx)?;
+        let schedules = count("SELECT COUNT(*) FROM schedules WHERE tenant = $1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
         if tasks > 0 || endpoints > 0 {
             return Err(ApiError::precondition(tenant_remains(
                 name, tasks, live, endpoints,
+            )));
+        }
+        if schedules > 0 {
+            return Err(ApiError::precondition(format!(
+                "tenant '{name}' cannot be deleted: it still has {schedules} schedule{}; delete them first (btp schedule delete)",
+                if schedules == 1 { "" } else { "s" }
             )));
         }
         let gone = sqlx::query("DELETE FROM tenants WHERE name = $1")
@@ -1946,4 +1956,446 @@ fn tenant_remains(name: &str, tasks: i64, live: i64, endpoints: i64) -> String {
         "tenant '{name}' cannot be deleted: it still has {}; delete them first (btp task delete, btp endpoint delete)",
         left.join(" and ")
     )
+}
+
+// ---- schedules ----
+
+/// Outcomes of a schedule's run (the `outcome` column of `schedule_runs`).
+pub mod run_outcome {
+    /// Claimed with its task id; the task is not created yet.
+    pub const PENDING: &str = "pending";
+    /// Its task was created and started.
+    pub const STARTED: &str = "started";
+    pub const SKIPPED: &str = "skipped";
+    /// No task could be created or started.
+    pub const ERROR: &str = "error";
+    /// Its task was deleted before it finished.
+    pub const DELETED: &str = "deleted";
+}
+
+/// A schedule as stored.
+#[derive(Clone, Debug)]
+pub struct ScheduleRow {
+    pub tenant: String,
+    pub name: String,
+    /// Empty for an interval schedule.
+    pub cron: String,
+    /// 0 for a cron schedule.
+    pub every_secs: i64,
+    pub timezone: String,
+    pub template: btp_common::api::CreateTask,
+    pub state: String,
+    pub paused_reason: String,
+    pub max_failures: i64,
+    pub failures: i64,
+    pub next_fire_ms: i64,
+    pub created_ms: i64,
+}
+
+/// A run of a schedule as stored.
+#[derive(Clone, Debug)]
+pub struct RunRow {
+    pub tenant: String,
+    pub schedule: String,
+    pub seq: i64,
+    pub fire_ms: i64,
+    pub at_ms: i64,
+    /// Empty for a skipped run.
+    pub task_id: String,
+    pub outcome: String,
+    pub reason: String,
+}
+
+const SCHEDULE_COLUMNS: &str = "tenant, name, cron, every_secs, timezone, template, state, \
+     paused_reason, max_failures, failures, next_fire_ms, created_ms";
+const RUN_COLUMNS: &str = "tenant, schedule, seq, fire_ms, at_ms, task_id, outcome, reason";
+
+fn schedule_from_row(r: &AnyRow) -> Result<ScheduleRow, ApiError> {
+    Ok(ScheduleRow {
+        tenant: r.get(0),
+        name: r.get(1),
+        cron: r.get(2),
+        every_secs: r.get(3),
+        timezone: r.get(4),
+        template: from_json(&crate::seal::open(r.get(5))?)?,
+        state: r.get(6),
+        paused_reason: r.get(7),
+        max_failures: r.get(8),
+        failures: r.get(9),
+        next_fire_ms: r.get(10),
+        created_ms: r.get(11),
+    })
+}
+
+fn run_from_row(r: &AnyRow) -> RunRow {
+    RunRow {
+        tenant: r.get(0),
+        schedule: r.get(1),
+        seq: r.get(2),
+        fire_ms: r.get(3),
+        at_ms: r.get(4),
+        task_id: r.get(5),
+        outcome: r.get(6),
+        reason: r.get(7),
+    }
+}
+
+fn unknown_schedule(name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "unknown schedule '{}'",
+        name.chars().take(40).collect::<String>()
+    ))
+}
+
+impl Store {
+    /// Records a new schedule; refused when the tenant has one of that name.
+    pub async fn insert_schedule(&self, s: &ScheduleRow) -> Result<(), ApiError> {
+        let done = sqlx::query(&format!(
+            "INSERT INTO schedules ({SCHEDULE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (tenant, name) DO NOTHING"
+        ))
+        .bind(&s.tenant)
+        .bind(&s.name)
+        .bind(&s.cron)
+        .bind(s.every_secs)
+        .bind(&s.timezone)
+        .bind(crate::seal::seal(to_json(&s.template)))
+        .bind(&s.state)
+        .bind(&s.paused_reason)
+        .bind(s.max_failures)
+        .bind(s.failures)
+        .bind(s.next_fire_ms)
+        .bind(s.created_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::precondition(format!(
+                "schedule '{}' already exists (delete it first)",
+                s.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn schedule(&self, tenant: &str, name: &str) -> Result<ScheduleRow, ApiError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE tenant = $1 AND name = $2"
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?
+        .ok_or_else(|| unknown_schedule(name))?;
+        schedule_from_row(&row)
+    }
+
+    /// The tenant's schedules, by name.
+    pub async fn schedules(&self, tenant: &str) -> Result<Vec<ScheduleRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE tenant = $1 ORDER BY name"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(schedule_from_row).collect()
+    }
+
+    /// Active schedules whose firing time has come.
+    pub async fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE state = $1 AND next_fire_ms <= $2 \
+             ORDER BY next_fire_ms"
+        ))
+        .bind(btp_common::api::ScheduleState::Active.as_str())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(schedule_from_row).collect()
+    }
+
+    /// Deletes a schedule and its history (the tasks it created stay).
+    pub async fn delete_schedule(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM schedules WHERE tenant = $1 AND name = $2")
+            .bind(tenant)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        if gone.rows_affected() == 0 {
+            return Err(unknown_schedule(name));
+        }
+        sqlx::query("DELETE FROM schedule_runs WHERE tenant = $1 AND schedule = $2")
+            .bind(tenant)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    /// Pauses a schedule (`reason`: why it paused itself; empty when asked to).
+    pub async fn pause_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        let done = sqlx::query(
+            "UPDATE schedules SET state = $1, paused_reason = $2 WHERE tenant = $3 AND name = $4",
+        )
+        .bind(btp_common::api::ScheduleState::Paused.as_str())
+        .bind(reason)
+        .bind(tenant)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(unknown_schedule(name));
+        }
+        Ok(())
+    }
+
+    /// Activates a schedule again: its count of failures starts over, it fires next at `next`.
+    pub async fn resume_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        next: i64,
+    ) -> Result<(), ApiError> {
+        let done = sqlx::query(
+            "UPDATE schedules SET state = $1, paused_reason = '', failures = 0, next_fire_ms = $2 \
+             WHERE tenant = $3 AND name = $4",
+        )
+        .bind(btp_common::api::ScheduleState::Active.as_str())
+        .bind(next)
+        .bind(tenant)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(unknown_schedule(name));
+        }
+        Ok(())
+    }
+
+    /// Records the firing at `old_next` of a schedule and moves its next firing to `new_next`,
+    /// in one transaction, only if the next firing is still `old_next` and the schedule is
+    /// active (compare-and-set): a firing is recorded once whatever the restarts. The run is
+    /// `run_outcome::PENDING` with `task_id` (its task is created next), or skipped with
+    /// `reason` when `task_id` is empty. Returns the run's number, None when not claimed.
+    pub async fn claim_firing(
+        &self,
+        s: &ScheduleRow,
+        new_next: i64,
+        now: i64,
+        task_id: &str,
+        reason: &str,
+    ) -> Result<Option<i64>, ApiError> {
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE schedules SET next_fire_ms = $1 WHERE tenant = $2 AND name = $3 \
+             AND next_fire_ms = $4 AND state = $5",
+        )
+        .bind(new_next)
+        .bind(&s.tenant)
+        .bind(&s.name)
+        .bind(s.next_fire_ms)
+        .bind(btp_common::api::ScheduleState::Active.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if moved.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM schedule_runs WHERE tenant = $1 AND schedule = $2",
+        )
+        .bind(&s.tenant)
+        .bind(&s.name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        let outcome = if task_id.is_empty() {
+            run_outcome::SKIPPED
+        } else {
+            run_outcome::PENDING
+        };
+        sqlx::query(&format!(
+            "INSERT INTO schedule_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&s.tenant)
+        .bind(&s.name)
+        .bind(seq)
+        .bind(s.next_fire_ms)
+        .bind(now)
+        .bind(task_id)
+        .bind(outcome)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(Some(seq))
+    }
+
+    /// Runs in `outcome` (of every schedule), oldest first.
+    pub async fn runs_in(&self, outcome: &str) -> Result<Vec<RunRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM schedule_runs WHERE outcome = $1 ORDER BY at_ms, seq"
+        ))
+        .bind(outcome)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows.iter().map(run_from_row).collect())
+    }
+
+    /// The run of the schedule still going (pending or started), if any.
+    pub async fn run_going(&self, tenant: &str, name: &str) -> Result<Option<RunRow>, ApiError> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM schedule_runs WHERE tenant = $1 AND schedule = $2 \
+             AND (outcome = $3 OR outcome = $4) ORDER BY seq DESC LIMIT 1"
+        ))
+        .bind(tenant)
+        .bind(name)
+        .bind(run_outcome::PENDING)
+        .bind(run_outcome::STARTED)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(row.as_ref().map(run_from_row))
+    }
+
+    /// Moves a run from outcome `from` to `to` (with `reason`), and keeps the schedule's count
+    /// of failed runs in a row: a `failed` or `error` run adds one, a `completed` run starts it
+    /// over. Reaching the schedule's `max_failures` pauses it with a reason. In one
+    /// transaction; false when the run was no longer in `from`.
+    pub async fn settle_run(
+        &self,
+        run: &RunRow,
+        from: &str,
+        to: &str,
+        reason: &str,
+    ) -> Result<bool, ApiError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE schedule_runs SET outcome = $1, reason = $2 \
+             WHERE tenant = $3 AND schedule = $4 AND seq = $5 AND outcome = $6",
+        )
+        .bind(to)
+        .bind(reason)
+        .bind(&run.tenant)
+        .bind(&run.schedule)
+        .bind(run.seq)
+        .bind(from)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let failed = to == TaskState::Failed.as_str() || to == run_outcome::ERROR;
+        if failed {
+            sqlx::query(
+                "UPDATE schedules SET failures = failures + 1 WHERE tenant = $1 AND name = $2",
+            )
+            .bind(&run.tenant)
+            .bind(&run.schedule)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+            let what = if run.task_id.is_empty() || to == run_outcome::ERROR {
+                format!("run {} could not start: {reason}", run.seq)
+            } else {
+                format!("run {} (task {}) failed", run.seq, run.task_id)
+            };
+            let (failures, max, state): (i64, i64, String) = sqlx::query_as(
+                "SELECT failures, max_failures, state FROM schedules WHERE tenant = $1 AND name = $2",
+            )
+            .bind(&run.tenant)
+            .bind(&run.schedule)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+            if failures >= max && state == btp_common::api::ScheduleState::Active.as_str() {
+                sqlx::query(
+                    "UPDATE schedules SET state = $1, paused_reason = $2 WHERE tenant = $3 AND name = $4",
+                )
+                .bind(btp_common::api::ScheduleState::Paused.as_str())
+                .bind(format!(
+                    "paused after {failures} failed runs in a row; the last: {what}"
+                ))
+                .bind(&run.tenant)
+                .bind(&run.schedule)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+            }
+        } else if to == TaskState::Completed.as_str() {
+            sqlx::query("UPDATE schedules SET failures = 0 WHERE tenant = $1 AND name = $2")
+                .bind(&run.tenant)
+                .bind(&run.schedule)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(true)
+    }
+
+    /// A schedule's runs, newest first, paged.
+    pub async fn schedule_runs(
+        &self,
+        tenant: &str,
+        name: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<RunRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM schedule_runs WHERE tenant = $1 AND schedule = $2 \
+             ORDER BY seq DESC LIMIT $3 OFFSET $4"
+        ))
+        .bind(tenant)
+        .bind(name)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows.iter().map(run_from_row).collect())
+    }
+
+    /// How many runs a schedule has, and the task of its latest run that has one.
+    pub async fn schedule_run_summary(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(i64, Option<String>), ApiError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM schedule_runs WHERE tenant = $1 AND schedule = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        let last: Option<String> = sqlx::query_scalar(
+            "SELECT task_id FROM schedule_runs WHERE tenant = $1 AND schedule = $2 \
+             AND task_id <> '' ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok((n, last))
+    }
 }

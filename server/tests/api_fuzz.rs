@@ -33,6 +33,13 @@ const VERBS: &[&str] = &[
     verbs::ENDPOINT_CREATE,
     verbs::ENDPOINT_LIST,
     verbs::ENDPOINT_DELETE,
+    verbs::SCHEDULE_CREATE,
+    verbs::SCHEDULE_LIST,
+    verbs::SCHEDULE_GET,
+    verbs::SCHEDULE_PAUSE,
+    verbs::SCHEDULE_RESUME,
+    verbs::SCHEDULE_DELETE,
+    verbs::SCHEDULE_RUNS,
     "task.nope",
     "",
 ];

@@ -750,3 +750,145 @@ on_every_backend!(
         assert!(store.not_kept_page("tk", 10, 0).await.unwrap().is_empty());
     })
 );
+
+fn schedule_row(name: &str, next: i64, max_failures: i64) -> btp_server::store::ScheduleRow {
+    btp_server::store::ScheduleRow {
+        tenant: "default".into(),
+        name: name.into(),
+        cron: String::new(),
+        every_secs: 10,
+        timezone: String::new(),
+        template: btp_common::api::CreateTask {
+            src: "/data/in".into(),
+            dst: "/data/out".into(),
+            src_options: Default::default(),
+            dst_options: [("secret_access_key".to_string(), "s3cr3t".to_string())].into(),
+            options: TaskOptions::default(),
+            start: false,
+        },
+        state: "active".into(),
+        paused_reason: String::new(),
+        max_failures,
+        failures: 0,
+        next_fire_ms: next,
+        created_ms: 1,
+    }
+}
+
+on_every_backend!(
+    a_firing_is_claimed_once_and_failures_in_a_row_pause,
+    |store| {
+        Box::pin(async move {
+            use btp_server::store::run_outcome;
+            let s = schedule_row("nightly", 10_000, 2);
+            store.insert_schedule(&s).await.unwrap();
+            let e = store.insert_schedule(&s).await.unwrap_err();
+            assert!(e.message.contains("already exists"), "{e}");
+            assert!(store.due_schedules(9_999).await.unwrap().is_empty());
+            let due = store.due_schedules(10_000).await.unwrap();
+            assert_eq!(due.len(), 1);
+            assert_eq!(due[0].template.dst_options["secret_access_key"], "s3cr3t");
+            // Two servers (or a restart) claiming the same firing: one wins.
+            let first = store
+                .claim_firing(&due[0], 20_000, 10_050, "task-a", "")
+                .await
+                .unwrap();
+            let second = store
+                .claim_firing(&due[0], 20_000, 10_060, "task-b", "")
+                .await
+                .unwrap();
+            assert_eq!(first, Some(1));
+            assert_eq!(second, None);
+            let s = store.schedule("default", "nightly").await.unwrap();
+            assert_eq!(s.next_fire_ms, 20_000);
+            let pending = store.runs_in(run_outcome::PENDING).await.unwrap();
+            assert_eq!(pending.len(), 1);
+            assert_eq!(pending[0].task_id, "task-a");
+            assert_eq!(pending[0].fire_ms, 10_000);
+            assert!(store
+                .run_going("default", "nightly")
+                .await
+                .unwrap()
+                .is_some());
+
+            // Run 1 fails; run 2 (a skip) changes nothing; run 3 could not start: paused.
+            let r1 = pending[0].clone();
+            assert!(store
+                .settle_run(&r1, run_outcome::PENDING, run_outcome::STARTED, "")
+                .await
+                .unwrap());
+            assert!(!store
+                .settle_run(&r1, run_outcome::PENDING, run_outcome::STARTED, "")
+                .await
+                .unwrap());
+            assert!(store
+                .settle_run(&r1, run_outcome::STARTED, "failed", "")
+                .await
+                .unwrap());
+            assert!(store
+                .run_going("default", "nightly")
+                .await
+                .unwrap()
+                .is_none());
+            let s = store.schedule("default", "nightly").await.unwrap();
+            assert_eq!((s.failures, s.state.as_str()), (1, "active"));
+            let skip = store
+                .claim_firing(&s, 30_000, 20_001, "", "the previous run is still going")
+                .await
+                .unwrap();
+            assert_eq!(skip, Some(2));
+            let s = store.schedule("default", "nightly").await.unwrap();
+            let seq = store
+                .claim_firing(&s, 40_000, 30_001, "task-c", "")
+                .await
+                .unwrap()
+                .unwrap();
+            let r3 = store.runs_in(run_outcome::PENDING).await.unwrap()[0].clone();
+            assert_eq!(r3.seq, seq);
+            store
+                .settle_run(&r3, run_outcome::PENDING, run_outcome::ERROR, "source gone")
+                .await
+                .unwrap();
+            let s = store.schedule("default", "nightly").await.unwrap();
+            assert_eq!(s.state, "paused");
+            assert_eq!(
+                s.paused_reason,
+                "paused after 2 failed runs in a row; the last: run 3 could not start: source gone"
+            );
+            // A paused schedule is not due and cannot be claimed.
+            assert!(store.due_schedules(i64::MAX).await.unwrap().is_empty());
+            assert_eq!(
+                store
+                    .claim_firing(&s, 50_000, 40_001, "x", "")
+                    .await
+                    .unwrap(),
+                None
+            );
+            let runs = store
+                .schedule_runs("default", "nightly", 10, 0)
+                .await
+                .unwrap();
+            let outcomes: Vec<&str> = runs.iter().map(|r| r.outcome.as_str()).collect();
+            assert_eq!(outcomes, ["error", "skipped", "failed"]);
+            store
+                .resume_schedule("default", "nightly", 60_000)
+                .await
+                .unwrap();
+            let s = store.schedule("default", "nightly").await.unwrap();
+            assert_eq!(
+                (s.failures, s.state.as_str(), s.next_fire_ms),
+                (0, "active", 60_000)
+            );
+            assert!(s.paused_reason.is_empty());
+            // Another tenant's name space is its own.
+            assert!(store.schedule("acme", "nightly").await.is_err());
+            store.delete_schedule("default", "nightly").await.unwrap();
+            assert!(store
+                .schedule_runs("default", "nightly", 10, 0)
+                .await
+                .unwrap()
+                .is_empty());
+            assert!(store.delete_schedule("default", "nightly").await.is_err());
+        })
+    }
+);
