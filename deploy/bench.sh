@@ -17,6 +17,10 @@
 #                 many files of SSC_MIB MiB (defaults 4 and 64) plus SSC_SMALL files of 4 KiB
 #                 (default 200); SSC_FILES=0 skips it. SSC_ONLY=1 runs only this and replaces its
 #                 section of BENCHMARKS.md.
+#   MANIFEST_LINES  when set (the figure to run is 1000000): only the manifest run, which copies
+#                 that many empty files named by a manifest on a local moto server
+#                 (`--files-from s3://...`) through the two-client cluster, prints the server's and
+#                 the clients' peak RSS and replaces the "Manifest" section of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -35,13 +39,14 @@ SSC_FILES=${SSC_FILES:-4}
 SSC_MIB=${SSC_MIB:-64}
 SSC_SMALL=${SSC_SMALL:-200}
 SSC_ONLY=${SSC_ONLY:-0}
+MANIFEST_LINES=${MANIFEST_LINES:-0}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 
 ensure_rust
 ensure_nats_server
 command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
 [ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
-[ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] || ensure_moto
+[ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] && [ "$MANIFEST_LINES" -eq 0 ] || ensure_moto
 
 if [ -n "${BTP_BIN:-}" ]; then
     BTP=$BTP_BIN # a binary already built (BUILD says which profile, for the notes)
@@ -78,7 +83,7 @@ gen_big() { # dir count mib
     for i in $(seq 1 "$2"); do head -c $(( $3 * 1024 * 1024 )) /dev/urandom > "$1/big-$i.bin"; done
 }
 
-if [ "$SSC_ONLY" != 1 ]; then
+if [ "$SSC_ONLY" != 1 ] && [ "$MANIFEST_LINES" -eq 0 ]; then
 log "generating data sets in $BENCH_DIR"
 gen_small "$BENCH_DIR/small" "$SMALL_FILES" "$SMALL_SIZE"
 gen_big "$BENCH_DIR/big" "$BIG_FILES" "$BIG_MIB"
@@ -230,6 +235,59 @@ open(out, "w").write(text)
 print(new)
 PY
     log "wrote the server-side copy section of $OUT"
+    exit 0
+fi
+
+# Replaces (or appends) the section of $OUT that starts with heading $1 by the file $2.
+replace_section() {
+    python3 - "$OUT" "$1" "$2" <<'PY'
+import sys
+out, head, new = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+text = open(out).read()
+if head in text:
+    start = text.index(head)
+    nxt = text.find("\n## ", start + len(head))
+    text = text[:start] + new + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
+else:
+    text = text.rstrip("\n") + "\n\n" + new
+open(out, "w").write(text)
+print(new)
+PY
+}
+
+# A manifest of MANIFEST_LINES lines on moto names as many empty files of a file-system source:
+# the task plans from the manifest (no listing of the source) and copies exactly those files.
+if [ "$MANIFEST_LINES" -gt 0 ]; then
+    rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+    log "manifest run: $MANIFEST_LINES files named by a manifest on S3"
+    gen_small "$BENCH_DIR/msrc" "$MANIFEST_LINES" 0
+    # Every file the source has, in a shuffled order (a manifest is not sorted by directory).
+    (cd "$BENCH_DIR/msrc" && find . -type f | sed 's|^\./||' | shuf --random-source=<(yes)) > "$BENCH_DIR/manifest.txt"
+    mbytes=$(stat -c %s "$BENCH_DIR/manifest.txt")
+    s3_start
+    trap s3_stop EXIT
+    rclone mkdir btps3:lists 2> /dev/null
+    rclone copyto "$BENCH_DIR/manifest.txt" btps3:lists/manifest.txt
+    cluster_start
+    mopts=(--files-from s3://lists/manifest.txt --files-from-opt "endpoint=http://127.0.0.1:$S3_PORT"
+        --files-from-opt region=us-east-1 --files-from-opt access_key_id=bench
+        --files-from-opt secret_access_key=bench-secret)
+    line=$(cluster_run "$BENCH_DIR/msrc" "$BENCH_DIR/mdst" "${mopts[@]}")
+    id=$(cat "$BENCH_DIR/last-task")
+    copied=$("$BTP" task get "$id" -o json | sed -n 's/^  "files_copied": \([0-9]*\),$/\1/p')
+    cluster_stop
+    s3_stop
+    trap - EXIT
+    set -- $line
+    [ "$copied" = "$MANIFEST_LINES" ] || { echo "copied $copied of $MANIFEST_LINES files" >&2; exit 1; }
+    printf '%s\n' "## Manifest" "" \
+        "\`MANIFEST_LINES=$MANIFEST_LINES deploy/bench.sh\`: a manifest of $MANIFEST_LINES lines ($(( mbytes / 1048576 )) MiB, shuffled) on a local moto server, \`--files-from s3://lists/manifest.txt\`, naming as many empty files of a file-system source on tmpfs (2 clients of $(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers, $BUILD build of btp). One List job reads the manifest as a stream and looks up its entries page by page; peak RSS of the server and of the larger client over the whole task." "" \
+        "| manifest | files copied | time | rate | server peak RSS | client peak RSS |" "| --- | --- | --- | --- | --- | --- |" \
+        "| $MANIFEST_LINES lines on S3 | $copied | $(printf '%.1f' "$1") s | $(printf '%.0f' "$(echo "$MANIFEST_LINES / $1" | bc -l)") files/s | $(( $2 / 1024 )) MiB | $(( $3 / 1024 )) MiB |" \
+        > "$BENCH_DIR/manifest.md"
+    log "manifest: $(tail -n 1 "$BENCH_DIR/manifest.md")"
+    replace_section "## Manifest" "$BENCH_DIR/manifest.md"
+    rm -rf "$BENCH_DIR/msrc" "$BENCH_DIR/mdst"
     exit 0
 fi
 
