@@ -121,6 +121,8 @@ fn a_manifest_copies_exactly_its_files_and_fails_the_others_with_their_reason() 
             dst2.to_str().unwrap(),
             "--files-from",
             m,
+            "--exclude",
+            "*.skip",
         ],
     );
     assert!(!out.status.success());
