@@ -44,7 +44,7 @@ OUT=${BENCH_OUT:-BENCHMARKS.md}
 
 ensure_rust
 ensure_nats_server
-command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
+[ "$MANIFEST_LINES" -gt 0 ] || command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
 [ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
 [ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] && [ "$MANIFEST_LINES" -eq 0 ] || ensure_moto
 
@@ -264,10 +264,21 @@ if [ "$MANIFEST_LINES" -gt 0 ]; then
     # Every file the source has, in a shuffled order (a manifest is not sorted by directory).
     (cd "$BENCH_DIR/msrc" && find . -type f | sed 's|^\./||' | shuf --random-source=<(yes)) > "$BENCH_DIR/manifest.txt"
     mbytes=$(stat -c %s "$BENCH_DIR/manifest.txt")
-    s3_start
+    S3_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    moto_server -H 127.0.0.1 -p "$S3_PORT" > "$BENCH_DIR/moto.log" 2>&1 &
+    MOTO_PID=$!
     trap s3_stop EXIT
-    rclone mkdir btps3:lists 2> /dev/null
-    rclone copyto "$BENCH_DIR/manifest.txt" btps3:lists/manifest.txt
+    for _ in $(seq 1 200); do (echo > "/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.05; done
+    # The bucket and the manifest, by plain PUTs (moto takes unsigned requests).
+    python3 - "$S3_PORT" "$BENCH_DIR/manifest.txt" <<'PY'
+import sys, urllib.request
+port, path = sys.argv[1], sys.argv[2]
+for url, body in [(f"http://127.0.0.1:{port}/lists", b""),
+                  (f"http://127.0.0.1:{port}/lists/manifest.txt", open(path, "rb").read())]:
+    req = urllib.request.Request(url, data=body, method="PUT",
+                                 headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(req).read()
+PY
     cluster_start
     mopts=(--files-from s3://lists/manifest.txt --files-from-opt "endpoint=http://127.0.0.1:$S3_PORT"
         --files-from-opt region=us-east-1 --files-from-opt access_key_id=bench

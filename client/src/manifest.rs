@@ -66,7 +66,7 @@ pub(crate) async fn list(
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
         }
-        match parser.next() {
+        match parser.next_item() {
             Next::NeedInput => match stream.try_next().await.map_err(|e| {
                 // A read that fails midway is worth another attempt: pages already applied
                 // are not applied again.

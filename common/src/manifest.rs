@@ -76,7 +76,7 @@ pub enum Item {
     },
 }
 
-/// What [`Parser::next`] has.
+/// What [`Parser::next_item`] has.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     Item(Item),
@@ -157,7 +157,7 @@ impl Parser {
         matches!(self.mode, Mode::Csv(_))
     }
 
-    pub fn next(&mut self) -> Next {
+    pub fn next_item(&mut self) -> Next {
         loop {
             if let Mode::Csv(_) = self.mode {
                 return self.next_record();
@@ -490,7 +490,7 @@ mod tests {
         let mut out = Vec::new();
         let mut pieces = text.chunks(chunk.max(1));
         loop {
-            match p.next() {
+            match p.next_item() {
                 Next::Item(i) => out.push(i),
                 Next::NeedInput => match pieces.next() {
                     Some(c) => p.push(c),
