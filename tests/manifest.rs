@@ -256,3 +256,58 @@ fn bad_manifests_are_refused_with_one_line_and_store_no_task() {
     let tasks = btp_json(&c.url, &["task", "list"]);
     assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "{tasks}");
 }
+
+#[test]
+fn a_manifest_read_again_after_its_client_was_killed_loses_and_doubles_no_file() {
+    let tmp = test_dir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    const FILES: usize = 1200;
+    let mut manifest = String::new();
+    for i in 0..FILES {
+        let name = format!("d{}/f{i:05}.txt", i % 7);
+        write(&src.join(&name), format!("content {i}").as_bytes());
+        manifest.push_str(&name);
+        manifest.push('\n');
+        if i % 12 == 0 {
+            manifest.push_str(&format!("gone/{i}.txt\n"));
+        }
+    }
+    let m = tmp.path().join("m.txt");
+    std::fs::write(&m, manifest).unwrap();
+    let mut c = Cluster::start(tmp.path(), &["--ack-wait", "3s"]);
+    c.add_client_env(
+        &["--ack-wait", "3s", "--workers", "2"],
+        &[("BTP_FAULT_LIST_PAGE_DELAY_MS", "100")],
+    );
+    let id = c.start_task(
+        &src,
+        &dst,
+        &[
+            "--files-from",
+            m.to_str().unwrap(),
+            "--list-page-entries",
+            "20",
+        ],
+    );
+    wait_for("part of the manifest", Duration::from_secs(60), || {
+        let t = btp_json(&c.url, &["task", "get", &id]);
+        (t["files_found"].as_u64().unwrap() >= 200).then_some(())
+    });
+    let t = btp_json(&c.url, &["task", "get", &id]);
+    assert!(
+        !t["listing_done"].as_bool().unwrap(),
+        "read whole already: {t}"
+    );
+    let p = c.clients.remove(0);
+    unsafe { libc::kill(p.pid() as i32, libc::SIGKILL) };
+    drop(p);
+    c.add_client(&["--ack-wait", "3s"]);
+    let t = wait_task(&c.url, &id, Duration::from_secs(180));
+    let gone = FILES.div_ceil(12) as u64;
+    assert_eq!(t["files_found"], FILES as u64 + gone, "{t}");
+    assert_eq!(t["files_copied"], FILES as u64, "{t}");
+    assert_eq!(t["files_failed"], gone, "{t}");
+    assert_accounted(&c.url, &t);
+    assert_same_tree(&src, &dst);
+}

@@ -1039,6 +1039,11 @@ struct Faults {
     aborted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// `BTP_FAULT_LIST_PAGE_DELAY_MS`: the pause before each listing page (tests only).
+pub(crate) fn list_page_delay() -> Option<std::time::Duration> {
+    faults().list_page_delay
+}
+
 fn faults() -> &'static Faults {
     static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
     FAULTS.get_or_init(|| Faults {

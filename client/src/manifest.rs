@@ -89,6 +89,9 @@ pub(crate) async fn list(
                         ctx,
                     )
                     .await?;
+                    if let Some(delay) = crate::exec::list_page_delay() {
+                        tokio::time::sleep(delay).await;
+                    }
                     ctx.sink.send(job, seq, false, page).await?;
                     seq += 1;
                     weight = 0;
