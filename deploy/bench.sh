@@ -21,6 +21,10 @@
 #                 and HA_BIG files of 256 MiB (default 2), fs -> fs through one nats-server
 #                 (--replicas 1) and through a 3-node JetStream cluster (--replicas 3);
 #                 HA_SMALL=0 skips it. HA_ONLY=1 runs only this and replaces its section.
+#   MANIFEST_LINES  when set (the figure to run is 1000000): only the manifest run, which copies
+#                 that many empty files named by a manifest on a local moto server
+#                 (`--files-from s3://...`) through the two-client cluster, prints the server's and
+#                 the clients' peak RSS and replaces the "Manifest" section of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -42,13 +46,14 @@ SSC_ONLY=${SSC_ONLY:-0}
 HA_SMALL=${HA_SMALL:-5000}
 HA_BIG=${HA_BIG:-2}
 HA_ONLY=${HA_ONLY:-0}
+MANIFEST_LINES=${MANIFEST_LINES:-0}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 
 ensure_rust
 ensure_nats_server
-command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
+[ "$MANIFEST_LINES" -gt 0 ] || command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
 [ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
-[ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] || ensure_moto
+[ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] && [ "$MANIFEST_LINES" -eq 0 ] || ensure_moto
 
 if [ -n "${BTP_BIN:-}" ]; then
     BTP=$BTP_BIN # a binary already built (BUILD says which profile, for the notes)
@@ -85,7 +90,7 @@ gen_big() { # dir count mib
     for i in $(seq 1 "$2"); do head -c $(( $3 * 1024 * 1024 )) /dev/urandom > "$1/big-$i.bin"; done
 }
 
-if [ "$SSC_ONLY" != 1 ] && [ "$HA_ONLY" != 1 ]; then
+if [ "$SSC_ONLY" != 1 ] && [ "$HA_ONLY" != 1 ] && [ "$MANIFEST_LINES" -eq 0 ]; then
 log "generating data sets in $BENCH_DIR"
 gen_small "$BENCH_DIR/small" "$SMALL_FILES" "$SMALL_SIZE"
 gen_big "$BENCH_DIR/big" "$BIG_FILES" "$BIG_MIB"
@@ -308,6 +313,54 @@ if [ "$HA_ONLY" = 1 ]; then
     ha_section > "$BENCH_DIR/ha.md"
     replace_section "## Replicated cluster throughput" "$BENCH_DIR/ha.md"
     log "wrote the replicated cluster section of $OUT"
+    exit 0
+fi
+
+
+# A manifest of MANIFEST_LINES lines on moto names as many empty files of a file-system source:
+# the task plans from the manifest (no listing of the source) and copies exactly those files.
+if [ "$MANIFEST_LINES" -gt 0 ]; then
+    rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+    log "manifest run: $MANIFEST_LINES files named by a manifest on S3"
+    gen_small "$BENCH_DIR/msrc" "$MANIFEST_LINES" 0
+    # Every file the source has, in a shuffled order (a manifest is not sorted by directory).
+    (cd "$BENCH_DIR/msrc" && find . -type f | sed 's|^\./||' | shuf --random-source=<(yes)) > "$BENCH_DIR/manifest.txt"
+    mbytes=$(stat -c %s "$BENCH_DIR/manifest.txt")
+    S3_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    moto_server -H 127.0.0.1 -p "$S3_PORT" > "$BENCH_DIR/moto.log" 2>&1 &
+    MOTO_PID=$!
+    trap s3_stop EXIT
+    for _ in $(seq 1 200); do (echo > "/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.05; done
+    # The bucket and the manifest, by plain PUTs (moto takes unsigned requests).
+    python3 - "$S3_PORT" "$BENCH_DIR/manifest.txt" <<'PY'
+import sys, urllib.request
+port, path = sys.argv[1], sys.argv[2]
+for url, body in [(f"http://127.0.0.1:{port}/lists", b""),
+                  (f"http://127.0.0.1:{port}/lists/manifest.txt", open(path, "rb").read())]:
+    req = urllib.request.Request(url, data=body, method="PUT",
+                                 headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(req).read()
+PY
+    cluster_start
+    mopts=(--files-from s3://lists/manifest.txt --files-from-opt "endpoint=http://127.0.0.1:$S3_PORT"
+        --files-from-opt region=us-east-1 --files-from-opt access_key_id=bench
+        --files-from-opt secret_access_key=bench-secret)
+    line=$(cluster_run "$BENCH_DIR/msrc" "$BENCH_DIR/mdst" "${mopts[@]}")
+    id=$(cat "$BENCH_DIR/last-task")
+    copied=$("$BTP" task get "$id" -o json | sed -n 's/^  "files_copied": \([0-9]*\),$/\1/p')
+    cluster_stop
+    s3_stop
+    trap - EXIT
+    set -- $line
+    [ "$copied" = "$MANIFEST_LINES" ] || { echo "copied $copied of $MANIFEST_LINES files" >&2; exit 1; }
+    printf '%s\n' "## Manifest" "" \
+        "\`MANIFEST_LINES=$MANIFEST_LINES deploy/bench.sh\`: a manifest of $MANIFEST_LINES lines ($(( mbytes / 1048576 )) MiB, shuffled) on a local moto server, \`--files-from s3://lists/manifest.txt\`, naming as many empty files of a file-system source on tmpfs (2 clients of $(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers, $BUILD build of btp). One List job reads the manifest as a stream and looks up its entries page by page; peak RSS of the server and of the larger client over the whole task." "" \
+        "| manifest | files copied | time | rate | server peak RSS | client peak RSS |" "| --- | --- | --- | --- | --- | --- |" \
+        "| $MANIFEST_LINES lines on S3 | $copied | $(printf '%.1f' "$1") s | $(printf '%.0f' "$(echo "$MANIFEST_LINES / $1" | bc -l)") files/s | $(( $2 / 1024 )) MiB | $(( $3 / 1024 )) MiB |" \
+        > "$BENCH_DIR/manifest.md"
+    log "manifest: $(tail -n 1 "$BENCH_DIR/manifest.md")"
+    replace_section "## Manifest" "$BENCH_DIR/manifest.md"
+    rm -rf "$BENCH_DIR/msrc" "$BENCH_DIR/mdst"
     exit 0
 fi
 

@@ -42,6 +42,11 @@ fn task_rows(t: &TaskInfo) -> Vec<Vec<String>> {
         kv("State", t.state.as_str().to_string()),
         kv("Source", t.src.clone()),
         kv("Destination", t.dst.clone()),
+    ];
+    if let Some(m) = &t.files_from {
+        rows.push(kv("Files from", m.clone()));
+    }
+    rows.extend([
         kv("Files", {
             let copied = if t.options.dry_run {
                 "would be copied"
@@ -84,7 +89,7 @@ fn task_rows(t: &TaskInfo) -> Vec<Vec<String>> {
             ),
         ),
         kv("Jobs", format!("{}/{} done", t.jobs_done, t.jobs_total)),
-    ];
+    ]);
     if t.state == btp_common::api::TaskState::Running {
         let eta = t
             .eta_secs

@@ -50,6 +50,16 @@ pub struct EndpointOpts {
     /// An option of the destination endpoint, KEY=VALUE, KEY=@FILE or KEY=env:NAME; repeatable.
     #[arg(long = "dst-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub dst_opts: Vec<(String, String)>,
+    /// Copy exactly the files this manifest names instead of listing the source: one path per
+    /// line (relative to the source), or CSV with a header whose first column is `path` (and
+    /// an optional `size`). A path or any endpoint URL (s3://bucket/manifest.csv). Not with
+    /// `--mode sync`.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<String>,
+    /// An option of the manifest's endpoint, KEY=VALUE, KEY=@FILE or KEY=env:NAME (as
+    /// --src-opt); repeatable.
+    #[arg(long = "files-from-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub files_from_opts: Vec<(String, String)>,
 }
 
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -235,6 +245,12 @@ pub fn create_request(
             ..TaskOptions::default()
         },
         start,
+        files_from: endpoints
+            .files_from
+            .as_deref()
+            .map(endpoint_arg)
+            .transpose()?,
+        files_from_options: resolve_opts("--files-from-opt", &endpoints.files_from_opts)?,
     })
 }
 

@@ -106,6 +106,7 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
             sync,
             delete_excluded,
             links,
+            manifest,
         } => {
             let filter = filter.compile().map_err(JobError::Permanent)?;
             let opts = ListOpts {
@@ -116,7 +117,10 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
                 delete_excluded: *delete_excluded,
                 links: *links,
             };
-            list(job, dir, &opts, ctx).await
+            match manifest {
+                Some(m) => crate::manifest::list(job, m, &opts, ctx).await,
+                None => list(job, dir, &opts, ctx).await,
+            }
         }
         JobKind::Copy { files } => copy(job, files, ctx).await,
         JobKind::Upload { file, .. } => crate::parts::upload(job, file, ctx).await,
@@ -141,22 +145,22 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
     }
 }
 
-struct ListOpts<'a> {
-    page_entries: usize,
-    page_bytes: u64,
-    filter: &'a btp_common::filter::CompiledFilter,
-    sync: bool,
-    delete_excluded: bool,
-    links: btp_common::api::Links,
+pub(crate) struct ListOpts<'a> {
+    pub page_entries: usize,
+    pub page_bytes: u64,
+    pub filter: &'a btp_common::filter::CompiledFilter,
+    pub sync: bool,
+    pub delete_excluded: bool,
+    pub links: btp_common::api::Links,
 }
 
 /// Room a reason takes in a page, at most (reasons are cut to this length).
-const REASON_MAX: usize = 240;
+pub(crate) const REASON_MAX: usize = 240;
 
 /// One page of a listing being filled.
 #[derive(Default)]
-struct Page {
-    files: Vec<FileEntry>,
+pub(crate) struct Page {
+    pub files: Vec<FileEntry>,
     dirs: Vec<String>,
     noted: Vec<Noted>,
     extra: Vec<FileEntry>,
@@ -175,7 +179,7 @@ impl Page {
         self.entries >= opts.page_entries || self.bytes >= opts.page_bytes
     }
 
-    fn note(&mut self, path: &str, size: u64, outcome: Outcome, reason: String) {
+    pub(crate) fn note(&mut self, path: &str, size: u64, outcome: Outcome, reason: String) {
         let mut reason = reason;
         if reason.len() > REASON_MAX {
             let mut cut = REASON_MAX;
@@ -192,7 +196,7 @@ impl Page {
         });
     }
 
-    fn take(&mut self) -> ResultBody {
+    pub(crate) fn take(&mut self) -> ResultBody {
         let page = std::mem::take(self);
         ResultBody::ListPage {
             files: page.files,
@@ -1033,6 +1037,11 @@ struct Faults {
     /// Paths the one-time faults happened to already.
     grown: std::sync::Mutex<std::collections::HashSet<String>>,
     aborted: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// `BTP_FAULT_LIST_PAGE_DELAY_MS`: the pause before each listing page (tests only).
+pub(crate) fn list_page_delay() -> Option<std::time::Duration> {
+    faults().list_page_delay
 }
 
 fn faults() -> &'static Faults {

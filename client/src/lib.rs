@@ -11,6 +11,7 @@ mod gcs;
 mod keep;
 pub mod limiter;
 mod local;
+mod manifest;
 pub mod parts;
 mod prune;
 mod s3copy;
@@ -92,7 +93,25 @@ impl ClientConfig {
         let Some(roots) = self.fs_roots() else {
             return Ok(());
         };
-        for ep in [&job.src, &job.dst] {
+        // A manifest on a file system is read by the job too: the file itself is checked.
+        let manifest = match &job.kind {
+            btp_common::wire::JobKind::List {
+                manifest: Some(m), ..
+            } => match &m.endpoint {
+                btp_common::Endpoint::Fs { root } => Some(btp_common::Endpoint::Fs {
+                    root: std::path::Path::new(root)
+                        .join(&m.name)
+                        .to_string_lossy()
+                        .into_owned(),
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
+        for ep in [Some(&job.src), Some(&job.dst), manifest.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             let btp_common::Endpoint::Fs { root } = ep else {
                 continue;
             };

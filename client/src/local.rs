@@ -298,7 +298,6 @@ fn read_batch(
     ancestors: &std::collections::HashSet<(u64, u64)>,
 ) -> Result<(Option<std::fs::ReadDir>, std::collections::VecDeque<Listed>), JobError> {
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
     let mut out = std::collections::VecDeque::with_capacity(LIST_BATCH);
     while out.len() < LIST_BATCH {
         let Some(entry) = rd.next() else {
@@ -317,112 +316,179 @@ fn read_batch(
         };
         let path = base.join(name);
         let is_link = matches!(entry.file_type(), Ok(t) if t.is_symlink());
-        if is_link {
-            match (policy.links, policy.dst_holds_links) {
-                (Links::Skip, _) => {
-                    out.push_back(Listed::problem(
-                        format!("{dir}{name}"),
-                        Outcome::Skipped,
-                        "symbolic link (--links skip)",
-                    ));
-                    continue;
-                }
-                (Links::Copy, false) => {
-                    out.push_back(Listed::problem(
-                        format!("{dir}{name}"),
-                        Outcome::Skipped,
-                        "symbolic link: the destination cannot hold links (--links follow copies what it points to)",
-                    ));
-                    continue;
-                }
-                (Links::Copy, true) => {
-                    let listed = std::fs::read_link(&path)
-                        .and_then(|t| Ok((t, std::fs::symlink_metadata(&path)?)));
-                    out.push_back(match listed {
-                        Ok((target, meta)) => match target.to_str() {
-                            Some(t) => Listed {
-                                path: format!("{dir}{name}"),
-                                mode: opendal::EntryMode::FILE,
-                                size: 0,
-                                mtime_ms: mtime_of(&meta),
-                                posix: Posix::default(),
-                                link: Some(t.to_string()),
-                                problem: None,
-                            },
-                            None => Listed::problem(
-                                format!("{dir}{name}"),
-                                Outcome::Failed,
-                                "symbolic link whose target is not valid UTF-8",
-                            ),
-                        },
-                        Err(e) => Listed::problem(
-                            format!("{dir}{name}"),
-                            Outcome::Failed,
-                            format!("cannot read the symbolic link: {e}"),
-                        ),
-                    });
-                    continue;
-                }
-                (Links::Follow, _) => {}
-            }
-        }
-        let meta = if is_link {
-            std::fs::metadata(&path)
-        } else {
-            entry.metadata()
-        };
-        let meta = match meta {
-            Ok(m) => m,
-            Err(e) => {
-                let reason = if is_link && e.kind() == std::io::ErrorKind::NotFound {
-                    "dangling symbolic link: what it points to does not exist".to_string()
-                } else {
-                    format!("cannot be inspected: {e}")
-                };
-                out.push_back(Listed::problem(
-                    format!("{dir}{name}"),
-                    Outcome::Failed,
-                    reason,
-                ));
-                continue;
-            }
-        };
-        if meta.is_dir() && is_link && ancestors.contains(&(meta.dev(), meta.ino())) {
-            out.push_back(Listed::problem(
-                format!("{dir}{name}"),
-                Outcome::Failed,
-                "symbolic link loop: it leads back to a directory on its own path",
-            ));
-            continue;
-        }
-        let (mode, path) = if meta.is_dir() {
-            (opendal::EntryMode::DIR, format!("{dir}{name}/"))
-        } else if meta.is_file() {
-            (opendal::EntryMode::FILE, format!("{dir}{name}"))
-        } else {
-            out.push_back(Listed::problem(
-                format!("{dir}{name}"),
-                Outcome::Failed,
-                "special file (socket, fifo or device): only files, directories and links are copied",
-            ));
-            continue;
-        };
-        let size = if meta.is_file() { meta.len() } else { 0 };
-        out.push_back(Listed {
-            path,
-            mode,
-            size,
-            mtime_ms: mtime_of(&meta),
-            posix: if meta.is_file() {
-                crate::keep::posix_of(&meta, policy.owner)
-            } else {
-                Posix::default()
-            },
-            link: None,
-            problem: None,
-        });
+        out.push_back(inspect(
+            format!("{dir}{name}"),
+            &path,
+            is_link,
+            || entry.metadata(),
+            policy,
+            ancestors,
+        ));
     }
     Ok((Some(rd), out))
+}
+
+/// A path named by a manifest (relative and checked), looked at as a listing of its directory
+/// would. Unless links are followed, no symbolic link on the way to it is gone through: a
+/// manifest reaches nothing a listing would not. A path missing at the source gets `missing`
+/// as its reason.
+pub(crate) fn inspect_named(root: &Path, rel: &str, policy: LinkPolicy, missing: &str) -> Listed {
+    let gone = |e: &std::io::Error| {
+        e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
+    };
+    if policy.links != Links::Follow {
+        let mut p = root.to_path_buf();
+        let mut segs: Vec<&str> = rel.split('/').collect();
+        segs.pop();
+        for (i, seg) in segs.iter().enumerate() {
+            p.push(seg);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Listed::problem(
+                        rel.to_string(),
+                        Outcome::Failed,
+                        format!(
+                            "{}/ is a symbolic link: a manifest names nothing through a link (--links follow goes through)",
+                            segs[..=i].join("/")
+                        ),
+                    )
+                }
+                Ok(_) => {}
+                Err(e) if gone(&e) => return Listed::problem(rel.to_string(), Outcome::Failed, missing),
+                Err(e) => {
+                    return Listed::problem(
+                        rel.to_string(),
+                        Outcome::Failed,
+                        format!("cannot be inspected: {e}"),
+                    )
+                }
+            }
+        }
+    }
+    let path = root.join(rel);
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if gone(&e) => Listed::problem(rel.to_string(), Outcome::Failed, missing),
+        Err(e) => Listed::problem(
+            rel.to_string(),
+            Outcome::Failed,
+            format!("cannot be inspected: {e}"),
+        ),
+        Ok(m) => inspect(
+            rel.to_string(),
+            &path,
+            m.file_type().is_symlink(),
+            || Ok(m),
+            policy,
+            &Default::default(),
+        ),
+    }
+}
+
+/// What a listing makes of the entry `rel` (its path `path`; `is_link` when it is a symbolic
+/// link, `meta` its metadata when it is not).
+fn inspect(
+    rel: String,
+    path: &Path,
+    is_link: bool,
+    meta: impl FnOnce() -> std::io::Result<std::fs::Metadata>,
+    policy: LinkPolicy,
+    ancestors: &std::collections::HashSet<(u64, u64)>,
+) -> Listed {
+    use std::os::unix::fs::MetadataExt;
+    if is_link {
+        match (policy.links, policy.dst_holds_links) {
+            (Links::Skip, _) => {
+                return Listed::problem(
+                    rel.clone(),
+                    Outcome::Skipped,
+                    "symbolic link (--links skip)",
+                );
+            }
+            (Links::Copy, false) => {
+                return Listed::problem(
+                    rel.clone(),
+                    Outcome::Skipped,
+                    "symbolic link: the destination cannot hold links (--links follow copies what it points to)",
+                );
+            }
+            (Links::Copy, true) => {
+                let listed = std::fs::read_link(path)
+                    .and_then(|t| Ok((t, std::fs::symlink_metadata(path)?)));
+                return match listed {
+                    Ok((target, meta)) => match target.to_str() {
+                        Some(t) => Listed {
+                            path: rel.clone(),
+                            mode: opendal::EntryMode::FILE,
+                            size: 0,
+                            mtime_ms: mtime_of(&meta),
+                            posix: Posix::default(),
+                            link: Some(t.to_string()),
+                            problem: None,
+                        },
+                        None => Listed::problem(
+                            rel.clone(),
+                            Outcome::Failed,
+                            "symbolic link whose target is not valid UTF-8",
+                        ),
+                    },
+                    Err(e) => Listed::problem(
+                        rel.clone(),
+                        Outcome::Failed,
+                        format!("cannot read the symbolic link: {e}"),
+                    ),
+                };
+            }
+            (Links::Follow, _) => {}
+        }
+    }
+    let meta = if is_link {
+        std::fs::metadata(path)
+    } else {
+        meta()
+    };
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = if is_link && e.kind() == std::io::ErrorKind::NotFound {
+                "dangling symbolic link: what it points to does not exist".to_string()
+            } else {
+                format!("cannot be inspected: {e}")
+            };
+            return Listed::problem(rel.clone(), Outcome::Failed, reason);
+        }
+    };
+    if meta.is_dir() && is_link && ancestors.contains(&(meta.dev(), meta.ino())) {
+        return Listed::problem(
+            rel.clone(),
+            Outcome::Failed,
+            "symbolic link loop: it leads back to a directory on its own path",
+        );
+    }
+    let (mode, path) = if meta.is_dir() {
+        (opendal::EntryMode::DIR, format!("{rel}/"))
+    } else if meta.is_file() {
+        (opendal::EntryMode::FILE, rel.clone())
+    } else {
+        return Listed::problem(
+            rel.clone(),
+            Outcome::Failed,
+            "special file (socket, fifo or device): only files, directories and links are copied",
+        );
+    };
+    let size = if meta.is_file() { meta.len() } else { 0 };
+    Listed {
+        path,
+        mode,
+        size,
+        mtime_ms: mtime_of(&meta),
+        posix: if meta.is_file() {
+            crate::keep::posix_of(&meta, policy.owner)
+        } else {
+            Posix::default()
+        },
+        link: None,
+        problem: None,
+    }
 }
 
 /// The entries of one directory of a file-system destination, for a sync, read in batches in

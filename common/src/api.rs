@@ -409,6 +409,13 @@ pub struct CreateTask {
     /// Start the task right away.
     #[serde(default)]
     pub start: bool,
+    /// A manifest (`--files-from`): the file, on any endpoint, that names the files to copy,
+    /// one path per line or CSV with a `path` column; read instead of listing the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_from: Option<String>,
+    /// Options of the manifest's endpoint, as `src_options`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files_from_options: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -514,6 +521,9 @@ pub struct TaskInfo {
     pub jobs_done: u64,
     /// True once every List job has finished: `files_found` is then final.
     pub listing_done: bool,
+    /// The manifest the task copies the files of, instead of listing its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_from: Option<String>,
 }
 
 impl TaskInfo {
@@ -557,6 +567,7 @@ impl TaskInfo {
             jobs_total: 0,
             jobs_done: 0,
             listing_done: false,
+            files_from: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod csv;
 pub mod endpoint;
 pub mod filter;
 pub mod gcs;
+pub mod manifest;
 pub mod paths;
 pub mod rest;
 pub mod s3copy;

@@ -79,6 +79,10 @@ pub enum JobKind {
         /// What becomes of symbolic links.
         #[serde(default)]
         links: crate::api::Links,
+        /// Instead of listing `dir`, read this manifest and look up each path it names at the
+        /// source: the pages carry those entries, as a listing's would (`--files-from`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manifest: Option<crate::manifest::Manifest>,
     },
     /// Copy a batch of files from source to destination.
     Copy { files: Vec<FileEntry> },

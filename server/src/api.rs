@@ -386,11 +386,21 @@ impl Api {
         id: String,
     ) -> Result<TaskInfo, ApiError> {
         let (src, dst) = self.check_task(&req, tenant).await?;
+        let files_from = match &req.files_from {
+            Some(url) => Some(
+                self.manifest_of(tenant, url, &req.files_from_options, &req.options, &dst)
+                    .await?,
+            ),
+            None if !req.files_from_options.is_empty() => return Err(ApiError::invalid(
+                "files_from_options given without files_from (--files-from-opt needs --files-from)",
+            )),
+            None => None,
+        };
         if req.start {
             // Nothing is created when the start would be refused.
             self.check_quota(tenant).await?;
         }
-        let info = TaskInfo::new(
+        let mut info = TaskInfo::new(
             id.clone(),
             tenant.to_string(),
             src.to_string(),
@@ -398,7 +408,11 @@ impl Api {
             req.options,
             now_ms(),
         );
-        self.ctx.store.insert_task(&info, &src, &dst).await?;
+        info.files_from = files_from.as_ref().map(|m| m.url.clone());
+        self.ctx
+            .store
+            .insert_task(&info, &src, &dst, files_from.as_ref())
+            .await?;
         info!(task = %id, src = %src, dst = %dst, "task created");
         self.event(&info).await;
         if req.start {
@@ -802,6 +816,65 @@ impl Api {
 impl Api {
     /// The endpoint a task names: a URL with its options, or `NAME:/path` below one of the
     /// tenant's named endpoints (whose options it uses).
+    /// The manifest of `task.create`'s `files_from`: its endpoint resolved like the task's,
+    /// and the file checked to be there and readable, so that a task is never created with a
+    /// manifest nobody can read.
+    async fn manifest_of(
+        &self,
+        tenant: &str,
+        url: &str,
+        options: &std::collections::BTreeMap<String, String>,
+        task: &btp_common::api::TaskOptions,
+        dst: &Endpoint,
+    ) -> Result<btp_common::manifest::Manifest, ApiError> {
+        let url = url.trim();
+        let invalid = |e: String| ApiError::invalid(format!("manifest {url}: {e}"));
+        if task.mode == btp_common::api::Mode::Sync {
+            return Err(ApiError::invalid(
+                "files_from cannot be used with mode sync: a manifest names files to copy, not a \
+                 directory whose other files sync could delete (use mode copy)",
+            ));
+        }
+        let (dir, name) = btp_common::manifest::split_url(url).map_err(ApiError::invalid)?;
+        let endpoint = self.endpoint_of(tenant, &dir, options, "manifest").await?;
+        self.check_fs_roots(tenant, &endpoint, dst)?;
+        let manifest = btp_common::manifest::Manifest {
+            url: url.to_string(),
+            endpoint,
+            name,
+        };
+        if let Endpoint::Fs { root } = &manifest.endpoint {
+            let path = std::path::Path::new(root).join(&manifest.name);
+            let checked = tokio::task::spawn_blocking(move || std::fs::metadata(&path))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            return match checked {
+                Ok(m) if m.is_file() => Ok(manifest),
+                Ok(_) => Err(invalid("not a file".into())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(invalid("does not exist".into()))
+                }
+                Err(e) => Err(invalid(format!("cannot be read: {e}"))),
+            };
+        }
+        let op = manifest
+            .endpoint
+            .source_operator()
+            .map_err(|e| invalid(e.to_string()))?;
+        let stat =
+            tokio::time::timeout(std::time::Duration::from_secs(20), op.stat(&manifest.name))
+                .await
+                .map_err(|_| invalid("cannot be reached: timed out".into()))?;
+        match stat {
+            Ok(m) if m.mode() == opendal::EntryMode::FILE => Ok(manifest),
+            Ok(_) => Err(invalid("not a file".into())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
+                Err(invalid("does not exist".into()))
+            }
+            Err(e) => Err(invalid(format!("cannot be read: {e}"))),
+        }
+    }
+
     async fn endpoint_of(
         &self,
         tenant: &str,

@@ -64,7 +64,17 @@ pub fn list_job(dir: String, opts: &TaskOptions) -> JobKind {
         sync: opts.mode == btp_common::api::Mode::Sync,
         delete_excluded: opts.delete_excluded,
         links: opts.links,
+        manifest: None,
     }
+}
+
+/// The List job of a task with a manifest: reads the manifest instead of listing the source.
+pub fn manifest_job(manifest: &btp_common::manifest::Manifest, opts: &TaskOptions) -> JobKind {
+    let mut job = list_job(String::new(), opts);
+    if let JobKind::List { manifest: m, .. } = &mut job {
+        *m = Some(manifest.clone());
+    }
+    job
 }
 
 /// The Part jobs of an upload: `part_size` ranges, the last one shorter.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use btp_common::api::{ApiError, ClientInfo, ClientShare, TaskInfo, TaskOptions, TaskState};
+use btp_common::manifest::Manifest;
 use btp_common::wire::{FileEntry, FileFailure, Heartbeat, Job, JobKind};
 use btp_common::Endpoint;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -88,6 +89,8 @@ pub struct TaskRow {
     pub info: TaskInfo,
     pub src: Endpoint,
     pub dst: Endpoint,
+    /// The manifest read instead of a listing of the source (`--files-from`).
+    pub files_from: Option<Manifest>,
     /// Publishing generation, part of each job's Nats-Msg-Id.
     pub epoch: i64,
 }
@@ -177,10 +180,11 @@ impl Store {
         info: &TaskInfo,
         src: &Endpoint,
         dst: &Endpoint,
+        files_from: Option<&Manifest>,
     ) -> Result<(), ApiError> {
         sqlx::query(
-            "INSERT INTO tasks (id, tenant, state, src, dst, options, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO tasks (id, tenant, state, src, dst, options, created_ms, files_from) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&info.id)
         .bind(&info.tenant)
@@ -189,6 +193,7 @@ impl Store {
         .bind(crate::seal::seal(to_json(dst)))
         .bind(to_json(&info.options))
         .bind(info.created_ms)
+        .bind(files_from.map(|m| crate::seal::seal(to_json(m))))
         .execute(&self.pool)
         .await
         .map_err(map_sqlx)?;
@@ -673,7 +678,12 @@ impl Store {
         let threshold = crate::planner::multipart_threshold(task);
         let mut kinds = crate::planner::pack_copies(files, opts, threshold);
         let n_dirs = dirs.len() as i64;
-        kinds.extend(dirs.into_iter().map(|d| crate::planner::list_job(d, opts)));
+        // A task with a manifest lists no directory: its one failed "directory" is the
+        // manifest's List job, which reads the manifest again.
+        kinds.extend(dirs.into_iter().map(|d| match &task.files_from {
+            Some(m) if d.is_empty() => crate::planner::manifest_job(m, opts),
+            _ => crate::planner::list_job(d, opts),
+        }));
         let jobs_total: i64 = sqlx::query_scalar("SELECT jobs_total FROM tasks WHERE id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
@@ -722,7 +732,10 @@ impl Store {
                 task.info.id
             )));
         }
-        let root = crate::planner::list_job(String::new(), &task.info.options);
+        let root = match &task.files_from {
+            Some(m) => crate::planner::manifest_job(m, &task.info.options),
+            None => crate::planner::list_job(String::new(), &task.info.options),
+        };
         insert_jobs(&mut tx, task, 0, vec![root], Schedule::NOW).await?;
         sqlx::query("UPDATE tasks SET jobs_total = 1, lists_total = 1 WHERE id = $1")
             .bind(&task.info.id)
@@ -1141,13 +1154,17 @@ const TASK_COLUMNS: &str =
     files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
     lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch, peak_bps, \
     files_skipped, bytes_skipped, files_excluded, files_deleted, bytes_excluded, deletes_failed, \
-    bytes_through";
+    bytes_through, files_from";
 
 fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
     let src: Endpoint = from_json(&crate::seal::open(r.get::<String, _>(3))?)?;
     let dst: Endpoint = from_json(&crate::seal::open(r.get::<String, _>(4))?)?;
     let options: TaskOptions = from_json(&r.get::<String, _>(5))?;
+    let files_from: Option<Manifest> = match r.get::<Option<String>, _>(29) {
+        Some(sealed) => Some(from_json(&crate::seal::open(sealed)?)?),
+        None => None,
+    };
     let n = |i: usize| r.get::<i64, _>(i) as u64;
     let info = TaskInfo {
         id: r.get(0),
@@ -1181,11 +1198,13 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
         current_bytes_per_sec: 0,
         current_files_per_sec: 0.0,
         eta_secs: None,
+        files_from: files_from.as_ref().map(|m| m.url.clone()),
     };
     Ok(TaskRow {
         info,
         src,
         dst,
+        files_from,
         epoch: r.get(20),
     })
 }

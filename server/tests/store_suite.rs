@@ -79,7 +79,7 @@ fn info(id: &str, opts: TaskOptions) -> TaskInfo {
 async fn new_task(store: &Store, id: &str, opts: TaskOptions) -> TaskRow {
     let ep = |p: &str| Endpoint::parse(p).unwrap();
     store
-        .insert_task(&info(id, opts), &ep("/src"), &ep("/dst"))
+        .insert_task(&info(id, opts), &ep("/src"), &ep("/dst"), None)
         .await
         .unwrap();
     store.task(id).await.unwrap()
@@ -663,7 +663,7 @@ on_every_backend!(
         i.tenant = "acme".into();
         let ep = |p: &str| Endpoint::parse(p).unwrap();
         store
-            .insert_task(&i, &ep("/src"), &ep("/dst"))
+            .insert_task(&i, &ep("/src"), &ep("/dst"), None)
             .await
             .unwrap();
         let opts = [("secret_access_key".to_string(), "S".to_string())].into();
