@@ -110,7 +110,8 @@ fn task_rows(t: &TaskInfo) -> Vec<Vec<String>> {
             },
         ));
         if let (true, Some(n)) = (timetable, &t.speed_limit_now) {
-            let rate = |r: Option<u64>| r.map_or("no limit".to_string(), |r| format!("{}/s", Bytes(r)));
+            let rate =
+                |r: Option<u64>| r.map_or("no limit".to_string(), |r| format!("{}/s", Bytes(r)));
             let mut line = rate(n.bytes_per_sec);
             if let Some(c) = &n.next_change {
                 line.push_str(&format!(

@@ -157,7 +157,11 @@ fn a_timetable_switches_the_task_speed_limit_during_a_run_and_can_be_replaced() 
     // The first window: skip the first seconds (the jobs' first shares are the whole limit until
     // the allocator's arrive), measure until 3 s before the switch.
     sleep_until(begin + 10_000);
-    let at5 = rate(&c, &dst, ((switch - 3_000 - now_ms()) as f64 / 1000.0).max(4.0)) / MIB;
+    let at5 = rate(
+        &c,
+        &dst,
+        ((switch - 3_000 - now_ms()) as f64 / 1000.0).max(4.0),
+    ) / MIB;
     eprintln!("measured {at5:.1} MiB/s while the timetable says 5 MiB/s");
     assert!(
         (4.0..=6.0).contains(&at5),
@@ -190,8 +194,14 @@ fn a_timetable_switches_the_task_speed_limit_during_a_run_and_can_be_replaced() 
         time_of_day(now_ms() + 3_600_000)
     );
     let t = btp_json(&c.url, &["task", "set", &id, "--speed-limit", &off]);
-    assert!(t["options"]["speed_limit"].as_str().unwrap().contains(",off"));
-    assert_eq!(t["speed_limit_now"]["bytes_per_sec"], serde_json::Value::Null);
+    assert!(t["options"]["speed_limit"]
+        .as_str()
+        .unwrap()
+        .contains(",off"));
+    assert_eq!(
+        t["speed_limit_now"]["bytes_per_sec"],
+        serde_json::Value::Null
+    );
     assert_eq!(
         t["speed_limit_now"]["next_change"]["bytes_per_sec"],
         1u64 << 20
@@ -237,7 +247,13 @@ fn a_bad_timetable_is_refused_with_the_entry_named() {
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.lines().next().unwrap_or_default().contains("unknown day 'Mo'"), "{err}");
+    assert!(
+        err.lines()
+            .next()
+            .unwrap_or_default()
+            .contains("unknown day 'Mo'"),
+        "{err}"
+    );
 }
 
 /// GET `path` from `addr` with plain HTTP/1.0.

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::FileFailure;
 pub use crate::timetable::SpeedLimit;
+use crate::wire::FileFailure;
 
 pub mod verbs {
     pub const TASK_CREATE: &str = "task.create";

@@ -71,7 +71,7 @@ impl fmt::Display for RateText {
             (1 << 10, "KiB"),
         ];
         for (size, unit) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}/s", self.0 / size);
             }
         }
@@ -98,8 +98,8 @@ impl Timetable {
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut entries: Vec<(Entry, &str)> = Vec::new();
         for tok in text.split_whitespace() {
-            let entry = parse_entry(tok)
-                .map_err(|e| format!("invalid timetable entry '{tok}': {e}"))?;
+            let entry =
+                parse_entry(tok).map_err(|e| format!("invalid timetable entry '{tok}': {e}"))?;
             if let Some((_, other)) = entries.iter().find(|(e, _)| e.key() == entry.key()) {
                 return Err(format!(
                     "invalid timetable entry '{tok}': same time as '{other}'"
@@ -372,7 +372,10 @@ mod tests {
         let t = Timetable::parse("18:00,off  08:00,20MiB/s").unwrap();
         assert_eq!(t.to_string(), "08:00,20MiB/s 18:00,off");
         let t = Timetable::parse("sat-10:00,off Mon-08:00:30,512KiB/s 07:00,1500B/s").unwrap();
-        assert_eq!(t.to_string(), "07:00,1500B/s Mon-08:00:30,512KiB/s Sat-10:00,off");
+        assert_eq!(
+            t.to_string(),
+            "07:00,1500B/s Mon-08:00:30,512KiB/s Sat-10:00,off"
+        );
         assert_eq!(
             t.entries()[1],
             Entry {
@@ -389,7 +392,10 @@ mod tests {
     #[test]
     fn bad_entries_are_named_in_one_line() {
         let cases = [
-            ("08:00,20MiB/s 25:00,off", "'25:00,off': invalid time '25:00': hour"),
+            (
+                "08:00,20MiB/s 25:00,off",
+                "'25:00,off': invalid time '25:00': hour",
+            ),
             ("08:00,20MiB/s 18:60,off", "'18:60,off'"),
             ("8:00,20MiB/s", "'8:00,20MiB/s': invalid time '8:00'"),
             ("08:00:5,off", "'08:00:5,off'"),
@@ -399,7 +405,10 @@ mod tests {
             ("08:00,20MiB", "per second"),
             ("08:00,0MiB/s", "greater than zero"),
             ("08:00,1MiB/s,2MiB/s", "one comma"),
-            ("08:00,1MiB/s 08:00,off", "'08:00,off': same time as '08:00,1MiB/s'"),
+            (
+                "08:00,1MiB/s 08:00,off",
+                "'08:00,off': same time as '08:00,1MiB/s'",
+            ),
             ("Mon-08:00,1MiB/s mon-08:00,off", "same time as"),
             ("Mon-,off", "invalid time ''"),
         ];
@@ -409,13 +418,21 @@ mod tests {
             assert!(e.starts_with("invalid"), "{text}: {e}");
             assert!(!e.contains('\n'));
         }
-        assert!(Timetable::parse("  ").unwrap_err().contains("expected entries"));
+        assert!(Timetable::parse("  ")
+            .unwrap_err()
+            .contains("expected entries"));
     }
 
     #[test]
     fn a_plain_rate_stays_a_rate_and_a_number_on_the_wire() {
-        assert_eq!(SpeedLimit::parse("50MiB/s").unwrap(), SpeedLimit::Rate(50 << 20));
-        assert_eq!(SpeedLimit::parse("2 KiB/s").unwrap(), SpeedLimit::Rate(2048));
+        assert_eq!(
+            SpeedLimit::parse("50MiB/s").unwrap(),
+            SpeedLimit::Rate(50 << 20)
+        );
+        assert_eq!(
+            SpeedLimit::parse("2 KiB/s").unwrap(),
+            SpeedLimit::Rate(2048)
+        );
         assert_eq!(
             SpeedLimit::parse("fast").unwrap_err(),
             parse_rate("fast").unwrap_err()
@@ -429,7 +446,9 @@ mod tests {
             r#""08:00,20MiB/s 18:00,off""#
         );
         let e = serde_json::from_str::<SpeedLimit>(r#""08:00,x""#).unwrap_err();
-        assert!(e.to_string().starts_with("speed_limit: invalid timetable entry '08:00,x'"));
+        assert!(e
+            .to_string()
+            .starts_with("speed_limit: invalid timetable entry '08:00,x'"));
     }
 
     #[test]

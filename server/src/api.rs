@@ -5,9 +5,9 @@
 use btp_common::api::{
     verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateEndpoint, CreateTask,
     CreateTenant, CreateToken, DoneFile, Empty, EndpointInfo, EndpointList, EndpointRef, ErrorCode,
-    FileList, FilesRequest, Health, ListTasks, ListTokens, Report, ReportRequest, SetTask, SpeedLimit,
-    TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated, TokenInfo,
-    TokenList, TokenRef, MAX_PAGE,
+    FileList, FilesRequest, Health, ListTasks, ListTokens, Report, ReportRequest, SetTask,
+    SpeedLimit, TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated,
+    TokenInfo, TokenList, TokenRef, MAX_PAGE,
 };
 use btp_common::wire::{Control, ControlAction, JobKind, Outcome};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
