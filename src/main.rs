@@ -338,22 +338,23 @@ pub struct IdArgs {
 pub struct SetArgs {
     /// Task id.
     pub id: String,
-    /// New speed limit for the whole task, e.g. 50MiB/s, or `none`.
+    /// New speed limit for the whole task, e.g. 50MiB/s, a timetable such as
+    /// '08:00,20MiB/s 18:00,off' (UTC; replaces the one in force), or `none`.
     #[arg(long, value_parser = parse_limit)]
     pub speed_limit: Limit,
     #[command(flatten)]
     pub output: OutputOpts,
 }
 
-/// A speed limit argument: a rate, or `none`.
-#[derive(Clone, Copy)]
-pub struct Limit(pub Option<u64>);
+/// A speed limit argument: a rate, a timetable, or `none`.
+#[derive(Clone)]
+pub struct Limit(pub Option<btp_common::api::SpeedLimit>);
 
 fn parse_limit(s: &str) -> Result<Limit, String> {
     if s.eq_ignore_ascii_case("none") {
         Ok(Limit(None))
     } else {
-        btp_common::units::parse_rate(s).map(|r| Limit(Some(r)))
+        btp_common::api::SpeedLimit::parse(s).map(|r| Limit(Some(r)))
     }
 }
 

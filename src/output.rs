@@ -104,6 +104,31 @@ fn task_rows(t: &TaskInfo) -> Vec<Vec<String>> {
             ),
         ));
     }
+    if let Some(l) = &t.options.speed_limit {
+        let timetable = matches!(l, btp_common::api::SpeedLimit::Timetable(_));
+        rows.push(kv(
+            "Speed limit",
+            if timetable {
+                format!("{l} (UTC)")
+            } else {
+                l.to_string()
+            },
+        ));
+        if let (true, Some(n)) = (timetable, &t.speed_limit_now) {
+            let rate =
+                |r: Option<u64>| r.map_or("no limit".to_string(), |r| format!("{}/s", Bytes(r)));
+            let mut line = rate(n.bytes_per_sec);
+            if let Some(c) = &n.next_change {
+                line.push_str(&format!(
+                    "; {} from {} UTC (in {})",
+                    rate(c.bytes_per_sec),
+                    btp_common::timetable::week_clock(c.at_ms),
+                    Millis(c.at_ms - now_ms())
+                ));
+            }
+            rows.push(kv("Limit now", line));
+        }
+    }
     if let Some(s) = t.started_ms {
         rows.push(kv("Started", ago(s)));
     }

@@ -128,9 +128,10 @@ pub struct PlanOpts {
     /// (`checksum`), or copy everything (`none`).
     #[arg(long, default_value = "size-mtime", value_parser = ["size-mtime", "checksum", "none"])]
     pub compare: String,
-    /// Speed limit for the whole task over all clients, e.g. 50MiB/s.
-    #[arg(long, value_parser = btp_common::units::parse_rate)]
-    pub speed_limit: Option<u64>,
+    /// Speed limit for the whole task over all clients, e.g. 50MiB/s, or a timetable of
+    /// `[DAY-]HH:MM[:SS],RATE|off` entries in UTC, e.g. '08:00,20MiB/s 18:00,off'.
+    #[arg(long, value_parser = btp_common::api::SpeedLimit::parse)]
+    pub speed_limit: Option<btp_common::api::SpeedLimit>,
     /// Files of at least this size are copied in parts, in parallel on all workers, e.g. 64MiB.
     /// Between two file systems the default (64MiB) means 1GiB: below that one kernel copy of
     /// the whole file is faster; any other value applies as given.
@@ -225,7 +226,7 @@ pub fn create_request(
             batch_bytes,
             list_page_entries: plan.list_page_entries,
             max_attempts: plan.max_attempts,
-            speed_limit: plan.speed_limit,
+            speed_limit: plan.speed_limit.clone(),
             compare: btp_common::api::Compare::parse(&plan.compare).unwrap_or_default(),
             multipart_threshold,
             part_size,

@@ -71,6 +71,191 @@ fn a_task_speed_limit_holds_across_two_clients_and_can_be_raised_while_it_runs()
     assert_eq!(shares, 2, "both clients shared the work");
 }
 
+/// Milliseconds since the Unix epoch now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The UTC time of day of `ms` as a timetable writes it: `HH:MM:SS`.
+fn time_of_day(ms: i64) -> String {
+    let s = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// Sleeps until `ms` since the Unix epoch.
+fn sleep_until(ms: i64) {
+    let left = ms - now_ms();
+    if left > 0 {
+        std::thread::sleep(Duration::from_millis(left as u64));
+    }
+}
+
+/// The task's speed-limit gauge on the server's `/metrics`.
+fn limit_gauge(addr: &str, id: &str) -> Option<f64> {
+    http_get(addr, "/metrics")
+        .lines()
+        .find(|l| {
+            l.starts_with("btp_server_task_speed_limit_bytes_per_second{")
+                && l.contains(&format!("task=\"{id}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_timetable_switches_the_task_speed_limit_during_a_run_and_can_be_replaced() {
+    let tmp = test_dir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..28u8 {
+        std::fs::write(src.join(format!("part-{i:02}.bin")), vec![i; 20 << 20]).unwrap();
+    }
+    let tree = stats(&src);
+    let port = btp_nats::launcher::free_port().unwrap();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut c = Cluster::start(tmp.path(), &["--metrics-addr", &metrics]);
+    // Few workers: each holds a chunk's bytes of debt in its client's bucket, so fewer of them
+    // let the rate settle sooner after the start and after the switch.
+    c.add_client(&["--workers", "2"]);
+    c.add_client(&["--workers", "2"]);
+
+    // 5 MiB/s from a second ago, 20 MiB/s from 30 s on (daily entries: this works across
+    // midnight too).
+    let begin = now_ms() / 1000 * 1000 - 1000;
+    let switch = begin + 31_000;
+    let timetable = format!(
+        "{},20MiB/s {},5MiB/s",
+        time_of_day(switch),
+        time_of_day(begin)
+    );
+    let id = c.start_task(
+        &src,
+        &dst,
+        &["--speed-limit", &timetable, "--batch-files", "1"],
+    );
+    let t = btp_json(&c.url, &["task", "get", &id]);
+    assert!(
+        t["options"]["speed_limit"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{},5MiB/s", time_of_day(begin))),
+        "{t}"
+    );
+    assert_eq!(t["speed_limit_now"]["bytes_per_sec"], 5u64 << 20, "{t}");
+    assert_eq!(t["speed_limit_now"]["next_change"]["at_ms"], switch, "{t}");
+    assert_eq!(
+        t["speed_limit_now"]["next_change"]["bytes_per_sec"],
+        20u64 << 20
+    );
+    let text = btp(&c.url, &["task", "get", &id]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Limit now"), "{text}");
+    assert!(text.contains("5.0 MiB/s; 20.0 MiB/s from"), "{text}");
+
+    // The first window: skip the first seconds (the jobs' first shares are the whole limit until
+    // the allocator's arrive), measure until 3 s before the switch.
+    sleep_until(begin + 10_000);
+    let at5 = rate(
+        &c,
+        &dst,
+        ((switch - 3_000 - now_ms()) as f64 / 1000.0).max(4.0),
+    ) / MIB;
+    eprintln!("measured {at5:.1} MiB/s while the timetable says 5 MiB/s");
+    assert!(
+        (4.0..=6.0).contains(&at5),
+        "rate {at5:.1} MiB/s is not within 20% of 5 MiB/s"
+    );
+    assert_eq!(limit_gauge(&metrics, &id), Some((5u64 << 20) as f64));
+
+    // The second window, from 5 s after the switch.
+    sleep_until(switch + 5_000);
+    let at20 = rate(&c, &dst, 8.0) / MIB;
+    eprintln!("measured {at20:.1} MiB/s after the switch to 20 MiB/s");
+    assert!(
+        (16.0..=24.0).contains(&at20),
+        "rate {at20:.1} MiB/s is not within 20% of 20 MiB/s"
+    );
+    let t = btp_json(&c.url, &["task", "get", &id]);
+    assert_eq!(t["state"], "running", "the task finished too early: {t}");
+    assert_eq!(t["speed_limit_now"]["bytes_per_sec"], 20u64 << 20, "{t}");
+    // Next change: the 5 MiB/s entry, tomorrow.
+    assert_eq!(
+        t["speed_limit_now"]["next_change"]["at_ms"],
+        begin + 86_400_000
+    );
+    assert_eq!(limit_gauge(&metrics, &id), Some((20u64 << 20) as f64));
+
+    // A new timetable replaces the one in force: off from now on, the rest copies unlimited.
+    let off = format!(
+        "{},off {},1MiB/s",
+        time_of_day(now_ms() - 1000),
+        time_of_day(now_ms() + 3_600_000)
+    );
+    let t = btp_json(&c.url, &["task", "set", &id, "--speed-limit", &off]);
+    assert!(t["options"]["speed_limit"]
+        .as_str()
+        .unwrap()
+        .contains(",off"));
+    assert_eq!(
+        t["speed_limit_now"]["bytes_per_sec"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        t["speed_limit_now"]["next_change"]["bytes_per_sec"],
+        1u64 << 20
+    );
+    let done = wait_task(&c.url, &id, Duration::from_secs(60));
+    assert_eq!(done["state"], "completed");
+    assert_complete(&c.report(&id), &tree, &src, &dst);
+}
+
+#[test]
+fn a_bad_timetable_is_refused_with_the_entry_named() {
+    let tmp = test_dir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    gen_tree(&src, 3, 1 << 10);
+    let c = Cluster::start(tmp.path(), &[]);
+    let out = btp(
+        &c.url,
+        &[
+            "task",
+            "create",
+            "--src",
+            src.to_str().unwrap(),
+            "--dst",
+            dst.to_str().unwrap(),
+            "--speed-limit",
+            "08:00,20MiB/s 25:00,off",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with("error: ") && line.contains("invalid timetable entry '25:00,off'"),
+        "{err}"
+    );
+    let l = btp_json(&c.url, &["task", "list"]);
+    assert_eq!(l["tasks"].as_array().unwrap().len(), 0, "nothing created");
+
+    let id = c.start_task(&src, &dst, &["--speed-limit", "10MiB/s"]);
+    let out = btp(
+        &c.url,
+        &["task", "set", &id, "--speed-limit", "Mo-08:00,1MiB/s"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .next()
+            .unwrap_or_default()
+            .contains("unknown day 'Mo'"),
+        "{err}"
+    );
+}
+
 /// GET `path` from `addr` with plain HTTP/1.0.
 fn promtool() -> Option<&'static str> {
     let found = std::process::Command::new("promtool")

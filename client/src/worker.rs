@@ -35,7 +35,9 @@ struct TaskTokenMap {
     live: std::collections::HashMap<String, CancellationToken>,
     cancelled: std::collections::HashSet<String>,
     /// Per-task speed limiters: `None` once the server said the task is unlimited.
-    limits: std::collections::HashMap<String, Option<Arc<RateLimiter>>>,
+    /// One limiter per task that ever had a limit here; an `off` timetable entry or a lifted
+    /// limit leaves it unlimited, so running copies follow every later change.
+    limits: std::collections::HashMap<String, Arc<RateLimiter>>,
     /// When a job of each task last ran here, and how many run now.
     active: std::collections::HashMap<String, std::time::Instant>,
     running: std::collections::HashMap<String, usize>,
@@ -58,35 +60,33 @@ impl TaskTokens {
     }
 
     /// The limiter of `task`: the share last sent by the server, else the job's own share.
+    /// None while neither gave one.
     pub fn limiter(&self, task: &str, job_share: Option<u64>) -> Option<Arc<RateLimiter>> {
         let mut m = self.tasks.lock().expect("task tokens lock");
-        match m.limits.get(task) {
-            Some(known) => known.clone(),
-            None => {
-                let l = job_share.map(|r| Arc::new(RateLimiter::new(r)));
-                m.limits.insert(task.to_string(), l.clone());
-                l
-            }
+        if let Some(known) = m.limits.get(task) {
+            return Some(known.clone());
         }
+        let l = Arc::new(RateLimiter::new(job_share?));
+        m.limits.insert(task.to_string(), l.clone());
+        Some(l)
     }
 
-    /// Applies the server's share of a task's speed limit.
+    /// Applies the server's share of a task's speed limit (None: no limit now).
     pub async fn set_limit(&self, task: &str, bytes_per_sec: Option<u64>) {
         let existing = {
             let mut m = self.tasks.lock().expect("task tokens lock");
-            match (m.limits.get(task).cloned().flatten(), bytes_per_sec) {
-                (Some(l), Some(_)) => Some(l),
-                (_, rate) => {
-                    m.limits.insert(
-                        task.to_string(),
-                        rate.map(|r| Arc::new(RateLimiter::new(r))),
-                    );
+            match (m.limits.get(task).cloned(), bytes_per_sec) {
+                (Some(l), _) => Some(l),
+                (None, rate) => {
+                    // Known from now on: a job's older share does not bring a limit back.
+                    let l = rate.map_or_else(RateLimiter::unlimited, RateLimiter::new);
+                    m.limits.insert(task.to_string(), Arc::new(l));
                     None
                 }
             }
         };
-        if let (Some(l), Some(rate)) = (existing, bytes_per_sec) {
-            l.set_rate(rate).await;
+        if let Some(l) = existing {
+            l.set(bytes_per_sec).await;
         }
     }
 

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::timetable::SpeedLimit;
 use crate::wire::FileFailure;
 
 pub mod verbs {
@@ -233,10 +234,9 @@ pub struct TaskOptions {
     pub list_page_bytes: u64,
     /// Attempts per file before a transient error counts as a failure.
     pub max_attempts: u32,
-    /// Most bytes per second for the whole task, over all clients (None: unlimited); requests
-    /// may give it as text (`"50MiB/s"`).
-    #[serde(deserialize_with = "crate::units::de_rate")]
-    pub speed_limit: Option<u64>,
+    /// Most bytes per second for the whole task, over all clients (None: unlimited): a number,
+    /// or as text a rate (`"50MiB/s"`) or a timetable (`"08:00,20MiB/s 18:00,off"`, times UTC).
+    pub speed_limit: Option<SpeedLimit>,
     /// Incremental copy: when a file already at the destination is skipped.
     pub compare: Compare,
     /// Files of at least this size are split into part jobs that run in parallel.
@@ -363,7 +363,7 @@ impl TaskOptions {
                 "max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"
             )));
         }
-        if self.speed_limit == Some(0) {
+        if self.speed_limit.as_ref().is_some_and(SpeedLimit::has_zero) {
             return Err(ApiError::invalid("speed_limit must be greater than zero"));
         }
         if self.list_page_entries == 0 {
@@ -524,6 +524,38 @@ pub struct TaskInfo {
     /// The manifest the task copies the files of, instead of listing its source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_from: Option<String>,
+    /// The speed limit in force now and its next change (tasks with a limit, not finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_limit_now: Option<SpeedNow>,
+}
+
+/// The speed limit in force now (`bytes_per_sec` null: none) and, for a timetable, the next
+/// change: when (`at_ms`) and to what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeedNow {
+    pub bytes_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_change: Option<SpeedChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeedChange {
+    pub at_ms: i64,
+    pub bytes_per_sec: Option<u64>,
+}
+
+impl SpeedNow {
+    /// What `limit` means at `now_ms`.
+    pub fn of(limit: &SpeedLimit, now_ms: i64) -> Self {
+        let (rate, next) = limit.at(now_ms);
+        Self {
+            bytes_per_sec: rate,
+            next_change: next.map(|c| SpeedChange {
+                at_ms: c.at_ms,
+                bytes_per_sec: c.rate,
+            }),
+        }
+    }
 }
 
 impl TaskInfo {
@@ -566,6 +598,7 @@ impl TaskInfo {
             eta_secs: None,
             jobs_total: 0,
             jobs_done: 0,
+            speed_limit_now: None,
             listing_done: false,
             files_from: None,
         }
@@ -760,9 +793,10 @@ pub struct FileList {
 #[serde(deny_unknown_fields)]
 pub struct SetTask {
     pub id: String,
-    /// Bytes per second (or text such as `"50MiB/s"`); `null` removes the limit.
-    #[serde(deserialize_with = "crate::units::de_rate")]
-    pub speed_limit: Option<u64>,
+    /// Bytes per second, or text: a rate (`"50MiB/s"`) or a timetable (`"08:00,20MiB/s
+    /// 18:00,off"`), which replaces the one in force; `null` removes the limit.
+    #[serde(deserialize_with = "crate::timetable::de_required")]
+    pub speed_limit: Option<SpeedLimit>,
 }
 
 /// `client.get` and `client.drain`.

@@ -17,6 +17,7 @@ pub mod s3mp;
 pub mod s3xml;
 pub mod sftp;
 pub mod subjects;
+pub mod timetable;
 pub mod units;
 pub mod webdav;
 pub mod wire;

@@ -144,7 +144,7 @@ mod tests {
             r#"{"speed_limit": "50MiB/s", "filter": {"min_size": "1KiB", "max_size": 4096}}"#,
         )
         .unwrap();
-        assert_eq!(o.speed_limit, Some(50 << 20));
+        assert_eq!(o.speed_limit, Some((50u64 << 20).into()));
         assert_eq!(
             (o.filter.min_size, o.filter.max_size),
             (Some(1024), Some(4096))

@@ -245,7 +245,7 @@ const CREATE_FORM = `
     <label class="wide">Destination <input name="dst" required placeholder="/data/out, s3://bucket/prefix or ENDPOINT:/path"></label>
     <label>Source options (KEY=VALUE per line) <textarea name="src_options" placeholder="endpoint=http://127.0.0.1:9000"></textarea></label>
     <label>Destination options <textarea name="dst_options"></textarea></label>
-    <label>Speed limit <input name="speed_limit" placeholder="unlimited, e.g. 50MiB/s"></label>
+    <label>Speed limit <input name="speed_limit" placeholder="unlimited, e.g. 50MiB/s or 08:00,20MiB/s 18:00,off"></label>
     <label>Verify <select name="verify"><option>size</option><option>checksum</option></select></label>
     <label>Mode <select name="mode"><option>copy</option><option>sync</option></select></label>
     <label>Skip files already there by <select name="compare"><option>size-mtime</option><option>checksum</option><option>none</option></select></label>
@@ -353,7 +353,7 @@ async function taskView(id) {
     <div class="stats" id="task-stats"></div>
     <h2>Speed</h2><div id="task-chart"></div>
     <h2>Speed limit</h2>
-    <form id="limit-form" class="row"><input name="limit" placeholder="e.g. 50MiB/s, empty: unlimited">
+    <form id="limit-form" class="row"><input name="limit" placeholder="e.g. 50MiB/s or 08:00,20MiB/s 18:00,off; empty: unlimited">
       <button>Set</button><span id="limit-now" class="muted"></span></form>
     <p class="error" id="limit-error" role="alert" hidden></p>
     <h2>Report</h2>
@@ -389,7 +389,19 @@ async function taskView(id) {
       stat('jobs', `${num(t.jobs_done)} / ${num(t.jobs_total)}`, 'jobs'),
     ].join('');
     const limit = t.options.speed_limit;
-    $('#limit-now').textContent = limit ? `now ${rate(limit)}` : 'now unlimited';
+    // A timetable (text) shows the rate in force and its next change; times are UTC.
+    const now = t.speed_limit_now;
+    const inForce = (n) => (n == null ? 'unlimited' : rate(n));
+    let limitText = limit == null ? 'now unlimited'
+      : `now ${inForce(now ? now.bytes_per_sec : (typeof limit === 'number' ? limit : null))}`;
+    if (typeof limit === 'string') {
+      limitText += ` · timetable ${limit} (UTC)`;
+      if (now && now.next_change) {
+        const at = new Date(now.next_change.at_ms).toISOString().slice(0, 19).replace('T', ' ');
+        limitText += ` · ${inForce(now.next_change.bytes_per_sec)} from ${at} UTC`;
+      }
+    }
+    $('#limit-now').textContent = limitText;
     if (t.state === 'running') {
       samples.push({ t: Date.now(), v: t.current_bytes_per_sec });
       if (samples.length > 600) samples.shift();

@@ -1,8 +1,9 @@
 //! The speed-limit allocator: a running task's limit is shared by the clients working on it.
 //! Every second it counts, from heartbeats, the online clients that ran the task's jobs in the
 //! last seconds (all online clients of the tenant while none has yet) and sends each task's
-//! per-client share on `btp.control.<tenant>`. Clients apply it to a token bucket on the byte
-//! stream, so joins, departures and `task.set` take effect within about a second.
+//! per-client share on `btp.control.<tenant>`. A timetable's limit is the entry in force at the
+//! tick (UTC). Clients apply it to a token bucket on the byte stream, so joins, departures,
+//! `task.set` and a timetable's changes take effect within about a second.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,7 +54,14 @@ pub async fn run(ctx: Shared, cancel: CancellationToken) -> anyhow::Result<()> {
             let quota = quotas
                 .get(&tenant)
                 .map(|q| (q / per_tenant[&tenant].max(1)).max(1));
-            let limit = match (task.info.options.speed_limit, quota) {
+            // A timetable's entry in force at this tick.
+            let own = task
+                .info
+                .options
+                .speed_limit
+                .as_ref()
+                .and_then(|l| l.now(btp_common::now_ms()));
+            let limit = match (own, quota) {
                 (Some(own), Some(q)) => Some(own.min(q)),
                 (own, q) => own.or(q),
             };
@@ -61,7 +69,13 @@ pub async fn run(ctx: Shared, cancel: CancellationToken) -> anyhow::Result<()> {
                 let n = ctx.live.clients_on(&tenant, &id).max(1);
                 (limit / n as u64).max(1)
             });
-            if share.is_none() && !matches!(sent.get(&id), Some(Some(_))) {
+            // A timetable in an `off` window still sends its `None` every tick: clients that
+            // join then must not keep a job's older share.
+            let timetable = matches!(
+                task.info.options.speed_limit,
+                Some(btp_common::api::SpeedLimit::Timetable(_))
+            );
+            if share.is_none() && !timetable && !matches!(sent.get(&id), Some(Some(_))) {
                 continue;
             }
             if sent.get(&id) != Some(&share) {

@@ -6,8 +6,8 @@ use btp_common::api::{
     verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateEndpoint, CreateTask,
     CreateTenant, CreateToken, DoneFile, Empty, EndpointInfo, EndpointList, EndpointRef, ErrorCode,
     FileList, FilesRequest, Health, ListTasks, ListTokens, Report, ReportRequest, SetTask,
-    TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated, TokenInfo,
-    TokenList, TokenRef, MAX_PAGE,
+    SpeedLimit, TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated,
+    TokenInfo, TokenList, TokenRef, MAX_PAGE,
 };
 use btp_common::wire::{Control, ControlAction, JobKind, Outcome};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
@@ -304,10 +304,17 @@ impl Api {
     }
 
     fn add_live(&self, t: &mut TaskInfo) {
+        let now = now_ms();
+        if !t.state.is_finished() {
+            t.speed_limit_now = t
+                .options
+                .speed_limit
+                .as_ref()
+                .map(|l| btp_common::api::SpeedNow::of(l, now));
+        }
         if t.state != TaskState::Running {
             return;
         }
-        let now = now_ms();
         let s = self
             .ctx
             .speed
@@ -440,12 +447,13 @@ impl Api {
         }
         self.check_fs_roots(&task.info.tenant, &task.src, &task.dst)?;
         let quota = self.check_quota(&task.info.tenant).await?;
-        let own = task.info.options.speed_limit;
-        let task = match quota {
-            // The tenant's speed quota caps the task from its first job on; the allocator then
-            // shares it among the tenant's running tasks.
-            Some(q) if own.is_none_or(|o| o > q) => {
-                self.ctx.store.set_speed_limit(&req.id, Some(q)).await?;
+        let own = &task.info.options.speed_limit;
+        // The tenant's speed quota caps the task (every entry of a timetable) from its first job
+        // on; the allocator then shares it among the tenant's running tasks.
+        let capped = quota.map(|q| own.as_ref().map_or(SpeedLimit::Rate(q), |o| o.capped(q)));
+        let task = match capped {
+            Some(c) if own.as_ref() != Some(&c) => {
+                self.ctx.store.set_speed_limit(&req.id, Some(c)).await?;
                 self.ctx.store.task(&req.id).await?
             }
             _ => task,
@@ -521,10 +529,11 @@ impl Api {
         let req = req?;
         self.ctx
             .store
-            .set_speed_limit(&req.id, req.speed_limit)
+            .set_speed_limit(&req.id, req.speed_limit.clone())
             .await?;
         self.ctx.wake_allocator.notify_one();
-        info!(task = %req.id, speed_limit = ?req.speed_limit, "task speed limit set");
+        let limit = req.speed_limit.as_ref().map(ToString::to_string);
+        info!(task = %req.id, speed_limit = ?limit, "task speed limit set");
         self.task_info(&req.id).await
     }
 

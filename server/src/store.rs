@@ -844,8 +844,12 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Changes a task's speed limit (any state but finished).
-    pub async fn set_speed_limit(&self, id: &str, limit: Option<u64>) -> Result<(), ApiError> {
+    /// Changes a task's speed limit or timetable (any state but finished).
+    pub async fn set_speed_limit(
+        &self,
+        id: &str,
+        limit: Option<btp_common::api::SpeedLimit>,
+    ) -> Result<(), ApiError> {
         let mut tx = self.begin().await?;
         let task = load_task_tx(&mut tx, id)
             .await?
@@ -1199,6 +1203,7 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
         current_files_per_sec: 0.0,
         eta_secs: None,
         files_from: files_from.as_ref().map(|m| m.url.clone()),
+        speed_limit_now: None,
     };
     Ok(TaskRow {
         info,
@@ -1252,7 +1257,14 @@ pub async fn insert_jobs(
             dst: task.dst.clone(),
             attempt: schedule.attempt,
             max_attempts: task.info.options.max_attempts,
-            speed_share: task.info.options.speed_limit,
+            // The limit in force when the job is recorded; the allocator's shares follow the
+            // timetable from then on.
+            speed_share: task
+                .info
+                .options
+                .speed_limit
+                .as_ref()
+                .and_then(|l| l.now(btp_common::now_ms())),
             server_side_copy: task.info.options.server_side_copy,
             preserve_owner: task.info.options.preserve_owner(),
             compare: task.info.options.compare,

@@ -102,7 +102,7 @@ pub fn describe() {
     );
     describe_gauge!(
         TASK_SPEED_LIMIT,
-        "Speed limit of a running task (0 when unlimited)."
+        "Speed limit in force for a running task, a timetable's current entry (0 when unlimited)."
     );
     describe_gauge!(TASKS, "Tasks by state.");
     describe_gauge!(CLIENTS_ONLINE, "Clients whose heartbeats arrive.");
@@ -196,7 +196,9 @@ async fn refresh(ctx: &Shared) -> anyhow::Result<()> {
             0.0
         };
         gauge!(TASK_PROGRESS, &labels).set(ratio.min(1.0));
-        gauge!(TASK_SPEED_LIMIT, &labels).set(t.options.speed_limit.unwrap_or(0) as f64);
+        // The limit in force now (a timetable's current entry); 0 for none.
+        let limit = t.options.speed_limit.as_ref().and_then(|l| l.now(now));
+        gauge!(TASK_SPEED_LIMIT, &labels).set(limit.unwrap_or(0) as f64);
         let queued = pending
             .get(&subjects::jobs(&tenant, &id))
             .copied()
