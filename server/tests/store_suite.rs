@@ -765,6 +765,8 @@ fn schedule_row(name: &str, next: i64, max_failures: i64) -> btp_server::store::
             dst_options: [("secret_access_key".to_string(), "s3cr3t".to_string())].into(),
             options: TaskOptions::default(),
             start: false,
+            files_from: None,
+            files_from_options: Default::default(),
         },
         state: "active".into(),
         paused_reason: String::new(),
