@@ -669,6 +669,8 @@ fn rand_u64() -> u64 {
 
 /// Bytes of a large file copied per blocking call between two local files.
 pub(crate) const RANGE_CHUNK: u64 = 8 << 20;
+/// The same under a speed limit.
+const LIMITED_CHUNK: u64 = 1 << 20;
 
 /// Copies up to `len` bytes at `offset` of `src` to the same offset of the existing file `dst`
 /// inside the kernel (`copy_file_range`; `pread`/`pwrite` where the file systems do not allow
@@ -742,6 +744,10 @@ pub(crate) async fn copy_whole(
     .await
     .map_err(|e| JobError::Transient(format!("copy stopped: {e}")))?;
     let (mut input, mut out) = opened?;
+    // Under a speed limit, smaller calls: the limiter is charged after each one, and 8 MiB at a
+    // time would make the rate come in bursts.
+    let limited = ctx.limiter.is_some() || ctx.task_limiter.is_some();
+    let chunk = if limited { LIMITED_CHUNK } else { RANGE_CHUNK };
     let mut n = 0u64;
     loop {
         if ctx.cancel.is_cancelled() {
@@ -750,7 +756,7 @@ pub(crate) async fn copy_whole(
         let first = n == 0;
         let (rel, s) = (f.path.clone(), shown.clone());
         let done = tokio::task::spawn_blocking(move || {
-            let copied = copy_range_between(&input, out.file(), n, RANGE_CHUNK)
+            let copied = copy_range_between(&input, out.file(), n, chunk)
                 .map_err(|e| io_error("copy", &s, e))?;
             if first {
                 crate::exec::injected_midway_fault(&rel)?;
@@ -764,7 +770,7 @@ pub(crate) async fn copy_whole(
         crate::exec::pace_bytes(copied, ctx).await?;
         n += copied;
         // Past the listed size: the source grew; short of a chunk: its end.
-        if copied < RANGE_CHUNK || n > f.size {
+        if copied < chunk || n > f.size {
             break;
         }
     }
