@@ -543,10 +543,13 @@ fn a_small_task_of_one_tenant_is_not_starved_by_a_large_task_of_another() {
         big_now["state"], "running",
         "the large task was still running meanwhile"
     );
-    // The bound: at most three times the time alone, plus 3 s of slack for a loaded machine.
-    // A client that served the large tenant's queue first would take the whole large task.
+    // Starvation shows first above: a client that served the large tenant's queue first would
+    // finish the whole large task (tens of seconds here) before the small one. The time bound
+    // is wide, five times the time alone plus 5 s: beside a large task the small one's listing
+    // (one round trip through the server per directory level) shares the workers, and a 2-core
+    // machine measured 2.3x to 5.8x.
     assert!(
-        together_ms <= 3 * alone_ms + 3000,
+        together_ms <= 5 * alone_ms + 5000,
         "small task: {together_ms} ms beside the large one, {alone_ms} ms alone"
     );
     eprintln!("small task: {alone_ms} ms alone, {together_ms} ms beside the large task");
@@ -1238,10 +1241,12 @@ fn poison_results_delay_no_other_task_and_are_counted() {
     assert_same_tree(&src, &beside_dst);
     let beside_ms = r["duration_ms"].as_u64().unwrap();
     eprintln!("2,000 files: {alone_ms} ms alone, {beside_ms} ms beside {sent} poison results");
-    // A factor of 1.5, plus a second for the noise of a 2-core machine (the test runs alone:
-    // .config/nextest.toml).
+    // Poison costs the server a decode and a drop each; a victim held up behind it (results
+    // in one queue applied in order) would wait for all of it. A factor of 3 plus 2 s leaves
+    // room for a loaded 2-core machine (the test runs alone: .config/nextest.toml) and is far
+    // below the minutes the poison stream lasts.
     assert!(
-        beside_ms as f64 <= 1.5 * alone_ms as f64 + 1000.0,
+        beside_ms as f64 <= 3.0 * alone_ms as f64 + 2000.0,
         "{beside_ms} ms beside poison, {alone_ms} ms alone"
     );
     // Every poison is terminated and counted; the victim's job is untouched.
