@@ -153,6 +153,8 @@ fake_gcs_bin() {
 
 ensure_fake_gcs() {
     local bin
+    # The token endpoint of the service-account test (tests/support/gcs_auth.py) checks JWTs.
+    python3 -c 'import cryptography' 2>/dev/null || pip_install cryptography || return 1
     bin=$(fake_gcs_bin)
     if [ -n "$bin" ] && [ -x "$bin" ]; then
         return 0

@@ -342,3 +342,96 @@ fn a_wrong_account_key_is_one_clear_error_that_shows_no_secret() {
         }
     }
 }
+
+/// A container SAS token (made by Microsoft's SDK from the account key) instead of the key:
+/// fs -> Azure (a file in blocks over Put Block and Put Block List) -> fs byte for byte, the
+/// token shown nowhere; a read-and-list token as a destination fails every write with the
+/// reason and leaves no blob.
+#[test]
+fn a_sas_token_copies_in_blocks_and_a_read_only_one_writes_nothing() {
+    let tmp = test_dir();
+    let Some((_azurite, port)) = start_azurite(tmp.path()) else {
+        return;
+    };
+    azure_sdk(port, &["create", "sasbox"]);
+    let full = azure_sdk(port, &["sas", "sasbox", "racwdl"])["sas"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read_only = azure_sdk(port, &["sas", "sasbox", "rl"])["sas"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("small.txt"), b"shared access").unwrap();
+    std::fs::write(src.join("sub/blocks.bin"), vec![9u8; 12 << 20]).unwrap();
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "2"]);
+    let sas_opts = |side: &str, token: &str| -> Vec<String> {
+        [
+            format!("endpoint={}", azurite_endpoint(port)),
+            format!("account_name={AZURITE_ACCOUNT}"),
+            format!("sas_token={token}"),
+        ]
+        .into_iter()
+        .flat_map(|o| [format!("--{side}-opt"), o])
+        .chain(
+            [
+                "--multipart-threshold",
+                "8MiB",
+                "--part-size",
+                "5MiB",
+                "--verify",
+                "checksum",
+            ]
+            .map(String::from),
+        )
+        .collect()
+    };
+    let s = src.to_str().unwrap();
+    let up = run(&c, s, "azblob://sasbox/data", &sas_opts("dst", &full));
+    assert_eq!(up["task"]["state"], "completed", "{up}");
+    assert_eq!(up["task"]["files_copied"], 2, "{up}");
+    assert_eq!(azure_objects(port, "sasbox"), as_blobs(&src, "data"));
+    let back = tmp.path().join("back");
+    let down = run(
+        &c,
+        "azblob://sasbox/data",
+        back.to_str().unwrap(),
+        &sas_opts("src", &full),
+    );
+    assert_eq!(down["task"]["state"], "completed", "{down}");
+    assert_same_tree(&src, &back);
+    let sig = full
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sig="))
+        .unwrap();
+    for shown in [up.to_string(), down.to_string()] {
+        assert!(!shown.contains(sig), "the SAS signature is shown: {shown}");
+    }
+
+    let denied = run(
+        &c,
+        s,
+        "azblob://sasbox/denied",
+        &sas_opts("dst", &read_only),
+    );
+    assert_eq!(denied["task"]["state"], "failed", "{denied}");
+    assert_eq!(denied["task"]["files_failed"], 2, "{denied}");
+    for f in denied["failures"].as_array().unwrap() {
+        let reason = f["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("403")
+                || reason.to_lowercase().contains("denied")
+                || reason.contains("AuthorizationPermissionMismatch"),
+            "{f}"
+        );
+    }
+    let blobs = azure_objects(port, "sasbox");
+    assert!(
+        !blobs.keys().any(|k| k.starts_with("denied/")),
+        "a read-only token wrote {blobs:?}"
+    );
+    assert!(azure_staged(port, "sasbox").is_empty());
+}

@@ -310,3 +310,133 @@ fn a_copy_into_a_composite_of_more_than_32_parts_is_composed_in_rounds() {
         );
     }
 }
+
+/// A service-account key as `credential`, for real: fake-gcs-server ignores credentials, so the
+/// test puts tests/support/gcs_auth.py in front of it, an OAuth token endpoint (the key's
+/// `token_uri`) that checks the JWT's RS256 signature and claims, and a proxy that forwards only
+/// requests bearing a token it issued. fs -> GCS (a file in parts, composed) -> fs through it,
+/// byte for byte, with no request refused; a key the endpoint does not know and a malformed key
+/// are refused when the task is created, with the reason.
+fn args_of<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+    parts.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+#[test]
+fn a_service_account_key_gets_tokens_from_its_token_uri_and_signs_every_request() {
+    let tmp = test_dir();
+    let Some((_gcs, upstream)) = start_fake_gcs(tmp.path()) else {
+        return;
+    };
+    gcs_create_bucket(upstream, "sa-bucket");
+    let auth = tmp.path().join("auth");
+    std::fs::create_dir_all(&auth).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/gcs_auth.py");
+    let upstream_port = upstream.to_string();
+    let (_proxy, port) = start_service(
+        "python3",
+        &[script, "{port}", &upstream_port, auth.to_str().unwrap()],
+        tmp.path(),
+        "python3 with the cryptography package",
+    )
+    .expect("python3 runs the token endpoint");
+    let log = || std::fs::read_to_string(auth.join("auth.log")).unwrap_or_default();
+    // The proxy refuses what carries no token it issued (so what passes below was signed).
+    let (status, _) = gcs_http(port, "GET", "/storage/v1/b/sa-bucket/o", "");
+    assert_eq!(status, 401);
+    assert!(log().contains("refused-request GET"), "{}", log());
+
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("small.txt"), b"signed").unwrap();
+    std::fs::write(src.join("sub/parts.bin"), vec![3u8; 12 << 20]).unwrap();
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "2"]);
+    let key_opt = |side: &str, file: &str| {
+        vec![
+            format!("--{side}-opt"),
+            format!("endpoint=http://127.0.0.1:{port}"),
+            format!("--{side}-opt"),
+            format!("credential=@{}", auth.join(file).display()),
+        ]
+    };
+    let run = |src: &str, dst: &str, extra: Vec<String>| {
+        let mut args: Vec<String> = ["task", "create", "--src", src, "--dst", dst, "--start"]
+            .map(String::from)
+            .to_vec();
+        args.extend(extra);
+        args.extend(["--multipart-threshold", "8MiB", "--part-size", "5MiB"].map(String::from));
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let id = btp_json(&c.url, &args)["id"].as_str().unwrap().to_string();
+        wait_task(&c.url, &id, Duration::from_secs(300));
+        c.report(&id)
+    };
+    let before = log().lines().count();
+    let up = run(
+        src.to_str().unwrap(),
+        "gs://sa-bucket/data",
+        key_opt("dst", "key.json"),
+    );
+    assert_eq!(up["task"]["state"], "completed", "{up}");
+    assert_eq!(up["task"]["files_copied"], 2, "{up}");
+    let back = tmp.path().join("back");
+    let down = run(
+        "gs://sa-bucket/data",
+        back.to_str().unwrap(),
+        key_opt("src", "key.json"),
+    );
+    assert_eq!(down["task"]["state"], "completed", "{down}");
+    assert_same_tree(&src, &back);
+    let after: Vec<String> = log().lines().skip(before).map(String::from).collect();
+    assert!(after.iter().any(|l| l == "issued"), "{after:?}");
+    assert!(after.iter().any(|l| l == "forwarded"), "{after:?}");
+    let refused: Vec<&String> = after.iter().filter(|l| l.starts_with("refused")).collect();
+    assert!(refused.is_empty(), "requests refused: {refused:?}");
+
+    // A key the token endpoint does not know: the task is refused with the endpoint's answer,
+    // and the key's private part shows nowhere.
+    let wrong = btp(
+        &c.url,
+        &args_of(&[
+            &[
+                "task",
+                "create",
+                "--src",
+                src.to_str().unwrap(),
+                "--dst",
+                "gs://sa-bucket/wrong",
+            ],
+            &key_opt("dst", "wrong-key.json")
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ]),
+    );
+    assert!(!wrong.status.success());
+    let line = error_line(&wrong);
+    assert!(log().contains("refused-token signature"), "{}", log());
+    assert!(line.contains("token endpoint answered 401"), "{line}");
+    assert!(!line.contains("PRIVATE KEY"), "{line}");
+
+    // A malformed key is one clear error line when the task is created.
+    let bad = tmp.path().join("bad-key.json");
+    std::fs::write(&bad, r#"{"type":"service_account","client_email":"x@y"}"#).unwrap();
+    let out = btp(
+        &c.url,
+        &[
+            "task",
+            "create",
+            "--src",
+            src.to_str().unwrap(),
+            "--dst",
+            "gs://sa-bucket/bad",
+            "--dst-opt",
+            &format!("credential=@{}", bad.display()),
+        ],
+    );
+    assert!(!out.status.success());
+    let line = error_line(&out);
+    assert!(
+        line.contains("option 'credential'") && line.contains("private_key"),
+        "{line}"
+    );
+}

@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -332,4 +333,151 @@ fn sshd_passes_the_backend_suite() {
         return;
     };
     support::backends::backend_suite(&sftp, tmp.path());
+}
+
+/// Every entry of an SFTP source ends in the per-file report once, whatever it is: links to a
+/// file and to a directory, a dangling link, a link loop and a FIFO, under each `--links`
+/// policy; the source is listed by each entry's own type (OpenDAL's lister follows links and
+/// drops dangling ones). A directory holding a name that is not UTF-8 cannot be read by the
+/// SFTP client library (it decodes names as text and its session breaks): that directory fails
+/// once, with the reason, and the rest of the tree is copied.
+#[test]
+fn an_sftp_source_accounts_for_every_entry_under_each_link_policy() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = test_dir();
+    let Some(sshd) = start_sshd(tmp.path()) else {
+        return;
+    };
+    let src = tmp.path().join("served/src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(src.join("sub/b.txt"), b"bravo").unwrap();
+    std::os::unix::fs::symlink("a.txt", src.join("to-file")).unwrap();
+    std::os::unix::fs::symlink("sub", src.join("to-dir")).unwrap();
+    std::os::unix::fs::symlink("nowhere", src.join("dangling")).unwrap();
+    std::os::unix::fs::symlink("..", src.join("sub/loop")).unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    std::fs::create_dir(src.join("odd")).unwrap();
+    std::fs::write(src.join("odd").join(odd), b"latin-1").unwrap();
+    let fifo = std::ffi::CString::new(src.join("pipe").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&["--workers", "2"]);
+    let failed = |reason: &str| ("failed".to_string(), reason.to_string());
+    let policies = [
+        (
+            "copy",
+            vec![
+                ("a.txt", ("copied".into(), String::new())),
+                ("sub/b.txt", ("copied".into(), String::new())),
+                ("to-file", ("copied".into(), String::new())),
+                ("to-dir", ("copied".into(), String::new())),
+                ("dangling", ("copied".into(), String::new())),
+                ("sub/loop", ("copied".into(), String::new())),
+            ],
+        ),
+        (
+            "follow",
+            vec![
+                ("a.txt", ("copied".into(), String::new())),
+                ("sub/b.txt", ("copied".into(), String::new())),
+                ("to-file", ("copied".into(), String::new())),
+                ("to-dir/b.txt", ("copied".into(), String::new())),
+                ("to-dir/loop", failed("symbolic link loop")),
+                ("dangling", failed("dangling symbolic link")),
+                ("sub/loop", failed("symbolic link loop")),
+            ],
+        ),
+        (
+            "skip",
+            vec![
+                ("a.txt", ("copied".into(), String::new())),
+                ("sub/b.txt", ("copied".into(), String::new())),
+                ("to-file", ("skipped".into(), "--links skip".into())),
+                ("to-dir", ("skipped".into(), "--links skip".into())),
+                ("dangling", ("skipped".into(), "--links skip".into())),
+                ("sub/loop", ("skipped".into(), "--links skip".into())),
+            ],
+        ),
+    ];
+    for (links, expected) in policies {
+        let dst = tmp.path().join(format!("dst-{links}"));
+        let report = run(
+            &c,
+            &sshd.url(&src),
+            dst.to_str().unwrap(),
+            &args(&[&strs(&["--links", links]), &sshd.opts("src")]),
+        );
+        let t = &report["task"];
+        let counted = [
+            "files_copied",
+            "files_skipped",
+            "files_failed",
+            "files_excluded",
+        ]
+        .iter()
+        .map(|k| t[*k].as_u64().unwrap())
+        .sum::<u64>();
+        assert_eq!(t["files_found"].as_u64().unwrap(), counted, "{links}: {t}");
+        assert!(t["files_found"].as_u64().unwrap() > 0, "{links}: {report}");
+        let entries = report_entries(&c.url, t["id"].as_str().unwrap());
+        let mut want: BTreeMap<String, (String, String)> = expected
+            .into_iter()
+            .map(|(p, o)| (p.to_string(), o))
+            .collect();
+        want.insert("pipe".into(), failed("neither a file nor a directory"));
+        // Each expected reason is a part of the reason given.
+        let got: BTreeMap<String, (String, String)> = entries
+            .iter()
+            .map(|(p, e)| {
+                let part = want.get(p).map(|(_, r)| r.as_str()).unwrap_or_default();
+                let reason = match e.reason.contains(part) {
+                    true => part.to_string(),
+                    false => e.reason.clone(),
+                };
+                (p.clone(), (e.outcome.clone(), reason))
+            })
+            .collect();
+        assert_eq!(got, want, "--links {links}");
+        let failed_entries = want.values().filter(|(o, _)| o == "failed").count();
+        assert_eq!(
+            t["files_found"].as_u64().unwrap(),
+            entries.len() as u64,
+            "{links}"
+        );
+        assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"alpha");
+        let broken: Vec<&serde_json::Value> = report["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["path"].as_str().unwrap().starts_with("odd"))
+            .collect();
+        assert_eq!(broken.len(), 1, "{links}: {report}");
+        assert_eq!(
+            report["failures"].as_array().unwrap().len(),
+            1 + failed_entries,
+            "{report}"
+        );
+        let reason = broken[0]["reason"].as_str().unwrap();
+        assert!(reason.contains("not valid UTF-8"), "{reason}");
+        assert_eq!(broken[0]["attempts"], 1, "{report}");
+        match links {
+            "copy" => {
+                assert_eq!(
+                    std::fs::read_link(dst.join("to-dir")).unwrap(),
+                    Path::new("sub")
+                );
+                assert_eq!(
+                    std::fs::read_link(dst.join("dangling")).unwrap(),
+                    Path::new("nowhere")
+                );
+            }
+            "follow" => {
+                assert_eq!(std::fs::read(dst.join("to-file")).unwrap(), b"alpha");
+                assert_eq!(std::fs::read(dst.join("to-dir/b.txt")).unwrap(), b"bravo");
+            }
+            _ => assert!(std::fs::symlink_metadata(dst.join("to-file")).is_err()),
+        }
+    }
 }

@@ -288,12 +288,7 @@ async fn list(
                 }
                 EntryMode::Unknown => {
                     clean = false;
-                    page.note(
-                        path,
-                        size,
-                        Outcome::Failed,
-                        "neither a file nor a directory: it cannot be copied".into(),
-                    );
+                    page.note(path, size, Outcome::Failed, crate::local::NOT_A_FILE.into());
                 }
             }
         }
@@ -392,10 +387,12 @@ impl DstEntries {
     }
 }
 
-/// The entries of a source directory: read in batches for file systems, through OpenDAL's
-/// lister (with a stat for entries it cannot tell) for the rest.
+/// The entries of a source directory: read in batches for file systems, by their own types
+/// over a direct session for SFTP, through OpenDAL's lister (with a stat for entries it cannot
+/// tell) for the rest.
 enum Entries {
     Local(crate::local::LocalLister),
+    Listed(std::vec::IntoIter<crate::local::Listed>),
     Dal(Operator, opendal::Lister),
 }
 
@@ -413,6 +410,10 @@ impl Entries {
             ));
         }
         let op = src.source_operator()?;
+        if let Endpoint::Sftp { .. } = src {
+            let entries = crate::sftp::source_entries(src, dir, policy).await?;
+            return Ok(Entries::Listed(entries.into_iter()));
+        }
         let lister = op
             .lister_with(if dir.is_empty() { "/" } else { dir })
             .await?;
@@ -422,6 +423,7 @@ impl Entries {
     async fn next(&mut self) -> Result<Option<crate::local::Listed>, JobError> {
         let (op, lister) = match self {
             Entries::Local(l) => return l.next().await,
+            Entries::Listed(l) => return Ok(l.next()),
             Entries::Dal(op, lister) => (op, lister),
         };
         let Some(entry) = lister.try_next().await? else {

@@ -197,6 +197,18 @@ impl Listed {
     }
 }
 
+/// Reasons a listing gives for entries it does not copy as files, the same for every source.
+pub(crate) const LINK_SKIPPED: &str = "symbolic link (--links skip)";
+pub(crate) const LINK_NOT_HELD: &str =
+    "symbolic link: the destination cannot hold links (--links follow copies what it points to)";
+pub(crate) const LINK_TARGET_NOT_UTF8: &str = "symbolic link whose target is not valid UTF-8";
+pub(crate) const DANGLING: &str = "dangling symbolic link: what it points to does not exist";
+pub(crate) const LINK_LOOP: &str =
+    "symbolic link loop: it leads back to a directory on its own path";
+pub(crate) const NAME_NOT_UTF8: &str =
+    "name is not valid UTF-8: it cannot be carried to the destination";
+pub(crate) const NOT_A_FILE: &str = "neither a file nor a directory: it cannot be copied";
+
 /// Entries read per blocking call while listing a local directory.
 const LIST_BATCH: usize = 256;
 
@@ -310,7 +322,7 @@ fn read_batch(
             out.push_back(Listed::problem(
                 format!("{dir}{shown}"),
                 Outcome::Failed,
-                "name is not valid UTF-8: it cannot be carried to the destination",
+                NAME_NOT_UTF8,
             ));
             continue;
         };
@@ -398,18 +410,10 @@ fn inspect(
     if is_link {
         match (policy.links, policy.dst_holds_links) {
             (Links::Skip, _) => {
-                return Listed::problem(
-                    rel.clone(),
-                    Outcome::Skipped,
-                    "symbolic link (--links skip)",
-                );
+                return Listed::problem(rel.clone(), Outcome::Skipped, LINK_SKIPPED);
             }
             (Links::Copy, false) => {
-                return Listed::problem(
-                    rel.clone(),
-                    Outcome::Skipped,
-                    "symbolic link: the destination cannot hold links (--links follow copies what it points to)",
-                );
+                return Listed::problem(rel.clone(), Outcome::Skipped, LINK_NOT_HELD);
             }
             (Links::Copy, true) => {
                 let listed = std::fs::read_link(path)
@@ -425,11 +429,7 @@ fn inspect(
                             link: Some(t.to_string()),
                             problem: None,
                         },
-                        None => Listed::problem(
-                            rel.clone(),
-                            Outcome::Failed,
-                            "symbolic link whose target is not valid UTF-8",
-                        ),
+                        None => Listed::problem(rel.clone(), Outcome::Failed, LINK_TARGET_NOT_UTF8),
                     },
                     Err(e) => Listed::problem(
                         rel.clone(),
@@ -450,7 +450,7 @@ fn inspect(
         Ok(m) => m,
         Err(e) => {
             let reason = if is_link && e.kind() == std::io::ErrorKind::NotFound {
-                "dangling symbolic link: what it points to does not exist".to_string()
+                DANGLING.to_string()
             } else {
                 format!("cannot be inspected: {e}")
             };
@@ -458,11 +458,7 @@ fn inspect(
         }
     };
     if meta.is_dir() && is_link && ancestors.contains(&(meta.dev(), meta.ino())) {
-        return Listed::problem(
-            rel.clone(),
-            Outcome::Failed,
-            "symbolic link loop: it leads back to a directory on its own path",
-        );
+        return Listed::problem(rel.clone(), Outcome::Failed, LINK_LOOP);
     }
     let (mode, path) = if meta.is_dir() {
         (opendal::EntryMode::DIR, format!("{rel}/"))

@@ -202,10 +202,9 @@ async fn look_up(
                             f.link = listed.link;
                             Found::File(f)
                         }
-                        EntryMode::Unknown => Found::Problem(
-                            Outcome::Failed,
-                            "neither a file nor a directory: it cannot be copied".into(),
-                        ),
+                        EntryMode::Unknown => {
+                            Found::Problem(Outcome::Failed, crate::local::NOT_A_FILE.into())
+                        }
                     }
                 })
                 .collect()
@@ -240,10 +239,7 @@ async fn stat(
                 meta.content_length(),
                 crate::exec::mtime_ms(&meta),
             )),
-            EntryMode::Unknown => Found::Problem(
-                Outcome::Failed,
-                "neither a file nor a directory: it cannot be copied".into(),
-            ),
+            EntryMode::Unknown => Found::Problem(Outcome::Failed, crate::local::NOT_A_FILE.into()),
         }),
         Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
             Ok(Found::Problem(Outcome::Failed, manifest::not_found(line)))

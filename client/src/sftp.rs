@@ -472,6 +472,106 @@ pub(crate) async fn abort(dst: &Endpoint, path: &str, upload_id: &str) -> Result
     Ok(())
 }
 
+/// The entries of the source directory `dir` (`""` or `a/b/`), listed by their own types over
+/// the direct session (OpenDAL's lister follows links, leaves dangling ones out and cannot
+/// carry a name that is not UTF-8): every entry comes out, as a file, a directory, a link to
+/// keep, or a problem with its reason, as a local listing gives them. With `--links follow`, a
+/// link to a directory whose real path holds `dir`'s real path is a loop. One directory's
+/// entries are held at once, as the SFTP protocol reads them.
+pub(crate) async fn source_entries(
+    ep: &Endpoint,
+    dir: &str,
+    policy: crate::local::LinkPolicy,
+) -> Result<Vec<crate::local::Listed>, JobError> {
+    use crate::local::{self as l, Listed};
+    use btp_common::api::Links;
+    use btp_common::wire::Outcome;
+    use opendal::EntryMode;
+    let mut raw = Raw::get(ep).await?;
+    let listed = match raw.list_source(dir).await {
+        // The session broke while reading (this directory, or another one listed on the shared
+        // session at the same time): once more on a session of its own, and if that breaks
+        // too, the directory fails with the reason instead of ten more attempts.
+        Err(e) if e.kind() == opendal::ErrorKind::Unsupported => {
+            raw = std::sync::Arc::new(Raw::connect(ep).await?);
+            raw.list_source(dir).await.map_err(|e| match e.kind() {
+                opendal::ErrorKind::Unsupported => JobError::Permanent(
+                    "the SFTP session broke twice while reading this directory: it holds a name \
+                     the SFTP client cannot read (a name that is not valid UTF-8 does this), so \
+                     none of its entries can be listed; rename it at the source"
+                        .into(),
+                ),
+                _ => e.into(),
+            })?
+        }
+        other => other?,
+    };
+    let Some(entries) = listed else {
+        return Err(opendal::Error::new(
+            opendal::ErrorKind::NotFound,
+            format!("source directory {dir} does not exist"),
+        )
+        .into());
+    };
+    let file = |path: String, size, mtime_ms| Listed {
+        path,
+        mode: EntryMode::FILE,
+        size,
+        mtime_ms,
+        posix: Default::default(),
+        link: None,
+        problem: None,
+    };
+    let dir_entry = |path: String| Listed {
+        mode: EntryMode::DIR,
+        ..file(format!("{path}/"), 0, None)
+    };
+    let failed = |path: String, reason: &str| Listed::problem(path, Outcome::Failed, reason);
+    let mut dir_real: Option<std::path::PathBuf> = None;
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let path = format!("{dir}{}", e.name);
+        if !e.utf8 {
+            out.push(failed(path, l::NAME_NOT_UTF8));
+            continue;
+        }
+        let listed = match e.kind {
+            Kind::Dir => dir_entry(path),
+            Kind::File => file(path, e.size, e.mtime_ms),
+            Kind::Other => failed(path, l::NOT_A_FILE),
+            Kind::Link => match (policy.links, policy.dst_holds_links) {
+                (Links::Skip, _) => Listed::problem(path, Outcome::Skipped, l::LINK_SKIPPED),
+                (Links::Copy, false) => Listed::problem(path, Outcome::Skipped, l::LINK_NOT_HELD),
+                (Links::Copy, true) => match raw.read_link(&path).await? {
+                    Some(target) => Listed {
+                        link: Some(target),
+                        ..file(path, 0, e.mtime_ms)
+                    },
+                    None => failed(path, l::LINK_TARGET_NOT_UTF8),
+                },
+                (Links::Follow, _) => match raw.stat(&path).await? {
+                    None => failed(path, l::DANGLING),
+                    Some((Kind::File, size, mtime)) => file(path, size, mtime),
+                    Some((Kind::Dir, ..)) => {
+                        let here = match &dir_real {
+                            Some(p) => p.clone(),
+                            None => dir_real.insert(raw.real_path(dir).await?).clone(),
+                        };
+                        if here.starts_with(raw.real_path(&path).await?) {
+                            failed(path, l::LINK_LOOP)
+                        } else {
+                            dir_entry(path)
+                        }
+                    }
+                    Some(_) => failed(path, l::NOT_A_FILE),
+                },
+            },
+        };
+        out.push(listed);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

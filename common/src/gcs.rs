@@ -12,7 +12,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use reqsign_core::{Context, OsEnv, Signer};
 use reqsign_google::{
-    Credential, DefaultCredentialProvider, RequestSigner, StaticCredentialProvider,
+    Credential, DefaultCredentialProvider, RequestSigner, StaticCredentialProvider, Token,
     TokenCredentialProvider,
 };
 
@@ -141,6 +141,11 @@ impl GcsClient {
         let signer = RequestSigner::new("storage").with_scope(SCOPE);
         let signer = if let Some(t) = token {
             Some(Signer::new(ctx, TokenCredentialProvider::new(&t.0), signer))
+        } else if let Some(p) = credential
+            .as_ref()
+            .and_then(|c| ServiceAccountTokens::of(&c.0, http.clone()))
+        {
+            Some(Signer::new(ctx, p, signer))
         } else if let Some(c) = credential {
             let p = StaticCredentialProvider::new(credential_json(&c.0)).with_scope(SCOPE);
             Some(Signer::new(ctx, p, signer))
@@ -371,6 +376,100 @@ impl GcsClient {
     }
 }
 
+/// Where a service-account key that names no `token_uri` gets its tokens.
+pub const TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
+/// Access tokens for a service-account key, exchanged at the key's own `token_uri` (as
+/// Google's client libraries do; reqsign always asks Google's address): a JWT signed with the
+/// key (RS256) for a token of one hour. The signer keeps the token while it is valid.
+#[derive(Debug)]
+pub struct ServiceAccountTokens {
+    email: String,
+    key: String,
+    token_uri: String,
+    http: reqwest::Client,
+}
+
+impl ServiceAccountTokens {
+    /// The provider of a `credential` option, when it is a service-account key.
+    pub fn of(credential: &str, http: reqwest::Client) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_str(&credential_json(credential)).ok()?;
+        if v["type"] != "service_account" {
+            return None;
+        }
+        Some(Self {
+            email: v["client_email"].as_str()?.to_string(),
+            key: v["private_key"].as_str()?.to_string(),
+            token_uri: v["token_uri"].as_str().unwrap_or(TOKEN_URI).to_string(),
+            http,
+        })
+    }
+}
+
+impl reqsign_core::ProvideCredential for ServiceAccountTokens {
+    type Credential = Credential;
+
+    async fn provide_credential(
+        &self,
+        _: &Context,
+    ) -> reqsign_core::Result<Option<Self::Credential>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let claims = serde_json::json!({
+            "iss": self.email,
+            "scope": SCOPE,
+            "aud": self.token_uri,
+            "iat": now,
+            "exp": now + 3600,
+        });
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+        let jwt = reqsign_core::jwt::encode_rs256_pem(&header, &claims, self.key.as_bytes())?;
+        let err = |e: reqwest::Error| {
+            reqsign_core::Error::unexpected("service-account token request failed").with_source(e)
+        };
+        // The JWT is base64url and dots: nothing in it needs form encoding.
+        let resp = self
+            .http
+            .post(&self.token_uri)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(format!(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={jwt}"
+            ))
+            .send()
+            .await
+            .map_err(err)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(err)?;
+        if !status.is_success() {
+            return Err(reqsign_core::Error::unexpected(format!(
+                "the token endpoint answered {status} for service account {}",
+                self.email
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let a: Answer = serde_json::from_slice(&body).map_err(|e| {
+            reqsign_core::Error::unexpected("the token endpoint's answer is not a token")
+                .with_source(e)
+        })?;
+        Ok(Some(Credential::with_token(Token {
+            access_token: a.access_token,
+            expires_at: Some(
+                reqsign_core::time::Timestamp::now()
+                    + std::time::Duration::from_secs(a.expires_in.unwrap_or(3600)),
+            ),
+        })))
+    }
+}
+
 /// The service-account JSON of a `credential` option: as given, or decoded when given in
 /// base64 (OpenDAL's form).
 pub fn credential_json(value: &str) -> String {
@@ -383,6 +482,47 @@ pub fn credential_json(value: &str) -> String {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .unwrap_or_else(|| v.to_string())
+}
+
+/// Checks that a `credential` option is a Google credential JSON (or its base64) of a kind the
+/// client can use, with the fields that kind needs; the error names what is wrong, never the
+/// value. OpenDAL's builder ignores a credential it cannot read, and the first request then
+/// fails as "access denied".
+pub fn check_credential(value: &str) -> Result<(), String> {
+    let v: serde_json::Value = serde_json::from_str(&credential_json(value))
+        .map_err(|e| format!("is not a Google credential JSON file (nor its base64): {e}"))?;
+    let Some(kind) = v.get("type").and_then(|t| t.as_str()) else {
+        return Err("is a JSON document without a \"type\" (a service-account key has \"type\": \"service_account\")".into());
+    };
+    let needs: &[&str] = match kind {
+        "service_account" => &["client_email", "private_key"],
+        "authorized_user" => &["client_id", "client_secret", "refresh_token"],
+        "external_account" | "impersonated_service_account" => &[],
+        other => {
+            return Err(format!(
+                "has the unknown credential type \"{}\"",
+                other.chars().take(40).collect::<String>()
+            ))
+        }
+    };
+    for field in needs {
+        if v.get(*field)
+            .and_then(|f| f.as_str())
+            .is_none_or(str::is_empty)
+        {
+            return Err(format!("is a {kind} credential without \"{field}\""));
+        }
+    }
+    if kind == "service_account"
+        && !v["private_key"]
+            .as_str()
+            .is_some_and(|k| k.contains("-----BEGIN"))
+    {
+        return Err(
+            "is a service_account credential whose \"private_key\" is not a PEM key".into(),
+        );
+    }
+    Ok(())
 }
 
 /// The base64 form of a `credential` option (what OpenDAL's builder takes).
@@ -475,5 +615,37 @@ mod tests {
         let json = r#"{"type":"service_account"}"#;
         assert_eq!(credential_json(json), json);
         assert_eq!(credential_json(&credential_base64(json)), json);
+    }
+
+    #[test]
+    fn credentials_are_checked_without_being_repeated() {
+        let good = r#"{"type":"service_account","client_email":"x@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n"}"#;
+        assert_eq!(check_credential(good), Ok(()));
+        assert_eq!(check_credential(&credential_base64(good)), Ok(()));
+        let user = r#"{"type":"authorized_user","client_id":"i","client_secret":"SECRET","refresh_token":"r"}"#;
+        assert_eq!(check_credential(user), Ok(()));
+        for (bad, says) in [
+            ("SECRET-not-json", "not a Google credential JSON"),
+            (r#"{"private_key":"SECRET"}"#, "without a \"type\""),
+            (
+                r#"{"type":"service_account","private_key":"SECRET"}"#,
+                "without \"client_email\"",
+            ),
+            (
+                r#"{"type":"service_account","client_email":"x","private_key":"SECRET"}"#,
+                "not a PEM key",
+            ),
+            (r#"{"type":"SECRET-kind"}"#, "unknown credential type"),
+            (
+                r#"{"type":"authorized_user","client_id":"i"}"#,
+                "without \"client_secret\"",
+            ),
+        ] {
+            let e = check_credential(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+            if !says.contains("unknown") {
+                assert!(!e.contains("SECRET"), "{e}");
+            }
+        }
     }
 }

@@ -239,7 +239,10 @@ pub enum Kind {
 /// One entry of a directory listed with [`Raw::list`].
 #[derive(Clone, Debug)]
 pub struct RawEntry {
+    /// The name; escaped (`\\xNN`) when `utf8` is false.
     pub name: String,
+    /// The name is valid UTF-8 (only [`Raw::list_source`] gives entries where it is not).
+    pub utf8: bool,
     pub kind: Kind,
     pub size: u64,
     pub mtime_ms: Option<i64>,
@@ -276,6 +279,16 @@ fn raw_error(e: openssh_sftp_client::Error, what: &str) -> opendal::Error {
     }
 }
 
+fn mtime_of(m: &openssh_sftp_client::metadata::MetaData) -> Option<i64> {
+    m.modified()
+        .and_then(|t| {
+            t.as_system_time()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+        })
+        .map(|d| d.as_millis() as i64)
+}
+
 fn kind_of(m: &openssh_sftp_client::metadata::MetaData) -> Kind {
     match m.file_type() {
         Some(t) if t.is_dir() => Kind::Dir,
@@ -305,7 +318,8 @@ impl Raw {
         Ok(raw)
     }
 
-    async fn connect(ep: &Endpoint) -> opendal::Result<Raw> {
+    /// A session of `ep` of its own, shared with no one (see [`Raw::get`] for the shared one).
+    pub async fn connect(ep: &Endpoint) -> opendal::Result<Raw> {
         let Endpoint::Sftp {
             user,
             root,
@@ -370,7 +384,18 @@ impl Raw {
     /// The entries of directory `rel` with their own types (a link is a link), without `.`
     /// and `..`; None when it does not exist. Names that are not UTF-8 are left out.
     pub async fn list(&self, rel: &str) -> opendal::Result<Option<Vec<RawEntry>>> {
+        self.read_dir(rel, false).await
+    }
+
+    /// As [`Raw::list`], for a source: names that are not UTF-8 come too, escaped, with
+    /// `utf8: false`, so that the listing can account for them.
+    pub async fn list_source(&self, rel: &str) -> opendal::Result<Option<Vec<RawEntry>>> {
+        self.read_dir(rel, true).await
+    }
+
+    async fn read_dir(&self, rel: &str, all: bool) -> opendal::Result<Option<Vec<RawEntry>>> {
         use futures::StreamExt;
+        use std::os::unix::ffi::OsStrExt;
         let dir = match self.sftp.fs().open_dir(self.full(rel)).await {
             Ok(d) => d,
             Err(openssh_sftp_client::Error::SftpError(
@@ -382,29 +407,70 @@ impl Raw {
         let mut entries = Vec::new();
         let mut stream = std::pin::pin!(dir.read_dir());
         while let Some(e) = stream.next().await {
-            let e = e.map_err(|e| raw_error(e, &format!("readdir {rel}")))?;
-            let Some(name) = e.filename().to_str() else {
-                continue;
+            let e = e.map_err(|e| match e {
+                // The session's reader stopped on an answer it could not decode: a name that
+                // is not valid UTF-8 does this (the client library reads names as text).
+                openssh_sftp_client::Error::BackgroundTaskFailure(_) => opendal::Error::new(
+                    opendal::ErrorKind::Unsupported,
+                    format!("sftp readdir {rel}: the session broke while reading the directory"),
+                ),
+                e => raw_error(e, &format!("readdir {rel}")),
+            })?;
+            let (name, utf8) = match e.filename().to_str() {
+                Some(n) => (n.to_string(), true),
+                None if all => (
+                    crate::paths::escape_name(e.filename().as_os_str().as_bytes()),
+                    false,
+                ),
+                None => continue,
             };
             if name == "." || name == ".." {
                 continue;
             }
             let m = e.metadata();
             entries.push(RawEntry {
-                name: name.to_string(),
+                name,
+                utf8,
                 kind: kind_of(&m),
                 size: m.len().unwrap_or(0),
-                mtime_ms: m
-                    .modified()
-                    .and_then(|t| {
-                        t.as_system_time()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .ok()
-                    })
-                    .map(|d| d.as_millis() as i64),
+                mtime_ms: mtime_of(&m),
             });
         }
         Ok(Some(entries))
+    }
+
+    /// What `rel` is, links followed: its kind, size and modification time; None when it (or
+    /// what a link points to) does not exist.
+    pub async fn stat(&self, rel: &str) -> opendal::Result<Option<(Kind, u64, Option<i64>)>> {
+        match self.sftp.fs().metadata(self.full(rel)).await {
+            Ok(m) => Ok(Some((kind_of(&m), m.len().unwrap_or(0), mtime_of(&m)))),
+            Err(openssh_sftp_client::Error::SftpError(
+                openssh_sftp_client::error::SftpErrorKind::NoSuchFile,
+                _,
+            )) => Ok(None),
+            Err(e) => Err(raw_error(e, &format!("stat {rel}"))),
+        }
+    }
+
+    /// The target of the symbolic link `rel`, as stored in the link; None when it is not
+    /// valid UTF-8.
+    pub async fn read_link(&self, rel: &str) -> opendal::Result<Option<String>> {
+        let target = self
+            .sftp
+            .fs()
+            .read_link(self.full(rel))
+            .await
+            .map_err(|e| raw_error(e, &format!("readlink {rel}")))?;
+        Ok(target.to_str().map(str::to_string))
+    }
+
+    /// The server's canonical path of `rel`, every link on the way resolved.
+    pub async fn real_path(&self, rel: &str) -> opendal::Result<std::path::PathBuf> {
+        self.sftp
+            .fs()
+            .canonicalize(self.full(rel))
+            .await
+            .map_err(|e| raw_error(e, &format!("realpath {rel}")))
     }
 
     /// Creates (or truncates) the file `rel` for writing, in an existing directory only: a

@@ -384,11 +384,8 @@ pub async fn apply(
                     store::record_deletion(tx, task_id, &dir, f).await?;
                 }
             }
-            let mut kinds = planner::pack_copies(
-                files.clone(),
-                &task.info.options,
-                planner::multipart_threshold(&task),
-            );
+            let mut kinds =
+                planner::pack_copies(files.clone(), &task.info.options, planner::split(&task));
             delta.lists_total = dirs.len() as i64;
             kinds.extend(
                 dirs.iter()
@@ -478,11 +475,8 @@ pub async fn apply(
                     .iter()
                     .map(|f| FileEntry::new(f.path.clone(), f.size, f.mtime_ms).with_posix(f.posix))
                     .collect();
-                let kinds = planner::pack_copies(
-                    entries,
-                    &task.info.options,
-                    planner::multipart_threshold(&task),
-                );
+                let kinds =
+                    planner::pack_copies(entries, &task.info.options, planner::split(&task));
                 let schedule = Schedule {
                     attempt: r.attempt + 1,
                     not_before_ms: now + *retry_after_ms as i64,
@@ -506,7 +500,8 @@ pub async fn apply(
             let (file, part_size) = match now {
                 Some(n) if n.path == file.path => {
                     delta.bytes_found += size_change(&kind, std::slice::from_ref(n));
-                    let part_size = (*part_size).max(task.info.options.part_size_for(n.size));
+                    let part_size = (*part_size)
+                        .max(planner::split(&task).part_size(&task.info.options, n.size));
                     (n.clone(), part_size)
                 }
                 _ => (file.clone(), *part_size),

@@ -10,29 +10,59 @@ use btp_common::wire::{FileEntry, JobKind};
 /// and their round trips through the server.
 pub const LOCAL_MULTIPART_THRESHOLD: u64 = 1 << 30;
 
-/// The size from which the files of `task` are split into parts.
-pub fn multipart_threshold(task: &crate::store::TaskRow) -> u64 {
+/// How the files of a task are split into parts: from which size, and into at most how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Files of at least this size are split (see [`split`]).
+    pub threshold: u64,
+    /// Most parts of one file the destination can assemble.
+    pub max_parts: u64,
+}
+
+impl Split {
+    /// The options' threshold, and the parts S3 allows.
+    pub fn of(opts: &TaskOptions) -> Self {
+        Split {
+            threshold: opts.multipart_threshold,
+            max_parts: btp_common::api::MAX_PARTS,
+        }
+    }
+
+    /// Part size for a file of `size` bytes: the task's, raised so that the file needs no
+    /// more parts than the destination takes.
+    pub fn part_size(&self, opts: &TaskOptions, size: u64) -> u64 {
+        opts.part_size_for(size).max(size.div_ceil(self.max_parts))
+    }
+}
+
+/// How the files of `task` are split: between two file systems the default threshold means
+/// [`LOCAL_MULTIPART_THRESHOLD`]; the number of parts is the destination's limit.
+pub fn split(task: &crate::store::TaskRow) -> Split {
     let given = task.info.options.multipart_threshold;
     let local = task.src.is_local() && task.dst.is_local();
-    if local && given == TaskOptions::default().multipart_threshold {
+    let threshold = if local && given == TaskOptions::default().multipart_threshold {
         given.max(LOCAL_MULTIPART_THRESHOLD)
     } else {
         given
+    };
+    Split {
+        threshold,
+        max_parts: task.dst.max_parts(),
     }
 }
 
 /// Packs files into Copy batches of at most `batch_files` files and about `batch_bytes` bytes;
-/// a file larger than `batch_bytes` gets a batch of its own, a file of at least `threshold`
-/// bytes (see [`multipart_threshold`]) an Upload job (its parts become jobs of their own).
+/// a file larger than `batch_bytes` gets a batch of its own, a file of at least the split's
+/// threshold (see [`split`]) an Upload job (its parts become jobs of their own).
 /// Order is kept.
-pub fn pack_copies(files: Vec<FileEntry>, opts: &TaskOptions, threshold: u64) -> Vec<JobKind> {
+pub fn pack_copies(files: Vec<FileEntry>, opts: &TaskOptions, split: Split) -> Vec<JobKind> {
     let mut jobs = Vec::new();
     let mut batch: Vec<FileEntry> = Vec::new();
     let mut batch_bytes = 0u64;
     for f in files {
-        if f.size >= threshold {
+        if f.size >= split.threshold {
             jobs.push(JobKind::Upload {
-                part_size: opts.part_size_for(f.size),
+                part_size: split.part_size(opts, f.size),
                 file: f,
             });
             continue;
@@ -119,7 +149,7 @@ mod tests {
         };
         let files = (0..5).map(|i| file(&format!("f{i}"), 1)).collect();
         assert_eq!(
-            sizes(&pack_copies(files, &opts, opts.multipart_threshold)),
+            sizes(&pack_copies(files, &opts, Split::of(&opts))),
             vec![vec![1, 1], vec![1, 1], vec![1]]
         );
     }
@@ -139,7 +169,7 @@ mod tests {
             file("d", 0),
         ];
         assert_eq!(
-            sizes(&pack_copies(files, &opts, opts.multipart_threshold)),
+            sizes(&pack_copies(files, &opts, Split::of(&opts))),
             vec![vec![4, 4], vec![4], vec![50], vec![0]]
         );
     }
@@ -154,7 +184,7 @@ mod tests {
         let jobs = pack_copies(
             vec![file("a", 10), file("big", 100)],
             &opts,
-            opts.multipart_threshold,
+            Split::of(&opts),
         );
         assert_eq!(jobs.len(), 2);
         let JobKind::Upload { file: f, part_size } = &jobs[0] else {
@@ -179,11 +209,23 @@ mod tests {
         assert_eq!(ranges, vec![(1, 0, 40), (2, 40, 40), (3, 80, 20)]);
         // Huge files get larger parts: never more than 9,000 of them.
         let huge = 5u64 << 40;
-        assert!(huge.div_ceil(opts.part_size_for(huge)) <= 9_000);
+        assert!(huge.div_ceil(Split::of(&opts).part_size(&opts, huge)) <= 9_000);
+        // A destination that assembles fewer parts (GCS: 1,024 components) gets larger ones.
+        let gcs = Split {
+            max_parts: 1024,
+            ..Split::of(&opts)
+        };
+        assert!(huge.div_ceil(gcs.part_size(&opts, huge)) <= 1024);
+        assert_eq!(gcs.part_size(&opts, 100), btp_common::api::MIN_PART_SIZE);
     }
 
     #[test]
     fn no_files_make_no_jobs() {
-        assert!(pack_copies(Vec::new(), &TaskOptions::default(), 1).is_empty());
+        assert!(pack_copies(
+            Vec::new(),
+            &TaskOptions::default(),
+            Split::of(&TaskOptions::default())
+        )
+        .is_empty());
     }
 }

@@ -675,8 +675,8 @@ impl Store {
             }
         }
         let opts = &task.info.options;
-        let threshold = crate::planner::multipart_threshold(task);
-        let mut kinds = crate::planner::pack_copies(files, opts, threshold);
+        let split = crate::planner::split(task);
+        let mut kinds = crate::planner::pack_copies(files, opts, split);
         let n_dirs = dirs.len() as i64;
         // A task with a manifest lists no directory: its one failed "directory" is the
         // manifest's List job, which reads the manifest again.

@@ -7,12 +7,15 @@ connection string in AZURE_STORAGE_CONNECTION_STRING. Answers are JSON on stdout
   staged CONTAINER            {blob name: uncommitted blocks} of blobs that have some
   get CONTAINER NAME FILE     downloads a blob into FILE; prints its properties
   put CONTAINER NAME FILE     uploads FILE as a blob (in one piece)
+  sas CONTAINER PERMISSIONS   {"sas": a container SAS token (e.g. PERMISSIONS "racwdl"), one hour}
 """
 import json
 import os
 import sys
 
-from azure.storage.blob import BlobServiceClient
+import datetime
+
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 
 def main():
@@ -46,6 +49,15 @@ def main():
         with open(sys.argv[4], "rb") as f:
             c.get_blob_client(sys.argv[3]).upload_blob(f, overwrite=True)
         out = {"put": sys.argv[3]}
+    elif command == "sas":
+        token = generate_container_sas(
+            account_name=service.account_name,
+            container_name=container,
+            account_key=service.credential.account_key,
+            permission=ContainerSasPermissions.from_string(sys.argv[3]),
+            expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1),
+        )
+        out = {"sas": token}
     else:
         raise SystemExit(f"unknown command {command}")
     json.dump(out, sys.stdout)
