@@ -210,6 +210,7 @@ impl Api {
         let mut template = req.task;
         template.start = false;
         self.check_task(&template, tenant).await?;
+        self.deliveries_of(&template, tenant).await?;
         let now = now_ms();
         let row = ScheduleRow {
             tenant: tenant.to_string(),
