@@ -509,3 +509,77 @@ fn bad_report_and_notify_arguments_are_refused_with_one_line_and_nothing_created
         "nothing created: {l}"
     );
 }
+
+#[test]
+fn btp_copy_waits_for_its_report_and_a_schedule_exports_each_run() {
+    set_part_lines();
+    let tmp = test_dir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    make_source(&src);
+
+    // `btp copy` runs its own server, which writes the report before the command exits.
+    let once = tmp.path().join("once");
+    let out = std::process::Command::new(btp_bin())
+        .args(["copy", src.to_str().unwrap(), dst.to_str().unwrap()])
+        .args(TASK_ARGS)
+        .args(["--report-to", once.to_str().unwrap(), "--output", "json"])
+        .env_remove("BTP_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "two entries fail");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = report["task"]["id"].as_str().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("report delivered to fs://{}", once.display())),
+        "{stderr}"
+    );
+    let ep = btp_common::Endpoint::parse(once.to_str().unwrap()).unwrap();
+    let (_, summary, parts) = read_export(&ep, id);
+    assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 2]);
+    for k in COUNTERS {
+        assert_eq!(summary["counters"][k], report["task"][k], "counter {k}");
+    }
+
+    // Each run of a schedule exports its report (here only the entries not copied).
+    let reports = tmp.path().join("reports");
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client(&[]);
+    let mut args = vec!["schedule", "create", "audited", "--every", "1s"];
+    args.extend([
+        "--src",
+        src.to_str().unwrap(),
+        "--dst",
+        dst.to_str().unwrap(),
+    ]);
+    args.extend(TASK_ARGS);
+    args.extend([
+        "--report-to",
+        reports.to_str().unwrap(),
+        "--report-level",
+        "errors",
+    ]);
+    let s = btp_json(&c.url, &args);
+    assert_eq!(s["report_to"], format!("fs://{}", reports.display()));
+    assert_eq!(s["report_level"], "errors");
+    let task = wait_for("a run's task", Duration::from_secs(20), || {
+        let runs = btp_json(&c.url, &["schedule", "runs", "audited"]);
+        runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|r| r["task"].as_str().map(String::from))
+    });
+    btp_json(&c.url, &["schedule", "pause", "audited"]);
+    wait_task(&c.url, &task, Duration::from_secs(60));
+    let t = wait_delivered(&c, &task);
+    assert_eq!(t["report_export"]["state"], "done", "{t}");
+    let ep = btp_common::Endpoint::parse(reports.to_str().unwrap()).unwrap();
+    let (_, summary, lines) = check_export(&c, &task, &ep, true);
+    assert_eq!(summary["schedule"], "audited");
+    assert_eq!(
+        lines.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["caf\\xe9.txt", "gone", "notes.skip"]
+    );
+}

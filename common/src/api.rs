@@ -1155,6 +1155,14 @@ pub struct ScheduleInfo {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dst_option_keys: Vec<String>,
     pub options: TaskOptions,
+    /// Where each run's report goes and its level, and the notification URL (query shown as
+    /// `?***`), when the template has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_level: Option<ReportLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
     pub created_ms: i64,
     /// Runs recorded (skipped ones included).
     pub runs: u64,

@@ -94,7 +94,7 @@ impl From<opendal::Error> for Failure {
 }
 
 /// A notification URL as shown: without its query, which may hold the receiver's token.
-fn shown_url(url: &reqwest::Url) -> String {
+pub fn shown_url(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
     let had_query = shown.query().is_some();
     shown.set_query(None);
