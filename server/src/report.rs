@@ -347,7 +347,7 @@ async fn deliver(api: &Api, d: DeliveryRow) {
     if let Err(e) = api
         .ctx
         .store
-        .settle_delivery(&d.task_id, &d.kind, state, attempt, next, &error, now)
+        .settle_delivery(&d.task_id, &d.kind, state, attempt, next, &error)
         .await
     {
         warn!(task = %d.task_id, kind = %d.kind, error = %e.message, "cannot record a delivery");

@@ -2562,18 +2562,17 @@ impl Store {
         rows.iter().map(delivery_from_row).collect()
     }
 
-    /// Records an attempt of a pending delivery: `state` done (at `now`), failed, or pending
-    /// again from `next_ms` on, with the attempt's error. A delivery no longer pending (its
-    /// task was deleted) is left alone.
+    /// Records an attempt of a pending delivery: `state` done (at `at_ms`), failed, or pending
+    /// again from `at_ms` on, with the attempt's error. A delivery no longer pending (its task
+    /// was deleted) is left alone.
     pub async fn settle_delivery(
         &self,
         task: &str,
         kind: &str,
         state: DeliveryState,
         attempts: i64,
-        next_ms: i64,
+        at_ms: i64,
         error: &str,
-        now: i64,
     ) -> Result<(), ApiError> {
         sqlx::query(
             "UPDATE task_deliveries SET state = $1, attempts = $2, next_ms = $3, last_error = $4, \
@@ -2581,9 +2580,9 @@ impl Store {
         )
         .bind(state.as_str())
         .bind(attempts)
-        .bind(next_ms)
+        .bind(at_ms)
         .bind(error)
-        .bind((state == DeliveryState::Done).then_some(now))
+        .bind((state == DeliveryState::Done).then_some(at_ms))
         .bind(task)
         .bind(kind)
         .bind(DeliveryState::Pending.as_str())

@@ -945,19 +945,11 @@ on_every_backend!(
             assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap().len(), 2);
             // A failed attempt waits for its next time; a done one is no longer due.
             store
-                .settle_delivery(
-                    "d1",
-                    "notify",
-                    DeliveryState::Pending,
-                    1,
-                    5_000,
-                    "HTTP 500",
-                    1_000,
-                )
+                .settle_delivery("d1", "notify", DeliveryState::Pending, 1, 5_000, "HTTP 500")
                 .await
                 .unwrap();
             store
-                .settle_delivery("d1", "report", DeliveryState::Done, 1, 1_000, "", 1_000)
+                .settle_delivery("d1", "report", DeliveryState::Done, 1, 1_000, "")
                 .await
                 .unwrap();
             assert!(store.due_deliveries(4_999, 10).await.unwrap().is_empty());
@@ -968,15 +960,7 @@ on_every_backend!(
                 (1, "HTTP 500")
             );
             store
-                .settle_delivery(
-                    "d1",
-                    "notify",
-                    DeliveryState::Failed,
-                    8,
-                    6_000,
-                    "HTTP 500",
-                    6_000,
-                )
+                .settle_delivery("d1", "notify", DeliveryState::Failed, 8, 6_000, "HTTP 500")
                 .await
                 .unwrap();
             let rows = store.deliveries("d1").await.unwrap();
@@ -988,7 +972,7 @@ on_every_backend!(
             );
             // A settled delivery is not changed again.
             store
-                .settle_delivery("d1", "report", DeliveryState::Failed, 2, 0, "late", 7_000)
+                .settle_delivery("d1", "report", DeliveryState::Failed, 2, 0, "late")
                 .await
                 .unwrap();
             assert_eq!(store.deliveries("d1").await.unwrap()[1].state, "done");
