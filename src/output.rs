@@ -135,7 +135,38 @@ fn task_rows(t: &TaskInfo) -> Vec<Vec<String>> {
     if let (Some(s), Some(f)) = (t.started_ms, t.finished_ms) {
         rows.push(kv("Duration", Millis(f - s).to_string()));
     }
+    for (what, d) in [
+        ("Report export", &t.report_export),
+        ("Notification", &t.notification),
+    ] {
+        if let Some(d) = d {
+            rows.push(kv(what, delivery_line(d)));
+        }
+    }
     rows
+}
+
+/// `pending, 2 attempts (last: ...) -> s3://audit/btp/`.
+fn delivery_line(d: &btp_common::api::Delivery) -> String {
+    let mut line = d.state.as_str().to_string();
+    if let Some(l) = d.level {
+        line.push_str(&format!(" ({})", l.as_str()));
+    }
+    line.push_str(&format!(" to {}", d.to));
+    if d.attempts > 0 && d.state != btp_common::api::DeliveryState::Done {
+        line.push_str(&format!(
+            ", {} attempt{}",
+            d.attempts,
+            if d.attempts == 1 { "" } else { "s" }
+        ));
+    }
+    if !d.reason.is_empty() {
+        line.push_str(&format!(": {}", d.reason));
+    }
+    if let Some(at) = d.next_attempt_ms {
+        line.push_str(&format!(", next in {}", Millis((at - now_ms()).max(0))));
+    }
+    line
 }
 
 pub fn task_list(l: &TaskList) {

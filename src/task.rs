@@ -60,6 +60,23 @@ pub struct EndpointOpts {
     /// --src-opt); repeatable.
     #[arg(long = "files-from-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub files_from_opts: Vec<(String, String)>,
+    /// When the task ends, write its report under this endpoint (a path or any URL `--dst`
+    /// takes, e.g. s3://audit/btp/): `<task id>/summary.json` and the per-file report
+    /// `<task id>/files-00001.jsonl`... (JSON Lines, parts of at most 100,000 lines or 64 MiB).
+    #[arg(long, value_name = "URL")]
+    pub report_to: Option<String>,
+    /// An option of the report's endpoint, KEY=VALUE, KEY=@FILE or KEY=env:NAME (as
+    /// --dst-opt); repeatable.
+    #[arg(long = "report-to-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub report_to_opts: Vec<(String, String)>,
+    /// Which entries the exported per-file report holds: `all`, or `errors` (those neither
+    /// copied nor skipped). Default all.
+    #[arg(long, value_parser = ["errors", "all"])]
+    pub report_level: Option<String>,
+    /// When the task ends, POST its summary (JSON) to this http or https URL; retried with
+    /// backoff on errors and 5xx answers (8 attempts over about two minutes).
+    #[arg(long, value_name = "URL")]
+    pub notify: Option<String>,
 }
 
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -252,6 +269,17 @@ pub fn create_request(
             .map(endpoint_arg)
             .transpose()?,
         files_from_options: resolve_opts("--files-from-opt", &endpoints.files_from_opts)?,
+        report_to: endpoints
+            .report_to
+            .as_deref()
+            .map(endpoint_arg)
+            .transpose()?,
+        report_to_options: resolve_opts("--report-to-opt", &endpoints.report_to_opts)?,
+        report_level: endpoints
+            .report_level
+            .as_deref()
+            .and_then(btp_common::api::ReportLevel::parse),
+        notify: endpoints.notify.clone(),
     })
 }
 
@@ -496,13 +524,53 @@ pub async fn watch(api: &ApiClient, id: &str) -> anyhow::Result<TaskInfo> {
 
 /// Creates and starts a task, follows it, prints the report; the exit code says whether every
 /// file was copied.
+/// Waits until the task's report export and notification are no longer pending, saying on
+/// stderr how each ended.
+async fn wait_deliveries(api: &ApiClient, id: &str) -> anyhow::Result<()> {
+    loop {
+        let t: TaskInfo = call(api, verbs::TASK_GET, &TaskRef { id: id.to_string() }).await?;
+        let all = [
+            ("report", &t.report_export),
+            ("notification", &t.notification),
+        ];
+        let pending = all.iter().any(|(_, d)| {
+            d.as_ref()
+                .is_some_and(|d| d.state == btp_common::api::DeliveryState::Pending)
+        });
+        if !pending {
+            for (what, d) in all {
+                if let Some(d) = d {
+                    match d.state {
+                        btp_common::api::DeliveryState::Done => {
+                            eprintln!("{what} delivered to {}", d.to)
+                        }
+                        _ => eprintln!("{what} to {} failed: {}", d.to, d.reason),
+                    }
+                }
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 pub async fn run_to_end(url: &str, req: CreateTask, out: Output) -> anyhow::Result<ExitCode> {
     let api = ApiClient::connect(url).await?;
     let t: TaskInfo = call(&api, verbs::TASK_CREATE, &req).await?;
+    let delivers = t.report_export.is_some() || t.notification.is_some();
     let t = tokio::select! {
         t = watch(&api, &t.id) => t?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; task {} did not finish", t.id),
     };
+    if delivers {
+        // The report export and the notification are made by this process's server: it
+        // stays until they are done or failed.
+        let id = t.id.clone();
+        tokio::select! {
+            r = wait_deliveries(&api, &id) => r?,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the report of task {id} was not delivered"),
+        }
+    }
     let r: Report = call(&api, verbs::TASK_REPORT, &report_req(t.id.clone())).await?;
     print(out, &r, output::report);
     if matches!(out, Output::Table) {

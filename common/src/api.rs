@@ -416,6 +416,98 @@ pub struct CreateTask {
     /// Options of the manifest's endpoint, as `src_options`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub files_from_options: std::collections::BTreeMap<String, String>,
+    /// Where the report is written when the task ends (`--report-to`): any endpoint a
+    /// destination may be; `<task id>/summary.json` and `<task id>/files-00001.jsonl`... under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_to: Option<String>,
+    /// Options of the report's endpoint, as `dst_options`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub report_to_options: std::collections::BTreeMap<String, String>,
+    /// Which entries the exported per-file report holds (default `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_level: Option<ReportLevel>,
+    /// An http or https URL that gets the summary as a POST when the task ends (`--notify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+}
+
+/// Which entries an exported per-file report holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportLevel {
+    /// Every entry of the listing.
+    #[default]
+    All,
+    /// Only entries neither copied nor skipped (failed, excluded).
+    Errors,
+}
+
+impl ReportLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportLevel::All => "all",
+            ReportLevel::Errors => "errors",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "all" => Some(ReportLevel::All),
+            "errors" => Some(ReportLevel::Errors),
+            _ => None,
+        }
+    }
+}
+
+/// Where a delivery at the end of a task stands: `pending` (the task has not ended, or the
+/// delivery is being tried), `done`, `failed` (its attempts are used up, or refused for good).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Done,
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Done => "done",
+            DeliveryState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryState::Pending),
+            "done" => Some(DeliveryState::Done),
+            "failed" => Some(DeliveryState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A report export or a notification of a task, as `task get` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The report's endpoint, or the notification's URL, without credentials (a URL's query
+    /// is shown as `?***`).
+    pub to: String,
+    /// The report's level (report exports only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<ReportLevel>,
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Why the last attempt failed (empty once done).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// When the next attempt is due (a pending delivery of an ended task, after a failed
+    /// attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<i64>,
+    /// When it was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -527,6 +619,12 @@ pub struct TaskInfo {
     /// The speed limit in force now and its next change (tasks with a limit, not finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_limit_now: Option<SpeedNow>,
+    /// The report export of a task created with `report_to` (`task get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_export: Option<Delivery>,
+    /// The notification of a task created with `notify` (`task get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Delivery>,
 }
 
 /// The speed limit in force now (`bytes_per_sec` null: none) and, for a timetable, the next
@@ -601,6 +699,8 @@ impl TaskInfo {
             speed_limit_now: None,
             listing_done: false,
             files_from: None,
+            report_export: None,
+            notification: None,
         }
     }
 }
@@ -1055,6 +1155,14 @@ pub struct ScheduleInfo {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dst_option_keys: Vec<String>,
     pub options: TaskOptions,
+    /// Where each run's report goes and its level, and the notification URL (query shown as
+    /// `?***`), when the template has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_level: Option<ReportLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
     pub created_ms: i64,
     /// Runs recorded (skipped ones included).
     pub runs: u64,
@@ -1107,4 +1215,103 @@ pub struct ScheduleRun {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScheduleRunList {
     pub runs: Vec<ScheduleRun>,
+}
+
+/// The summary of an ended task: `<task id>/summary.json` of an exported report, and the body
+/// of a notification (docs/api.md lists the fields).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// Version of this document (1).
+    pub version: u32,
+    pub task: String,
+    pub tenant: String,
+    /// The schedule whose run created the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    pub state: TaskState,
+    /// Source and destination without credentials.
+    pub src: String,
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_from: Option<String>,
+    /// The task's options (they hold no secrets: endpoint options are not among them).
+    pub options: TaskOptions,
+    pub counters: SummaryCounters,
+    /// Start and end in RFC 3339 (UTC), and in milliseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    pub duration_ms: i64,
+    /// Bytes copied per second over the whole run, and the highest speed seen.
+    pub avg_bytes_per_sec: u64,
+    pub peak_bytes_per_sec: u64,
+    /// Where the per-file report is written (tasks created with `report_to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_level: Option<ReportLevel>,
+}
+
+/// The counters of a [`TaskSummary`]: those of `task get`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryCounters {
+    pub files_found: u64,
+    pub bytes_found: u64,
+    pub files_copied: u64,
+    pub bytes_copied: u64,
+    pub files_skipped: u64,
+    pub bytes_skipped: u64,
+    pub files_failed: u64,
+    pub bytes_failed: u64,
+    pub files_excluded: u64,
+    pub bytes_excluded: u64,
+    pub files_deleted: u64,
+    pub deletes_failed: u64,
+    pub files_retried: u64,
+    pub bytes_through_clients: u64,
+}
+
+impl SummaryCounters {
+    pub fn of(t: &TaskInfo) -> Self {
+        Self {
+            files_found: t.files_found,
+            bytes_found: t.bytes_found,
+            files_copied: t.files_copied,
+            bytes_copied: t.bytes_copied,
+            files_skipped: t.files_skipped,
+            bytes_skipped: t.bytes_skipped,
+            files_failed: t.files_failed,
+            bytes_failed: t.bytes_failed,
+            files_excluded: t.files_excluded,
+            bytes_excluded: t.bytes_excluded,
+            files_deleted: t.files_deleted,
+            deletes_failed: t.deletes_failed,
+            files_retried: t.files_retried,
+            bytes_through_clients: t.bytes_through_clients,
+        }
+    }
+}
+
+/// One line of an exported per-file report (`files-NNNNN.jsonl`): the row of `task files`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportLine {
+    pub path: String,
+    pub size: u64,
+    /// `copied`, `skipped`, `excluded` or `failed`.
+    pub outcome: crate::wire::Outcome,
+    /// Why the entry was not copied (null for copied files and files found up to date).
+    pub reason: Option<String>,
+    /// Attempts made on a failed file (0 for the others: not counted per file).
+    pub attempts: u32,
+    /// How a copied file was checked at its destination: `size`, or `checksum` (MD5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verify>,
+    /// Metadata the destination could not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_kept: Option<String>,
 }

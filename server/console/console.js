@@ -133,10 +133,13 @@ function route() {
   clearTimeout(timer);
   const [, page, arg] = (location.hash || '#/tasks').split('/');
   document.querySelectorAll('[data-nav]').forEach((a) => {
-    a.classList.toggle('active', a.dataset.nav === (page === 'task' ? 'tasks' : page));
+    const nav = { task: 'tasks', schedule: 'schedules' }[page] || page;
+    a.classList.toggle('active', a.dataset.nav === nav);
   });
   $('#signout').hidden = !token;
   if (page === 'task' && arg) taskView(decodeURIComponent(arg));
+  else if (page === 'schedule' && arg) scheduleView(decodeURIComponent(arg));
+  else if (page === 'schedules') schedulesView();
   else if (page === 'clients') clientsView();
   else if (page === 'endpoints') endpointsView();
   else tasksView();
@@ -358,6 +361,7 @@ async function taskView(id) {
     <p class="error" id="limit-error" role="alert" hidden></p>
     <h2>Report</h2>
     <div class="row"><button id="csv">Download CSV (every file)</button><button id="json">Download JSON</button></div>
+    <table id="deliveries" hidden><thead><tr><th>When the task ends</th><th>To</th><th>State</th><th class="num">Attempts</th><th>Last error</th></tr></thead><tbody></tbody></table>
     <p class="error" id="report-error" role="alert" hidden></p>
     <h2>Failed files <span id="failed-count" class="muted"></span></h2>
     <table id="failures"><thead><tr><th>Path</th><th class="num">Size</th><th class="num">Attempts</th><th>Reason</th></tr></thead><tbody></tbody></table>`;
@@ -402,6 +406,14 @@ async function taskView(id) {
       }
     }
     $('#limit-now').textContent = limitText;
+    // The report export (--report-to) and the notification (--notify), once the task ends.
+    const deliveries = [['report export', 'report_export', t.report_export], ['notification', 'notification', t.notification]]
+      .filter(([, , d]) => d);
+    $('#deliveries').hidden = deliveries.length === 0;
+    $('#deliveries tbody').innerHTML = deliveries.map(([what, key, d]) => `<tr data-delivery="${key}">
+      <td>${esc(what)}${d.level ? ` (${esc(d.level)})` : ''}</td><td class="path">${esc(d.to)}</td>
+      <td>${stateBadge(d.state)}</td><td class="num">${d.attempts}</td>
+      <td>${esc(d.reason || '')}${d.next_attempt_ms ? ` · next attempt ${esc(new Date(d.next_attempt_ms).toLocaleTimeString())}` : ''}</td></tr>`).join('');
     if (t.state === 'running') {
       samples.push({ t: Date.now(), v: t.current_bytes_per_sec });
       if (samples.length > 600) samples.shift();
@@ -457,6 +469,67 @@ async function taskView(id) {
   $('#csv').addEventListener('click', () => report('csv'));
   $('#json').addEventListener('click', () => report('json'));
   await every(1000, refresh);
+}
+
+// ---- schedules --------------------------------------------------------------------------------
+
+const firing = (s) => (s.cron ? `cron ${s.cron} (${s.timezone})` : `every ${duration(s.every_secs)}`);
+
+async function schedulesView() {
+  $('#view').innerHTML = `
+    <h1>Schedules</h1>
+    <p class="muted">A schedule creates and starts a task from its template at each firing (<code>btp schedule create</code>); a run is skipped while the previous one is still going.</p>
+    <p class="error" id="live-error" hidden></p><p class="error" id="action-error" role="alert" hidden></p>
+    <table id="schedules"><thead><tr><th>Name</th><th>Fires</th><th>State</th><th>Next firing</th><th class="num">Runs</th>
+      <th>Last task</th><th>Source → destination</th><th></th></tr></thead><tbody></tbody></table>`;
+  const refresh = async () => {
+    const { schedules } = await api('schedule.list');
+    const body = $('#schedules tbody');
+    if (!body) return;
+    body.innerHTML = schedules.map((s) => `<tr data-schedule="${esc(s.name)}">
+      <td><a href="#/schedule/${encodeURIComponent(s.name)}"><b>${esc(s.name)}</b></a></td><td>${esc(firing(s))}</td>
+      <td>${stateBadge(s.state)}${s.paused_reason ? ` <span class="muted">${esc(s.paused_reason)}</span>` : ''}</td>
+      <td data-next>${s.state === 'active' ? esc(when(s.next_fire_ms)) : '–'}</td><td class="num">${num(s.runs)}</td>
+      <td>${s.last_task ? `<a href="#/task/${encodeURIComponent(s.last_task)}"><code>${esc(s.last_task.slice(0, 8))}</code></a>` : '–'}</td>
+      <td class="path">${esc(s.src)} → ${esc(s.dst)}</td>
+      <td>${s.state === 'active' ? `<button data-pause="${esc(s.name)}">Pause</button>` : `<button data-resume="${esc(s.name)}">Resume</button>`}</td></tr>`).join('')
+      || '<tr><td colspan="8" class="muted">No schedules yet: <code>btp schedule create NAME --every 6h --src ... --dst ...</code></td></tr>';
+  };
+  onButton($('#schedules'), 'data-pause', (name) => `Pause schedule ${name}?`, (name) => api('schedule.pause', { name }), refresh);
+  onButton($('#schedules'), 'data-resume', (name) => `Resume schedule ${name}?`, (name) => api('schedule.resume', { name }), refresh);
+  await every(2000, refresh);
+}
+
+async function scheduleView(name) {
+  $('#view').innerHTML = `
+    <p><a href="#/schedules">← Schedules</a></p>
+    <h1>Schedule <code>${esc(name)}</code> <span id="schedule-state"></span></h1>
+    <p class="muted" id="schedule-route"></p>
+    <p class="error" id="live-error" hidden></p>
+    <div class="stats" id="schedule-stats"></div>
+    <h2>Runs</h2>
+    <table id="runs"><thead><tr><th class="num">Run</th><th>Fired</th><th>Outcome</th><th>Task</th><th class="num">Files copied</th>
+      <th class="num">Bytes copied</th><th class="num">Skipped</th><th class="num">Failed</th><th>Duration</th><th>Reason</th></tr></thead><tbody></tbody></table>`;
+  const refresh = async () => {
+    const s = await api('schedule.get', { name });
+    const { runs } = await api('schedule.runs', { name, limit: 100 });
+    if (!$('#runs')) return;
+    $('#schedule-state').innerHTML = stateBadge(s.state);
+    $('#schedule-route').textContent = `${s.src} → ${s.dst} · ${firing(s)}${s.paused_reason ? ` · ${s.paused_reason}` : ''}`;
+    $('#schedule-stats').innerHTML = [
+      stat('next firing', s.state === 'active' ? when(s.next_fire_ms) : '–', 'next_fire'),
+      stat('runs', num(s.runs), 'runs'),
+      stat('failed in a row', `${s.failures} of ${s.max_failures}`, 'failures'),
+      stat('created', when(s.created_ms), 'created'),
+    ].join('');
+    $('#runs tbody').innerHTML = runs.map((r) => `<tr data-run="${r.seq}"><td class="num">${r.seq}</td><td>${esc(when(r.fire_ms))}</td>
+      <td>${stateBadge(r.outcome)}</td>
+      <td>${r.task ? `<a href="#/task/${encodeURIComponent(r.task)}"><code>${esc(r.task.slice(0, 8))}</code></a>` : '–'}</td>
+      <td class="num">${num(r.files_copied)}</td><td class="num">${bytes(r.bytes_copied)}</td><td class="num">${num(r.files_skipped)}</td>
+      <td class="num">${num(r.files_failed)}</td><td>${r.task ? esc(duration(r.duration_ms / 1000)) : '–'}</td>
+      <td>${esc(r.reason || '')}</td></tr>`).join('') || '<tr><td colspan="10" class="muted">No run yet.</td></tr>';
+  };
+  await every(2000, refresh);
 }
 
 // ---- clients ----------------------------------------------------------------------------------

@@ -300,6 +300,7 @@ impl Api {
     async fn task_info(&self, id: &str) -> Result<TaskInfo, ApiError> {
         let mut t = self.ctx.store.task(id).await?.info;
         self.add_live(&mut t);
+        self.add_deliveries(&mut t).await?;
         Ok(t)
     }
 
@@ -403,6 +404,7 @@ impl Api {
             )),
             None => None,
         };
+        let deliveries = self.deliveries_of(&req, tenant).await?;
         if req.start {
             // Nothing is created when the start would be refused.
             self.check_quota(tenant).await?;
@@ -418,13 +420,14 @@ impl Api {
         info.files_from = files_from.as_ref().map(|m| m.url.clone());
         self.ctx
             .store
-            .insert_task(&info, &src, &dst, files_from.as_ref())
+            .insert_task_with(&info, &src, &dst, files_from.as_ref(), &deliveries)
             .await?;
         info!(task = %id, src = %src, dst = %dst, "task created");
         self.event(&info).await;
         if req.start {
             return self.start(Ok(TaskRef { id })).await;
         }
+        self.add_deliveries(&mut info).await?;
         Ok(info)
     }
 
@@ -593,7 +596,10 @@ impl Api {
         Ok(TaskList { tasks })
     }
 
-    async fn files(&self, req: Result<FilesRequest, ApiError>) -> Result<FileList, ApiError> {
+    pub(crate) async fn files(
+        &self,
+        req: Result<FilesRequest, ApiError>,
+    ) -> Result<FileList, ApiError> {
         /// Jobs read per query.
         const JOBS: i64 = 16;
         /// The cursor: the part of the report in its high bits, the position within it below.
@@ -884,7 +890,7 @@ impl Api {
         }
     }
 
-    async fn endpoint_of(
+    pub(crate) async fn endpoint_of(
         &self,
         tenant: &str,
         given: &str,

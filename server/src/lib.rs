@@ -11,6 +11,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod planner;
+pub mod report;
 pub mod schedule;
 pub mod seal;
 pub mod speed;
@@ -145,6 +146,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         parts.spawn(http::serve(listener, api.clone(), guard, cancel.clone()));
     }
     parts.spawn(schedule::run(api.clone(), cancel.clone()));
+    parts.spawn(report::run(api.clone(), cancel.clone()));
     parts.spawn(api::serve(nats.clone(), api, cancel.clone()));
     parts.spawn(agents::run(
         nats.clone(),

@@ -156,6 +156,19 @@ impl Api {
             src_option_keys: t.src_options.keys().cloned().collect(),
             dst_option_keys: t.dst_options.keys().cloned().collect(),
             options: t.options.clone(),
+            report_to: t
+                .report_to
+                .as_deref()
+                .map(|r| shown(r, &t.report_to_options)),
+            report_level: t
+                .report_to
+                .as_ref()
+                .map(|_| t.report_level.unwrap_or_default()),
+            notify: t.notify.as_deref().map(|n| {
+                crate::report::parse_notify_url(n)
+                    .map(|u| crate::report::shown_url(&u))
+                    .unwrap_or_default()
+            }),
             cron: (!s.cron.is_empty()).then(|| s.cron.clone()),
             every_secs: (s.every_secs > 0).then_some(s.every_secs as u64),
             timezone: if s.timezone.is_empty() {
@@ -210,6 +223,7 @@ impl Api {
         let mut template = req.task;
         template.start = false;
         self.check_task(&template, tenant).await?;
+        self.deliveries_of(&template, tenant).await?;
         let now = now_ms();
         let row = ScheduleRow {
             tenant: tenant.to_string(),

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use btp_common::api::{ApiError, ClientInfo, ClientShare, TaskInfo, TaskOptions, TaskState};
+use btp_common::api::{
+    ApiError, ClientInfo, ClientShare, DeliveryState, TaskInfo, TaskOptions, TaskState,
+};
 use btp_common::manifest::Manifest;
 use btp_common::wire::{FileEntry, FileFailure, Heartbeat, Job, JobKind};
 use btp_common::Endpoint;
@@ -182,6 +184,20 @@ impl Store {
         dst: &Endpoint,
         files_from: Option<&Manifest>,
     ) -> Result<(), ApiError> {
+        self.insert_task_with(info, src, dst, files_from, &[]).await
+    }
+
+    /// Stores a new task and what is delivered when it ends (report export, notification), in
+    /// one transaction.
+    pub async fn insert_task_with(
+        &self,
+        info: &TaskInfo,
+        src: &Endpoint,
+        dst: &Endpoint,
+        files_from: Option<&Manifest>,
+        deliveries: &[NewDelivery],
+    ) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO tasks (id, tenant, state, src, dst, options, created_ms, files_from) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -194,10 +210,25 @@ impl Store {
         .bind(to_json(&info.options))
         .bind(info.created_ms)
         .bind(files_from.map(|m| crate::seal::seal(to_json(m))))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;
-        Ok(())
+        for d in deliveries {
+            sqlx::query(
+                "INSERT INTO task_deliveries (task_id, kind, target, shown, level, state, \
+                 attempts, next_ms, last_error, done_ms) VALUES ($1, $2, $3, $4, $5, $6, 0, 0, '', NULL)",
+            )
+            .bind(&info.id)
+            .bind(d.kind)
+            .bind(crate::seal::seal(d.target.clone()))
+            .bind(&d.shown)
+            .bind(&d.level)
+            .bind(DeliveryState::Pending.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        }
+        tx.commit().await.map_err(map_sqlx)
     }
 
     pub async fn task(&self, id: &str) -> Result<TaskRow, ApiError> {
@@ -709,6 +740,16 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(map_sqlx)?;
+        // The report and the notification go out again when the retried task ends.
+        sqlx::query(
+            "UPDATE task_deliveries SET state = $1, attempts = 0, next_ms = 0, last_error = '', \
+             done_ms = NULL WHERE task_id = $2",
+        )
+        .bind(DeliveryState::Pending.as_str())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
         tx.commit().await.map_err(map_sqlx)?;
         Ok(rows.len() as u64)
     }
@@ -820,6 +861,7 @@ impl Store {
             "deletions",
             "dirty_dirs",
             "not_kept",
+            "task_deliveries",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE task_id = $1"))
                 .bind(id)
@@ -1204,6 +1246,8 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
         eta_secs: None,
         files_from: files_from.as_ref().map(|m| m.url.clone()),
         speed_limit_now: None,
+        report_export: None,
+        notification: None,
     };
     Ok(TaskRow {
         info,
@@ -2428,5 +2472,132 @@ impl Store {
         .await
         .map_err(map_sqlx)?;
         Ok((n, last))
+    }
+}
+
+// ---- deliveries at the end of a task: report export, notification ----
+
+/// Kinds of `task_deliveries` rows.
+pub mod delivery_kind {
+    /// The report written to an endpoint (`--report-to`).
+    pub const REPORT: &str = "report";
+    /// The summary posted to a URL (`--notify`).
+    pub const NOTIFY: &str = "notify";
+}
+
+/// A delivery stored with a new task.
+#[derive(Clone, Debug)]
+pub struct NewDelivery {
+    pub kind: &'static str,
+    /// The report's endpoint or the notification URL, as JSON (stored sealed).
+    pub target: String,
+    /// The same without credentials.
+    pub shown: String,
+    /// `all` or `errors` (reports), empty otherwise.
+    pub level: String,
+}
+
+/// A row of `task_deliveries`, its target opened.
+#[derive(Clone, Debug)]
+pub struct DeliveryRow {
+    pub task_id: String,
+    pub kind: String,
+    pub target: String,
+    pub shown: String,
+    pub level: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_ms: i64,
+    pub last_error: String,
+    pub done_ms: Option<i64>,
+}
+
+const DELIVERY_COLUMNS: &str = "d.task_id, d.kind, d.target, d.shown, d.level, d.state, \
+    d.attempts, d.next_ms, d.last_error, d.done_ms";
+
+fn delivery_from_row(r: &AnyRow) -> Result<DeliveryRow, ApiError> {
+    Ok(DeliveryRow {
+        task_id: r.get(0),
+        kind: r.get(1),
+        target: crate::seal::open(r.get::<String, _>(2))?,
+        shown: r.get(3),
+        level: r.get(4),
+        state: r.get(5),
+        attempts: r.get(6),
+        next_ms: r.get(7),
+        last_error: r.get(8),
+        done_ms: r.get(9),
+    })
+}
+
+impl Store {
+    /// The deliveries of a task (report export, notification).
+    pub async fn deliveries(&self, task: &str) -> Result<Vec<DeliveryRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM task_deliveries d WHERE d.task_id = $1 ORDER BY d.kind"
+        ))
+        .bind(task)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    /// Pending deliveries of ended tasks due by `now`, at most `limit`, the longest due first.
+    pub async fn due_deliveries(&self, now: i64, limit: i64) -> Result<Vec<DeliveryRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM task_deliveries d JOIN tasks t ON t.id = d.task_id \
+             WHERE d.state = $1 AND d.next_ms <= $2 AND t.state IN ($3, $4, $5) \
+             ORDER BY d.next_ms, d.task_id, d.kind LIMIT $6"
+        ))
+        .bind(DeliveryState::Pending.as_str())
+        .bind(now)
+        .bind(TaskState::Completed.as_str())
+        .bind(TaskState::Failed.as_str())
+        .bind(TaskState::Cancelled.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    /// Records an attempt of a pending delivery: `state` done (at `at_ms`), failed, or pending
+    /// again from `at_ms` on, with the attempt's error. A delivery no longer pending (its task
+    /// was deleted) is left alone.
+    pub async fn settle_delivery(
+        &self,
+        task: &str,
+        kind: &str,
+        state: DeliveryState,
+        attempts: i64,
+        at_ms: i64,
+        error: &str,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE task_deliveries SET state = $1, attempts = $2, next_ms = $3, last_error = $4, \
+             done_ms = $5 WHERE task_id = $6 AND kind = $7 AND state = $8",
+        )
+        .bind(state.as_str())
+        .bind(attempts)
+        .bind(at_ms)
+        .bind(error)
+        .bind((state == DeliveryState::Done).then_some(at_ms))
+        .bind(task)
+        .bind(kind)
+        .bind(DeliveryState::Pending.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    /// The schedule whose run created task `task`, if any.
+    pub async fn schedule_of_task(&self, task: &str) -> Result<Option<String>, ApiError> {
+        sqlx::query_scalar("SELECT schedule FROM schedule_runs WHERE task_id = $1 LIMIT 1")
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)
     }
 }

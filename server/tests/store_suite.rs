@@ -767,6 +767,10 @@ fn schedule_row(name: &str, next: i64, max_failures: i64) -> btp_server::store::
             start: false,
             files_from: None,
             files_from_options: Default::default(),
+            report_to: None,
+            report_to_options: Default::default(),
+            report_level: None,
+            notify: None,
         },
         state: "active".into(),
         paused_reason: String::new(),
@@ -891,6 +895,89 @@ on_every_backend!(
                 .unwrap()
                 .is_empty());
             assert!(store.delete_schedule("default", "nightly").await.is_err());
+        })
+    }
+);
+
+on_every_backend!(
+    deliveries_wait_for_the_end_of_their_task_and_keep_their_outcome,
+    |store| {
+        Box::pin(async move {
+            use btp_common::api::DeliveryState;
+            use btp_server::store::{delivery_kind, NewDelivery};
+            let ep = |p: &str| Endpoint::parse(p).unwrap();
+            let report = NewDelivery {
+                kind: delivery_kind::REPORT,
+                target: serde_json::to_string(&ep("/reports")).unwrap(),
+                shown: "fs:///reports".into(),
+                level: "errors".into(),
+            };
+            let notify = NewDelivery {
+                kind: delivery_kind::NOTIFY,
+                target: "\"http://127.0.0.1:9/hook?token=x\"".into(),
+                shown: "http://127.0.0.1:9/hook?***".into(),
+                level: String::new(),
+            };
+            store
+                .insert_task_with(
+                    &info("d1", TaskOptions::default()),
+                    &ep("/src"),
+                    &ep("/dst"),
+                    None,
+                    &[report, notify],
+                )
+                .await
+                .unwrap();
+            let t = store.task("d1").await.unwrap();
+            let rows = store.deliveries("d1").await.unwrap();
+            assert_eq!(rows.len(), 2);
+            assert_eq!(
+                (rows[0].kind.as_str(), rows[1].kind.as_str()),
+                ("notify", "report")
+            );
+            assert_eq!(rows[0].target, "\"http://127.0.0.1:9/hook?token=x\"");
+            assert_eq!(rows[1].level, "errors");
+            assert!(rows.iter().all(|d| d.state == "pending" && d.attempts == 0));
+            // Not due before the task ends.
+            store.start_task(&t, 1).await.unwrap();
+            assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
+            store.cancel_task("d1", 2).await.unwrap();
+            assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap().len(), 2);
+            // A failed attempt waits for its next time; a done one is no longer due.
+            store
+                .settle_delivery("d1", "notify", DeliveryState::Pending, 1, 5_000, "HTTP 500")
+                .await
+                .unwrap();
+            store
+                .settle_delivery("d1", "report", DeliveryState::Done, 1, 1_000, "")
+                .await
+                .unwrap();
+            assert!(store.due_deliveries(4_999, 10).await.unwrap().is_empty());
+            let due = store.due_deliveries(5_000, 10).await.unwrap();
+            assert_eq!(due.len(), 1);
+            assert_eq!(
+                (due[0].attempts, due[0].last_error.as_str()),
+                (1, "HTTP 500")
+            );
+            store
+                .settle_delivery("d1", "notify", DeliveryState::Failed, 8, 6_000, "HTTP 500")
+                .await
+                .unwrap();
+            let rows = store.deliveries("d1").await.unwrap();
+            assert_eq!(
+                rows.iter()
+                    .map(|d| (d.state.as_str(), d.done_ms))
+                    .collect::<Vec<_>>(),
+                [("failed", None), ("done", Some(1_000))]
+            );
+            // A settled delivery is not changed again.
+            store
+                .settle_delivery("d1", "report", DeliveryState::Failed, 2, 0, "late")
+                .await
+                .unwrap();
+            assert_eq!(store.deliveries("d1").await.unwrap()[1].state, "done");
+            store.delete_task("d1").await.unwrap();
+            assert!(store.deliveries("d1").await.unwrap().is_empty());
         })
     }
 );

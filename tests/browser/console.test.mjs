@@ -6,7 +6,7 @@
 // Environment: BTP (the binary), CHROMIUM (default /usr/bin/chromium), BTP_ARTIFACTS (where
 // screenshots and the downloaded report go; default target/browser-artifacts).
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -295,6 +295,41 @@ try {
     results.push(`     1,000-task list: rendered ${at} ms after navigation start, ${fetchRender} ms fetch + render`);
     assert.ok(at > 0 && at < 1000, `the 1,000-task list took ${at} ms`);
     await a.screenshot({ path: path.join(ARTIFACTS, '07-1000-tasks.png') });
+  });
+
+  await step('the schedules view shows a schedule created through the CLI, with its runs', async () => {
+    const natsUrl = logs().match(/NATS URL: (\S+)/)[1];
+    const cli = (...args) => execFileSync(BTP, args, { env: { ...process.env, BTP_NATS_URL: natsUrl }, encoding: 'utf8' });
+    cli('schedule', 'create', 'often', '--every', '2s', '--src', srcRoot, '--dst', path.join(tmp, 'scheduled'));
+    await a.goto(`${base}/#/schedules`);
+    const row = a.locator('tr[data-schedule=often]');
+    await row.locator('[data-state=active]').waitFor();
+    assert.match(await row.innerText(), /every 2s/);
+    assert.notEqual(await row.locator('[data-next]').innerText(), '–', 'no next firing shown');
+    await row.locator('a').first().click();
+    await a.waitForURL(/#\/schedule\/often/);
+    await a.locator('#runs tbody tr[data-run="1"] [data-state=completed]').waitFor();
+    const run = await a.locator('#runs tbody tr[data-run="1"]').innerText();
+    assert.match(run, new RegExp(`\\b${tree.length}\\b`), `run 1 does not show ${tree.length} files copied: ${run}`);
+    await a.screenshot({ path: path.join(ARTIFACTS, '09-schedule-runs.png'), fullPage: true });
+    cli('schedule', 'pause', 'often');
+    await a.locator('#schedule-state [data-state=paused]').waitFor();
+    await a.goto(`${base}/#/schedules`);
+    await a.locator('tr[data-schedule=often] [data-state=paused]').waitFor();
+  });
+
+  await step('the task view shows the report export of a task created with report_to', async () => {
+    const reports = path.join(tmp, 'reports');
+    const t = await call(base, 'task.create', { src: srcRoot, dst: path.join(tmp, 'reported'), start: true, report_to: reports });
+    await a.goto(`${base}/#/task/${encodeURIComponent(t.id)}`);
+    await a.locator('#task-state [data-state=completed]').waitFor();
+    await a.locator('tr[data-delivery=report_export] [data-state=done]').waitFor();
+    const shown = await a.locator('tr[data-delivery=report_export]').innerText();
+    assert.ok(shown.includes(reports), `the report's destination is not shown: ${shown}`);
+    const summary = JSON.parse(fs.readFileSync(path.join(reports, t.id, 'summary.json'), 'utf8'));
+    assert.equal(summary.task, t.id);
+    assert.equal(summary.counters.files_copied, tree.length);
+    await a.screenshot({ path: path.join(ARTIFACTS, '10-report-export.png'), fullPage: true });
   });
 
   await step('a server with tokens makes the console ask for one, and refuses a wrong one', async () => {
