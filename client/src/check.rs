@@ -381,10 +381,15 @@ pub(crate) async fn list(
                 }
             }
         } else {
-            // Read on where the merge waits; done when both sides are.
-            let side = if (src.files.is_empty() || src.dirs.is_empty()) && !src.done {
+            // Read on at the side the merge waits for (one whose queue is empty), so neither
+            // side is read further ahead than the other needs; done when both sides are.
+            let side = if src.files.is_empty() && !src.done {
                 &mut src
-            } else if (dst.files.is_empty() || dst.dirs.is_empty()) && !dst.done {
+            } else if dst.files.is_empty() && !dst.done {
+                &mut dst
+            } else if src.dirs.is_empty() && !src.done {
+                &mut src
+            } else if dst.dirs.is_empty() && !dst.done {
                 &mut dst
             } else {
                 break;
@@ -537,4 +542,45 @@ pub(crate) async fn hash(
         bytes_hashed: hashed,
     };
     ctx.sink.send(job, 0, true, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(path: &str, size: u64, etag: Option<&str>) -> Item {
+        Item {
+            path: path.into(),
+            dir: false,
+            size,
+            mtime_ms: None,
+            etag: etag.map(String::from),
+            link: None,
+            problem: None,
+        }
+    }
+
+    #[test]
+    fn metadata_differs_by_size_then_by_an_older_destination() {
+        assert_eq!(compare_meta(3, Some(5_000), 4, Some(9_000)), Some("size"));
+        assert_eq!(compare_meta(3, Some(5_999), 3, Some(4_000)), Some("mtime"));
+        // Whole seconds, and a newer destination (an upload time) is the same.
+        assert_eq!(compare_meta(3, Some(5_999), 3, Some(5_000)), None);
+        assert_eq!(compare_meta(3, Some(5_000), 3, Some(99_000)), None);
+        // A side without times compares by size only.
+        assert_eq!(compare_meta(3, None, 3, Some(1)), None);
+    }
+
+    #[test]
+    fn only_plain_md5_etags_stand_for_contents() {
+        let md5 = "9e107d9d372bb6826bd81d3542a419d6";
+        let a = item("a", 1, Some(md5));
+        assert!(plain_md5s(&a, &item("a", 1, Some(&md5.to_uppercase()))).is_some());
+        assert!(plain_md5s(
+            &a,
+            &item("a", 1, Some("9e107d9d372bb6826bd81d3542a419d6-2"))
+        )
+        .is_none());
+        assert!(plain_md5s(&a, &item("a", 1, None)).is_none());
+    }
 }

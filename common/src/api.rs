@@ -778,6 +778,9 @@ pub struct TaskEvent {
     pub task: String,
     pub state: TaskState,
     pub at_ms: i64,
+    /// A check task's verdicts so far (mode check only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckCounts>,
 }
 
 /// `task.list`: optionally only tasks in `state`, newest first, paged.

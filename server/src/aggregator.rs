@@ -234,7 +234,12 @@ async fn after_commit(ctx: &crate::Shared, effects: Effects) {
     crate::telemetry::record_check(&effects.verdicts, effects.bytes_hashed);
     for (tenant, task, state) in effects.finished {
         ctx.speed.forget(&task);
-        crate::events::publish(&ctx.nats, &tenant, &task, state).await;
+        // A check's event carries its verdict counts.
+        let check = match ctx.store.task(&task).await {
+            Ok(t) => t.info.check,
+            Err(_) => None,
+        };
+        crate::events::publish(&ctx.nats, &tenant, &task, state, check).await;
     }
 }
 

@@ -335,7 +335,7 @@ impl Api {
     }
 
     async fn event(&self, t: &TaskInfo) {
-        crate::events::publish(&self.ctx.nats, &t.tenant, &t.id, t.state).await;
+        crate::events::publish(&self.ctx.nats, &t.tenant, &t.id, t.state, t.check.clone()).await;
     }
 
     async fn create(
