@@ -447,3 +447,30 @@ fn check_refuses_bad_input_with_exit_2() {
     let out = btp_local(&["check", "nope://x", dir.path().to_str().unwrap()]);
     assert_eq!(exit_code(&out), 2, "{}", stderr(&out));
 }
+
+/// A file that cannot be read gets an `error` verdict with the reason, and the check fails.
+#[test]
+fn an_unreadable_file_is_an_error_verdict() {
+    let dir = test_dir();
+    let mut c = Cluster::start(dir.path(), &[]);
+    c.add_client_env(&[], &[("BTP_FAULT_UNREADABLE", "secret")]);
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    for root in [&src, &dst] {
+        std::fs::create_dir_all(root).unwrap();
+        std::fs::write(root.join("plain.txt"), "same").unwrap();
+        std::fs::write(root.join("secret.txt"), "same too").unwrap();
+    }
+    let id = c.start_task(&src, &dst, &["--mode", "check", "--compare", "checksum"]);
+    let t = wait_task(&c.url, &id, Duration::from_secs(60));
+    assert_eq!(t["state"], "failed", "{t}");
+    assert_eq!(
+        (t["check"]["same"].as_u64(), t["check"]["errors"].as_u64()),
+        (Some(1), Some(1)),
+        "{t}"
+    );
+    let d = task_differences(&c.url, &id);
+    assert_eq!(d.len(), 1, "{d:?}");
+    let (verdict, what) = &d["secret.txt"];
+    assert_eq!(verdict, "error");
+    assert!(what.contains("injected read fault"), "{what}");
+}
