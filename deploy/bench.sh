@@ -25,6 +25,11 @@
 #                 that many empty files named by a manifest on a local moto server
 #                 (`--files-from s3://...`) through the two-client cluster, prints the server's and
 #                 the clients' peak RSS and replaces the "Manifest" section of BENCHMARKS.md.
+#   CHECK_FILES   when set (the figure to run is 100000): only the check run, which verifies a
+#                 copy of that many 4 KiB files (fs -> fs on BENCH_DIR) with `--mode check`
+#                 through the two-client cluster, by size and time and with `--compare checksum`,
+#                 next to `rclone check --size-only` and `rclone check` (MD5s) on the same data,
+#                 and replaces the "Check" section of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
@@ -47,13 +52,16 @@ HA_SMALL=${HA_SMALL:-5000}
 HA_BIG=${HA_BIG:-2}
 HA_ONLY=${HA_ONLY:-0}
 MANIFEST_LINES=${MANIFEST_LINES:-0}
+CHECK_FILES=${CHECK_FILES:-0}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 
 ensure_rust
 ensure_nats_server
 [ "$MANIFEST_LINES" -gt 0 ] || command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
 [ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
-[ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] && [ "$MANIFEST_LINES" -eq 0 ] || ensure_moto
+if [ "$CHECK_FILES" -eq 0 ]; then
+    [ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] && [ "$MANIFEST_LINES" -eq 0 ] || ensure_moto
+fi
 
 if [ -n "${BTP_BIN:-}" ]; then
     BTP=$BTP_BIN # a binary already built (BUILD says which profile, for the notes)
@@ -90,7 +98,7 @@ gen_big() { # dir count mib
     for i in $(seq 1 "$2"); do head -c $(( $3 * 1024 * 1024 )) /dev/urandom > "$1/big-$i.bin"; done
 }
 
-if [ "$SSC_ONLY" != 1 ] && [ "$HA_ONLY" != 1 ] && [ "$MANIFEST_LINES" -eq 0 ]; then
+if [ "$SSC_ONLY" != 1 ] && [ "$HA_ONLY" != 1 ] && [ "$MANIFEST_LINES" -eq 0 ] && [ "$CHECK_FILES" -eq 0 ]; then
 log "generating data sets in $BENCH_DIR"
 gen_small "$BENCH_DIR/small" "$SMALL_FILES" "$SMALL_SIZE"
 gen_big "$BENCH_DIR/big" "$BIG_FILES" "$BIG_MIB"
@@ -316,6 +324,55 @@ if [ "$HA_ONLY" = 1 ]; then
     exit 0
 fi
 
+
+# A check of a copy of CHECK_FILES files of 4 KiB (fs -> fs): btp's check tasks through the
+# two-client cluster against rclone check on the same two trees, by metadata and by MD5.
+if [ "$CHECK_FILES" -gt 0 ]; then
+    rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+    log "check run: $CHECK_FILES files"
+    gen_small "$BENCH_DIR/csrc" "$CHECK_FILES" 4096
+    cp -a "$BENCH_DIR/csrc" "$BENCH_DIR/cdst"
+    bytes=$(du -sb --apparent-size "$BENCH_DIR/csrc" | cut -f1)
+    CHECK=""
+    check_row() { # what tool seconds rss_kib [hashed_bytes]
+        local rate hashed="-"
+        rate=$(printf '%.0f' "$(echo "$CHECK_FILES / $3" | bc -l)")
+        [ -n "${5:-}" ] && hashed="$(printf '%.1f' "$(echo "$5 / 1048576 / $3" | bc -l)") MiB/s"
+        CHECK+="| $1 | $2 | $(printf '%.2f' "$3") s | $rate files/s | $hashed | $(( $4 / 1024 )) MiB |"$'\n'
+        log "check: $1, $2: $3 s"
+    }
+    line=$(timed rclone check --size-only --checkers "$WORKERS" "$BENCH_DIR/csrc" "$BENCH_DIR/cdst")
+    check_row "size" "rclone check --size-only" $line
+    line=$(timed rclone check --checkers "$WORKERS" "$BENCH_DIR/csrc" "$BENCH_DIR/cdst")
+    check_row "content (MD5)" "rclone check" $line "$(( bytes * 2 ))"
+    cluster_start
+    for compare in size-mtime checksum; do
+        line=$(cluster_run "$BENCH_DIR/csrc" "$BENCH_DIR/cdst" --mode check --compare "$compare")
+        id=$(cat "$BENCH_DIR/last-task")
+        "$BTP" task report "$id" -o json > "$BENCH_DIR/check-report.json"
+        read -r same hashed shares < <(python3 - "$BENCH_DIR/check-report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r["task"]["check"]
+print(c["same"], c["bytes_hashed"], "/".join(str(s["jobs"]) for s in r["clients"]))
+PY
+)
+        [ "$same" = "$CHECK_FILES" ] || { echo "check $id: $same of $CHECK_FILES paths the same" >&2; exit 1; }
+        set -- $line
+        what="size and time"; [ "$compare" = checksum ] && what="content (MD5)"
+        check_row "$what" "btp check, 2 clients (jobs $shares)" "$1" "$(( $2 > $3 ? $2 : $3 ))" \
+            "$([ "$compare" = checksum ] && echo "$hashed")"
+    done
+    cluster_stop
+    printf '%s\n' "## Check" "" \
+        "\`CHECK_FILES=$CHECK_FILES deploy/bench.sh\`: a copy of $CHECK_FILES files of 4 KiB ($(( bytes / 1048576 )) MiB, 200 directories; \`cp -a\`, so times match) checked on tmpfs, every path the same; $(nproc) cores, $BUILD build of btp. btp: a check task through the two-client cluster (2 clients of $(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers; the jobs each client ran in brackets), time from its report, peak RSS of the largest btp process (server or client); rclone: \`--checkers $WORKERS\`, wall time and peak RSS. Hashed: bytes read and hashed per second, both sides." "" \
+        "| compared | tool | time | rate | hashed | peak RSS |" "| --- | --- | --- | --- | --- | --- |" \
+        > "$BENCH_DIR/check.md"
+    printf '%s' "$CHECK" >> "$BENCH_DIR/check.md"
+    replace_section "## Check" "$BENCH_DIR/check.md"
+    rm -rf "$BENCH_DIR/csrc" "$BENCH_DIR/cdst"
+    exit 0
+fi
 
 # A manifest of MANIFEST_LINES lines on moto names as many empty files of a file-system source:
 # the task plans from the manifest (no listing of the source) and copies exactly those files.

@@ -66,6 +66,10 @@ enum Command {
     },
     /// One-shot copy: a temporary standalone cluster for one task; exits 0 only if every file was copied.
     Copy(Box<CopyArgs>),
+    /// One-shot check that DST holds what SRC holds (a temporary standalone cluster, nothing
+    /// written to either side): a verdict per path; exits 0 only if every path is the same, 1
+    /// when some differ, are missing or extra, 2 on error.
+    Check(Box<CheckArgs>),
     /// Tenants of a server run with --admin-token-file (admin token).
     Tenant {
         #[command(subcommand)]
@@ -316,8 +320,12 @@ pub enum TaskCommand {
     Resume(IdArgs),
     /// Cancel a task: queued jobs are dropped, in-flight copies aborted.
     Cancel(IdArgs),
-    /// Run only the failed files of a finished task again.
+    /// Run only the failed files of a finished task again; for a check task, create (and
+    /// start) a copy task of exactly its differing and missing paths.
     Retry(IdArgs),
+    /// Check a finished task's source against its destination with that task's filters: a
+    /// new check task (see `btp check`), started at once.
+    Verify(VerifyArgs),
     /// Change a task's settings while it runs (the speed limit applies within seconds).
     Set(SetArgs),
     /// Delete a task that is not running (with its report).
@@ -330,6 +338,20 @@ pub enum TaskCommand {
 pub struct IdArgs {
     /// Task id.
     pub id: String,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct VerifyArgs {
+    /// Task id.
+    pub id: String,
+    /// Compare contents too (MD5; plain ETags where both sides have them, else read and hashed).
+    #[arg(long)]
+    pub checksum: bool,
+    /// Only check that the source's files are at the destination (no `extra` verdicts).
+    #[arg(long)]
+    pub one_way: bool,
     #[command(flatten)]
     pub output: OutputOpts,
 }
@@ -380,6 +402,10 @@ pub struct ReportArgs {
     /// Print only the failed files with their reasons and attempts.
     #[arg(long)]
     pub failed: bool,
+    /// Check tasks: print every path that is not the same (verdict, what differs, size), all
+    /// pages.
+    #[arg(long, conflicts_with = "failed")]
+    pub differences: bool,
     /// Most failed files to include.
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
@@ -416,6 +442,52 @@ pub struct CopyArgs {
     pub endpoints: task::EndpointOpts,
     #[command(flatten)]
     pub plan: task::PlanOpts,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct CheckArgs {
+    /// Source (fs:///path, a path, or any endpoint URL).
+    pub src: String,
+    /// Destination (fs:///path, a path, or any endpoint URL).
+    pub dst: String,
+    /// Compare contents too (MD5): ETags where both sides have a plain MD5 one, otherwise the
+    /// files are read and hashed by the workers. Without it, size and modification time.
+    #[arg(long)]
+    pub checksum: bool,
+    /// Only check that the source's files are at the destination (no `extra` verdicts).
+    #[arg(long)]
+    pub one_way: bool,
+    /// Check only files matching this glob; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out files matching this glob; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Leave out files smaller than this, e.g. 1KiB.
+    #[arg(long)]
+    pub min_size: Option<String>,
+    /// Leave out files larger than this, e.g. 10GiB.
+    #[arg(long)]
+    pub max_size: Option<String>,
+    /// Symbolic links of a file-system source: `copy` compares them as links, `follow`
+    /// compares what they point to, `skip` leaves them out.
+    #[arg(long, default_value = "copy", value_parser = ["copy", "follow", "skip"])]
+    pub links: String,
+    /// Speed limit for the reads of the hashing, over all clients, e.g. 50MiB/s.
+    #[arg(long, value_parser = btp_common::api::SpeedLimit::parse)]
+    pub speed_limit: Option<btp_common::api::SpeedLimit>,
+    /// Most files in one Hash job.
+    #[arg(long, default_value_t = btp_common::api::TaskOptions::default().batch_files)]
+    pub batch_files: u32,
+    /// Most entries in one listing page.
+    #[arg(long, default_value_t = btp_common::api::TaskOptions::default().list_page_entries)]
+    pub list_page_entries: u32,
+    #[command(flatten)]
+    pub client: ClientOpts,
+    #[command(flatten)]
+    pub endpoints: task::EndpointOpts,
     #[command(flatten)]
     pub output: OutputOpts,
 }
@@ -504,6 +576,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => task::health(&url, o).await,
         Command::Task { command } => task::dispatch(&url, command).await,
         Command::Copy(a) => run::copy(*a).await,
+        Command::Check(a) => run::check(*a).await,
         Command::Tenant { command } => tenant::tenant(&url, command).await,
         Command::Token { command } => tenant::token(&url, command).await,
         Command::Endpoint { command } => endpoint::endpoint(&url, command).await,

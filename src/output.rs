@@ -90,6 +90,17 @@ fn task_rows(t: &TaskInfo) -> Vec<Vec<String>> {
         ),
         kv("Jobs", format!("{}/{} done", t.jobs_done, t.jobs_total)),
     ]);
+    if let Some(c) = &t.check {
+        rows.push(kv("Verdicts", check_line(c, t.options.one_way)));
+        rows.push(kv(
+            "Contents",
+            if c.contents_compared {
+                format!("compared ({} hashed)", Bytes(c.bytes_hashed))
+            } else {
+                "not compared (size and modification time only; --checksum compares them)".into()
+            },
+        ));
+    }
     if t.state == btp_common::api::TaskState::Running {
         let eta = t
             .eta_secs
@@ -244,6 +255,35 @@ pub fn report(r: &Report) {
         }
         table(&rows);
     }
+}
+
+/// A check's verdict counts on one line.
+pub fn check_line(c: &btp_common::api::CheckCounts, one_way: bool) -> String {
+    let extra = if one_way {
+        "extra not looked for".to_string()
+    } else {
+        format!("{} extra", c.extra)
+    };
+    format!(
+        "{} same, {} differ, {} missing, {extra}, {} errors",
+        c.same, c.differs, c.missing, c.errors
+    )
+}
+
+/// Verdicts as a table: path, verdict, what differs (or why not compared), size.
+pub fn verdicts(list: &[btp_common::wire::Verdict]) {
+    let mut rows = vec![["VERDICT", "WHAT", "SIZE", "PATH"]
+        .map(String::from)
+        .to_vec()];
+    for v in list {
+        rows.push(vec![
+            v.verdict.as_str().into(),
+            v.what.clone(),
+            Bytes(v.size).to_string(),
+            v.path.clone(),
+        ]);
+    }
+    table(&rows);
 }
 
 pub fn failures(list: &[FileFailure]) {

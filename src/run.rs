@@ -10,7 +10,9 @@ use btp_server::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::{ClientOpts, ClientRunArgs, CopyArgs, QueueOpts, ServerRunArgs, StandaloneArgs};
+use crate::{
+    CheckArgs, ClientOpts, ClientRunArgs, CopyArgs, QueueOpts, ServerRunArgs, StandaloneArgs,
+};
 
 /// Resolves when Ctrl-C or SIGTERM arrives.
 async fn shutdown_signal() {
@@ -294,6 +296,30 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
     let cluster = Cluster::start(tmp.path(), None, &a.client, Console::default(), true).await?;
     let result = crate::task::run_to_end(&cluster.url(), req, a.output.output).await;
     // A signal during the copy stops everything too; in-flight jobs are handed back.
+    cluster.stop().await?;
+    result
+}
+
+/// `btp check`: a temporary cluster for one check task. Any error (bad input, a check that
+/// could not run) exits 2, as differences exit 1.
+pub async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    match check_run(a).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: {}", crate::one_line(&e));
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+async fn check_run(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let req = crate::task::check_request(&a)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("btp-check-")
+        .tempdir()
+        .context("create a temporary data dir")?;
+    let cluster = Cluster::start(tmp.path(), None, &a.client, Console::default(), true).await?;
+    let result = crate::task::check_to_end(&cluster.url(), req, a.output.output).await;
     cluster.stop().await?;
     result
 }

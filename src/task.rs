@@ -160,9 +160,15 @@ pub struct PlanOpts {
     /// Verify each copy by its size, or also by its content hash (MD5).
     #[arg(long, default_value = "size", value_parser = ["size", "checksum"])]
     pub verify: String,
-    /// `copy` leaves destination files the source lacks; `sync` deletes them.
-    #[arg(long, default_value = "copy", value_parser = ["copy", "sync"])]
+    /// `copy` leaves destination files the source lacks; `sync` deletes them; `check` copies
+    /// nothing and keeps a verdict per path (same, differs, missing, extra, error), comparing
+    /// contents too with `--compare checksum` (see `btp check`).
+    #[arg(long, default_value = "copy", value_parser = ["copy", "sync", "check"])]
     pub mode: String,
+    /// With `--mode check`: only check that the source's files are at the destination (no
+    /// `extra` verdicts).
+    #[arg(long)]
+    pub one_way: bool,
     /// Only report what would be copied and deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -196,6 +202,55 @@ pub struct PlanOpts {
     /// root; where it cannot, or the destination has no owners, the per-file report says so).
     #[arg(long, value_parser = ["owner"])]
     pub preserve: Vec<String>,
+}
+
+/// The request of `btp check`: a check task, started at once.
+pub fn check_request(a: &crate::CheckArgs) -> anyhow::Result<CreateTask> {
+    let size_opt = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+        v.as_deref()
+            .map(|v| parse_size(v).map_err(|e| anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let filter = btp_common::filter::Filter {
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+        min_size: size_opt("--min-size", &a.min_size)?,
+        max_size: size_opt("--max-size", &a.max_size)?,
+    };
+    let (report_to, report_to_options, report_level, notify) = deliveries(&a.endpoints)?;
+    Ok(CreateTask {
+        src: endpoint_arg(&a.src)?,
+        dst: endpoint_arg(&a.dst)?,
+        src_options: resolve_opts("--src-opt", &a.endpoints.src_opts)?,
+        dst_options: resolve_opts("--dst-opt", &a.endpoints.dst_opts)?,
+        options: TaskOptions {
+            batch_files: a.batch_files,
+            list_page_entries: a.list_page_entries,
+            speed_limit: a.speed_limit.clone(),
+            compare: if a.checksum {
+                btp_common::api::Compare::Checksum
+            } else {
+                btp_common::api::Compare::SizeMtime
+            },
+            mode: btp_common::api::Mode::Check,
+            filter,
+            links: btp_common::api::Links::parse(&a.links).unwrap_or_default(),
+            one_way: a.one_way,
+            ..TaskOptions::default()
+        },
+        start: true,
+        files_from: a
+            .endpoints
+            .files_from
+            .as_deref()
+            .map(endpoint_arg)
+            .transpose()?,
+        files_from_options: resolve_opts("--files-from-opt", &a.endpoints.files_from_opts)?,
+        report_to,
+        report_to_options,
+        report_level,
+        notify,
+    })
 }
 
 /// Turns a local path argument into an absolute one; URLs are passed on as they are.
@@ -233,6 +288,7 @@ pub fn create_request(
         min_size: size_opt("--min-size", &plan.min_size)?,
         max_size: size_opt("--max-size", &plan.max_size)?,
     };
+    let (report_to, report_to_options, report_level, notify) = deliveries(endpoints)?;
     Ok(CreateTask {
         src: endpoint_arg(src)?,
         dst: endpoint_arg(dst)?,
@@ -260,6 +316,7 @@ pub fn create_request(
                 .iter()
                 .filter_map(|p| btp_common::api::Preserve::parse(p))
                 .collect(),
+            one_way: plan.one_way,
             ..TaskOptions::default()
         },
         start,
@@ -269,18 +326,37 @@ pub fn create_request(
             .map(endpoint_arg)
             .transpose()?,
         files_from_options: resolve_opts("--files-from-opt", &endpoints.files_from_opts)?,
-        report_to: endpoints
+        report_to,
+        report_to_options,
+        report_level,
+        notify,
+    })
+}
+
+/// Where the report and the notification of a task go: `--report-to` (absolute), its options,
+/// `--report-level`, `--notify`.
+#[allow(clippy::type_complexity)]
+fn deliveries(
+    endpoints: &EndpointOpts,
+) -> anyhow::Result<(
+    Option<String>,
+    std::collections::BTreeMap<String, String>,
+    Option<btp_common::api::ReportLevel>,
+    Option<String>,
+)> {
+    Ok((
+        endpoints
             .report_to
             .as_deref()
             .map(endpoint_arg)
             .transpose()?,
-        report_to_options: resolve_opts("--report-to-opt", &endpoints.report_to_opts)?,
-        report_level: endpoints
+        resolve_opts("--report-to-opt", &endpoints.report_to_opts)?,
+        endpoints
             .report_level
             .as_deref()
             .and_then(btp_common::api::ReportLevel::parse),
-        notify: endpoints.notify.clone(),
-    })
+        endpoints.notify.clone(),
+    ))
 }
 
 pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
@@ -339,6 +415,9 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             let r: TaskRef = call(&api, verbs::TASK_DELETE, &TaskRef { id: a.id }).await?;
             print(a.output.output, &r, |r| println!("deleted task {}", r.id));
         }
+        TaskCommand::Report(a) if a.differences => {
+            verdicts(&api, &a.id, true, a.output.output).await?;
+        }
         TaskCommand::Report(a) => {
             let req = ReportRequest {
                 id: a.id,
@@ -353,7 +432,23 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 (false, o) => print(o, &r, output::report),
             }
         }
-        TaskCommand::Files(a) => files(&api, a).await?,
+        TaskCommand::Files(a) => {
+            let t: TaskInfo = call(&api, verbs::TASK_GET, &TaskRef { id: a.id.clone() }).await?;
+            if t.check.is_some() {
+                verdicts(&api, &a.id, false, a.output.output).await?;
+            } else {
+                files(&api, a).await?
+            }
+        }
+        TaskCommand::Verify(a) => {
+            let req = btp_common::api::VerifyTask {
+                id: a.id,
+                checksum: a.checksum,
+                one_way: a.one_way,
+            };
+            let t: TaskInfo = call(&api, verbs::TASK_VERIFY, &req).await?;
+            print(a.output.output, &t, output::task);
+        }
         TaskCommand::Pause(a) => change(&api, verbs::TASK_PAUSE, a).await?,
         TaskCommand::Resume(a) => change(&api, verbs::TASK_RESUME, a).await?,
         TaskCommand::Cancel(a) => change(&api, verbs::TASK_CANCEL, a).await?,
@@ -432,6 +527,102 @@ async fn files(api: &ApiClient, a: IdArgs) -> anyhow::Result<()> {
             None => return Ok(()),
         }
     }
+}
+
+/// Prints a check task's verdicts page by page (`differences`: only those that are not
+/// `same`), as a table, CSV (path,size,verdict,what) or one JSON object per line.
+pub(crate) async fn verdicts(
+    api: &ApiClient,
+    id: &str,
+    differences: bool,
+    out: Output,
+) -> anyhow::Result<u64> {
+    use std::io::Write;
+    if matches!(out, Output::Csv) {
+        print!(
+            "{}",
+            btp_common::csv::line(&["path", "size", "verdict", "what"])
+        );
+    }
+    let (mut after, mut n) = (None, 0u64);
+    loop {
+        let req = btp_common::api::VerdictsRequest {
+            id: id.to_string(),
+            after,
+            limit: 5000,
+            differences,
+        };
+        let page: btp_common::api::VerdictList = call(api, verbs::TASK_VERDICTS, &req).await?;
+        n += page.verdicts.len() as u64;
+        match out {
+            Output::Table if !page.verdicts.is_empty() => output::verdicts(&page.verdicts),
+            Output::Table => {}
+            Output::Json | Output::Csv => {
+                let mut stdout = std::io::stdout().lock();
+                for v in &page.verdicts {
+                    if matches!(out, Output::Json) {
+                        writeln!(stdout, "{}", serde_json::to_string(v)?)?;
+                    } else {
+                        write!(
+                            stdout,
+                            "{}",
+                            btp_common::csv::line(&[
+                                v.path.as_str(),
+                                &v.size.to_string(),
+                                v.verdict.as_str(),
+                                &v.what,
+                            ])
+                        )?;
+                    }
+                }
+            }
+        }
+        match page.next {
+            Some(p) => after = Some(p),
+            None => return Ok(n),
+        }
+    }
+}
+
+/// Runs a check task to its end and prints its summary and every path that is not the same.
+/// Exit code: 0 when every path is the same (`--one-way`: extra paths do not count), 1 when
+/// some differ, are missing or extra, 2 when the check could not run or a path could not be
+/// compared.
+pub async fn check_to_end(url: &str, req: CreateTask, out: Output) -> anyhow::Result<ExitCode> {
+    let api = ApiClient::connect(url).await?;
+    let t: TaskInfo = call(&api, verbs::TASK_CREATE, &req).await?;
+    let t = tokio::select! {
+        t = watch(&api, &t.id) => t?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; check {} did not finish", t.id),
+    };
+    let r: Report = call(&api, verbs::TASK_REPORT, &report_req(t.id.clone())).await?;
+    if matches!(out, Output::Json) {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    verdicts(&api, &t.id, true, out).await?;
+    let c = t.check.clone().unwrap_or_default();
+    if matches!(out, Output::Table) {
+        println!(
+            "Check {}: {}",
+            t.id,
+            output::check_line(&c, t.options.one_way)
+        );
+        if !r.failures.is_empty() {
+            output::failures(&r.failures);
+        }
+        if !c.contents_compared {
+            println!(
+                "Contents were not compared (size and modification time only): use --checksum to compare them."
+            );
+        }
+    }
+    Ok(if t.state != TaskState::Completed || c.errors > 0 {
+        ExitCode::from(2)
+    } else if c.clean(t.options.one_way) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A state change (pause, resume, cancel, retry): prints the task as it is afterwards.

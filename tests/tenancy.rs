@@ -1039,6 +1039,7 @@ fn forged_page() -> btp_common::wire::ResultBody {
         bytes_skipped: 0,
         noted: vec![],
         extra: vec![],
+        verdicts: vec![],
     }
 }
 

@@ -107,6 +107,8 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
             delete_excluded,
             links,
             manifest,
+            check,
+            one_way,
         } => {
             let filter = filter.compile().map_err(JobError::Permanent)?;
             let opts = ListOpts {
@@ -118,11 +120,15 @@ pub async fn execute(job: &Job, ctx: &JobContext<'_>) -> Result<(), JobError> {
                 links: *links,
             };
             match manifest {
+                // A check's manifest pages carry the files found at the source; their Hash
+                // jobs compare each with the destination.
                 Some(m) => crate::manifest::list(job, m, &opts, ctx).await,
+                None if *check => crate::check::list(job, dir, &opts, *one_way, ctx).await,
                 None => list(job, dir, &opts, ctx).await,
             }
         }
         JobKind::Copy { files } => copy(job, files, ctx).await,
+        JobKind::Hash { files } => crate::check::hash(job, files, ctx).await,
         JobKind::Upload { file, .. } => crate::parts::upload(job, file, ctx).await,
         JobKind::Part {
             file,
@@ -161,21 +167,22 @@ pub(crate) const REASON_MAX: usize = 240;
 #[derive(Default)]
 pub(crate) struct Page {
     pub files: Vec<FileEntry>,
-    dirs: Vec<String>,
+    pub(crate) dirs: Vec<String>,
     noted: Vec<Noted>,
     extra: Vec<FileEntry>,
+    pub(crate) verdicts: Vec<btp_common::wire::Verdict>,
     /// Entries in the page, whatever became of them, and their weight in bytes.
     entries: usize,
     bytes: u64,
 }
 
 impl Page {
-    fn add(&mut self, path: &str, reason: bool) {
+    pub(crate) fn add(&mut self, path: &str, reason: bool) {
         self.entries += 1;
         self.bytes += path.len() as u64 + 48 + if reason { REASON_MAX as u64 } else { 0 };
     }
 
-    fn full(&self, opts: &ListOpts<'_>) -> bool {
+    pub(crate) fn full(&self, opts: &ListOpts<'_>) -> bool {
         self.entries >= opts.page_entries || self.bytes >= opts.page_bytes
     }
 
@@ -207,6 +214,7 @@ impl Page {
             bytes_skipped: 0,
             noted: page.noted,
             extra: page.extra,
+            verdicts: page.verdicts,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 mod azblob;
+mod check;
 mod dstpath;
 pub mod errors;
 pub mod exec;

@@ -3,6 +3,7 @@
 
 pub const BYTES_COPIED: &str = "btp_client_bytes_copied_total";
 pub const BYTES_THROUGH: &str = "btp_client_bytes_through_total";
+pub const BYTES_HASHED: &str = "btp_client_bytes_hashed_total";
 pub const FILES_COPIED: &str = "btp_client_files_copied_total";
 pub const FILES_FAILED: &str = "btp_client_files_failed_total";
 pub const FILES_SKIPPED: &str = "btp_client_files_skipped_total";
@@ -44,6 +45,11 @@ pub fn describe() {
         BYTES_THROUGH,
         Unit::Bytes,
         "Bytes this client read from sources to copy them (none for server-side copies)."
+    );
+    describe_counter!(
+        BYTES_HASHED,
+        Unit::Bytes,
+        "Bytes this client read and hashed to compare contents for check tasks."
     );
     describe_counter!(FILES_COPIED, "Files copied completely by this client.");
     describe_counter!(

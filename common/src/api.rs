@@ -19,6 +19,8 @@ pub mod verbs {
     pub const TASK_DELETE: &str = "task.delete";
     pub const TASK_SET: &str = "task.set";
     pub const TASK_FILES: &str = "task.files";
+    pub const TASK_VERIFY: &str = "task.verify";
+    pub const TASK_VERDICTS: &str = "task.verdicts";
     pub const CLIENT_LIST: &str = "client.list";
     pub const CLIENT_GET: &str = "client.get";
     pub const CLIENT_DRAIN: &str = "client.drain";
@@ -200,6 +202,10 @@ pub enum Mode {
     Copy,
     /// Delete them, so the destination mirrors the source.
     Sync,
+    /// Copy nothing: compare source and destination and keep a verdict per path (`same`,
+    /// `differs`, `missing`, `extra`, `error`). With `compare: checksum` contents are compared
+    /// too. Nothing is written to either side.
+    Check,
 }
 
 impl Mode {
@@ -207,6 +213,7 @@ impl Mode {
         match s {
             "copy" => Some(Mode::Copy),
             "sync" => Some(Mode::Sync),
+            "check" => Some(Mode::Check),
             _ => None,
         }
     }
@@ -258,6 +265,10 @@ pub struct TaskOptions {
     /// Metadata kept beyond what every copy keeps (`--preserve owner`: owner and group).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preserve: Vec<Preserve>,
+    /// Mode check: only check that the source's files are at the destination; destination
+    /// entries the source lacks are not looked for (no `extra` verdicts).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub one_way: bool,
 }
 
 /// What `--preserve` adds to the metadata a copy keeps. File-system copies always keep the
@@ -346,6 +357,7 @@ impl Default for TaskOptions {
             delete_excluded: false,
             server_side_copy: ServerSideCopy::Auto,
             preserve: Vec::new(),
+            one_way: false,
         }
     }
 }
@@ -385,6 +397,16 @@ impl TaskOptions {
             ));
         }
         self.filter.validate().map_err(ApiError::invalid)?;
+        if self.one_way && self.mode != Mode::Check {
+            return Err(ApiError::invalid(
+                "one_way only applies to mode check (btp check --one-way)",
+            ));
+        }
+        if self.mode == Mode::Check && self.dry_run {
+            return Err(ApiError::invalid(
+                "dry_run does not apply to mode check: a check never changes anything",
+            ));
+        }
         if self.delete_excluded && self.mode != Mode::Sync {
             return Err(ApiError::invalid(
                 "delete_excluded only applies to mode sync (--mode sync --delete-excluded)",
@@ -625,6 +647,67 @@ pub struct TaskInfo {
     /// The notification of a task created with `notify` (`task get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification: Option<Delivery>,
+    /// A check task's verdicts so far (mode check only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckCounts>,
+}
+
+/// The verdicts of a check task, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckCounts {
+    pub same: u64,
+    pub differs: u64,
+    /// At the source, not at the destination.
+    pub missing: u64,
+    /// At the destination, not at the source (not looked for with `one_way`).
+    pub extra: u64,
+    pub errors: u64,
+    /// Bytes read and hashed to compare contents (both sides).
+    pub bytes_hashed: u64,
+    /// False when contents were not compared (no `compare: checksum`): `same` then means same
+    /// size and modification time.
+    pub contents_compared: bool,
+}
+
+impl CheckCounts {
+    /// Every path is the same (`one_way`: extra paths do not count).
+    pub fn clean(&self, one_way: bool) -> bool {
+        self.differs == 0 && self.missing == 0 && self.errors == 0 && (one_way || self.extra == 0)
+    }
+}
+
+/// `task.verify`: a new check task of a task's source and destination, with its filters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyTask {
+    pub id: String,
+    /// Compare contents too (MD5: plain ETags where both sides have them, else read).
+    #[serde(default)]
+    pub checksum: bool,
+    #[serde(default)]
+    pub one_way: bool,
+}
+
+/// `task.verdicts`: a check task's verdicts, one page, in path order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictsRequest {
+    pub id: String,
+    /// The `next` of the previous page; absent for the first.
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default = "default_files_limit")]
+    pub limit: u32,
+    /// Only the paths that are not `same`.
+    #[serde(default)]
+    pub differences: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerdictList {
+    pub verdicts: Vec<crate::wire::Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// The speed limit in force now (`bytes_per_sec` null: none) and, for a timetable, the next
@@ -701,6 +784,7 @@ impl TaskInfo {
             files_from: None,
             report_export: None,
             notification: None,
+            check: None,
         }
     }
 }
@@ -794,6 +878,9 @@ pub struct TaskEvent {
     pub task: String,
     pub state: TaskState,
     pub at_ms: i64,
+    /// A check task's verdicts so far (mode check only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckCounts>,
 }
 
 /// `task.list`: optionally only tasks in `state`, newest first, paged.

@@ -83,7 +83,18 @@ pub enum JobKind {
         /// source: the pages carry those entries, as a listing's would (`--files-from`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         manifest: Option<crate::manifest::Manifest>,
+        /// Mode check: also list the same directory at the destination, merge both listings
+        /// in key order and send a verdict per path instead of files to copy (files whose
+        /// contents are to be compared go back as `files`, for Hash jobs).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        check: bool,
+        /// Check: no `extra` verdicts (destination entries the source lacks are not looked for).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        one_way: bool,
     },
+    /// Check: compare the contents (MD5) of these files at source and destination, which the
+    /// listings found of the same size and time.
+    Hash { files: Vec<FileEntry> },
     /// Copy a batch of files from source to destination.
     Copy { files: Vec<FileEntry> },
     /// Start a multipart upload of one large file (or skip it when already there); the server
@@ -129,6 +140,7 @@ impl JobKind {
             JobKind::Complete { .. } => "complete",
             JobKind::Abort { .. } => "abort",
             JobKind::Delete { .. } => "delete",
+            JobKind::Hash { .. } => "hash",
         }
     }
 }
@@ -273,6 +285,74 @@ impl Outcome {
     }
 }
 
+/// What a check found for one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    Same,
+    /// At both sides, not the same: `what` says what differs (`size`, `mtime`, `content`,
+    /// `type`, `link`).
+    Differs,
+    /// At the source, not at the destination.
+    Missing,
+    /// At the destination, not at the source (a directory ends in `/`).
+    Extra,
+    /// Could not be compared: `what` says why.
+    Error,
+}
+
+impl VerdictKind {
+    pub const ALL: [VerdictKind; 5] = [
+        VerdictKind::Same,
+        VerdictKind::Differs,
+        VerdictKind::Missing,
+        VerdictKind::Extra,
+        VerdictKind::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::Same => "same",
+            VerdictKind::Differs => "differs",
+            VerdictKind::Missing => "missing",
+            VerdictKind::Extra => "extra",
+            VerdictKind::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The verdict of a check for one path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    pub path: String,
+    /// The source's size (the destination's for `extra`).
+    pub size: u64,
+    /// The source's modification time, kept so a copy of the path keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ms: Option<i64>,
+    pub verdict: VerdictKind,
+    /// What differs, or why it could not be compared.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub what: String,
+}
+
+impl Verdict {
+    pub fn new(f: &FileEntry, verdict: VerdictKind, what: impl Into<String>) -> Self {
+        Self {
+            path: f.path.clone(),
+            size: f.size,
+            mtime_ms: f.mtime_ms,
+            verdict,
+            what: what.into(),
+        }
+    }
+}
+
 /// A listed entry that is not copied (skipped, excluded or failed at listing time), for the
 /// per-file report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +422,16 @@ pub enum ResultBody {
         /// directory was complete and every entry of it could be inspected.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         extra: Vec<FileEntry>,
+        /// Check: the verdicts of the paths of this page (files to hash are in `files`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        verdicts: Vec<Verdict>,
+    },
+    /// Outcome of a Hash job: one verdict per file.
+    Checked {
+        verdicts: Vec<Verdict>,
+        /// Bytes read to hash them (ETags used as MD5s read nothing).
+        #[serde(default)]
+        bytes_hashed: u64,
     },
     /// Outcome of a Copy job: what was copied and what failed, per file.
     Copy {

@@ -8,7 +8,8 @@ use btp_common::api::ApiError;
 use btp_common::api::TaskState;
 use btp_common::now_ms;
 use btp_common::wire::{
-    decode, FileEntry, FileFailure, Job, JobKind, JobResult, Noted, Outcome, ResultBody,
+    decode, FileEntry, FileFailure, Job, JobKind, JobResult, Noted, Outcome, ResultBody, Verdict,
+    VerdictKind,
 };
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,7 @@ fn misfit(message: String) -> ApiError {
 fn fits(kind: &str, body: &ResultBody) -> bool {
     match body {
         ResultBody::ListPage { .. } => kind == "list",
+        ResultBody::Checked { .. } => kind == "hash",
         ResultBody::Copy { .. } => matches!(kind, "copy" | "upload" | "complete"),
         ResultBody::Begun { .. } => kind == "upload",
         ResultBody::Part { .. } => kind == "part",
@@ -103,6 +105,9 @@ pub struct Effects {
     pub finished: Vec<(String, String, TaskState)>,
     /// Finished jobs for the metrics: kind, outcome and what they counted.
     pub jobs: Vec<(&'static str, &'static str, crate::telemetry::ResultCounts)>,
+    /// Check verdicts recorded, by kind (`VerdictKind::ALL` order), and bytes hashed.
+    pub verdicts: [u64; 5],
+    pub bytes_hashed: u64,
 }
 
 pub async fn run(ctx: crate::Shared, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -226,9 +231,15 @@ async fn after_commit(ctx: &crate::Shared, effects: Effects) {
     for (kind, outcome, counts) in effects.jobs {
         crate::telemetry::record_result(kind, outcome, &counts);
     }
+    crate::telemetry::record_check(&effects.verdicts, effects.bytes_hashed);
     for (tenant, task, state) in effects.finished {
         ctx.speed.forget(&task);
-        crate::events::publish(&ctx.nats, &tenant, &task, state).await;
+        // A check's event carries its verdict counts.
+        let check = match ctx.store.task(&task).await {
+            Ok(t) => t.info.check,
+            Err(_) => None,
+        };
+        crate::events::publish(&ctx.nats, &tenant, &task, state, check).await;
     }
 }
 
@@ -347,6 +358,7 @@ pub async fn apply(
             bytes_skipped,
             noted,
             extra,
+            verdicts,
         } => {
             let expected = job.pages_applied;
             if (r.seq as i64) < expected {
@@ -369,7 +381,21 @@ pub async fn apply(
             delta.bytes_found =
                 files.iter().map(|f| f.size as i64).sum::<i64>() + delta.bytes_skipped;
             // Every entry that gets no Copy job is found and settled at once, in the report.
+            let check = task.info.options.mode == btp_common::api::Mode::Check;
             for n in noted {
+                if check && n.outcome == Outcome::Failed {
+                    // A check's entry that could not be looked at (a manifest's path missing at
+                    // the source, a name that is not UTF-8): its verdict is an error.
+                    let v = Verdict {
+                        path: n.path.clone(),
+                        size: n.size,
+                        mtime_ms: None,
+                        verdict: VerdictKind::Error,
+                        what: n.reason.clone(),
+                    };
+                    apply_verdict(tx, task_id, seq, &v, &mut delta, effects).await?;
+                    continue;
+                }
                 if !apply_noted(tx, task_id, seq, n, r.attempt, &mut delta).await? {
                     continue;
                 }
@@ -384,8 +410,10 @@ pub async fn apply(
                     store::record_deletion(tx, task_id, &dir, f).await?;
                 }
             }
-            let mut kinds =
-                planner::pack_copies(files.clone(), &task.info.options, planner::split(&task));
+            for v in verdicts {
+                apply_verdict(tx, task_id, seq, v, &mut delta, effects).await?;
+            }
+            let mut kinds = planner::pack_files(files.clone(), &task);
             delta.lists_total = dirs.len() as i64;
             kinds.extend(
                 dirs.iter()
@@ -554,6 +582,20 @@ pub async fn apply(
                 }
             }
         }
+        ResultBody::Checked {
+            verdicts,
+            bytes_hashed,
+        } => {
+            // The files were found by the listing; their verdicts settle them.
+            for v in verdicts {
+                if store::record_verdict(tx, task_id, v, seq).await? {
+                    delta.check[v.verdict as usize] += 1;
+                    effects.verdicts[v.verdict as usize] += 1;
+                }
+            }
+            delta.bytes_hashed = *bytes_hashed as i64;
+            effects.bytes_hashed += bytes_hashed;
+        }
         ResultBody::Deleted { deleted, failures } => {
             delta.files_deleted += *deleted as i64;
             for f in failures {
@@ -607,6 +649,33 @@ pub async fn apply(
                 }
                 JobKind::Abort { path, upload_id } => {
                     warn!(job = %r.job, %path, %upload_id, %reason, "aborting an upload failed: its parts may be left on the store");
+                }
+                JobKind::Hash { files } => {
+                    for f in &files {
+                        let v = Verdict::new(
+                            f,
+                            VerdictKind::Error,
+                            format!("cannot compare: {reason}"),
+                        );
+                        if store::record_verdict(tx, task_id, &v, seq).await? {
+                            delta.check[VerdictKind::Error as usize] += 1;
+                            effects.verdicts[VerdictKind::Error as usize] += 1;
+                        }
+                    }
+                }
+                JobKind::List {
+                    dir, check: true, ..
+                } => {
+                    // The directory could not be compared: one error verdict stands for it.
+                    let v = Verdict {
+                        path: dir,
+                        size: 0,
+                        mtime_ms: None,
+                        verdict: VerdictKind::Error,
+                        what: format!("listing failed: {reason}"),
+                    };
+                    apply_verdict(tx, task_id, seq, &v, &mut delta, effects).await?;
+                    delta.lists_done = 1;
                 }
                 JobKind::List { dir, .. } => {
                     let f = FileFailure {
@@ -669,6 +738,7 @@ pub async fn apply(
                 },
             ),
             ResultBody::ListPage { .. }
+            | ResultBody::Checked { .. }
             | ResultBody::Begun { .. }
             | ResultBody::Aborted
             | ResultBody::Deleted { .. } => ("ok", ResultCounts::default()),
@@ -706,6 +776,24 @@ pub async fn apply(
             .push((task.info.tenant.clone(), task_id.to_string(), state));
     }
     Ok(Applied::Yes)
+}
+
+/// Check: records a verdict the listing gave; a new path is found and settled at once.
+async fn apply_verdict(
+    tx: &mut Tx<'_>,
+    task: &str,
+    seq: i64,
+    v: &Verdict,
+    delta: &mut TaskDelta,
+    effects: &mut Effects,
+) -> Result<(), ApiError> {
+    if store::record_verdict(tx, task, v, seq).await? {
+        delta.files_found += 1;
+        delta.bytes_found += v.size as i64;
+        delta.check[v.verdict as usize] += 1;
+        effects.verdicts[v.verdict as usize] += 1;
+    }
+    Ok(())
 }
 
 /// Settles one listed entry that gets no Copy job; false when the task already had it (it is
@@ -805,6 +893,7 @@ pub fn kind_label(kind: &str) -> &'static str {
         "complete" => "complete",
         "abort" => "abort",
         "delete" => "delete",
+        "hash" => "hash",
         _ => "copy",
     }
 }

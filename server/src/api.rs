@@ -6,8 +6,9 @@ use btp_common::api::{
     verbs, ApiError, ApiResponse, ClientInfo, ClientList, ClientRef, CreateEndpoint, CreateTask,
     CreateTenant, CreateToken, DoneFile, Empty, EndpointInfo, EndpointList, EndpointRef, ErrorCode,
     FileList, FilesRequest, Health, ListTasks, ListTokens, Report, ReportRequest, SetTask,
-    SpeedLimit, TaskInfo, TaskList, TaskRef, TaskState, TenantList, TenantRef, TokenCreated,
-    TokenInfo, TokenList, TokenRef, MAX_PAGE,
+    SpeedLimit, TaskInfo, TaskList, TaskOptions, TaskRef, TaskState, TenantList, TenantRef,
+    TokenCreated, TokenInfo, TokenList, TokenRef, VerdictList, VerdictsRequest, VerifyTask,
+    MAX_PAGE,
 };
 use btp_common::wire::{Control, ControlAction, JobKind, Outcome};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
@@ -262,6 +263,8 @@ impl Api {
                 | verbs::TASK_DELETE
                 | verbs::TASK_SET
                 | verbs::TASK_FILES
+                | verbs::TASK_VERIFY
+                | verbs::TASK_VERDICTS
         );
         if !names_task {
             return Ok(());
@@ -288,6 +291,8 @@ impl Api {
             verbs::TASK_DELETE => encode(self.delete(decode_req(payload)).await),
             verbs::TASK_SET => encode(self.set(decode_req(payload)).await),
             verbs::TASK_FILES => encode(self.files(decode_req(payload)).await),
+            verbs::TASK_VERIFY => encode(self.verify(decode_req(payload)).await),
+            verbs::TASK_VERDICTS => encode(self.verdicts(decode_req(payload)).await),
             verbs::SERVER_HEALTH => encode(self.health(decode_req(payload)).await),
             other => encode::<()>(Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -331,7 +336,7 @@ impl Api {
     }
 
     async fn event(&self, t: &TaskInfo) {
-        crate::events::publish(&self.ctx.nats, &t.tenant, &t.id, t.state).await;
+        crate::events::publish(&self.ctx.nats, &t.tenant, &t.id, t.state, t.check.clone()).await;
     }
 
     async fn create(
@@ -519,12 +524,147 @@ impl Api {
     async fn retry(&self, req: Result<TaskRef, ApiError>) -> Result<TaskInfo, ApiError> {
         let id = req?.id;
         let task = self.ctx.store.task(&id).await?;
+        if task.info.options.mode == btp_common::api::Mode::Check {
+            return self.retry_check(&task).await;
+        }
         let n = self.ctx.store.retry_task(&task).await?;
         self.ctx.wake_dispatcher.notify_one();
         info!(task = %id, entries = n, "retrying failed files");
         let t = self.task_info(&id).await?;
         self.event(&t).await;
         Ok(t)
+    }
+
+    /// The retry of a finished check task: a new copy task of exactly its `differs` and
+    /// `missing` paths, started at once (its Copy jobs come from the stored verdicts; it copies
+    /// every one of them, whatever its destination holds). Answers the new task.
+    async fn retry_check(&self, check: &crate::store::TaskRow) -> Result<TaskInfo, ApiError> {
+        let id = &check.info.id;
+        if !matches!(check.info.state, TaskState::Completed | TaskState::Failed) {
+            return Err(ApiError::precondition(format!(
+                "task {id} cannot be retried: it is {}",
+                check.info.state.as_str()
+            )));
+        }
+        self.check_fs_roots(&check.info.tenant, &check.src, &check.dst)?;
+        self.check_quota(&check.info.tenant).await?;
+        let options = TaskOptions {
+            mode: btp_common::api::Mode::Copy,
+            compare: btp_common::api::Compare::None,
+            one_way: false,
+            ..check.info.options.clone()
+        };
+        let mut info = TaskInfo::new(
+            new_task_id(),
+            check.info.tenant.clone(),
+            check.src.to_string(),
+            check.dst.to_string(),
+            options,
+            now_ms(),
+        );
+        info.state = TaskState::Running;
+        info.started_ms = Some(info.created_ms);
+        let task = crate::store::TaskRow {
+            info,
+            src: check.src.clone(),
+            dst: check.dst.clone(),
+            files_from: None,
+            epoch: 0,
+        };
+        let n = self.ctx.store.insert_retry_of_check(id, &task).await?;
+        self.ctx.wake_dispatcher.notify_one();
+        info!(task = %task.info.id, check = %id, files = n, "copying the differing and missing paths of a check");
+        let t = self.task_info(&task.info.id).await?;
+        self.event(&t).await;
+        Ok(t)
+    }
+
+    /// `task.verify`: a check task of a finished task's source and destination, with its
+    /// filters (and manifest), started at once.
+    async fn verify(&self, req: Result<VerifyTask, ApiError>) -> Result<TaskInfo, ApiError> {
+        let req = req?;
+        let task = self.ctx.store.task(&req.id).await?;
+        if !task.info.state.is_finished() {
+            return Err(ApiError::precondition(format!(
+                "task {} cannot be verified: it is {} (wait until it finishes)",
+                req.id,
+                task.info.state.as_str()
+            )));
+        }
+        let o = &task.info.options;
+        let options = TaskOptions {
+            mode: btp_common::api::Mode::Check,
+            compare: if req.checksum {
+                btp_common::api::Compare::Checksum
+            } else {
+                btp_common::api::Compare::SizeMtime
+            },
+            one_way: req.one_way,
+            dry_run: false,
+            delete_excluded: false,
+            filter: o.filter.clone(),
+            links: o.links,
+            speed_limit: o.speed_limit.clone(),
+            max_attempts: o.max_attempts,
+            batch_files: o.batch_files,
+            batch_bytes: o.batch_bytes,
+            list_page_entries: o.list_page_entries,
+            list_page_bytes: o.list_page_bytes,
+            ..TaskOptions::default()
+        };
+        options.validate()?;
+        let mut info = TaskInfo::new(
+            new_task_id(),
+            task.info.tenant.clone(),
+            task.src.to_string(),
+            task.dst.to_string(),
+            options,
+            now_ms(),
+        );
+        info.files_from = task.files_from.as_ref().map(|m| m.url.clone());
+        self.ctx
+            .store
+            .insert_task(&info, &task.src, &task.dst, task.files_from.as_ref())
+            .await?;
+        info!(task = %info.id, of = %req.id, "check task created");
+        self.event(&info).await;
+        self.start(Ok(TaskRef { id: info.id })).await
+    }
+
+    /// `task.verdicts`: one page of a check task's verdicts in path order.
+    async fn verdicts(
+        &self,
+        req: Result<VerdictsRequest, ApiError>,
+    ) -> Result<VerdictList, ApiError> {
+        use btp_common::wire::VerdictKind;
+        let req = req?;
+        check_page(req.limit, 0)?;
+        let task = self.ctx.store.task(&req.id).await?;
+        if task.info.options.mode != btp_common::api::Mode::Check {
+            return Err(ApiError::invalid(format!(
+                "task {} is not a check task (its per-file report is task.files)",
+                req.id
+            )));
+        }
+        let kinds: &[VerdictKind] = if req.differences {
+            &[
+                VerdictKind::Differs,
+                VerdictKind::Missing,
+                VerdictKind::Extra,
+                VerdictKind::Error,
+            ]
+        } else {
+            &[]
+        };
+        let verdicts = self
+            .ctx
+            .store
+            .verdicts(&req.id, kinds, req.after.as_deref(), req.limit as i64)
+            .await?;
+        let next = (verdicts.len() == req.limit as usize)
+            .then(|| verdicts.last().map(|v| v.path.clone()))
+            .flatten();
+        Ok(VerdictList { verdicts, next })
     }
 
     /// Changes the speed limit; the allocator sends new shares within a second.

@@ -371,6 +371,9 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 /// Where the CSV stream is.
 enum CsvAt {
     Files(Option<u64>),
+    /// A check task's verdicts after this path (`status` is the verdict, `reason` what
+    /// differs or why the path could not be compared).
+    Verdicts(Option<String>),
     End,
 }
 
@@ -403,15 +406,21 @@ async fn report_csv(api: &Api, body: &[u8], token: Option<String>) -> Response<B
     let header =
         btp_common::csv::line(&["path", "size", "status", "attempts", "reason", "not_kept"]);
     let api = api.clone();
-    let rows = futures::stream::once(async move { Bytes::from(header) }).chain(
-        futures::stream::unfold(CsvAt::Files(None), move |at| {
-            let (api, id, token) = (api.clone(), id.clone(), token.clone());
-            async move {
-                let (text, next) = csv_page(&api, &id, token.as_deref(), at).await;
-                text.map(|t| (Bytes::from(t), next))
-            }
-        }),
-    );
+    let rows =
+        futures::stream::once(async move { Bytes::from(header) }).chain(futures::stream::unfold(
+            if task.check.is_some() {
+                CsvAt::Verdicts(None)
+            } else {
+                CsvAt::Files(None)
+            },
+            move |at| {
+                let (api, id, token) = (api.clone(), id.clone(), token.clone());
+                async move {
+                    let (text, next) = csv_page(&api, &id, token.as_deref(), at).await;
+                    text.map(|t| (Bytes::from(t), next))
+                }
+            },
+        ));
     let body = StreamBody::new(rows.map(|b| Ok(hyper::body::Frame::data(b))));
     Response::builder()
         .status(StatusCode::OK)
@@ -431,6 +440,38 @@ async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Optio
     let id = id.to_string();
     match at {
         CsvAt::End => (None, CsvAt::End),
+        CsvAt::Verdicts(after) => {
+            let req = btp_common::api::VerdictsRequest {
+                id,
+                after,
+                limit: CSV_PAGE,
+                differences: false,
+            };
+            match call::<_, btp_common::api::VerdictList>(api, verbs::TASK_VERDICTS, &req, token)
+                .await
+            {
+                Ok(page) => {
+                    let mut text = String::new();
+                    for v in &page.verdicts {
+                        let size = v.size.to_string();
+                        text.push_str(&btp_common::csv::line(&[
+                            &v.path,
+                            &size,
+                            v.verdict.as_str(),
+                            "",
+                            &v.what,
+                            "",
+                        ]));
+                    }
+                    let next = match page.next {
+                        Some(p) => CsvAt::Verdicts(Some(p)),
+                        None => CsvAt::End,
+                    };
+                    (Some(text), next)
+                }
+                Err(e) => (Some(cut_line(&e)), CsvAt::End),
+            }
+        }
         CsvAt::Files(after) => {
             let req = FilesRequest {
                 id,

@@ -95,6 +95,34 @@ pub fn list_job(dir: String, opts: &TaskOptions) -> JobKind {
         delete_excluded: opts.delete_excluded,
         links: opts.links,
         manifest: None,
+        check: opts.mode == btp_common::api::Mode::Check,
+        one_way: opts.one_way,
+    }
+}
+
+/// Check: packs files whose contents are to be compared into Hash jobs, bounded like Copy
+/// batches (count and bytes); a file larger than `batch_bytes` gets a job of its own, never
+/// parts (an MD5 is computed in one pass).
+pub fn pack_hashes(files: Vec<FileEntry>, opts: &TaskOptions) -> Vec<JobKind> {
+    let whole = Split {
+        threshold: u64::MAX,
+        ..Split::of(opts)
+    };
+    pack_copies(files, opts, whole)
+        .into_iter()
+        .map(|k| match k {
+            JobKind::Copy { files } => JobKind::Hash { files },
+            other => other,
+        })
+        .collect()
+}
+
+/// The jobs for the files of a listing page: Copy (and Upload) jobs, or Hash jobs for a check.
+pub fn pack_files(files: Vec<FileEntry>, task: &crate::store::TaskRow) -> Vec<JobKind> {
+    if task.info.options.mode == btp_common::api::Mode::Check {
+        pack_hashes(files, &task.info.options)
+    } else {
+        pack_copies(files, &task.info.options, split(task))
     }
 }
 

@@ -754,6 +754,88 @@ impl Store {
         Ok(rows.len() as u64)
     }
 
+    /// Check: one page of a task's verdicts (see [`verdicts_page`]).
+    pub async fn verdicts(
+        &self,
+        task: &str,
+        kinds: &[btp_common::wire::VerdictKind],
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<btp_common::wire::Verdict>, ApiError> {
+        verdicts_page(&self.pool, task, kinds, after, limit).await
+    }
+
+    /// The retry of check task `check`: stores `task` (running) with Copy jobs for exactly the
+    /// check's `differs` and `missing` paths, read from its verdicts page by page, in one
+    /// transaction. Returns how many files the new task copies.
+    pub async fn insert_retry_of_check(
+        &self,
+        check: &str,
+        task: &TaskRow,
+    ) -> Result<u64, ApiError> {
+        use btp_common::wire::VerdictKind;
+        /// Verdicts read per query.
+        const PAGE: i64 = 1000;
+        let info = &task.info;
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO tasks (id, tenant, state, src, dst, options, created_ms, started_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&info.id)
+        .bind(&info.tenant)
+        .bind(info.state.as_str())
+        .bind(crate::seal::seal(to_json(&task.src)))
+        .bind(crate::seal::seal(to_json(&task.dst)))
+        .bind(to_json(&info.options))
+        .bind(info.created_ms)
+        .bind(info.started_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        let split = crate::planner::split(task);
+        let kinds = [VerdictKind::Differs, VerdictKind::Missing];
+        let (mut after, mut seq, mut files, mut bytes) = (None::<String>, 0i64, 0i64, 0i64);
+        loop {
+            let page = verdicts_page(&mut *tx, check, &kinds, after.as_deref(), PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.path.clone());
+            let full = page.len() as i64 == PAGE;
+            files += page.len() as i64;
+            bytes += page.iter().map(|v| v.size as i64).sum::<i64>();
+            let entries = page
+                .into_iter()
+                .map(|v| FileEntry::new(v.path, v.size, v.mtime_ms))
+                .collect();
+            let jobs = crate::planner::pack_copies(entries, &info.options, split);
+            let n = jobs.len() as i64;
+            insert_jobs(&mut tx, task, seq, jobs, Schedule::NOW).await?;
+            seq += n;
+            if !full {
+                break;
+            }
+        }
+        if files == 0 {
+            return Err(ApiError::precondition(format!(
+                "check task {check} found no differing or missing paths: nothing to copy"
+            )));
+        }
+        // Its "listing" is the check's: done from the start.
+        sqlx::query(
+            "UPDATE tasks SET jobs_total = $1, files_found = $2, bytes_found = $3, \
+             lists_total = 1, lists_done = 1 WHERE id = $4",
+        )
+        .bind(seq)
+        .bind(files)
+        .bind(bytes)
+        .bind(&info.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(files as u64)
+    }
+
     /// Moves a created task to running and records its root List job, in one transaction.
     pub async fn start_task(&self, task: &TaskRow, now: i64) -> Result<(), ApiError> {
         let mut tx = self.begin().await?;
@@ -862,6 +944,7 @@ impl Store {
             "dirty_dirs",
             "not_kept",
             "task_deliveries",
+            "verdicts",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE task_id = $1"))
                 .bind(id)
@@ -1200,7 +1283,8 @@ const TASK_COLUMNS: &str =
     files_found, bytes_found, files_copied, bytes_copied, files_failed, bytes_failed, \
     lists_total, lists_done, jobs_total, jobs_done, files_retried, epoch, peak_bps, \
     files_skipped, bytes_skipped, files_excluded, files_deleted, bytes_excluded, deletes_failed, \
-    bytes_through, files_from";
+    bytes_through, files_from, check_same, check_differs, check_missing, check_extra, \
+    check_errors, bytes_hashed";
 
 fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
     let state: String = r.get(2);
@@ -1248,7 +1332,20 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRow, ApiError> {
         speed_limit_now: None,
         report_export: None,
         notification: None,
+        check: None,
     };
+    let mut info = info;
+    if info.options.mode == btp_common::api::Mode::Check {
+        info.check = Some(btp_common::api::CheckCounts {
+            same: n(30),
+            differs: n(31),
+            missing: n(32),
+            extra: n(33),
+            errors: n(34),
+            bytes_hashed: n(35),
+            contents_compared: info.options.compare == btp_common::api::Compare::Checksum,
+        });
+    }
     Ok(TaskRow {
         info,
         src,
@@ -1283,7 +1380,7 @@ pub async fn insert_jobs(
     for (i, kind) in kinds.into_iter().enumerate() {
         let seq = first_seq + i as i64;
         let (files, bytes) = match &kind {
-            JobKind::Copy { files } => (
+            JobKind::Copy { files } | JobKind::Hash { files } => (
                 files.len() as i64,
                 files.iter().map(|f| f.size as i64).sum(),
             ),
@@ -1399,6 +1496,9 @@ pub struct TaskDelta {
     pub files_deleted: i64,
     pub deletes_failed: i64,
     pub bytes_through: i64,
+    /// Check: verdicts by kind (same, differs, missing, extra, error) and bytes hashed.
+    pub check: [i64; 5],
+    pub bytes_hashed: i64,
 }
 
 pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Result<(), ApiError> {
@@ -1436,7 +1536,105 @@ pub async fn apply_task_delta(tx: &mut Tx<'_>, task: &str, d: &TaskDelta) -> Res
     .execute(&mut **tx)
     .await
     .map_err(map_sqlx)?;
+    if d.check.iter().any(|n| *n != 0) || d.bytes_hashed != 0 {
+        sqlx::query(
+            "UPDATE tasks SET check_same = check_same + $1, check_differs = check_differs + $2, \
+             check_missing = check_missing + $3, check_extra = check_extra + $4, \
+             check_errors = check_errors + $5, bytes_hashed = bytes_hashed + $6 WHERE id = $7",
+        )
+        .bind(d.check[0])
+        .bind(d.check[1])
+        .bind(d.check[2])
+        .bind(d.check[3])
+        .bind(d.check[4])
+        .bind(d.bytes_hashed)
+        .bind(task)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    }
     Ok(())
+}
+
+/// Check: records the verdict of one path. False when the task already has a verdict for it
+/// (it is not counted twice).
+pub async fn record_verdict(
+    tx: &mut Tx<'_>,
+    task: &str,
+    v: &btp_common::wire::Verdict,
+    job_seq: i64,
+) -> Result<bool, ApiError> {
+    let done = sqlx::query(
+        "INSERT INTO verdicts (task_id, path, verdict, what, size, mtime_ms, job_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(task)
+    .bind(&v.path)
+    .bind(v.verdict.as_str())
+    .bind(&v.what)
+    .bind(v.size as i64)
+    .bind(v.mtime_ms)
+    .bind(job_seq)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn verdict_from_row(r: &AnyRow) -> Result<btp_common::wire::Verdict, ApiError> {
+    let kind: String = r.get(1);
+    Ok(btp_common::wire::Verdict {
+        path: r.get(0),
+        verdict: btp_common::wire::VerdictKind::parse(&kind)
+            .ok_or_else(|| ApiError::internal(format!("bad verdict {kind}")))?,
+        what: r.get(2),
+        size: r.get::<i64, _>(3) as u64,
+        mtime_ms: r.get(4),
+    })
+}
+
+/// Check: the verdicts of `kinds` (all kinds when empty) after path `after`, in path order, at
+/// most `limit`.
+pub async fn verdicts_page<'e, E>(
+    db: E,
+    task: &str,
+    kinds: &[btp_common::wire::VerdictKind],
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<btp_common::wire::Verdict>, ApiError>
+where
+    E: sqlx::Executor<'e, Database = Db>,
+{
+    let cols = "path, verdict, what, size, mtime_ms";
+    // The first page starts at the empty path (the root directory of a failed listing).
+    let op = if after.is_some() { ">" } else { ">=" };
+    let rows = if kinds.is_empty() {
+        sqlx::query(&format!(
+            "SELECT {cols} FROM verdicts WHERE task_id = $1 AND path {op} $2 ORDER BY path LIMIT $3"
+        ))
+        .bind(task)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(db)
+        .await
+    } else {
+        let list = kinds
+            .iter()
+            .map(|k| format!("'{}'", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sqlx::query(&format!(
+            "SELECT {cols} FROM verdicts WHERE task_id = $1 AND verdict IN ({list}) AND path {op} $2 \
+             ORDER BY path LIMIT $3"
+        ))
+        .bind(task)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(db)
+        .await
+    }
+    .map_err(map_sqlx)?;
+    rows.iter().map(verdict_from_row).collect()
 }
 
 pub async fn set_pages_applied(
@@ -1613,7 +1811,8 @@ pub async fn finish_task_if_done(
     let row = sqlx::query(
         "SELECT state, jobs_total, jobs_done, files_failed, dirs_failed, deletes_failed, \
          files_found, files_copied, files_skipped, files_excluded, \
-         bytes_found, bytes_copied, bytes_skipped, bytes_failed, bytes_excluded \
+         bytes_found, bytes_copied, bytes_skipped, bytes_failed, bytes_excluded, \
+         check_same + check_differs + check_missing + check_extra + check_errors, check_errors \
          FROM tasks WHERE id = $1",
     )
     .bind(task)
@@ -1629,7 +1828,8 @@ pub async fn finish_task_if_done(
         return Ok(None);
     }
     // The accounting rule: every entry found is copied, skipped, failed or excluded, once.
-    let (found, settled) = (n(6), n(7) + n(8) + ffail + n(9));
+    // A check's entries (extra ones included) are settled by their verdicts.
+    let (found, settled) = (n(6), n(7) + n(8) + ffail + n(9) + n(15));
     let balanced = found == settled;
     if !balanced {
         tracing::error!(task, found, settled, "the task's files do not add up");
@@ -1637,10 +1837,11 @@ pub async fn finish_task_if_done(
             path: String::new(),
             size: 0,
             reason: format!(
-                "accounting: {found} entries found, but {} copied + {} skipped + {ffail} failed + {} excluded = {settled}",
+                "accounting: {found} entries found, but {} copied + {} skipped + {ffail} failed + {} excluded + {} checked = {settled}",
                 n(7),
                 n(8),
-                n(9)
+                n(9),
+                n(15)
             ),
             attempts: 0,
             mtime_ms: None,
@@ -1649,7 +1850,7 @@ pub async fn finish_task_if_done(
         record_failure(tx, task, "task", &f, -1).await?;
     }
     let (bytes_found, bytes_settled) = (n(10), n(11) + n(12) + n(13) + n(14));
-    if bytes_found != bytes_settled {
+    if bytes_found != bytes_settled && n(15) == 0 {
         // Sizes can change between listing and copy, and parts may be sent again: a warning.
         tracing::warn!(
             task,
@@ -1658,7 +1859,7 @@ pub async fn finish_task_if_done(
             "the task's bytes do not add up"
         );
     }
-    let new_state = if ffail == 0 && dfail == 0 && delfail == 0 && balanced {
+    let new_state = if ffail == 0 && dfail == 0 && delfail == 0 && n(16) == 0 && balanced {
         TaskState::Completed
     } else {
         TaskState::Failed

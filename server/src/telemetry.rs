@@ -20,6 +20,8 @@ pub const FILES_FAILED: &str = "btp_server_files_failed_total";
 pub const FILES_RETRIED: &str = "btp_server_files_retried_total";
 pub const FILES_SKIPPED: &str = "btp_server_files_skipped_total";
 pub const JOBS: &str = "btp_server_jobs_total";
+pub const CHECK_VERDICTS: &str = "btp_server_check_verdicts_total";
+pub const BYTES_HASHED: &str = "btp_server_bytes_hashed_total";
 pub const JOBS_PUBLISHED: &str = "btp_server_jobs_published_total";
 pub const RESULTS: &str = "btp_server_results_total";
 pub const RESULTS_REJECTED: &str = "btp_server_results_rejected_total";
@@ -60,6 +62,18 @@ pub fn describe() {
     describe_counter!(
         JOBS,
         "Finished jobs by kind and outcome (ok, skipped, retried, failed)."
+    );
+    describe_counter!(
+        CHECK_VERDICTS,
+        "Verdicts of check tasks, by verdict (same, differs, missing, extra, error)."
+    );
+    for v in btp_common::wire::VerdictKind::ALL {
+        counter!(CHECK_VERDICTS, "verdict" => v.as_str()).increment(0);
+    }
+    describe_counter!(
+        BYTES_HASHED,
+        Unit::Bytes,
+        "Bytes check tasks read and hashed to compare contents."
     );
     describe_counter!(JOBS_PUBLISHED, "Jobs published to the work queue, by kind.");
     describe_counter!(
@@ -129,6 +143,18 @@ pub fn record_result(kind: &str, outcome: &'static str, r: &ResultCounts) {
     counter!(FILES_SKIPPED).increment(r.skipped);
     counter!(FILES_FAILED).increment(r.failed);
     counter!(FILES_RETRIED).increment(r.retried);
+}
+
+/// Check verdicts of one batch, by kind (`VerdictKind::ALL` order), and the bytes hashed.
+pub fn record_check(verdicts: &[u64; 5], bytes_hashed: u64) {
+    for (v, n) in btp_common::wire::VerdictKind::ALL.iter().zip(verdicts) {
+        if *n > 0 {
+            counter!(CHECK_VERDICTS, "verdict" => v.as_str()).increment(*n);
+        }
+    }
+    if bytes_hashed > 0 {
+        counter!(BYTES_HASHED).increment(bytes_hashed);
+    }
 }
 
 /// What one applied result counted.

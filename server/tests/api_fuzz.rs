@@ -21,6 +21,8 @@ const VERBS: &[&str] = &[
     verbs::TASK_DELETE,
     verbs::TASK_SET,
     verbs::TASK_FILES,
+    verbs::TASK_VERIFY,
+    verbs::TASK_VERDICTS,
     verbs::CLIENT_LIST,
     verbs::CLIENT_GET,
     verbs::CLIENT_DRAIN,

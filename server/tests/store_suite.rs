@@ -152,6 +152,7 @@ on_every_backend!(
             ResultBody::ListPage {
                 noted: Vec::new(),
                 extra: Vec::new(),
+                verdicts: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -168,6 +169,7 @@ on_every_backend!(
             ResultBody::ListPage {
                 noted: Vec::new(),
                 extra: Vec::new(),
+                verdicts: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -199,6 +201,7 @@ on_every_backend!(
             ResultBody::ListPage {
                 noted: Vec::new(),
                 extra: Vec::new(),
+                verdicts: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -239,6 +242,7 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
             ResultBody::ListPage {
                 noted: Vec::new(),
                 extra: Vec::new(),
+                verdicts: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -318,6 +322,7 @@ on_every_backend!(transient_failures_become_delayed_retry_jobs, |store| {
                 ResultBody::ListPage {
                     noted: Vec::new(),
                     extra: Vec::new(),
+                    verdicts: Vec::new(),
                     excluded: 0,
                     deleted: vec![],
                     skipped: 0,
@@ -425,6 +430,7 @@ on_every_backend!(illegal_transitions_are_refused_with_a_reason, |store| {
             ResultBody::ListPage {
                 noted: Vec::new(),
                 extra: Vec::new(),
+                verdicts: Vec::new(),
                 excluded: 0,
                 deleted: vec![],
                 skipped: 0,
@@ -569,6 +575,7 @@ on_every_backend!(
         let page = ResultBody::ListPage {
             noted: Vec::new(),
             extra: Vec::new(),
+            verdicts: Vec::new(),
             excluded: 0,
             deleted: vec![],
             skipped: 0,
@@ -611,6 +618,7 @@ on_every_backend!(a_job_the_server_fails_itself_has_no_client, |store| {
         let page = ResultBody::ListPage {
             noted: Vec::new(),
             extra: Vec::new(),
+            verdicts: Vec::new(),
             excluded: 0,
             deleted: vec![],
             skipped: 0,
@@ -703,6 +711,7 @@ on_every_backend!(
         let page = ResultBody::ListPage {
             noted: Vec::new(),
             extra: Vec::new(),
+            verdicts: Vec::new(),
             excluded: 0,
             deleted: vec![],
             skipped: 0,
