@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 
 use btp_common::api::{
-    verbs, ApiError, ApiResponse, ErrorCode, FileList, FilesRequest, TaskInfo, TaskRef,
+    verbs, ApiError, ApiResponse, ErrorCode, FileList, FilesCursor, FilesRequest, TaskInfo, TaskRef,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -370,7 +370,7 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 
 /// Where the CSV stream is.
 enum CsvAt {
-    Files(Option<u64>),
+    Files(FilesCursor),
     End,
 }
 
@@ -403,15 +403,17 @@ async fn report_csv(api: &Api, body: &[u8], token: Option<String>) -> Response<B
     let header =
         btp_common::csv::line(&["path", "size", "status", "attempts", "reason", "not_kept"]);
     let api = api.clone();
-    let rows = futures::stream::once(async move { Bytes::from(header) }).chain(
-        futures::stream::unfold(CsvAt::Files(None), move |at| {
-            let (api, id, token) = (api.clone(), id.clone(), token.clone());
-            async move {
-                let (text, next) = csv_page(&api, &id, token.as_deref(), at).await;
-                text.map(|t| (Bytes::from(t), next))
-            }
-        }),
-    );
+    let rows =
+        futures::stream::once(async move { Bytes::from(header) }).chain(futures::stream::unfold(
+            CsvAt::Files(FilesCursor::Opaque(String::new())),
+            move |at| {
+                let (api, id, token) = (api.clone(), id.clone(), token.clone());
+                async move {
+                    let (text, next) = csv_page(&api, &id, token.as_deref(), at).await;
+                    text.map(|t| (Bytes::from(t), next))
+                }
+            },
+        ));
     let body = StreamBody::new(rows.map(|b| Ok(hyper::body::Frame::data(b))));
     Response::builder()
         .status(StatusCode::OK)
@@ -434,7 +436,7 @@ async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Optio
         CsvAt::Files(after) => {
             let req = FilesRequest {
                 id,
-                after,
+                after: Some(after),
                 limit: CSV_PAGE,
             };
             match call::<_, FileList>(api, verbs::TASK_FILES, &req, token).await {
@@ -457,7 +459,7 @@ async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Optio
                         ]));
                     }
                     let next = match page.next {
-                        Some(n) => CsvAt::Files(Some(n)),
+                        Some(n) => CsvAt::Files(n),
                         None => CsvAt::End,
                     };
                     (Some(text), next)
