@@ -398,16 +398,26 @@ if [ "$SCALE_FILES" -gt 0 ]; then
     csv_s=$(echo "$t1 - $t0" | bc -l)
     rss_server=$(vmhwm "$SERVER_PID")
     cluster_stop
-    db=0
-    for f in "$BENCH_DIR/cluster/server"/btp.db*; do db=$(( db + $(stat -c %s "$f") )); done
+    # The store once its WAL is checkpointed: the file, and the pages in use (pages freed while
+    # the task ran, as done jobs shrank, are reused by later tasks).
+    read -r db used < <(python3 - "$BENCH_DIR/cluster/server/btp.db" <<'PY'
+import os, sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+page = c.execute("PRAGMA page_size").fetchone()[0]
+used = c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
+c.close()
+print(os.path.getsize(sys.argv[1]), used * page)
+PY
+)
     {
         echo "## Scale"
         echo
-        echo "\`SCALE_FILES=$SCALE_FILES deploy/bench.sh\`: $SCALE_FILES empty files on tmpfs copied by one task through the two-client cluster ($(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers each, server with \`--secret-key-file\`, SQLite store, $BUILD build of btp). Peak RSS (VmHWM) of the server over the whole run (the CSV exports included) and of the larger client; \`task get\` and \`task report\` once the task is done (CLI start included); the whole per-file report streamed as CSV by \`btp task files -o csv\` and by the HTTP export (\`POST /api/v1/task.report.csv\`), each checked to hold one row a file; the store's size (btp.db with its WAL) per file."
+        echo "\`SCALE_FILES=$SCALE_FILES deploy/bench.sh\`: $SCALE_FILES empty files on tmpfs copied by one task through the two-client cluster ($(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers each, server with \`--secret-key-file\`, SQLite store, $BUILD build of btp). Peak RSS (VmHWM) of the server over the whole run (the CSV exports included) and of the larger client; \`task get\` and \`task report\` once the task is done (CLI start included); the whole per-file report streamed as CSV by \`btp task files -o csv\` and by the HTTP export (\`POST /api/v1/task.report.csv\`), each checked to hold one row a file; the store (btp.db, its WAL checkpointed): the file, and the bytes of its pages in use per file (pages freed as done jobs shrink are reused by later tasks)."
         echo
-        echo "| files | copy time | rate | server peak RSS | client peak RSS | get / report | files CSV / HTTP CSV | store | store per file |"
+        echo "| files | copy time | rate | server peak RSS | client peak RSS | get / report | files CSV / HTTP CSV | store file | store in use per file |"
         echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-        echo "| $SCALE_FILES | $(printf '%.1f' "$secs") s | $(printf '%.0f' "$(echo "$SCALE_FILES / $secs" | bc -l)") files/s | $(( rss_server / 1024 )) MiB | $(( rss_client / 1024 )) MiB | $get ms / $report ms | $(printf '%.1f' "$files_s") s / $(printf '%.1f' "$csv_s") s | $(( db / 1048576 )) MiB | $(( db / SCALE_FILES )) bytes |"
+        echo "| $SCALE_FILES | $(printf '%.1f' "$secs") s | $(printf '%.0f' "$(echo "$SCALE_FILES / $secs" | bc -l)") files/s | $(( rss_server / 1024 )) MiB | $(( rss_client / 1024 )) MiB | $get ms / $report ms | $(printf '%.1f' "$files_s") s / $(printf '%.1f' "$csv_s") s | $(( db / 1048576 )) MiB | $(( used / SCALE_FILES )) bytes |"
     } > "$BENCH_DIR/scale.md"
     log "scale: $(tail -n 1 "$BENCH_DIR/scale.md")"
     replace_section "## Scale" "$BENCH_DIR/scale.md"
