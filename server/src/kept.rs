@@ -73,3 +73,63 @@ pub fn read(payload: &str) -> Result<Kept, String> {
 pub fn read_job(payload: &str, task: &str, seq: i64) -> Result<Kept, ApiError> {
     read(payload).map_err(|e| ApiError::internal(format!("corrupt job {seq} of task {task}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btp_common::{Endpoint, WIRE_VERSION};
+
+    fn job(kind: JobKind) -> Job {
+        Job {
+            v: WIRE_VERSION,
+            id: "t1.4".into(),
+            tenant: "default".into(),
+            task: "t1".into(),
+            src: Endpoint::parse("/secret-root/src").unwrap(),
+            dst: Endpoint::parse("/secret-root/dst").unwrap(),
+            attempt: 1,
+            max_attempts: 3,
+            speed_share: None,
+            server_side_copy: Default::default(),
+            preserve_owner: false,
+            compare: Default::default(),
+            verify: Default::default(),
+            dry_run: false,
+            kind,
+        }
+    }
+
+    #[test]
+    fn done_jobs_keep_their_files_without_endpoints_and_earlier_payloads_still_read() {
+        let mut up_to_date = FileEntry::new("b \"quoted\" é.txt", 7, Some(1));
+        up_to_date.skipped = true;
+        up_to_date.mode = Some(0o644);
+        let copy = job(JobKind::Copy {
+            files: vec![FileEntry::new("a.txt", 3, Some(2)), up_to_date],
+        });
+        let full = serde_json::to_string(&copy).unwrap();
+        let kept = compact(&copy);
+        assert!(is_compact(&kept) && !is_compact(&full));
+        assert!(!kept.contains("secret-root"), "{kept}");
+        assert!(kept.len() * 3 < full.len(), "{kept} against {full}");
+        let want = Kept {
+            done: vec![
+                ("a.txt".into(), 3, 0),
+                ("b \"quoted\" é.txt".into(), 7, SKIPPED),
+            ],
+            upload: false,
+        };
+        // The compact form, and the whole payload that stores of earlier builds kept.
+        assert_eq!(read(&kept).unwrap(), want);
+        assert_eq!(read(&full).unwrap(), want);
+        let upload = job(JobKind::Upload {
+            file: FileEntry::new("big.bin", 1 << 30, None),
+            part_size: 8 << 20,
+        });
+        let kept = read(&compact(&upload)).unwrap();
+        assert!(kept.upload);
+        assert_eq!(kept.done, [("big.bin".to_string(), 1 << 30, 0)]);
+        assert!(read("{\"done\":[[1]]}").is_err());
+        assert!(read("not json").is_err());
+    }
+}
