@@ -11,7 +11,12 @@
 #   BTP_BIN       a btp binary to run instead of building a release one (BUILD=debug to say so)
 #   S3_SMALL_FILES, S3_BIG_FILES  data sets (d) and (e), fs -> S3 on a local moto server
 #                 (defaults 2000 and 2; S3_SMALL_FILES=0 skips both)
-#   SCALE_FILES   empty files for the scale run (default 0: skipped; the figure to run is 1000000)
+#   SCALE_FILES   when set (the figure to run is 1000000; not in CI): only the scale run, which
+#                 copies that many empty files on tmpfs with one task through the two-client
+#                 cluster (server with a --secret-key-file, as in production), then times
+#                 `task get`, `task report`, the per-file CSV (`task files -o csv` and the HTTP
+#                 export), prints peak RSS (VmHWM) of the server and the clients and the store's
+#                 size per file, and replaces the "Scale" section of BENCHMARKS.md.
 #   LIMIT_MIB     speed limit of the limit-accuracy run in MiB/s (default 40; 0 skips it)
 #   SSC_FILES     S3 -> S3 on one moto server, server-side copy against client-side copy: this
 #                 many files of SSC_MIB MiB (defaults 4 and 64) plus SSC_SMALL files of 4 KiB
@@ -57,7 +62,7 @@ OUT=${BENCH_OUT:-BENCHMARKS.md}
 
 ensure_rust
 ensure_nats_server
-[ "$MANIFEST_LINES" -gt 0 ] || command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
+[ "$MANIFEST_LINES" -gt 0 ] || [ "$SCALE_FILES" -gt 0 ] || command -v rclone >/dev/null 2>&1 || { log "installing rclone"; apt_install rclone; }
 [ -x /usr/bin/time ] || { log "installing time"; apt_install time; }
 if [ "$CHECK_FILES" -eq 0 ]; then
     [ "$S3_SMALL_FILES" -eq 0 ] && [ "$SSC_FILES" -eq 0 ] && [ "$MANIFEST_LINES" -eq 0 ] || ensure_moto
@@ -98,7 +103,7 @@ gen_big() { # dir count mib
     for i in $(seq 1 "$2"); do head -c $(( $3 * 1024 * 1024 )) /dev/urandom > "$1/big-$i.bin"; done
 }
 
-if [ "$SSC_ONLY" != 1 ] && [ "$HA_ONLY" != 1 ] && [ "$MANIFEST_LINES" -eq 0 ] && [ "$CHECK_FILES" -eq 0 ]; then
+if [ "$SSC_ONLY" != 1 ] && [ "$HA_ONLY" != 1 ] && [ "$MANIFEST_LINES" -eq 0 ] && [ "$CHECK_FILES" -eq 0 ] && [ "$SCALE_FILES" -eq 0 ]; then
 log "generating data sets in $BENCH_DIR"
 gen_small "$BENCH_DIR/small" "$SMALL_FILES" "$SMALL_SIZE"
 gen_big "$BENCH_DIR/big" "$BIG_FILES" "$BIG_MIB"
@@ -421,6 +426,62 @@ PY
     exit 0
 fi
 
+# SCALE_FILES empty files copied by one task: memory, store size and report latency at scale.
+if [ "$SCALE_FILES" -gt 0 ]; then
+    rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+    log "scale run: $SCALE_FILES empty files"
+    gen_small "$BENCH_DIR/scale" "$SCALE_FILES" 0
+    HTTP_PORT=$(free_port)
+    SERVER_ARGS="--http-addr 127.0.0.1:$HTTP_PORT --secret-key-file $BENCH_DIR/secret.key" cluster_start
+    set -- $(cluster_run "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst")
+    secs=$1 rss_client=$3
+    id=$(cat "$BENCH_DIR/last-task")
+    copied=$("$BTP" task get "$id" -o json | sed -n 's/^  "files_copied": \([0-9]*\),$/\1/p')
+    [ "$copied" = "$SCALE_FILES" ] || { echo "copied $copied of $SCALE_FILES files" >&2; exit 1; }
+    ms() { echo "$1" | awk '{printf "%.0f", $1 * 1000}'; }
+    get=$(timed "$BTP" task get "$id"); get=$(ms "$get")
+    report=$(timed "$BTP" task report "$id"); report=$(ms "$report")
+    # The per-file report whole, page after page: from the CLI, and from the HTTP export.
+    t0=$(now)
+    rows=$("$BTP" task files "$id" -o csv | wc -l)
+    t1=$(now)
+    [ "$rows" = $(( SCALE_FILES + 1 )) ] || { echo "task files gave $rows lines" >&2; exit 1; }
+    files_s=$(echo "$t1 - $t0" | bc -l)
+    t0=$(now)
+    rows=$(curl -sS -X POST -H 'content-type: application/json' --data "{\"id\": \"$id\"}" \
+        "http://127.0.0.1:$HTTP_PORT/api/v1/task.report.csv" | wc -l)
+    t1=$(now)
+    [ "$rows" = $(( SCALE_FILES + 1 )) ] || { echo "the CSV export gave $rows lines" >&2; exit 1; }
+    csv_s=$(echo "$t1 - $t0" | bc -l)
+    rss_server=$(vmhwm "$SERVER_PID")
+    cluster_stop
+    # The store once its WAL is checkpointed: the file, and the pages in use (pages freed while
+    # the task ran, as done jobs shrank, are reused by later tasks).
+    read -r db used < <(python3 - "$BENCH_DIR/cluster/server/btp.db" <<'PY'
+import os, sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+page = c.execute("PRAGMA page_size").fetchone()[0]
+used = c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
+c.close()
+print(os.path.getsize(sys.argv[1]), used * page)
+PY
+)
+    {
+        echo "## Scale"
+        echo
+        echo "\`SCALE_FILES=$SCALE_FILES deploy/bench.sh\`: $SCALE_FILES empty files on tmpfs copied by one task through the two-client cluster ($(( WORKERS / 2 > 0 ? WORKERS / 2 : 1 )) workers each, server with \`--secret-key-file\`, SQLite store, $BUILD build of btp). Peak RSS (VmHWM) of the server over the whole run (the CSV exports included) and of the larger client; \`task get\` and \`task report\` once the task is done (CLI start included); the whole per-file report streamed as CSV by \`btp task files -o csv\` and by the HTTP export (\`POST /api/v1/task.report.csv\`), each checked to hold one row a file; the store (btp.db, its WAL checkpointed): the file, and the bytes of its pages in use per file (pages freed as done jobs shrink are reused by later tasks)."
+        echo
+        echo "| files | copy time | rate | server peak RSS | client peak RSS | get / report | files CSV / HTTP CSV | store file | store in use per file |"
+        echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        echo "| $SCALE_FILES | $(printf '%.1f' "$secs") s | $(printf '%.0f' "$(echo "$SCALE_FILES / $secs" | bc -l)") files/s | $(( rss_server / 1024 )) MiB | $(( rss_client / 1024 )) MiB | $get ms / $report ms | $(printf '%.1f' "$files_s") s / $(printf '%.1f' "$csv_s") s | $(( db / 1048576 )) MiB | $(( used / SCALE_FILES )) bytes |"
+    } > "$BENCH_DIR/scale.md"
+    log "scale: $(tail -n 1 "$BENCH_DIR/scale.md")"
+    replace_section "## Scale" "$BENCH_DIR/scale.md"
+    rm -rf "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst"
+    exit 0
+fi
+
 bench_set() { # name kind (fs: to a directory, with cp; s3: to the moto bucket)
     local name=$1 kind=$2 src=$BENCH_DIR/$1 dst files bytes tools=(cp rclone btp-copy btp-cluster)
     files=$(find "$src" -type f | wc -l)
@@ -495,24 +556,6 @@ if [ "$LIMIT_MIB" -gt 0 ]; then
     rm -rf "$BENCH_DIR/limited" "$BENCH_DIR/limited-dst"
 fi
 
-SCALE=""
-if [ "$SCALE_FILES" -gt 0 ]; then
-    log "scale run: $SCALE_FILES empty files"
-    gen_small "$BENCH_DIR/scale" "$SCALE_FILES" 0
-    cluster_start
-    line=$(cluster_run "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst")
-    # How the store does with the task's rows in it: a task get and a report, and its size.
-    id=$(cat "$BENCH_DIR/last-task")
-    get=$(timed "$BTP" task get "$id")
-    report=$(timed "$BTP" task report "$id")
-    db=$(du -sm "$BENCH_DIR/cluster/server" | cut -f1)
-    cluster_stop
-    set -- $line
-    SCALE="| $SCALE_FILES empty files, cluster of 2 clients | $(printf '%.1f' "$1") s | $(printf '%.0f' "$(echo "$SCALE_FILES / $1" | bc -l)") files/s | server $(( $2 / 1024 )) MiB | client $(( $3 / 1024 )) MiB | $(printf '%.0f' "$(echo "${get%% *} * 1000" | bc -l)") ms / $(printf '%.0f' "$(echo "${report%% *} * 1000" | bc -l)") ms | $db MiB |"
-    log "scale: $SCALE"
-    rm -rf "$BENCH_DIR/scale" "$BENCH_DIR/scale-dst"
-fi
-
 SSC=""
 [ "$SSC_FILES" -eq 0 ] || ssc_bench
 SSC_MD=""
@@ -522,6 +565,7 @@ HA=""
 HA_MD=""
 [ -z "$HA" ] || HA_MD=$(ha_section)
 
+SCALE=""
 python3 - "$RESULTS" "$OUT" "$BENCH_DIR" "$WORKERS" "$RUNS" "$SCALE" "$LIMIT" "$SSC_MD" "$HA_MD" <<'PY'
 import sys, platform, subprocess, datetime, os
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]

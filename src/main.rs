@@ -409,9 +409,12 @@ pub struct ReportArgs {
     /// Most failed files to include.
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
-    /// Failed files to skip (paging).
+    /// Failed files to skip (paging; `--after` pages faster).
     #[arg(long, default_value_t = 0)]
     pub offset: u64,
+    /// Start after the page whose `next` this is (the cursor of `--output json`).
+    #[arg(long, conflicts_with = "offset")]
+    pub after: Option<String>,
     #[command(flatten)]
     pub output: OutputOpts,
 }

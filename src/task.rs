@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use btp_common::api::{
-    verbs, ClientInfo, ClientList, ClientRef, CreateTask, Empty, FileList, FilesRequest, Health,
-    ListTasks, Report, ReportRequest, SetTask, TaskInfo, TaskList, TaskOptions, TaskRef, TaskState,
+    verbs, ClientInfo, ClientList, ClientRef, CreateTask, Empty, FileList, FilesCursor,
+    FilesRequest, Health, ListTasks, Report, ReportRequest, SetTask, TaskInfo, TaskList,
+    TaskOptions, TaskRef, TaskState,
 };
 use btp_common::units::parse_size;
 use btp_nats::ApiClient;
@@ -423,6 +424,7 @@ pub async fn dispatch(url: &str, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 id: a.id,
                 failures_limit: a.limit,
                 failures_offset: a.offset,
+                after: a.after,
             };
             let r: Report = call(&api, verbs::TASK_REPORT, &req).await?;
             match (a.failed, a.output.output) {
@@ -474,7 +476,7 @@ async fn files(api: &ApiClient, a: IdArgs) -> anyhow::Result<()> {
             btp_common::csv::line(&["path", "size", "outcome", "reason", "not_kept"])
         );
     }
-    let mut after = None;
+    let mut after = Some(FilesCursor::Opaque(String::new()));
     loop {
         let req = FilesRequest {
             id: a.id.clone(),
@@ -673,6 +675,7 @@ fn report_req(id: String) -> ReportRequest {
         id,
         failures_limit: 1000,
         failures_offset: 0,
+        after: None,
     }
 }
 
@@ -766,19 +769,17 @@ pub async fn run_to_end(url: &str, req: CreateTask, out: Output) -> anyhow::Resu
     print(out, &r, output::report);
     if matches!(out, Output::Table) {
         // Every failed entry is named, page after page, however many there are.
-        let mut offset = r.failures.len() as u64;
-        let mut page_len = r.failures.len();
-        while page_len == report_req(String::new()).failures_limit as usize {
+        let mut next = r.next;
+        while let Some(after) = next {
             let req = ReportRequest {
-                failures_offset: offset,
+                after: Some(after),
                 ..report_req(t.id.clone())
             };
             let more: Report = call(&api, verbs::TASK_REPORT, &req).await?;
-            page_len = more.failures.len();
-            offset += page_len as u64;
-            if page_len > 0 {
+            if !more.failures.is_empty() {
                 output::failures(&more.failures);
             }
+            next = more.next;
         }
     }
     Ok(exit_code(&t))

@@ -249,3 +249,145 @@ fn the_server_runs_on_postgresql_with_the_same_migrations() {
     drop(c);
     psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }
+
+/// One API request over NATS: the raw answer's size and its `ok` value.
+fn api_call(
+    rt: &tokio::runtime::Runtime,
+    nats: &async_nats::Client,
+    verb: &str,
+    req: serde_json::Value,
+) -> (usize, serde_json::Value) {
+    let msg = rt
+        .block_on(nats.request(format!("btp.api.v1.{verb}"), req.to_string().into()))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert!(v.get("ok").is_some(), "{verb}: {v}");
+    (msg.payload.len(), v["ok"].clone())
+}
+
+#[test]
+fn report_pages_follow_cursors_stay_under_a_mebibyte_and_earlier_offsets_still_work() {
+    let tmp = test_dir();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Long names: a page of 10,000 of them would be about 2.4 MB, over NATS' 1 MiB.
+    let mut names = std::collections::BTreeSet::new();
+    for i in 0..2400 {
+        let locked = if i % 200 == 7 { "locked-" } else { "" };
+        let name = format!("{locked}{i:0>200}.bin");
+        std::fs::write(src.join(&name), b"").unwrap();
+        names.insert(name);
+    }
+    let failed: std::collections::BTreeSet<String> = names
+        .iter()
+        .filter(|n| n.starts_with("locked-"))
+        .cloned()
+        .collect();
+    assert_eq!(failed.len(), 12);
+    let mut c = Cluster::start(tmp.path(), &[]);
+    c.add_client_env(&["--workers", "4"], &[("BTP_FAULT_UNREADABLE", "locked-")]);
+    let id = c.start_task(&src, &tmp.path().join("dst"), &["--max-attempts", "1"]);
+    let t = wait_task(&c.url, &id, Duration::from_secs(120));
+    assert_eq!(t["files_failed"], 12, "{t}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let nats = rt.block_on(async_nats::connect(&c.url)).unwrap();
+
+    // task.files with opaque cursors: every page under the bound, every file once.
+    let walk = |first: serde_json::Value| {
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        let mut after = first;
+        loop {
+            let mut req = serde_json::json!({"id": id, "limit": 10000});
+            if !after.is_null() {
+                req["after"] = after.clone();
+            }
+            let (size, page) = api_call(&rt, &nats, "task.files", req);
+            assert!(size < 1 << 20, "an answer of {size} bytes");
+            pages += 1;
+            for f in page["files"].as_array().unwrap() {
+                let outcome = if failed.contains(f["path"].as_str().unwrap()) {
+                    "failed"
+                } else {
+                    "copied"
+                };
+                assert_eq!(f["outcome"], outcome, "{f}");
+                seen.push(f["path"].as_str().unwrap().to_string());
+            }
+            match page.get("next") {
+                Some(n) => after = n.clone(),
+                None => break,
+            }
+        }
+        (seen, pages)
+    };
+    let (seen, pages) = walk(serde_json::json!(""));
+    assert!(pages >= 2, "{pages} pages");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "a file given twice");
+    assert_eq!(sorted, names.iter().cloned().collect::<Vec<_>>());
+    // Without a cursor (earlier CLIs), the numeric cursors of earlier versions: the same files.
+    let (legacy, _) = walk(serde_json::Value::Null);
+    assert_eq!(legacy, seen);
+    // The CLI follows the cursors too.
+    let out = btp(&c.url, &["task", "files", &id, "--output", "json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2400);
+
+    // task.report: failures page by cursor, in path order, each once; offsets as before.
+    let mut by_cursor = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut req = serde_json::json!({"id": id, "failures_limit": 5});
+        if let Some(a) = &after {
+            req["after"] = serde_json::json!(a);
+        }
+        let (_, r) = api_call(&rt, &nats, "task.report", req);
+        // The per-client summary is on the first page only.
+        assert_eq!(r["clients"].as_array().unwrap().is_empty(), after.is_some());
+        by_cursor.extend(
+            r["failures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["path"].as_str().unwrap().to_string()),
+        );
+        match r["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(by_cursor, failed.iter().cloned().collect::<Vec<_>>());
+    let mut by_offset = Vec::new();
+    for offset in (0..15).step_by(5) {
+        let req = serde_json::json!({"id": id, "failures_limit": 5, "failures_offset": offset});
+        let (_, r) = api_call(&rt, &nats, "task.report", req);
+        by_offset.extend(
+            r["failures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["path"].as_str().unwrap().to_string()),
+        );
+    }
+    assert_eq!(by_offset, by_cursor);
+    // A cursor this server did not make is refused.
+    let msg = rt
+        .block_on(
+            nats.request(
+                "btp.api.v1.task.files",
+                serde_json::json!({"id": id, "after": "zz"})
+                    .to_string()
+                    .into(),
+            ),
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_argument", "{v}");
+}

@@ -818,6 +818,10 @@ pub struct Report {
     /// like `failures`); the whole list is in `task.files`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_kept: Vec<crate::wire::NotKept>,
+    /// Pass as `after` for the next page of `failures`, `changes` and `not_kept`; absent on the
+    /// last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A change a dry run found.
@@ -919,8 +923,25 @@ pub struct ReportRequest {
     pub id: String,
     #[serde(default = "default_limit")]
     pub failures_limit: u32,
-    #[serde(default)]
+    /// Rows to skip, as earlier CLIs page; read only when `after` is absent.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub failures_offset: u64,
+    /// The `next` of the previous page (an opaque cursor); absent for the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where a page of `task.files` starts: the opaque cursor of this version (`""` for the first
+/// page), or the number earlier CLIs pass, answered with numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FilesCursor {
+    Legacy(u64),
+    Opaque(String),
 }
 
 /// `task.files`: the per-file report, one page: every entry the listing found, exactly once,
@@ -931,10 +952,12 @@ pub struct ReportRequest {
 #[serde(deny_unknown_fields)]
 pub struct FilesRequest {
     pub id: String,
-    /// The `next` of the previous page; absent for the first.
+    /// The `next` of the previous page: `""` asks for the first page with opaque cursors; absent,
+    /// the first page with the numbers of earlier versions.
     #[serde(default)]
-    pub after: Option<u64>,
-    /// About this many files: a page holds whole jobs, so it may hold up to one job more.
+    pub after: Option<FilesCursor>,
+    /// At most this many files, and never more than `FILES_PAGE_BYTES` of them (with numeric
+    /// cursors a page holds whole jobs, so it may hold up to one job more).
     #[serde(default = "default_files_limit")]
     pub limit: u32,
 }
@@ -971,8 +994,12 @@ pub struct FileList {
     pub files: Vec<DoneFile>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<u64>,
+    pub next: Option<FilesCursor>,
 }
+
+/// The most bytes of JSON the files of one `task.files` page take, well under the 1 MiB a NATS
+/// message may carry by default.
+pub const FILES_PAGE_BYTES: usize = 512 * 1024;
 
 /// `task.set`: changes a task's settings while it exists (the speed limit takes effect within
 /// seconds on a running task).

@@ -18,6 +18,12 @@ use crate::store::Store;
 pub const HEARTBEAT_INTERVAL_MS: i64 = 2_000;
 /// A client whose last heartbeat is older than this is shown offline.
 pub const OFFLINE_AFTER_MS: i64 = 3 * HEARTBEAT_INTERVAL_MS + 1_000;
+/// A client not heard from for this long leaves the server's memory: the live registry, the
+/// set of clients already logged as registered and the per-client live speed. Its next
+/// heartbeat registers it again; the store's `agents` rows (`client list`) stay.
+pub const FORGET_AFTER_MS: i64 = 10 * 60 * 1_000;
+/// How often forgotten clients are looked for.
+const FORGET_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Reasons of `btp_server_heartbeats_rejected_total`.
 pub mod reject {
@@ -40,6 +46,30 @@ impl Live {
     pub fn update(&self, tenant: &str, hb: Heartbeat, now: i64) {
         let mut c = self.clients.lock().expect("live clients lock");
         c.insert((tenant.to_string(), hb.id.clone()), (now, hb));
+    }
+
+    /// Forgets the clients whose last heartbeat is [`FORGET_AFTER_MS`] or more before `now`;
+    /// their (tenant, id).
+    pub fn forget_stale(&self, now: i64) -> Vec<(String, String)> {
+        let mut c = self.clients.lock().expect("live clients lock");
+        let gone: Vec<(String, String)> = c
+            .iter()
+            .filter(|(_, (seen, _))| now - seen >= FORGET_AFTER_MS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            c.remove(k);
+        }
+        gone
+    }
+
+    /// Clients held in memory.
+    pub fn len(&self) -> usize {
+        self.clients.lock().expect("live clients lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Heartbeats of the online, non-draining clients of `tenant`.
@@ -89,13 +119,26 @@ pub async fn run(
     nats: async_nats::Client,
     store: Store,
     live: std::sync::Arc<Live>,
+    client_speed: std::sync::Arc<crate::speed::SpeedTracker>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut sub = nats.subscribe(subjects::HEARTBEAT_ALL).await?;
     let mut known = std::collections::HashSet::new();
+    let mut forget = tokio::time::interval(FORGET_EVERY);
+    forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = forget.tick() => {
+                let now = now_ms();
+                for (tenant, id) in live.forget_stale(now) {
+                    info!(client = %id, %tenant, "client forgotten: no heartbeat for 10 minutes");
+                    known.remove(&(tenant, id));
+                }
+                // Results name clients too: their speed goes with them, heartbeat or not.
+                client_speed.forget_idle(now, FORGET_AFTER_MS);
+                continue;
+            }
             m = sub.next() => match m { Some(m) => m, None => return Ok(()) },
         };
         let rejected = |reason: &'static str| {
@@ -172,5 +215,37 @@ mod tests {
         live.update("globex", draining, now);
         assert_eq!(live.online("acme").len(), 1);
         assert_eq!(live.online("globex").len(), 0);
+    }
+
+    #[test]
+    fn clients_not_heard_from_for_ten_minutes_are_forgotten() {
+        let hb = |id: &str| Heartbeat {
+            v: 1,
+            id: id.into(),
+            host: "h".into(),
+            tenant: "acme".into(),
+            workers: 1,
+            busy: 0,
+            started_ms: 0,
+            jobs_done: 0,
+            online: true,
+            draining: false,
+            tasks: vec![],
+            tenants: vec![],
+            fs_roots: None,
+        };
+        let live = Live::default();
+        let t0 = 1_000_000;
+        for i in 0..1000 {
+            live.update("acme", hb(&format!("gone-{i}")), t0);
+        }
+        live.update("acme", hb("stays"), t0 + FORGET_AFTER_MS - 1);
+        assert!(live.forget_stale(t0 + FORGET_AFTER_MS - 1).is_empty());
+        let mut gone = live.forget_stale(t0 + FORGET_AFTER_MS);
+        gone.sort();
+        assert_eq!(gone.len(), 1000);
+        assert_eq!(gone[0], ("acme".to_string(), "gone-0".to_string()));
+        assert_eq!(live.len(), 1, "only the client heard from since stays");
+        assert!(live.forget_stale(t0 + FORGET_AFTER_MS).is_empty());
     }
 }

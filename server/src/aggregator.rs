@@ -978,19 +978,16 @@ async fn record_failures(
 
 /// What a finished job keeps of its payload: a Copy job its files less those that failed or run
 /// again (they are reported by the failures table or by their retry job), as they were copied;
-/// a Complete job that completed its upload the file; every other job nothing. `None` keeps
-/// the payload unchanged.
+/// a Complete job that completed its upload the file; every other job nothing. What is kept is
+/// the compact form of `crate::kept` (path, size, up to date), without the job's endpoints.
 fn kept_payload(kind: &str, payload: &str, body: &ResultBody) -> Result<Option<String>, ApiError> {
     // A dry run keeps its files too: its per-file report says what would be copied.
     let cleared = Some(String::new());
     let parse = || -> Result<Job, ApiError> {
         serde_json::from_str(payload).map_err(|e| ApiError::internal(format!("corrupt job: {e}")))
     };
-    let encode = |job: &Job| -> Result<Option<String>, ApiError> {
-        let text = serde_json::to_string(job)
-            .map_err(|e| ApiError::internal(format!("encoding a job: {e}")))?;
-        Ok(Some(text))
-    };
+    let encode =
+        |job: &Job| -> Result<Option<String>, ApiError> { Ok(Some(crate::kept::compact(job))) };
     match (kind, body) {
         // A large file is in the report once its upload is complete (an upload given up and
         // begun again would show it twice), as it was copied: without its parts.
@@ -1007,7 +1004,9 @@ fn kept_payload(kind: &str, payload: &str, body: &ResultBody) -> Result<Option<S
             encode(&job)
         }
         // A dry run's large file that would be copied.
-        ("upload", ResultBody::Copy { would_copy, .. }) if !would_copy.is_empty() => Ok(None),
+        ("upload", ResultBody::Copy { would_copy, .. }) if !would_copy.is_empty() => {
+            encode(&parse()?)
+        }
         ("upload", ResultBody::Copy { up_to_date, .. }) if !up_to_date.is_empty() => {
             // A large file found up to date: kept, marked skipped, for the per-file report.
             let mut job = parse()?;
@@ -1026,13 +1025,6 @@ fn kept_payload(kind: &str, payload: &str, body: &ResultBody) -> Result<Option<S
                 ..
             },
         ) => {
-            if failures.is_empty()
-                && retry.is_empty()
-                && changed.is_empty()
-                && up_to_date.is_empty()
-            {
-                return Ok(None);
-            }
             let mut job = parse()?;
             if let JobKind::Copy { files } = &mut job.kind {
                 let out: std::collections::HashSet<&str> = failures

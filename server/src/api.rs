@@ -10,7 +10,7 @@ use btp_common::api::{
     TokenCreated, TokenInfo, TokenList, TokenRef, VerdictList, VerdictsRequest, VerifyTask,
     MAX_PAGE,
 };
-use btp_common::wire::{Control, ControlAction, JobKind, Outcome};
+use btp_common::wire::{Control, ControlAction, Outcome};
 use btp_common::{now_ms, subjects, Endpoint, DEFAULT_TENANT};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -740,23 +740,60 @@ impl Api {
         &self,
         req: Result<FilesRequest, ApiError>,
     ) -> Result<FileList, ApiError> {
+        use crate::cursor::{FilesAt, Key};
+        use btp_common::api::{FilesCursor, FILES_PAGE_BYTES};
         /// Jobs read per query.
         const JOBS: i64 = 16;
-        /// The cursor: the part of the report in its high bits, the position within it below.
+        /// The numeric cursor of earlier versions: the part of the report in its high bits, the
+        /// position within it below (the last job given, or an offset).
         const PART: u64 = 1 << 48;
         let req = req?;
         check_page(req.limit, 0)?;
         let store = &self.ctx.store;
         store.task(&req.id).await?;
-        let cursor = req.after.map(|a| (a / PART, a % PART));
+        let legacy = !matches!(req.after, Some(FilesCursor::Opaque(_)));
+        let mut at = match &req.after {
+            None => FilesAt::Jobs { seq: 0, skip: 0 },
+            Some(FilesCursor::Opaque(s)) if s.is_empty() => FilesAt::Jobs { seq: 0, skip: 0 },
+            Some(FilesCursor::Opaque(s)) => crate::cursor::decode(s)?,
+            Some(FilesCursor::Legacy(a)) => {
+                let o = (a % PART) as i64;
+                match a / PART {
+                    0 => FilesAt::Jobs {
+                        seq: o + 1,
+                        skip: 0,
+                    },
+                    1 => FilesAt::Entries(Key::Offset(o)),
+                    2 => FilesAt::Failures(Key::Offset(o)),
+                    _ => return Err(ApiError::invalid("invalid cursor")),
+                }
+            }
+        };
+        let next = |at: &FilesAt| -> Result<FilesCursor, ApiError> {
+            if !legacy {
+                return Ok(FilesCursor::Opaque(crate::cursor::encode(at)));
+            }
+            Ok(FilesCursor::Legacy(match at {
+                FilesAt::Jobs { seq, .. } => (*seq - 1) as u64,
+                FilesAt::Entries(Key::Offset(o)) => PART + *o as u64,
+                FilesAt::Failures(Key::Offset(o)) => 2 * PART + *o as u64,
+                _ => return Err(ApiError::internal("a numeric cursor past a key")),
+            }))
+        };
+        let limit = req.limit as usize;
         let mut files = Vec::new();
-        let limit = req.limit as i64;
-        if cursor.is_none_or(|(part, _)| part == 0) {
-            // Files of finished Copy and Upload jobs, from their kept payloads.
-            let mut after = match cursor {
-                Some((_, seq)) => seq as i64,
-                None => -1,
-            };
+        let mut bytes = 0usize;
+        // Whether `d` still fits in the page (the first file always does).
+        let fits = |files: &Vec<DoneFile>, bytes: usize, d: &DoneFile| {
+            let n = serde_json::to_vec(d).map(|v| v.len() + 1).unwrap_or(0);
+            (
+                files.is_empty() || (files.len() < limit && bytes + n <= FILES_PAGE_BYTES),
+                n,
+            )
+        };
+        if let FilesAt::Jobs { seq: first, skip } = at {
+            // Files of finished Copy and Upload jobs, from what they kept.
+            let mut after = first - 1;
             loop {
                 let jobs = store.done_file_jobs(&req.id, after, JOBS).await?;
                 let full = jobs.len() as i64 == JOBS;
@@ -766,80 +803,114 @@ impl Api {
                     }
                     _ => Default::default(),
                 };
-                let mut done_file = |seq: i64, f: btp_common::wire::FileEntry| {
-                    let lost = not_kept.remove(&(seq, f.path.clone()));
-                    let mut d = done_file(f);
-                    d.not_kept = lost.unwrap_or_default();
-                    d
-                };
                 for (seq, payload) in jobs {
                     after = seq;
-                    let job: btp_common::wire::Job =
-                        serde_json::from_str(&payload).map_err(|e| {
-                            ApiError::internal(format!("corrupt job {seq} of task {}: {e}", req.id))
-                        })?;
-                    match job.kind {
-                        JobKind::Copy { files: batch } => {
-                            files.extend(batch.into_iter().map(|f| done_file(seq, f)))
+                    let kept = crate::kept::read_job(&payload, &req.id, seq)?;
+                    // Kept by an Upload job that found its file up to date, or by stores of
+                    // earlier builds; a large file whose upload failed later is in the
+                    // failures instead.
+                    if kept.upload {
+                        if let Some((path, _, _)) = kept.done.first() {
+                            if store.has_failure(&req.id, path).await? {
+                                continue;
+                            }
                         }
-                        // A large file, once its upload is complete.
-                        JobKind::Complete { file, .. } => files.push(done_file(seq, file)),
-                        // Kept by an Upload job that found its file up to date, or by stores of
-                        // earlier builds; a large file whose upload failed later is in the
-                        // failures instead.
-                        JobKind::Upload { file, .. }
-                            if !store.has_failure(&req.id, &file.path).await? =>
-                        {
-                            files.push(done_file(seq, file));
+                    }
+                    let skip = if seq == first { skip } else { 0 };
+                    for (i, (path, size, flags)) in kept.done.into_iter().enumerate().skip(skip) {
+                        let lost = not_kept.remove(&(seq, path.clone()));
+                        let d = done_file(path, size, flags, lost.unwrap_or_default());
+                        let (fit, n) = fits(&files, bytes, &d);
+                        // Numeric cursors name whole jobs: a page ends only between two.
+                        if !fit && !legacy {
+                            return Ok(FileList {
+                                files,
+                                next: Some(next(&FilesAt::Jobs { seq, skip: i })?),
+                            });
                         }
-                        _ => {}
+                        bytes += n;
+                        files.push(d);
+                    }
+                    if files.len() >= limit || bytes >= FILES_PAGE_BYTES {
+                        return Ok(FileList {
+                            files,
+                            next: Some(next(&FilesAt::Jobs {
+                                seq: seq + 1,
+                                skip: 0,
+                            })?),
+                        });
                     }
                 }
                 if !full {
                     break;
                 }
-                if files.len() as i64 >= limit {
-                    return Ok(FileList {
-                        files,
-                        next: Some(after as u64),
-                    });
-                }
             }
+            at = FilesAt::Entries(Key::Offset(0));
         }
-        // Then the entries the listing settled, then the failed ones, by offset.
-        for part in 1..=2u64 {
-            let mut offset = match cursor {
-                Some((p, o)) if p == part => o as i64,
-                Some((p, _)) if p > part => continue,
-                _ => 0,
+        // Then the entries the listing settled, then the failed ones, each by path.
+        loop {
+            let (failed, key) = match &at {
+                FilesAt::Entries(k) => (false, k.clone()),
+                FilesAt::Failures(k) => (true, k.clone()),
+                FilesAt::Jobs { .. } => unreachable!("the jobs are done"),
             };
+            let mut key = key;
             loop {
-                let want = (limit - files.len() as i64).max(1);
-                let page = if part == 1 {
-                    store.report_entries(&req.id, want, offset).await?
+                let want = (limit.saturating_sub(files.len())).max(1) as i64;
+                let page = if failed {
+                    store.report_failures(&req.id, want, &key.at()).await?
                 } else {
-                    store.report_failures(&req.id, want, offset).await?
+                    store.report_entries(&req.id, want, &key.at()).await?
                 };
                 let got = page.len() as i64;
-                offset += got;
-                files.extend(page);
+                let here = |k: Key<String>| {
+                    if failed {
+                        FilesAt::Failures(k)
+                    } else {
+                        FilesAt::Entries(k)
+                    }
+                };
+                for d in page {
+                    let (fit, n) = fits(&files, bytes, &d);
+                    if !fit {
+                        return Ok(FileList {
+                            files,
+                            next: Some(next(&here(key))?),
+                        });
+                    }
+                    key = match key {
+                        Key::Offset(o) if legacy => Key::Offset(o + 1),
+                        _ => Key::After(d.path.clone()),
+                    };
+                    bytes += n;
+                    files.push(d);
+                }
                 if got < want {
                     break;
                 }
-                if files.len() as i64 >= limit {
+                if files.len() >= limit {
                     return Ok(FileList {
                         files,
-                        next: Some(part * PART + offset as u64),
+                        next: Some(next(&here(key))?),
                     });
                 }
             }
+            if failed {
+                break;
+            }
+            at = FilesAt::Failures(Key::Offset(0));
         }
         Ok(FileList { files, next: None })
     }
 
     async fn report(&self, req: Result<ReportRequest, ApiError>) -> Result<Report, ApiError> {
+        use crate::cursor::{Key, Pos, ReportCursor};
         let req = req?;
         check_page(req.failures_limit, req.failures_offset)?;
+        let mut cursor = match &req.after {
+            Some(c) => crate::cursor::decode::<ReportCursor>(c)?,
+            None => ReportCursor::start(req.failures_offset as i64),
+        };
         let task = self.task_info(&req.id).await?;
         let duration_ms = match task.started_ms {
             Some(s) => task.finished_ms.unwrap_or_else(now_ms) - s,
@@ -851,32 +922,50 @@ impl Api {
             0.0
         };
         let store = &self.ctx.store;
+        let limit = req.failures_limit as i64;
+        /// Where a list goes on after a page of it: past its last row, or nowhere once a page
+        /// came short.
+        fn then<K>(got: usize, limit: i64, last: Option<K>) -> Pos<K> {
+            (got as i64 == limit)
+                .then_some(())
+                .and(last.map(Key::After))
+        }
+        let mut failures = Vec::new();
+        if let Some(k) = &cursor.failures {
+            failures = store.failures(&req.id, limit, &k.at()).await?;
+            cursor.failures = then(
+                failures.len(),
+                limit,
+                failures.last().map(|f| f.path.clone()),
+            );
+        }
+        let mut changes = Vec::new();
+        if let Some(k) = &cursor.changes {
+            changes = store.changes(&req.id, limit, &k.at()).await?;
+            let last = changes.last().map(|(a, p, _)| (p.clone(), a.clone()));
+            cursor.changes = then(changes.len(), limit, last);
+        }
+        let mut not_kept = Vec::new();
+        if let Some(k) = &cursor.not_kept {
+            let page = store.not_kept_page(&req.id, limit, &k.at()).await?;
+            let last = page.last().map(|(n, seq)| (n.path.clone(), *seq));
+            cursor.not_kept = then(page.len(), limit, last);
+            not_kept = page.into_iter().map(|(n, _)| n).collect();
+        }
+        // The per-client summary groups every job of the task: on the first page only.
+        let clients = match req.after {
+            None => store.client_shares(&req.id).await?,
+            Some(_) => Vec::new(),
+        };
         Ok(Report {
-            clients: store.client_shares(&req.id).await?,
-            failures: store
-                .failures(
-                    &req.id,
-                    req.failures_limit as i64,
-                    req.failures_offset as i64,
-                )
-                .await?,
-            changes: store
-                .changes(
-                    &req.id,
-                    req.failures_limit as i64,
-                    req.failures_offset as i64,
-                )
-                .await?
+            clients,
+            failures,
+            changes: changes
                 .into_iter()
                 .map(|(action, path, size)| btp_common::api::Change { action, path, size })
                 .collect(),
-            not_kept: store
-                .not_kept_page(
-                    &req.id,
-                    req.failures_limit as i64,
-                    req.failures_offset as i64,
-                )
-                .await?,
+            not_kept,
+            next: (!cursor.is_end()).then(|| crate::cursor::encode(&cursor)),
             task,
             duration_ms,
             avg_bytes_per_sec: avg.round(),
@@ -1299,18 +1388,18 @@ pub(crate) fn new_task_id() -> String {
 }
 
 /// A file of a finished Copy or Upload job in the per-file report.
-fn done_file(f: btp_common::wire::FileEntry) -> DoneFile {
+fn done_file(path: String, size: u64, flags: u8, not_kept: String) -> DoneFile {
     DoneFile {
-        path: f.path,
-        size: f.size,
-        outcome: if f.skipped {
+        path,
+        size,
+        outcome: if flags & crate::kept::SKIPPED != 0 {
             Outcome::Skipped
         } else {
             Outcome::Copied
         },
         reason: String::new(),
         attempts: 0,
-        not_kept: String::new(),
+        not_kept,
     }
 }
 

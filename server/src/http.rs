@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 
 use btp_common::api::{
-    verbs, ApiError, ApiResponse, ErrorCode, FileList, FilesRequest, TaskInfo, TaskRef,
+    verbs, ApiError, ApiResponse, ErrorCode, FileList, FilesCursor, FilesRequest, TaskInfo, TaskRef,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -370,7 +370,7 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 
 /// Where the CSV stream is.
 enum CsvAt {
-    Files(Option<u64>),
+    Files(FilesCursor),
     /// A check task's verdicts after this path (`status` is the verdict, `reason` what
     /// differs or why the path could not be compared).
     Verdicts(Option<String>),
@@ -411,7 +411,7 @@ async fn report_csv(api: &Api, body: &[u8], token: Option<String>) -> Response<B
             if task.check.is_some() {
                 CsvAt::Verdicts(None)
             } else {
-                CsvAt::Files(None)
+                CsvAt::Files(FilesCursor::Opaque(String::new()))
             },
             move |at| {
                 let (api, id, token) = (api.clone(), id.clone(), token.clone());
@@ -475,7 +475,7 @@ async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Optio
         CsvAt::Files(after) => {
             let req = FilesRequest {
                 id,
-                after,
+                after: Some(after),
                 limit: CSV_PAGE,
             };
             match call::<_, FileList>(api, verbs::TASK_FILES, &req, token).await {
@@ -498,7 +498,7 @@ async fn csv_page(api: &Api, id: &str, token: Option<&str>, at: CsvAt) -> (Optio
                         ]));
                     }
                     let next = match page.next {
-                        Some(n) => CsvAt::Files(Some(n)),
+                        Some(n) => CsvAt::Files(n),
                         None => CsvAt::End,
                     };
                     (Some(text), next)

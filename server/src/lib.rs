@@ -5,10 +5,12 @@ pub mod agents;
 pub mod aggregator;
 pub mod allocator;
 pub mod api;
+pub mod cursor;
 pub mod dead;
 pub mod dispatcher;
 pub mod events;
 pub mod http;
+pub mod kept;
 pub mod leader;
 pub mod planner;
 pub mod report;
@@ -152,6 +154,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result
         nats.clone(),
         ctx.store.clone(),
         ctx.live.clone(),
+        ctx.client_speed.clone(),
         cancel.clone(),
     ));
     parts.spawn(allocator::run(ctx.clone(), cancel.clone()));

@@ -456,7 +456,8 @@ async fn export(api: &Api, d: &DeliveryRow) -> Result<(), Failure> {
         buf: Vec::new(),
     };
     let written: Result<u32, Failure> = async {
-        let mut after = None;
+        // Opaque cursors: each page starts after the last file given, on an index.
+        let mut after = Some(btp_common::api::FilesCursor::Opaque(String::new()));
         loop {
             let page = api
                 .files(Ok(FilesRequest {

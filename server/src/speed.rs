@@ -64,6 +64,24 @@ impl SpeedTracker {
     pub fn forget(&self, task: &str) {
         self.tasks.lock().expect("speed lock").remove(task);
     }
+
+    /// Forgets every key with nothing recorded for `idle_ms` before `now_ms` (the per-client
+    /// trackers: a client id never seen again is not kept forever); how many.
+    pub fn forget_idle(&self, now_ms: i64, idle_ms: i64) -> usize {
+        let mut tasks = self.tasks.lock().expect("speed lock");
+        let before = tasks.len();
+        tasks.retain(|_, q| q.back().is_some_and(|s| now_ms - s.at_ms < idle_ms));
+        before - tasks.len()
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.tasks.lock().expect("speed lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
@@ -84,5 +102,18 @@ mod tests {
         assert!(s.bytes_per_sec > 1_000_000.0);
         assert_eq!(t.speed("a", 100_000, 0), Speed::default());
         assert_eq!(t.speed("other", 1, 0), Speed::default());
+    }
+
+    #[test]
+    fn keys_idle_for_the_given_time_are_forgotten() {
+        let t = SpeedTracker::default();
+        for i in 0..500 {
+            t.record(&format!("acme/c{i}"), 1_000, 10, 1);
+        }
+        t.record("acme/busy", 600_000, 10, 1);
+        assert_eq!(t.forget_idle(600_999, 600_000), 0);
+        assert_eq!(t.forget_idle(601_000, 600_000), 500);
+        assert_eq!(t.len(), 1);
+        assert!(t.speed("acme/busy", 600_000, 0).bytes_per_sec > 0.0);
     }
 }

@@ -55,6 +55,96 @@ pub mod sql {
     pub const FINISH_JOB: &str =
         "UPDATE jobs SET state = $1, client = $2, attempts = $3, finished_ms = $4, \
          payload = COALESCE($7, payload) WHERE task_id = $5 AND seq = $6";
+
+    // The report's pages: `_FROM` from a row number (the first page, and earlier CLIs'
+    // offsets), `_AFTER` after a key (every later page), `$1` the task, `$2` the limit.
+
+    /// Failed files by path, from row `$3`.
+    pub const FAILURES_FROM: &str = "SELECT path, size, reason, attempts FROM failures \
+         WHERE task_id = $1 ORDER BY path LIMIT $2 OFFSET $3";
+    /// Failed files by path, after path `$3`.
+    pub const FAILURES_AFTER: &str = "SELECT path, size, reason, attempts FROM failures \
+         WHERE task_id = $1 AND path > $3 ORDER BY path LIMIT $2";
+    /// Failed source entries (files, entries) by path, from row `$3`.
+    pub const REPORT_FAILURES_FROM: &str = "SELECT path, size, reason, attempts FROM failures \
+         WHERE task_id = $1 AND kind IN ('file', 'entry') ORDER BY path LIMIT $2 OFFSET $3";
+    /// Failed source entries by path, after path `$3`.
+    pub const REPORT_FAILURES_AFTER: &str = "SELECT path, size, reason, attempts FROM failures \
+         WHERE task_id = $1 AND kind IN ('file', 'entry') AND path > $3 ORDER BY path LIMIT $2";
+    /// Entries settled by the listing by path, from row `$3`.
+    pub const ENTRIES_FROM: &str = "SELECT path, size, outcome, reason FROM entries \
+         WHERE task_id = $1 ORDER BY path LIMIT $2 OFFSET $3";
+    /// Entries settled by the listing by path, after path `$3`.
+    pub const ENTRIES_AFTER: &str = "SELECT path, size, outcome, reason FROM entries \
+         WHERE task_id = $1 AND path > $3 ORDER BY path LIMIT $2";
+    /// A dry run's changes by path and action, from row `$3`.
+    pub const CHANGES_FROM: &str = "SELECT action, path, size FROM changes \
+         WHERE task_id = $1 ORDER BY path, action LIMIT $2 OFFSET $3";
+    /// A dry run's changes by path and action, after (`$3`, `$4`).
+    pub const CHANGES_AFTER: &str = "SELECT action, path, size FROM changes \
+         WHERE task_id = $1 AND (path, action) > ($3, $4) ORDER BY path, action LIMIT $2";
+    /// Metadata not kept, by path and job, from row `$3`.
+    pub const NOT_KEPT_FROM: &str = "SELECT path, what, job_seq FROM not_kept \
+         WHERE task_id = $1 ORDER BY path, job_seq LIMIT $2 OFFSET $3";
+    /// Metadata not kept, by path and job, after (`$3`, `$4`).
+    pub const NOT_KEPT_AFTER: &str = "SELECT path, what, job_seq FROM not_kept \
+         WHERE task_id = $1 AND (path, job_seq) > ($3, $4) ORDER BY path, job_seq LIMIT $2";
+    /// Done jobs holding files of the per-file report after job `$2`, in order, at most `$3`.
+    pub const DONE_FILE_JOBS: &str = "SELECT seq, payload FROM jobs WHERE task_id = $1 \
+         AND seq > $2 AND state = 'done' AND kind IN ('copy', 'upload', 'complete') \
+         AND payload <> '' ORDER BY seq LIMIT $3";
+}
+
+/// Where a page of a report's rows starts: after the key of the last row of the previous page,
+/// or at a row number (the first page is `Offset(0)`; earlier CLIs page by offsets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageAt<K> {
+    After(K),
+    Offset(i64),
+}
+
+impl<K> PageAt<K> {
+    pub const START: PageAt<K> = PageAt::Offset(0);
+}
+
+/// One of the `_FROM`/`_AFTER` statements with its arguments bound: `$1` task, `$2` limit, then
+/// the offset or the key's parts.
+fn paged<'q>(
+    from: &'q str,
+    after: &'q str,
+    task: &'q str,
+    limit: i64,
+    at: &'q PageAt<impl KeyParts>,
+) -> Q<'q> {
+    match at {
+        PageAt::Offset(o) => sqlx::query(from).bind(task).bind(limit).bind(*o),
+        PageAt::After(k) => k.bind(sqlx::query(after).bind(task).bind(limit)),
+    }
+}
+
+type Q<'q> = sqlx::query::Query<'q, Db, sqlx::any::AnyArguments<'q>>;
+
+/// The parts of a page key, bound in order.
+pub trait KeyParts {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q>;
+}
+
+impl KeyParts for String {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q> {
+        q.bind(self.as_str())
+    }
+}
+
+impl KeyParts for (String, String) {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q> {
+        q.bind(self.0.as_str()).bind(self.1.as_str())
+    }
+}
+
+impl KeyParts for (String, i64) {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q> {
+        q.bind(self.0.as_str()).bind(self.1)
+    }
 }
 
 /// The dispatch order of a job kind (the `prio` column): aborts free the store, completions
@@ -1008,23 +1098,17 @@ impl Store {
         Ok(())
     }
 
-    /// Failed files of a task by path, paged.
+    /// Failed files of a task by path, paged (the key: the path).
     pub async fn failures(
         &self,
         task: &str,
         limit: i64,
-        offset: i64,
+        at: &PageAt<String>,
     ) -> Result<Vec<FileFailure>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT path, size, reason, attempts FROM failures WHERE task_id = $1 \
-             ORDER BY path LIMIT $2 OFFSET $3",
-        )
-        .bind(task)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        let rows = paged(sql::FAILURES_FROM, sql::FAILURES_AFTER, task, limit, at)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         Ok(rows
             .iter()
             .map(|r| FileFailure {
@@ -1047,16 +1131,13 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String)>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT seq, payload FROM jobs WHERE task_id = $1 AND seq > $2 AND state = 'done' \
-             AND kind IN ('copy', 'upload', 'complete') AND payload <> '' ORDER BY seq LIMIT $3",
-        )
-        .bind(task)
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        let rows = sqlx::query(sql::DONE_FILE_JOBS)
+            .bind(task)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         // Sealed like every job payload when the server has a key.
         rows.iter()
             .map(|r| Ok((r.get(0), crate::seal::open(r.get(1))?)))
@@ -1087,49 +1168,42 @@ impl Store {
             .collect())
     }
 
-    /// Copied files that could not keep some of their metadata, by path, paged.
+    /// Copied files that could not keep some of their metadata, by path, paged (the key: path
+    /// and job), each with its job.
     pub async fn not_kept_page(
         &self,
         task: &str,
         limit: i64,
-        offset: i64,
-    ) -> Result<Vec<btp_common::wire::NotKept>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT path, what FROM not_kept WHERE task_id = $1 ORDER BY path LIMIT $2 OFFSET $3",
-        )
-        .bind(task)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        at: &PageAt<(String, i64)>,
+    ) -> Result<Vec<(btp_common::wire::NotKept, i64)>, ApiError> {
+        let rows = paged(sql::NOT_KEPT_FROM, sql::NOT_KEPT_AFTER, task, limit, at)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         Ok(rows
             .iter()
-            .map(|r| btp_common::wire::NotKept {
-                path: r.get(0),
-                what: r.get(1),
+            .map(|r| {
+                let n = btp_common::wire::NotKept {
+                    path: r.get(0),
+                    what: r.get(1),
+                };
+                (n, r.get(2))
             })
             .collect())
     }
 
     /// Entries the listing settled without a copy (up to date, excluded, skipped with a
-    /// reason), by path, paged.
+    /// reason), by path, paged (the key: the path).
     pub async fn report_entries(
         &self,
         task: &str,
         limit: i64,
-        offset: i64,
+        at: &PageAt<String>,
     ) -> Result<Vec<btp_common::api::DoneFile>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT path, size, outcome, reason FROM entries WHERE task_id = $1 \
-             ORDER BY path LIMIT $2 OFFSET $3",
-        )
-        .bind(task)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        let rows = paged(sql::ENTRIES_FROM, sql::ENTRIES_AFTER, task, limit, at)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         rows.iter()
             .map(|r| {
                 let outcome: String = r.get(2);
@@ -1153,15 +1227,15 @@ impl Store {
         &self,
         task: &str,
         limit: i64,
-        offset: i64,
+        at: &PageAt<String>,
     ) -> Result<Vec<btp_common::api::DoneFile>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT path, size, reason, attempts FROM failures WHERE task_id = $1 \
-             AND kind IN ('file', 'entry') ORDER BY path LIMIT $2 OFFSET $3",
+        let rows = paged(
+            sql::REPORT_FAILURES_FROM,
+            sql::REPORT_FAILURES_AFTER,
+            task,
+            limit,
+            at,
         )
-        .bind(task)
-        .bind(limit)
-        .bind(offset)
         .fetch_all(&self.pool)
         .await
         .map_err(map_sqlx)?;
@@ -1675,9 +1749,11 @@ pub async fn finish_job(
         .bind(now)
         .bind(task)
         .bind(seq)
-        // What stays of a payload is sealed like the payload was (it names the endpoints).
+        // What stays of a payload is sealed like the payload was (it names the endpoints),
+        // but for the compact form of a done job's files, which names none.
         .bind(payload.map(|p| match p {
             "" => String::new(),
+            p if crate::kept::is_compact(p) => p.to_string(),
             p => crate::seal::seal(p.to_string()),
         }))
         .execute(&mut **tx)
@@ -2190,23 +2266,18 @@ pub async fn record_change(
 }
 
 impl Store {
-    /// What a dry run found would change, by path: (action, path, size).
+    /// What a dry run found would change, by path: (action, path, size), paged (the key: path
+    /// and action).
     pub async fn changes(
         &self,
         task: &str,
         limit: i64,
-        offset: i64,
+        at: &PageAt<(String, String)>,
     ) -> Result<Vec<(String, String, u64)>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT action, path, size FROM changes WHERE task_id = $1 \
-             ORDER BY path, action LIMIT $2 OFFSET $3",
-        )
-        .bind(task)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        let rows = paged(sql::CHANGES_FROM, sql::CHANGES_AFTER, task, limit, at)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as u64))

@@ -1,5 +1,5 @@
-//! The statements of the dispatch and result paths (`btp_server::store::sql`) read a bounded
-//! range of an index: no full scan of a table, no sort, on SQLite and on PostgreSQL, over a store
+//! The statements of the dispatch and result paths and the report's pages
+//! (`btp_server::store::sql`) read a bounded range of an index: no full scan of a table, no sort, on SQLite and on PostgreSQL, over a store
 //! of a million jobs (`BTP_PLAN_JOBS` overrides) with thousands of finished and cancelled tasks.
 //! The plans come from the databases' own EXPLAIN (SQLite's rows, PostgreSQL's JSON, parsed).
 
@@ -64,12 +64,52 @@ fn statements() -> Vec<(&'static str, &'static str, Vec<Arg>)> {
                 S(""),
             ],
         ),
+        // The report's pages: the first (from row 0), then after the last key of a page.
+        ("failures", sql::FAILURES_FROM, vec![S("big"), I(100), I(0)]),
+        (
+            "failures after",
+            sql::FAILURES_AFTER,
+            vec![S("big"), I(100), S("d/000050000")],
+        ),
+        (
+            "report failures",
+            sql::REPORT_FAILURES_FROM,
+            vec![S("big"), I(100), I(0)],
+        ),
+        (
+            "report failures after",
+            sql::REPORT_FAILURES_AFTER,
+            vec![S("big"), I(100), S("d/000050000")],
+        ),
+        ("entries", sql::ENTRIES_FROM, vec![S("big"), I(100), I(0)]),
+        (
+            "entries after",
+            sql::ENTRIES_AFTER,
+            vec![S("big"), I(100), S("d/000050000")],
+        ),
+        ("changes", sql::CHANGES_FROM, vec![S("big"), I(100), I(0)]),
+        (
+            "changes after",
+            sql::CHANGES_AFTER,
+            vec![S("big"), I(100), S("d/000050000"), S("copy")],
+        ),
+        ("not kept", sql::NOT_KEPT_FROM, vec![S("big"), I(100), I(0)]),
+        (
+            "not kept after",
+            sql::NOT_KEPT_AFTER,
+            vec![S("big"), I(100), S("d/000050000"), I(5000)],
+        ),
+        (
+            "done file jobs",
+            sql::DONE_FILE_JOBS,
+            vec![S("big"), I(12345), I(16)],
+        ),
     ]
 }
 
 /// The store: a running task `big` with `n` jobs (90% done, the rest pending or published, of
-/// every kind), 3,000 completed and 3,000 cancelled tasks of 10 done jobs each, and one cancelled
-/// task with an abort still pending.
+/// every kind), 3,000 completed and 3,000 cancelled tasks of 10 done jobs each, one cancelled
+/// task with an abort still pending, and failures, entries, changes and not-kept rows.
 fn fill(n: i64, postgres: bool) -> Vec<String> {
     let numbers = |count: &str| {
         if postgres {
@@ -90,6 +130,14 @@ fn fill(n: i64, postgres: bool) -> Vec<String> {
             "INSERT INTO tasks (id, tenant, state, src, dst, options, created_ms) \
              SELECT {id}, 'default', '{state}', '/src', '/dst', '{{}}', {created}"
         )
+    };
+    // Half of the report's rows on `big`, the rest spread over the finished tasks.
+    let rows = (n / 10).max(6000);
+    let t = "CASE WHEN i % 2 = 0 THEN 'big' ELSE 'done-' || CAST(i % 3000 AS TEXT) END";
+    let path = if postgres {
+        "'d/' || LPAD(CAST(i AS TEXT), 9, '0')"
+    } else {
+        "'d/' || SUBSTR('000000000' || CAST(i AS TEXT), -9)"
     };
     vec![
         format!("{} {}", task("'big'", "running", "0"), numbers("1")),
@@ -120,6 +168,29 @@ fn fill(n: i64, postgres: bool) -> Vec<String> {
         "INSERT INTO jobs (task_id, seq, kind, state, payload, prio) \
          VALUES ('aborting', 0, 'abort', 'pending', '', 0)"
             .to_string(),
+        // The report's rows: a tenth of the jobs as many of each, on `big` and on the finished
+        // tasks.
+        format!(
+            "INSERT INTO failures (task_id, path, kind, size, reason, attempts, job_seq) \
+             SELECT {t}, {path}, CASE WHEN i % 100 = 0 THEN 'dir' ELSE 'file' END, 1, \
+             'permission denied', 1, i {}",
+            numbers(&rows.to_string())
+        ),
+        format!(
+            "INSERT INTO entries (task_id, path, size, outcome, reason, job_seq) \
+             SELECT {t}, {path}, 1, 'excluded', 'excluded by filter', i {}",
+            numbers(&rows.to_string())
+        ),
+        format!(
+            "INSERT INTO changes (task_id, action, path, size) \
+             SELECT {t}, CASE WHEN i % 3 = 0 THEN 'delete' ELSE 'copy' END, {path}, 1 {}",
+            numbers(&rows.to_string())
+        ),
+        format!(
+            "INSERT INTO not_kept (task_id, job_seq, path, what) \
+             SELECT {t}, i / 10, {path}, 'mode' {}",
+            numbers(&rows.to_string())
+        ),
         "ANALYZE".to_string(),
     ]
 }

@@ -6,7 +6,7 @@ use btp_common::api::{ErrorCode, TaskInfo, TaskOptions, TaskState};
 use btp_common::wire::{FileEntry, FileFailure, Heartbeat, JobResult, ResultBody};
 use btp_common::{Endpoint, WIRE_VERSION};
 use btp_server::aggregator::{apply, Applied, Effects};
-use btp_server::store::{self, Store, TaskRow};
+use btp_server::store::{self, PageAt, Store, TaskRow};
 use sqlx::Connection;
 
 /// A fresh store on each backend: (name, store, cleanup).
@@ -277,12 +277,18 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
         let t = store.task("t2").await.unwrap();
         assert_eq!(t.info.state, TaskState::Failed);
         assert_eq!((t.info.files_failed, t.info.bytes_failed), (2, 14));
-        let page1 = store.failures("t2", 1, 0).await.unwrap();
-        let page2 = store.failures("t2", 1, 1).await.unwrap();
+        let page1 = store.failures("t2", 1, &PageAt::START).await.unwrap();
+        let page2 = store.failures("t2", 1, &PageAt::Offset(1)).await.unwrap();
+        // After a key: the same page as at its row number.
+        let after = PageAt::After(page1[0].path.clone());
+        let keyed = store.failures("t2", 1, &after).await.unwrap();
         assert_eq!(
             (page1[0].path.as_str(), page2[0].path.as_str()),
             ("f001", "f002")
         );
+        assert_eq!(keyed, page2);
+        let last = PageAt::After(page2[0].path.clone());
+        assert!(store.failures("t2", 1, &last).await.unwrap().is_empty());
         assert_eq!(page1[0].attempts, 1);
 
         assert_eq!(store.retry_task(&t).await.unwrap(), 2);
@@ -304,7 +310,11 @@ on_every_backend!(failures_are_recorded_paged_and_retried_alone, |store| {
             (t.state, t.files_copied, t.bytes_copied),
             (TaskState::Completed, 3, 21)
         );
-        assert!(store.failures("t2", 10, 0).await.unwrap().is_empty());
+        assert!(store
+            .failures("t2", 10, &PageAt::START)
+            .await
+            .unwrap()
+            .is_empty());
     })
 });
 
@@ -602,11 +612,11 @@ on_every_backend!(
         assert_eq!((t.bytes_found, t.bytes_copied), (45, 45));
         let kept = store.done_file_jobs("t9", -1, 10).await.unwrap();
         assert_eq!(kept.len(), 1);
-        let job: btp_common::wire::Job = serde_json::from_str(&kept[0].1).unwrap();
-        let btp_common::wire::JobKind::Copy { files: kept } = job.kind else {
-            panic!("{job:?}")
-        };
-        let sizes: Vec<u64> = kept.iter().map(|f| f.size).collect();
+        // The done job keeps its files in the compact form, without the task's endpoints.
+        assert!(btp_server::kept::is_compact(&kept[0].1), "{}", kept[0].1);
+        assert!(!kept[0].1.contains("/src"), "{}", kept[0].1);
+        let files = btp_server::kept::read(&kept[0].1).unwrap().done;
+        let sizes: Vec<u64> = files.iter().map(|f| f.1).collect();
         assert_eq!(sizes, [10, 25, 10]);
     })
 );
@@ -648,7 +658,7 @@ on_every_backend!(a_job_the_server_fails_itself_has_no_client, |store| {
         let shares = store.client_shares("t10").await.unwrap();
         let clients: Vec<&str> = shares.iter().map(|s| s.client.as_str()).collect();
         assert_eq!(clients, ["c1"], "only the client that listed");
-        let f = store.failures("t10", 10, 0).await.unwrap();
+        let f = store.failures("t10", 10, &PageAt::START).await.unwrap();
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].reason, "worker crashed 3 times on this job");
         assert_eq!(f[0].attempts, 3);
@@ -746,17 +756,27 @@ on_every_backend!(
             "nothing lost: no row"
         );
         assert!(store.not_kept("tk", 2, 9).await.unwrap().is_empty());
-        let page = store.not_kept_page("tk", 1, 1).await.unwrap();
+        let page = store
+            .not_kept_page("tk", 1, &PageAt::Offset(1))
+            .await
+            .unwrap();
         assert_eq!(
             page,
-            vec![lost("f002", "owner (chown: Operation not permitted)")]
+            vec![(lost("f002", "owner (chown: Operation not permitted)"), 1)]
         );
+        let first = store.not_kept_page("tk", 1, &PageAt::START).await.unwrap();
+        let after = PageAt::After((first[0].0.path.clone(), first[0].1));
+        assert_eq!(store.not_kept_page("tk", 1, &after).await.unwrap(), page);
         assert_eq!(
             store.task("tk").await.unwrap().info.state,
             TaskState::Completed
         );
         store.delete_task("tk").await.unwrap();
-        assert!(store.not_kept_page("tk", 10, 0).await.unwrap().is_empty());
+        assert!(store
+            .not_kept_page("tk", 10, &PageAt::START)
+            .await
+            .unwrap()
+            .is_empty());
     })
 );
 
