@@ -443,20 +443,8 @@ async fn md5_of(
     meta: Option<&opendal::Metadata>,
     ctx: &JobContext<'_>,
 ) -> Result<(String, u64), JobError> {
-    if !ep.is_local() {
-        let stat;
-        let meta = match meta {
-            Some(m) => m,
-            None => {
-                stat = op.stat(path).await?;
-                &stat
-            }
-        };
-        if let Some(e) = meta.etag().map(btp_common::s3mp::unquote) {
-            if btp_common::checksum::is_plain_md5(&e) {
-                return Ok((e.to_ascii_lowercase(), 0));
-            }
-        }
+    if let Some(md5) = crate::exec::etag_md5(ep, op, path, meta).await? {
+        return Ok((md5, 0));
     }
     crate::exec::injected_fault(path)?;
     let mut stream = crate::exec::read_stream(ep, op, path, ..).await?;

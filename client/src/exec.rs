@@ -578,6 +578,33 @@ pub(crate) async fn already_there(
     })
 }
 
+/// The MD5 of a stored object given by its ETag, where it is a plain MD5 (uploaded in one
+/// piece); None on file systems and for other ETags. `meta`: the object's metadata when
+/// already known (else it is looked up).
+pub(crate) async fn etag_md5(
+    ep: &Endpoint,
+    op: &Operator,
+    path: &str,
+    meta: Option<&opendal::Metadata>,
+) -> Result<Option<String>, JobError> {
+    if ep.is_local() {
+        return Ok(None);
+    }
+    let stat;
+    let meta = match meta {
+        Some(m) => m,
+        None => {
+            stat = op.stat(path).await?;
+            &stat
+        }
+    };
+    Ok(meta
+        .etag()
+        .map(btp_common::s3mp::unquote)
+        .filter(|e| btp_common::checksum::is_plain_md5(e))
+        .map(|e| e.to_ascii_lowercase()))
+}
+
 /// MD5 of a stored file: an object store's ETag where it is one (uploaded in one piece),
 /// otherwise computed by reading the content.
 pub(crate) async fn content_md5(
@@ -586,20 +613,8 @@ pub(crate) async fn content_md5(
     path: &str,
     meta: Option<&opendal::Metadata>,
 ) -> Result<String, JobError> {
-    if !ep.is_local() {
-        let stat;
-        let meta = match meta {
-            Some(m) => m,
-            None => {
-                stat = op.stat(path).await?;
-                &stat
-            }
-        };
-        if let Some(e) = meta.etag().map(btp_common::s3mp::unquote) {
-            if btp_common::checksum::is_plain_md5(&e) {
-                return Ok(e.to_ascii_lowercase());
-            }
-        }
+    if let Some(md5) = etag_md5(ep, op, path, meta).await? {
+        return Ok(md5);
     }
     let mut stream = read_stream(ep, op, path, ..).await?;
     let mut h = btp_common::checksum::Md5Stream::default();
